@@ -1,0 +1,1 @@
+"""Control charts: each module estimates Phase I parameters and builds plotted series."""
