@@ -10,7 +10,7 @@ computed from the gamma function. Nothing here comes from a 3-decimal table
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 from scipy import special
@@ -34,7 +34,7 @@ def _grid() -> tuple[np.ndarray, np.ndarray]:
     return x, w
 
 
-@lru_cache(maxsize=None)
+@cache
 def d2(n: int) -> float:
     """Expected range of n standard normal observations (NaN for n = 1).
 
@@ -50,7 +50,7 @@ def d2(n: int) -> float:
     return float(np.sum(w * (1.0 - special.ndtr(x) ** n - special.ndtr(-x) ** n)))
 
 
-@lru_cache(maxsize=None)
+@cache
 def d3(n: int) -> float:
     """Standard deviation of the range of n standard normal observations (NaN for n = 1).
 
@@ -72,7 +72,7 @@ def d3(n: int) -> float:
     return float(math.sqrt(ew2 - d2(n) ** 2))
 
 
-@lru_cache(maxsize=None)
+@cache
 def c4(n: int) -> float:
     """Bias factor of the sample standard deviation: E[S] = c4(n)·σ (NaN for n = 1).
 
@@ -82,7 +82,8 @@ def c4(n: int) -> float:
     if n == 1:
         return math.nan
     return float(
-        math.sqrt(2.0 / (n - 1)) * math.exp(special.gammaln(n / 2.0) - special.gammaln((n - 1) / 2.0))
+        math.sqrt(2.0 / (n - 1))
+        * math.exp(special.gammaln(n / 2.0) - special.gammaln((n - 1) / 2.0))
     )
 
 
