@@ -444,9 +444,10 @@ def _family(
 # distribution fits for the percentile method
 
 _Frozen = Any  # a frozen scipy.stats distribution
+_Params = tuple[tuple[str, float], ...]  # (name, value) pairs as reported
 
 
-def _fit_normal(x: np.ndarray) -> tuple[tuple[tuple[str, float], ...], _Frozen]:
+def _fit_normal(x: np.ndarray) -> tuple[_Params, _Frozen]:
     # SD with n−1 (not the MLE): the same σ_o as Pp, so a normal fit reproduces Pp.
     m, s = float(np.mean(x)), float(np.std(x, ddof=1))
     return (("mean", m), ("sd", s)), stats.norm(loc=m, scale=s)
@@ -503,36 +504,92 @@ def _gamma_mle(y: np.ndarray) -> tuple[float, float]:
     return a, m / a
 
 
-def _lognormal(y: np.ndarray, loc: float = 0.0) -> tuple[tuple[tuple[str, float], ...], _Frozen]:
+@dataclass(frozen=True)
+class _Family:
+    """A 2-parameter family on (0, ∞): MLE, closed-form log-likelihood, scipy distribution."""
+
+    mle: Callable[[np.ndarray], tuple[float, float]]
+    loglik: Callable[[np.ndarray, float, float], float]
+    names: tuple[str, str]
+    frozen: Callable[[float, float, float], _Frozen]
+
+    def fit(self, y: np.ndarray) -> tuple[float, float]:
+        a, b = self.mle(y)
+        if not (a > 0.0 and b > 0.0 and math.isfinite(a) and math.isfinite(b)):
+            raise ArithmeticError("degenerate fit (data nearly constant)")
+        return a, b
+
+
+def _lognormal_median_sigma(y: np.ndarray) -> tuple[float, float]:
+    """(e^μ, σ): the median instead of μ, so that both parameters are positive like the others."""
     mu, sigma = _lognormal_mle(y)
-    if not sigma > 0.0:
-        raise ArithmeticError("log data have zero spread")
-    return (("mu", mu), ("sigma", sigma)), stats.lognorm(s=sigma, loc=loc, scale=math.exp(mu))
+    return math.exp(mu), sigma
 
 
-def _weibull(y: np.ndarray, loc: float = 0.0) -> tuple[tuple[tuple[str, float], ...], _Frozen]:
-    k, scale = _weibull_mle(y)
-    return (("shape", k), ("scale", scale)), stats.weibull_min(c=k, loc=loc, scale=scale)
+def _lognormal_loglik(y: np.ndarray, m: float, sigma: float) -> float:
+    ly = np.log(y)
+    r = (ly - math.log(m)) / sigma
+    n = y.shape[0]
+    return float(-np.sum(ly) - n * math.log(sigma * math.sqrt(2.0 * math.pi)) - 0.5 * np.dot(r, r))
 
 
-def _gamma(y: np.ndarray, loc: float = 0.0) -> tuple[tuple[tuple[str, float], ...], _Frozen]:
-    a, scale = _gamma_mle(y)
-    return (("shape", a), ("scale", scale)), stats.gamma(a=a, loc=loc, scale=scale)
+def _weibull_loglik(y: np.ndarray, k: float, scale: float) -> float:
+    lz = np.log(y) - math.log(scale)
+    n = y.shape[0]
+    return float(
+        n * (math.log(k) - math.log(scale)) + (k - 1.0) * np.sum(lz) - np.sum(np.exp(k * lz))
+    )
 
 
-_TWO_PARAM: dict[str, Callable[..., tuple[tuple[tuple[str, float], ...], _Frozen]]] = {
-    "lognormal": _lognormal,
-    "weibull": _weibull,
-    "gamma": _gamma,
+def _gamma_loglik(y: np.ndarray, a: float, scale: float) -> float:
+    n = y.shape[0]
+    return float(
+        (a - 1.0) * np.sum(np.log(y))
+        - np.sum(y) / scale
+        - n * (a * math.log(scale) + float(special.gammaln(a)))
+    )
+
+
+_FAMILIES: dict[str, _Family] = {
+    "lognormal": _Family(
+        _lognormal_median_sigma,
+        _lognormal_loglik,
+        ("mu", "sigma"),
+        lambda m, sigma, loc: stats.lognorm(s=sigma, loc=loc, scale=m),
+    ),
+    "weibull": _Family(
+        _weibull_mle,
+        _weibull_loglik,
+        ("shape", "scale"),
+        lambda k, scale, loc: stats.weibull_min(c=k, loc=loc, scale=scale),
+    ),
+    "gamma": _Family(
+        _gamma_mle,
+        _gamma_loglik,
+        ("shape", "scale"),
+        lambda a, scale, loc: stats.gamma(a=a, loc=loc, scale=scale),
+    ),
 }
+
+
+def _report_params(name: str, a: float, b: float) -> _Params:
+    fam = _FAMILIES[name]
+    if name == "lognormal":
+        return (("mu", math.log(a)), ("sigma", b))
+    return ((fam.names[0], a), (fam.names[1], b))
+
+
+def _fit_two(x: np.ndarray, name: str) -> tuple[_Params, _Frozen]:
+    fam = _FAMILIES[name]
+    a, b = fam.fit(x)
+    return _report_params(name, a, b), fam.frozen(a, b, 0.0)
+
 
 # Threshold search for the 3-parameter variants: θ = min(x) − range·e^t on a fixed grid of t.
 _T_GRID = np.linspace(math.log(1e-3), math.log(10.0), 41)
 
 
-def _fit_threshold(
-    x: np.ndarray, fit2: Callable[..., tuple[tuple[tuple[str, float], ...], _Frozen]]
-) -> tuple[tuple[tuple[str, float], ...], _Frozen]:
+def _fit_threshold(x: np.ndarray, name: str) -> tuple[_Params, _Frozen]:
     """3-parameter fit by profile likelihood over the threshold θ < min(x).
 
     The likelihood of these families is unbounded as θ → min(x) (shape < 1),
@@ -541,16 +598,17 @@ def _fit_threshold(
     No interior maximum (the profile rises toward either end) means the
     3-parameter model adds nothing robust: the fit is skipped.
     """
+    fam = _FAMILIES[name]
     xmin = float(x.min())
     rng = float(x.max()) - xmin
 
     def neg_profile(t: float) -> float:
-        theta = xmin - rng * math.exp(t)
+        y = x - (xmin - rng * math.exp(t))
         try:
-            _, dist = fit2(x - theta)
+            a, b = fam.fit(y)
         except (ArithmeticError, ValueError):
             return math.inf
-        ll = float(np.sum(dist.logpdf(x - theta)))
+        ll = fam.loglik(y, a, b)
         return -ll if math.isfinite(ll) else math.inf
 
     prof = np.array([neg_profile(float(t)) for t in _T_GRID])
@@ -570,9 +628,8 @@ def _fit_threshold(
     )
     t = float(res.x) if res.fun <= prof[i] else float(_T_GRID[i])
     theta = xmin - rng * math.exp(t)
-    params, _ = fit2(x - theta)
-    _, dist = fit2(x - theta, loc=theta)
-    return (*params, ("threshold", theta)), dist
+    a, b = fam.fit(x - theta)
+    return (*_report_params(name, a, b), ("threshold", theta)), fam.frozen(a, b, theta)
 
 
 def _percentile_fit(
@@ -617,15 +674,15 @@ def _percentile(x: np.ndarray, lsl: float | None, usl: float | None) -> Percenti
     fits: list[DistributionFit] = []
     skipped: list[tuple[str, str]] = []
     positive = bool(np.all(x > 0.0))
-    candidates: list[tuple[str, Callable[[], tuple[tuple[tuple[str, float], ...], _Frozen]]]] = [
+    candidates: list[tuple[str, Callable[[], tuple[_Params, _Frozen]]]] = [
         ("normal", lambda: _fit_normal(x))
     ]
-    for name, fit2 in _TWO_PARAM.items():
-        candidates.append((name, (lambda f=fit2: f(x))))
-    for name, fit2 in _TWO_PARAM.items():
-        candidates.append((name + "3", (lambda f=fit2: _fit_threshold(x, f))))
+    for name in _FAMILIES:
+        candidates.append((name, (lambda nm=name: _fit_two(x, nm))))
+    for name in _FAMILIES:
+        candidates.append((name + "3", (lambda nm=name: _fit_threshold(x, nm))))
     for name, make in candidates:
-        if name in _TWO_PARAM and not positive:
+        if name in _FAMILIES and not positive:
             skipped.append((name, "needs all observations > 0"))
             continue
         try:
