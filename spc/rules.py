@@ -1,0 +1,1214 @@
+"""Western Electric and Nelson run rules: rule data, batch evaluation, a streaming bank.
+
+The rules, their stable codes and every edge case follow ``spc-semantics.md``
+("Run rules"). Three entry points share one standardisation
+(:func:`standardize`) and one set of per-point predicates, so they agree bit
+for bit:
+
+* :func:`evaluate` judges one whole series and returns a ``uint32`` violation
+  bitmask per point (bit numbers in :data:`BITS`).
+* :func:`evaluate_with_carry` does the same starting from a :class:`RuleCarry`
+  (the compact history of earlier points) and returns the carry after the last
+  point, so evaluating a series in pieces equals evaluating the concatenation.
+* :class:`RuleBank` judges one new point for each of many characteristics at
+  once, with all state in numpy arrays indexed by characteristic.
+
+How the batch path is fast: every per-point predicate (side of the centre line,
+beyond ±kσ, up, down) becomes one bit in packed ``uint64`` words; "n in a row"
+is an AND of shifted copies computed by doubling (O(log n) word operations)
+and "k of m" is a bit-sliced counter over m shifted copies. Long series are
+processed in chunks so the temporaries stay in cache; a chunk carries the
+previous 64 points as its first word, which is enough because no window is
+longer than :data:`MAX_WINDOW` points. The streaming bank keeps the same bits
+as 64-bit shift registers (bit 0 = newest point) and tests them with masks and
+``bitwise_count``.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from spc.errors import SpcInputError
+
+__all__ = [
+    "BITS",
+    "MAX_WINDOW",
+    "RULES",
+    "RULE_PARAM_NAMES",
+    "RULE_SETS",
+    "RULE_TEXT",
+    "RuleBank",
+    "RuleCarry",
+    "RuleConfig",
+    "RuleResult",
+    "RuleSpec",
+    "evaluate",
+    "evaluate_with_carry",
+    "make_rule",
+    "resolve_rules",
+    "standardize",
+    "violation_indices",
+]
+
+#: Longest window any rule may look at (runs and k-of-m windows), in points.
+MAX_WINDOW = 64
+
+#: Stable bit of each code in a violation bitmask (``uint32``). EWMA and the two
+#: CUSUM sides are reserved here for the time-weighted charts of the live engine.
+BITS: dict[str, int] = {
+    "N1": 0,
+    "N2": 1,
+    "N3": 2,
+    "N4": 3,
+    "N5": 4,
+    "N6": 5,
+    "N7": 6,
+    "N8": 7,
+    "WE1": 8,
+    "WE2": 9,
+    "WE3": 10,
+    "WE4": 11,
+    "EWMA": 12,
+    "CUSUM_UPPER": 13,
+    "CUSUM_LOWER": 14,
+}
+
+#: Names accepted in per-rule parameter overrides.
+RULE_PARAM_NAMES: tuple[str, ...] = ("run", "k", "m", "level")
+
+# kind -> the parameters it takes (in RULE_PARAM_NAMES order)
+_KIND_PARAMS: dict[str, tuple[str, ...]] = {
+    "limit": (),
+    "side": ("run",),
+    "trend": ("run",),
+    "alternate": ("run",),
+    "k_of_m": ("k", "m", "level"),
+    "within": ("run", "level"),
+    "beyond_both": ("run", "level"),
+}
+
+_DEFAULTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "N1": ("limit", {}),
+    "N2": ("side", {"run": 9}),
+    "N3": ("trend", {"run": 6}),
+    "N4": ("alternate", {"run": 14}),
+    "N5": ("k_of_m", {"k": 2, "m": 3, "level": 2.0}),
+    "N6": ("k_of_m", {"k": 4, "m": 5, "level": 1.0}),
+    "N7": ("within", {"run": 15, "level": 1.0}),
+    "N8": ("beyond_both", {"run": 8, "level": 1.0}),
+    "WE1": ("limit", {}),
+    "WE2": ("k_of_m", {"k": 2, "m": 3, "level": 2.0}),
+    "WE3": ("k_of_m", {"k": 4, "m": 5, "level": 1.0}),
+    "WE4": ("side", {"run": 8}),
+}
+
+_RULE_CODES: tuple[str, ...] = tuple(_DEFAULTS)
+
+#: Named rule sets accepted by :func:`resolve_rules`.
+RULE_SETS: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "we": ("WE1", "WE2", "WE3", "WE4"),
+    "nelson": ("N1", "N2", "N3", "N4", "N5", "N6", "N7", "N8"),
+}
+
+
+def _text(kind: str, run: int | None, k: int | None, m: int | None, level: float | None) -> str:
+    if kind == "limit":
+        return "1 point beyond a control limit"
+    if kind == "side":
+        return f"{run} points in a row on the same side of the centre line"
+    if kind == "trend":
+        return f"{run} points in a row steadily increasing or decreasing"
+    if kind == "alternate":
+        return f"{run} points in a row alternating up and down"
+    if kind == "k_of_m":
+        return f"{k} of {m} points in a row beyond {level:g}σ, same side"
+    if kind == "within":
+        return f"{run} points in a row within {level:g}σ of the centre line (either side)"
+    return f"{run} points in a row beyond {level:g}σ, with points on both sides"
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """One run rule with its parameters.
+
+    ``kind`` is one of ``limit`` (N1/WE1: x > UCL or x < LCL), ``side``
+    (N2/WE4: ``run`` points in a row on the same side of the centre line),
+    ``trend`` (N3: ``run`` points steadily increasing or decreasing, i.e.
+    ``run − 1`` strict changes), ``alternate`` (N4: ``run`` points, ``run − 1``
+    differences of alternating sign), ``k_of_m`` (N5/N6/WE2/WE3: ``k`` of ``m``
+    beyond ``level``·σ on the same side), ``within`` (N7: ``run`` points with
+    |z| ≤ ``level``) and ``beyond_both`` (N8: ``run`` points with |z| >
+    ``level`` and points on both sides). Parameters a kind does not take are
+    ``None``; ``side`` rules have ``level`` 0 (the centre line). Build one with
+    :func:`make_rule` (validated) or take the defaults from :data:`RULES`.
+    """
+
+    code: str
+    text: str
+    kind: str
+    run: int | None = None
+    k: int | None = None
+    m: int | None = None
+    level: float | None = None
+
+    @property
+    def bit(self) -> int:
+        """The stable bit number of this rule's code in a violation bitmask."""
+        return BITS[self.code]
+
+    @property
+    def window(self) -> int:
+        """How many points (the newest included) the rule looks at."""
+        if self.kind == "limit":
+            return 1
+        if self.kind == "k_of_m":
+            return int(self.m)  # type: ignore[arg-type]
+        return int(self.run)  # type: ignore[arg-type]
+
+
+def _as_int(value: Any, path: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise SpcInputError(path, f"must be an integer, got {value!r}")
+    f = float(value)
+    if not math.isfinite(f) or f != int(f):
+        raise SpcInputError(path, f"must be an integer, got {value!r}")
+    i = int(f)
+    if not lo <= i <= hi:
+        raise SpcInputError(path, f"must lie in {lo}..{hi}, got {i}")
+    return i
+
+
+def _as_level(value: Any, path: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise SpcInputError(path, f"must be a number, got {value!r}")
+    f = float(value)
+    if not (math.isfinite(f) and f > 0):
+        raise SpcInputError(path, f"must be a finite number greater than 0, got {value!r}")
+    return f
+
+
+def make_rule(code: str, params: Mapping[str, Any] | None = None, path: str = "") -> RuleSpec:
+    """Build the rule ``code`` with its default parameters, overridden by ``params``.
+
+    ``params`` maps parameter names (``run``, ``k``, ``m``, ``level``; only those
+    the rule takes) to values; integral floats such as ``9.0`` are accepted for
+    the integer parameters. Runs lie in 2..64, ``1 ≤ k ≤ m ≤ 64``, ``level`` is
+    finite and > 0. N1/WE1 take no parameter. Raises :class:`SpcInputError`
+    with ``path.<param>`` (or ``path`` for an unknown code).
+    """
+    if code not in _DEFAULTS:
+        raise SpcInputError(path, f"unknown rule code {code!r}")
+    kind, defaults = _DEFAULTS[code]
+    values = dict(defaults)
+    allowed = _KIND_PARAMS[kind]
+    prefix = f"{path}." if path else ""
+    for name, value in (params or {}).items():
+        if name not in allowed:
+            takes = ", ".join(allowed) if allowed else "no parameters"
+            raise SpcInputError(f"{prefix}{name}", f"{code} takes {takes}")
+        values[name] = value
+    run = k = m = None
+    level: float | None = None
+    if "run" in allowed:
+        run = _as_int(values["run"], f"{prefix}run", 2, MAX_WINDOW)
+    if kind == "k_of_m":
+        m = _as_int(values["m"], f"{prefix}m", 1, MAX_WINDOW)
+        k = _as_int(values["k"], f"{prefix}k", 1, MAX_WINDOW)
+        if k > m:
+            raise SpcInputError(f"{prefix}k", f"k = {k} must not exceed m = {m}")
+    if "level" in allowed:
+        level = _as_level(values["level"], f"{prefix}level")
+    elif kind == "side":
+        level = 0.0
+    return RuleSpec(code, _text(kind, run, k, m, level), kind, run, k, m, level)
+
+
+#: The rules with their default parameters (the semantics page), by code.
+RULES: dict[str, RuleSpec] = {code: make_rule(code) for code in _RULE_CODES}
+
+#: Default wording of every code, including the time-weighted signals.
+RULE_TEXT: dict[str, str] = {code: spec.text for code, spec in RULES.items()} | {
+    "EWMA": "EWMA beyond its control limits",
+    "CUSUM_UPPER": "upper CUSUM above the decision interval h",
+    "CUSUM_LOWER": "lower CUSUM below the decision interval −h",
+}
+
+
+@dataclass(frozen=True)
+class RuleConfig:
+    """The rules to apply to one series, in the order they were requested."""
+
+    rules: tuple[RuleSpec, ...] = ()
+
+    @property
+    def codes(self) -> tuple[str, ...]:
+        """The codes, in order."""
+        return tuple(r.code for r in self.rules)
+
+    @property
+    def bits(self) -> int:
+        """Bitmask of all the codes' bits."""
+        out = 0
+        for r in self.rules:
+            out |= 1 << r.bit
+        return out
+
+    @property
+    def levels(self) -> tuple[float, ...]:
+        """Distinct σ levels the zone and side rules compare |z| with, ascending.
+
+        The centre line is level 0 (N2/WE4). A carry or a bank keeps one pair of
+        bit histories (beyond +level, beyond −level) per level.
+        """
+        return tuple(
+            sorted({float(r.level) for r in self.rules if r.level is not None})  # type: ignore[arg-type]
+        )
+
+    def get(self, code: str) -> RuleSpec | None:
+        """The rule with this code, or ``None`` when it is not in the config."""
+        for r in self.rules:
+            if r.code == code:
+                return r
+        return None
+
+
+def resolve_rules(
+    spec: str | Sequence[str] | RuleConfig,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    path: str = "rules",
+    *,
+    overrides_path: str = "rule_params",
+) -> RuleConfig:
+    """Turn a rule-set name or a list of codes into a :class:`RuleConfig`.
+
+    ``spec`` is ``none``, ``we``, ``nelson`` or a list of codes (``N1``…``N8``,
+    ``WE1``…``WE4``; no duplicates). ``overrides`` maps a code to its parameter
+    overrides (see :func:`make_rule`); an override for a valid code that is not
+    selected is ignored, so one parameter block can serve several charts.
+    Errors name ``path`` (``rules[2]``) or ``overrides_path.CODE.param``.
+    """
+    if isinstance(spec, RuleConfig):
+        codes: Sequence[Any] = spec.codes
+    elif isinstance(spec, str):
+        if spec not in RULE_SETS:
+            names = ", ".join(RULE_SETS)
+            raise SpcInputError(path, f"unknown rule set {spec!r} ({names}, or a list of codes)")
+        codes = RULE_SETS[spec]
+    elif isinstance(spec, Sequence):
+        codes = spec
+    else:
+        raise SpcInputError(path, "must be a rule-set name or a list of rule codes")
+    seen: set[str] = set()
+    for i, code in enumerate(codes):
+        if not isinstance(code, str) or code not in _DEFAULTS:
+            raise SpcInputError(f"{path}[{i}]", f"unknown rule code {code!r}")
+        if code in seen:
+            raise SpcInputError(f"{path}[{i}]", f"duplicate rule code {code!r}")
+        seen.add(code)
+    overrides = overrides or {}
+    if not isinstance(overrides, Mapping):
+        raise SpcInputError(overrides_path, "must map rule codes to parameter objects")
+    for code, params in overrides.items():
+        if code not in _DEFAULTS:
+            raise SpcInputError(f"{overrides_path}.{code}", f"unknown rule code {code!r}")
+        if not isinstance(params, Mapping):
+            raise SpcInputError(f"{overrides_path}.{code}", "must be an object of parameters")
+    if isinstance(spec, RuleConfig) and not overrides:
+        return spec
+    rules = []
+    for code in codes:
+        params = overrides.get(code)
+        if params is None and isinstance(spec, RuleConfig):
+            rules.append(spec.get(code))
+        else:
+            rules.append(make_rule(code, params, f"{overrides_path}.{code}"))
+    return RuleConfig(tuple(rules))
+
+
+def violation_indices(mask: np.ndarray, codes: Sequence[str]) -> dict[str, list[int]]:
+    """0-based indices of the points whose bit is set, one list per code (empty ones too).
+
+    The keys follow ``codes`` order; ``codes`` may also name the reserved
+    ``EWMA``/``CUSUM_UPPER``/``CUSUM_LOWER`` bits.
+    """
+    mask = np.asarray(mask)
+    out: dict[str, list[int]] = {}
+    for i, code in enumerate(codes):
+        if code not in BITS:
+            raise SpcInputError(f"codes[{i}]", f"unknown rule code {code!r}")
+        out[code] = np.flatnonzero(mask & np.uint32(1 << BITS[code])).tolist()
+    return out
+
+
+# --------------------------------------------------------------------------- standardisation
+
+
+def standardize(x: Any, center: Any, sigma: Any) -> np.ndarray:
+    """z = (x − center) / sigma per point; NaN marks a missing point.
+
+    sigma = 0 (constant data) gives z = +inf above the centre, −inf below and 0
+    on it. A point is missing when x, center or sigma is NaN, or sigma < 0.
+    Batch and streaming both call this, so they classify every point alike.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    sigma = np.asarray(sigma, dtype=np.float64)
+    with np.errstate(all="ignore"):
+        d = np.subtract(x, center, dtype=np.float64)
+        z = np.divide(d, sigma)
+        odd = sigma <= 0
+        if odd.any():
+            z = np.array(z, dtype=np.float64, copy=True, ndmin=1)
+            odd = np.broadcast_to(odd, z.shape)
+            d = np.broadcast_to(d, z.shape)
+            s = np.broadcast_to(sigma, z.shape)
+            zero = odd & (s == 0)
+            # d·inf is ±inf for d ≠ 0 and NaN for d = 0 or NaN; the d = 0 case is z = 0
+            z[zero] = d[zero] * np.inf
+            z[zero & (d == 0)] = 0.0
+            z[odd & (s < 0)] = np.nan
+            if np.ndim(x) == 0 and np.ndim(center) == 0 and sigma.ndim == 0:
+                z = z.reshape(())
+    return z
+
+
+# --------------------------------------------------------------------------- carry
+
+
+_U64 = (1 << 64) - 1
+_MASKS = np.array([(1 << n) - 1 for n in range(MAX_WINDOW + 1)], dtype=np.uint64)
+
+
+@dataclass(frozen=True)
+class RuleCarry:
+    """What the rules remember of a series' earlier points (its last 64 plotted points).
+
+    Each history is a 64-bit integer, bit 0 = the newest point: ``pos[i]`` /
+    ``neg[i]`` say z > ``levels[i]`` / z < −``levels[i]``; ``up`` / ``down`` say
+    the point rose / fell from its predecessor. ``last_x`` is the newest plotted
+    value (NaN before the first point), ``count`` the number of plotted points
+    so far, capped at 64. Carries are plain data: :meth:`to_dict` is JSON-ready.
+    """
+
+    levels: tuple[float, ...] = ()
+    pos: tuple[int, ...] = ()
+    neg: tuple[int, ...] = ()
+    up: int = 0
+    down: int = 0
+    last_x: float = math.nan
+    count: int = 0
+
+    def history(self, level: float) -> tuple[int, int]:
+        """The (pos, neg) histories at ``level``; :class:`SpcInputError` if not kept."""
+        for lv, p, n in zip(self.levels, self.pos, self.neg, strict=True):
+            if lv == level:
+                return p, n
+        raise SpcInputError(
+            "carry", f"the carry keeps no history at level {level:g} (it has {list(self.levels)})"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return {
+            "levels": list(self.levels),
+            "pos": list(self.pos),
+            "neg": list(self.neg),
+            "up": self.up,
+            "down": self.down,
+            "last_x": None if math.isnan(self.last_x) else self.last_x,
+            "count": self.count,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RuleCarry:
+        """Inverse of :meth:`to_dict`."""
+        last = d.get("last_x")
+        return cls(
+            tuple(float(v) for v in d["levels"]),
+            tuple(int(v) & _U64 for v in d["pos"]),
+            tuple(int(v) & _U64 for v in d["neg"]),
+            int(d["up"]) & _U64,
+            int(d["down"]) & _U64,
+            math.nan if last is None else float(last),
+            min(int(d["count"]), MAX_WINDOW),
+        )
+
+
+def _push(reg: int, flags: np.ndarray) -> int:
+    """Shift the newest ``flags`` (oldest first) into a 64-bit history."""
+    flags = flags[-64:]
+    n = len(flags)
+    if n == 0:
+        return reg
+    bits = int.from_bytes(np.packbits(flags[::-1], bitorder="little").tobytes(), "little")
+    return ((reg << n) | bits) & _U64
+
+
+def _carry_after(
+    carry: RuleCarry,
+    levels: tuple[float, ...],
+    xt: np.ndarray,
+    zt: np.ndarray,
+    prev_x: float,
+    n_plotted: int,
+) -> RuleCarry:
+    """The carry after ``n_plotted`` more points whose last ≤ 64 are ``xt``/``zt``.
+
+    ``prev_x`` is the plotted value just before ``xt`` (the carry's ``last_x``
+    when ``xt`` is the whole series).
+    """
+    if not n_plotted:
+        return RuleCarry(
+            levels,
+            tuple(carry.history(lv)[0] if carry.count else 0 for lv in levels),
+            tuple(carry.history(lv)[1] if carry.count else 0 for lv in levels),
+            carry.up,
+            carry.down,
+            carry.last_x,
+            carry.count,
+        )
+    pos, neg = [], []
+    with np.errstate(all="ignore"):
+        for lv in levels:
+            p, q = carry.history(lv) if carry.count else (0, 0)
+            pos.append(_push(p, zt > lv))
+            neg.append(_push(q, zt < -lv))
+        prev = np.concatenate(([prev_x], xt[:-1]))
+        up = _push(carry.up, xt > prev)
+        down = _push(carry.down, xt < prev)
+    return RuleCarry(
+        levels,
+        tuple(pos),
+        tuple(neg),
+        up,
+        down,
+        float(xt[-1]),
+        min(MAX_WINDOW, carry.count + n_plotted),
+    )
+
+
+# --------------------------------------------------------------------------- batch
+
+
+@dataclass(frozen=True)
+class RuleResult:
+    """Batch result: a ``uint32`` bitmask per point and the carry after the last point."""
+
+    mask: np.ndarray
+    carry: RuleCarry
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A config compiled for the batch path: which flag rows feed which rule."""
+
+    levels: tuple[float, ...]
+    limit_bits: int
+    rules: tuple[RuleSpec, ...]
+    need_updown: bool
+
+
+@lru_cache(maxsize=256)
+def _plan(config: RuleConfig) -> _Plan:
+    limit_bits = 0
+    rules = []
+    for r in config.rules:
+        if r.kind == "limit":
+            limit_bits |= 1 << r.bit
+        else:
+            rules.append(r)
+    need_updown = any(r.kind in ("trend", "alternate") for r in rules)
+    return _Plan(config.levels, limit_bits, tuple(rules), need_updown)
+
+
+def _shl(w: np.ndarray, s: int) -> np.ndarray:
+    """Bit i of the result is bit i − s of ``w`` (towards later points), 0 < s < 64.
+
+    Word 0 has nothing before it: its bits shifted in are 0.
+    """
+    out = w << np.uint64(s)
+    out[1:] |= w[:-1] >> np.uint64(64 - s)
+    return out
+
+
+def _run(w: np.ndarray, n: int) -> np.ndarray:
+    """Bit i set iff bits i−n+1..i of ``w`` are all set (n ≥ 1)."""
+    r = w
+    span = 1
+    while span * 2 <= n:
+        r = r & _shl(r, span)
+        span *= 2
+    if span < n:
+        r = r & _shl(r, n - span)
+    return r
+
+
+def _any(w: np.ndarray, n: int) -> np.ndarray:
+    """Bit i set iff any of bits i−n+1..i of ``w`` is set."""
+    r = w
+    span = 1
+    while span * 2 <= n:
+        r = r | _shl(r, span)
+        span *= 2
+    if span < n:
+        r = r | _shl(r, n - span)
+    return r
+
+
+def _at_least(w: np.ndarray, k: int, m: int) -> np.ndarray:
+    """Bit i set iff at least k of bits i−m+1..i of ``w`` are set."""
+    if k == 1:
+        return _any(w, m)
+    if k == m:
+        return _run(w, m)
+    planes = [w.copy()]  # bit-sliced counter, least significant plane first
+    for t in range(1, m):
+        carry = _shl(w, t)
+        for j in range(len(planes)):
+            nxt = planes[j] & carry
+            planes[j] ^= carry
+            carry = nxt
+        if (t + 1).bit_length() > len(planes):
+            planes.append(carry)
+    gt: np.ndarray | None = None
+    eq: np.ndarray | None = None
+    for j in range(len(planes) - 1, -1, -1):
+        c = planes[j]
+        if (k >> j) & 1:
+            eq = c if eq is None else eq & c
+        else:
+            hit = c if eq is None else eq & c
+            gt = hit if gt is None else gt | hit
+            eq = ~c if eq is None else eq & ~c
+    assert eq is not None
+    return eq if gt is None else gt | eq
+
+
+class _MissingPointError(Exception):
+    """A chunk held a missing point: start again on the compressed series."""
+
+
+_CHUNK = 1 << 16
+
+
+def _chunks(
+    x: np.ndarray,
+    center: Any,
+    sigma: Any,
+    lcl: Any,
+    ucl: Any,
+    plan: _Plan,
+    carry: RuleCarry,
+    chunk: int,
+    check_missing: bool,
+) -> np.ndarray:
+    """Masks for the plotted points ``x``; raises _MissingPointError on a missing point if asked to."""
+    n = len(x)
+    out = np.zeros(n, dtype=np.uint32)
+    nlev = len(plan.levels)
+    # rows: pos/neg per level, then up, down; columns: 64 carried points, then the chunk
+    buf = np.zeros((2 * nlev + 2, 64 + chunk), dtype=bool)
+    if carry.count:
+        for li, lv in enumerate(plan.levels):
+            p, q = carry.history(lv)
+            buf[2 * li, :64] = _unpack_reg(p)
+            buf[2 * li + 1, :64] = _unpack_reg(q)
+        buf[-2, :64] = _unpack_reg(carry.up)
+        buf[-1, :64] = _unpack_reg(carry.down)
+    valid0 = np.uint64((int(_MASKS[carry.count]) << (64 - carry.count)) & _U64)
+    limit_bits = np.uint32(plan.limit_bits)
+    scalar = [np.ndim(v) == 0 for v in (center, sigma, lcl, ucl)]
+    with np.errstate(all="ignore"):
+        for a in range(0, n, chunk):
+            b = min(a + chunk, n)
+            m = b - a
+            xs = x[a:b]
+            c, s, lo, hi = (
+                v if sc else v[a:b] for v, sc in zip((center, sigma, lcl, ucl), scalar, strict=True)
+            )
+            if plan.rules or check_missing:
+                z = standardize(xs, c, s)
+                if check_missing and np.isnan(z).any():
+                    raise _MissingPointError
+            if limit_bits:
+                hits = np.flatnonzero((xs > hi) | (xs < lo))
+                if hits.size:
+                    out[a + hits] |= limit_bits
+            if not plan.rules:
+                continue
+            for li, lv in enumerate(plan.levels):
+                np.greater(z, lv, out=buf[2 * li, 64 : 64 + m])
+                np.less(z, -lv, out=buf[2 * li + 1, 64 : 64 + m])
+            if plan.need_updown:
+                prev = x[a - 1 : b - 1] if a else np.concatenate(([carry.last_x], x[: b - 1]))
+                np.greater(xs, prev, out=buf[-2, 64 : 64 + m])
+                np.less(xs, prev, out=buf[-1, 64 : 64 + m])
+            width = 64 + ((m + 63) // 64) * 64
+            if width > 64 + m:
+                buf[:, 64 + m : width] = False
+            words = np.packbits(buf[:, :width], axis=1, bitorder="little").view(np.uint64)
+            _words_stage(words, plan, valid0 if a == 0 else None, out, a, m)
+            # the last 64 points become the next chunk's history
+            buf[:, :64] = buf[:, m : m + 64]
+    return out
+
+
+def _unpack_reg(reg: int) -> np.ndarray:
+    """64-bit history (bit 0 newest) -> 64 bools, oldest first."""
+    bits = np.unpackbits(np.array([reg], dtype=np.uint64).view(np.uint8), bitorder="little")
+    return bits[::-1].astype(bool)
+
+
+def _words_stage(
+    words: np.ndarray, plan: _Plan, valid0: np.uint64 | None, out: np.ndarray, a: int, m: int
+) -> None:
+    """Evaluate the rules on packed flag rows; word 0 of each row is carried history."""
+    U = words[-2]
+    D = words[-1]
+    for r in plan.rules:
+        kind = r.kind
+        run = r.run or 0
+        if kind == "trend":
+            res = _run(U, run - 1) | _run(D, run - 1)
+        elif kind == "alternate":
+            res = _run(U | D, run - 1)
+            if run > 2:
+                res &= _run(U ^ _shl(U, 1), run - 2)
+        else:
+            li = plan.levels.index(float(r.level or 0.0))
+            P = words[2 * li]
+            N = words[2 * li + 1]
+            if kind == "side":
+                res = _run(P, run) | _run(N, run)
+            elif kind == "k_of_m":
+                k, m_ = r.k or 1, r.m or 1
+                res = (P & _at_least(P, k, m_)) | (N & _at_least(N, k, m_))
+            elif kind == "within":
+                W = ~(P | N)
+                if valid0 is not None:
+                    W[0] &= valid0
+                res = _run(W, run)
+            else:  # beyond_both
+                res = _run(P | N, run) & _any(P, run) & _any(N, run)
+        _scatter(res, out, a, m, np.uint32(1 << r.bit))
+
+
+def _scatter(res: np.ndarray, out: np.ndarray, a: int, m: int, bit: np.uint32) -> None:
+    """OR ``bit`` into ``out[a + i]`` for every set bit i of ``res`` past word 0."""
+    body = res[1:]
+    nz = np.flatnonzero(body)
+    if not nz.size:
+        return
+    if nz.size * 4 > body.size:
+        bits = np.unpackbits(body.view(np.uint8), bitorder="little", count=m).view(bool)
+        out[a : a + m][bits] |= bit
+        return
+    bits = np.unpackbits(body[nz].view(np.uint8), bitorder="little").reshape(-1, 64)
+    rows, cols = np.nonzero(bits)
+    pos = nz[rows] * 64 + cols
+    out[a + pos[pos < m]] |= bit
+
+
+def _as_inputs(
+    x: Any, center: Any, sigma: Any, lcl: Any, ucl: Any
+) -> tuple[np.ndarray, Any, Any, Any, Any]:
+    xa = np.asarray(x, dtype=np.float64)
+    if xa.ndim != 1:
+        raise SpcInputError("values", f"must be a 1-D series, got shape {xa.shape}")
+    outs = []
+    for name, v in (("center", center), ("sigma", sigma), ("lcl", lcl), ("ucl", ucl)):
+        arr = np.asarray(v, dtype=np.float64)
+        if arr.ndim == 0:
+            outs.append(arr[()])
+        elif arr.shape != xa.shape:
+            raise SpcInputError(name, f"length {arr.size} does not match {xa.size} values")
+        else:
+            outs.append(arr)
+    return xa, outs[0], outs[1], outs[2], outs[3]
+
+
+def _pick(v: Any, sel: Any) -> Any:
+    return v if np.ndim(v) == 0 else v[sel]
+
+
+def _evaluate(
+    x: Any,
+    center: Any,
+    sigma: Any,
+    lcl: Any,
+    ucl: Any,
+    config: RuleConfig | str | Sequence[str],
+    carry: RuleCarry | None,
+    want_carry: bool,
+    chunk: int = _CHUNK,
+) -> tuple[np.ndarray, RuleCarry | None]:
+    if chunk <= 0 or chunk % 64:
+        raise ValueError("chunk must be a positive multiple of 64")
+    xa, c, s, lo, hi = _as_inputs(x, center, sigma, lcl, ucl)
+    if not isinstance(config, RuleConfig):
+        config = resolve_rules(config)
+    plan = _plan(config)
+    carry = carry if carry is not None else RuleCarry()
+    if carry.count:
+        for lv in plan.levels:
+            carry.history(lv)
+    try:
+        # assume no point is missing; the chunk loop finds out cheaply
+        mask = _chunks(xa, c, s, lo, hi, plan, carry, chunk, check_missing=True)
+        xp, cp, sp = xa, c, s
+    except _MissingPointError:
+        keep = ~np.isnan(standardize(xa, c, s))
+        xp, cp, sp = xa[keep], _pick(c, keep), _pick(s, keep)
+        inner = _chunks(
+            xp, cp, sp, _pick(lo, keep), _pick(hi, keep), plan, carry, chunk, check_missing=False
+        )
+        mask = np.zeros(len(xa), dtype=np.uint32)
+        mask[keep] = inner
+    if not want_carry:
+        return mask, None
+    n = len(xp)
+    t = min(n, MAX_WINDOW)
+    tail = slice(n - t, n)
+    xt = xp[tail]
+    zt = standardize(xt, _pick(cp, tail), _pick(sp, tail))
+    prev_x = float(xp[n - t - 1]) if n > t else carry.last_x
+    return mask, _carry_after(carry, plan.levels, xt, zt, prev_x, n)
+
+
+def evaluate(
+    x: Any, center: Any, sigma: Any, lcl: Any, ucl: Any, config: RuleConfig | str | Sequence[str]
+) -> np.ndarray:
+    """Violation bitmask (``uint32``, bits in :data:`BITS`) for each point of one series.
+
+    ``x`` is the plotted series; ``center``, ``sigma`` (zone width of the
+    plotted statistic), ``lcl`` and ``ucl`` are per-point arrays of the same
+    length (scalars are broadcast). A NaN limit never triggers N1/WE1. A point
+    whose x, center or sigma is NaN (or sigma < 0) is missing: it is skipped,
+    the series being the plotted points only, and its mask is 0. ``config`` is
+    a :class:`RuleConfig` (or a spec for :func:`resolve_rules`).
+    """
+    return _evaluate(x, center, sigma, lcl, ucl, config, None, False)[0]
+
+
+def evaluate_with_carry(
+    x: Any,
+    center: Any,
+    sigma: Any,
+    lcl: Any,
+    ucl: Any,
+    config: RuleConfig | str | Sequence[str],
+    carry: RuleCarry | None = None,
+) -> RuleResult:
+    """Like :func:`evaluate`, continuing after the points summarised by ``carry``.
+
+    Returns the masks and the carry after the last point, so for any split
+    ``evaluate_with_carry(b, …, carry=evaluate_with_carry(a, …).carry).mask``
+    equals the tail of ``evaluate(a + b, …)``: run-rule windows continue across
+    the split (the Phase I/II boundary). The carry must keep a history at every
+    σ level ``config`` uses (:attr:`RuleConfig.levels`), else
+    :class:`SpcInputError`; it can seed a :class:`RuleBank` characteristic.
+    """
+    mask, out = _evaluate(x, center, sigma, lcl, ucl, config, carry, True)
+    assert out is not None
+    return RuleResult(mask, out)
+
+
+# --------------------------------------------------------------------------- streaming
+
+_STATE_FORMAT = "shopspc.rules.RuleBank"
+_STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class _Tables:
+    """Per-config parameters of every code some config enables, as arrays by config id."""
+
+    levels: np.ndarray  # (T, S) float64, NaN where a config has fewer levels
+    bits: np.ndarray  # (T,) uint32 enabled codes
+    params: dict[str, dict[str, np.ndarray]]  # code -> name -> (T,) array
+    static_col: dict[str, int | None]  # code -> pos-column shared by all configs enabling it
+
+
+def _build_tables(configs: list[RuleConfig], nslots: int) -> _Tables:
+    T = len(configs)
+    levels = np.full((T, nslots), np.nan)
+    bits = np.zeros(T, dtype=np.uint32)
+    params: dict[str, dict[str, np.ndarray]] = {}
+    cols: dict[str, set[int]] = {}
+    for t, cfg in enumerate(configs):
+        lv = cfg.levels
+        levels[t, : len(lv)] = lv
+        bits[t] = cfg.bits
+        for r in cfg.rules:
+            p = params.setdefault(
+                r.code,
+                {
+                    "M": np.zeros(T, dtype=np.uint64),
+                    "M2": np.zeros(T, dtype=np.uint64),
+                    "k": np.zeros(T, dtype=np.uint8),
+                    "col": np.full(T, 2, dtype=np.intp),
+                },
+            )
+            run = r.run or 0
+            if r.kind == "trend":
+                p["M"][t] = _MASKS[run - 1]
+            elif r.kind == "alternate":
+                p["M"][t] = _MASKS[run - 1]
+                p["M2"][t] = _MASKS[run - 2]
+            elif r.kind == "k_of_m":
+                p["M"][t] = _MASKS[r.m or 1]
+                p["k"][t] = r.k or 1
+            elif r.kind != "limit":
+                p["M"][t] = _MASKS[run]
+            if r.level is not None:
+                col = 2 + 2 * lv.index(float(r.level))
+                p["col"][t] = col
+                cols.setdefault(r.code, set()).add(col)
+    static = {code: (next(iter(c)) if len(c) == 1 else None) for code, c in cols.items()}
+    return _Tables(levels, bits, params, static)
+
+
+class RuleBank:
+    """Streaming run rules for many characteristics at once, batch-exact.
+
+    Characteristic ``i`` is judged with ``configs[i]``; configs may differ in
+    codes and parameters. The state is a few numpy arrays indexed by
+    characteristic: one ``uint64`` row of bit histories (up, down, then
+    beyond +level / −level for each σ level of its config; bit 0 = newest
+    plotted point), the last plotted value and the count of plotted points
+    (capped at 64). Parameters live in small per-config tables (identical
+    configs share a row), so a characteristic costs 8·(2 + 2·S) + 13 bytes, S
+    being the most σ levels any config uses (3 for ``nelson``: 77 bytes).
+
+    Feeding a series point by point, in any split, gives exactly the masks of
+    :func:`evaluate` on the whole series.
+    """
+
+    def __init__(self, configs: Sequence[RuleConfig | str | Sequence[str]] = ()) -> None:
+        self._configs: list[RuleConfig] = []
+        self._config_ids: dict[RuleConfig, int] = {}
+        self._nslots = 0
+        self._cfg = np.zeros(0, dtype=np.uint32)
+        self._regs = np.zeros((0, 2), dtype=np.uint64)
+        self._last = np.zeros(0, dtype=np.float64)
+        self._count = np.zeros(0, dtype=np.uint8)
+        self._tables = _build_tables([], 0)
+        self.extend(configs)
+
+    # ------------------------------------------------------------------ shape
+
+    def __len__(self) -> int:
+        return int(self._cfg.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of per-characteristic state (histories, last value, count, config id)."""
+        return int(self._regs.nbytes + self._last.nbytes + self._count.nbytes + self._cfg.nbytes)
+
+    def config(self, i: int) -> RuleConfig:
+        """The rule config of characteristic ``i``."""
+        return self._configs[int(self._cfg[i])]
+
+    def extend(
+        self,
+        configs: Sequence[RuleConfig | str | Sequence[str]],
+        carries: Sequence[RuleCarry | None] | None = None,
+    ) -> np.ndarray:
+        """Add characteristics (empty histories, or seeded from ``carries``); returns their indices.
+
+        A carry (from :func:`evaluate_with_carry` on the history, say) must keep
+        every σ level its config uses.
+        """
+        resolved = [c if isinstance(c, RuleConfig) else resolve_rules(c) for c in configs]
+        if carries is not None and len(carries) != len(resolved):
+            raise SpcInputError("carries", f"{len(carries)} carries for {len(resolved)} configs")
+        start = len(self)
+        ids = np.empty(len(resolved), dtype=np.uint32)
+        grew = False
+        for j, cfg in enumerate(resolved):
+            cid = self._config_ids.get(cfg)
+            if cid is None:
+                cid = len(self._configs)
+                self._configs.append(cfg)
+                self._config_ids[cfg] = cid
+                grew = True
+            ids[j] = cid
+        nslots = max([self._nslots, *(len(c.levels) for c in resolved)])
+        if nslots > self._nslots:
+            wider = np.zeros((len(self), 2 + 2 * nslots), dtype=np.uint64)
+            wider[:, : self._regs.shape[1]] = self._regs
+            self._regs = wider
+            self._nslots = nslots
+        if grew or nslots != self._tables.levels.shape[1]:
+            self._tables = _build_tables(self._configs, self._nslots)
+        n = len(resolved)
+        self._cfg = np.concatenate((self._cfg, ids))
+        self._regs = np.concatenate((self._regs, np.zeros((n, self._regs.shape[1]), np.uint64)))
+        self._last = np.concatenate((self._last, np.full(n, np.nan)))
+        self._count = np.concatenate((self._count, np.zeros(n, dtype=np.uint8)))
+        for j, carry in enumerate(carries or ()):
+            if carry is not None:
+                self._set_carry(start + j, carry, f"carries[{j}]")
+        return np.arange(start, start + n, dtype=np.intp)
+
+    def reset(self, idx: Any) -> None:
+        """Forget the history of characteristics ``idx`` (their windows start afresh)."""
+        idx = np.asarray(idx, dtype=np.intp)
+        self._regs[idx] = 0
+        self._last[idx] = np.nan
+        self._count[idx] = 0
+
+    # ------------------------------------------------------------------ carry
+
+    def carry(self, i: int) -> RuleCarry:
+        """The history of characteristic ``i`` as a :class:`RuleCarry`."""
+        lv = self.config(i).levels
+        row = [int(v) for v in self._regs[i]]
+        return RuleCarry(
+            lv,
+            tuple(row[2 + 2 * j] for j in range(len(lv))),
+            tuple(row[3 + 2 * j] for j in range(len(lv))),
+            row[0],
+            row[1],
+            float(self._last[i]),
+            int(self._count[i]),
+        )
+
+    def _set_carry(self, i: int, carry: RuleCarry, path: str) -> None:
+        lv = self.config(i).levels
+        row = np.zeros(self._regs.shape[1], dtype=np.uint64)
+        if carry.count:
+            row[0], row[1] = carry.up, carry.down
+            for j, level in enumerate(lv):
+                try:
+                    row[2 + 2 * j], row[3 + 2 * j] = carry.history(level)
+                except SpcInputError as e:
+                    raise SpcInputError(path, e.message) from None
+        self._regs[i] = row
+        self._last[i] = carry.last_x if carry.count else np.nan
+        self._count[i] = min(carry.count, MAX_WINDOW)
+
+    # ------------------------------------------------------------------ step
+
+    def step(self, idx: Any, x: Any, center: Any, sigma: Any, lcl: Any, ucl: Any) -> np.ndarray:
+        """Judge one new point for each characteristic in ``idx``; returns their ``uint32`` masks.
+
+        ``idx`` holds characteristic indices, unique within one call (split a
+        micro-batch with several points of one characteristic into rounds);
+        ``x``, ``center``, ``sigma``, ``lcl``, ``ucl`` are aligned with it
+        (scalars are broadcast). A missing point (NaN x, center or sigma)
+        changes nothing and gets mask 0.
+        """
+        idx = np.asarray(idx, dtype=np.intp).reshape(-1)
+        n = idx.shape[0]
+        x = np.broadcast_to(np.asarray(x, dtype=np.float64), (n,))
+        z = np.broadcast_to(standardize(x, center, sigma), (n,))
+        tb = self._tables
+        single = len(self._configs) == 1
+        cfg = None if single else self._cfg[idx]
+
+        def param(code: str, name: str) -> Any:
+            arr = tb.params[code][name]
+            return arr[0] if single else arr[cfg]
+
+        regs = self._regs[idx]
+        last = self._last[idx]
+        R = regs.shape[1]
+        F = np.empty((n, R), dtype=bool)
+        out = np.zeros(n, dtype=np.uint32)
+        with np.errstate(all="ignore"):
+            np.greater(x, last, out=F[:, 0])
+            np.less(x, last, out=F[:, 1])
+            if R > 2:
+                lv = tb.levels[0] if single else tb.levels[cfg]
+                np.greater(z[:, None], lv, out=F[:, 2::2])
+                np.less(z[:, None], -lv, out=F[:, 3::2])
+            new = np.left_shift(regs, 1, out=regs)
+            new |= F
+            count = np.minimum(self._count[idx] + np.uint8(1), np.uint8(MAX_WINDOW))
+            rows = None
+            for code in tb.params:
+                bit = np.uint32(1 << BITS[code])
+                kind = RULES[code].kind
+                if kind == "limit":
+                    hit = (x > np.asarray(ucl)) | (x < np.asarray(lcl))
+                    out |= hit * bit
+                    continue
+                if kind in ("trend", "alternate"):
+                    U = new[:, 0]
+                    M = param(code, "M")
+                    if kind == "trend":
+                        hit = ((U & M) == M) | ((new[:, 1] & M) == M)
+                    else:
+                        M2 = param(code, "M2")
+                        nz = U | new[:, 1]
+                        hit = ((nz & M) == M) & (((U ^ (U >> np.uint64(1))) & M2) == M2)
+                    out |= hit * bit
+                    continue
+                col = tb.static_col[code]
+                if col is not None:
+                    P = new[:, col]
+                    N = new[:, col + 1]
+                else:
+                    if rows is None:
+                        rows = np.arange(n)
+                    cols = param(code, "col")
+                    P = new[rows, cols]
+                    N = new[rows, cols + 1]
+                M = param(code, "M")
+                if kind == "side":
+                    hit = ((P & M) == M) | ((N & M) == M)
+                elif kind == "k_of_m":
+                    k = param(code, "k")
+                    hit = ((P & np.uint64(1)).astype(bool) & (np.bitwise_count(P & M) >= k)) | (
+                        (N & np.uint64(1)).astype(bool) & (np.bitwise_count(N & M) >= k)
+                    )
+                elif kind == "within":
+                    W = ~(P | N) & _MASKS[count]
+                    hit = (W & M) == M
+                else:  # beyond_both
+                    hit = (((P | N) & M) == M) & ((P & M) != 0) & ((N & M) != 0)
+                out |= hit * bit
+        out &= tb.bits[0] if single else tb.bits[cfg]
+        ok = ~np.isnan(z)
+        if ok.all():
+            self._regs[idx] = new
+            self._last[idx] = x
+            self._count[idx] = count
+        else:
+            out[~ok] = 0
+            sel = idx[ok]
+            self._regs[sel] = new[ok]
+            self._last[sel] = x[ok]
+            self._count[sel] = count[ok]
+        return out
+
+    # ------------------------------------------------------------------ persistence
+
+    def _levels_matrix(self) -> np.ndarray:
+        return self._tables.levels[self._cfg]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The histories as plain JSON types (restore with :meth:`from_state`)."""
+        lv = self._levels_matrix()
+        return {
+            "format": _STATE_FORMAT,
+            "version": _STATE_VERSION,
+            "levels": [[v for v in row if not math.isnan(v)] for row in lv.tolist()],
+            "regs": self._regs.tolist(),
+            "last_x": [None if math.isnan(v) else v for v in self._last.tolist()],
+            "count": self._count.tolist(),
+        }
+
+    @classmethod
+    def from_state(
+        cls,
+        configs: Sequence[RuleConfig | str | Sequence[str]],
+        state: Mapping[str, Any],
+        *,
+        strict: bool = True,
+    ) -> RuleBank:
+        """Rebuild a bank from ``configs`` and a :meth:`state_dict`.
+
+        The histories are kept per σ level, so a config may change its codes or
+        run lengths across a restart and keep its history; if it now needs a
+        level the saved state lacks, that is an :class:`SpcInputError` naming
+        ``state.levels[i]``, or with ``strict=False`` that characteristic
+        starts afresh.
+        """
+        if state.get("format") != _STATE_FORMAT or state.get("version") != _STATE_VERSION:
+            raise SpcInputError("state", "not a RuleBank state (format/version)")
+        bank = cls(configs)
+        K = len(bank)
+        for key in ("levels", "regs", "last_x", "count"):
+            if len(state[key]) != K:
+                raise SpcInputError(f"state.{key}", f"{len(state[key])} entries for {K} configs")
+        last = np.array([math.nan if v is None else v for v in state["last_x"]], dtype=np.float64)
+        bank._restore(
+            [tuple(float(v) for v in row) for row in state["levels"]],
+            [[int(v) for v in row] for row in state["regs"]],
+            last,
+            np.asarray(state["count"], dtype=np.int64),
+            strict,
+        )
+        return bank
+
+    def _restore(
+        self,
+        levels: list[tuple[float, ...]],
+        regs: list[list[int]] | np.ndarray,
+        last: np.ndarray,
+        count: np.ndarray,
+        strict: bool,
+    ) -> None:
+        self._last[:] = last
+        self._count[:] = np.clip(count, 0, MAX_WINDOW)
+        for i, old in enumerate(levels):
+            new_lv = self.config(i).levels
+            row = regs[i]
+            if len(row) != 2 + 2 * len(old) and len(row) < 2 + 2 * len(old):
+                raise SpcInputError(f"state.regs[{i}]", "too few histories for its levels")
+            if tuple(old) == new_lv:
+                self._regs[i, : 2 + 2 * len(old)] = row[: 2 + 2 * len(old)]
+                continue
+            if not set(new_lv) <= set(old):
+                if strict:
+                    raise SpcInputError(
+                        f"state.levels[{i}]",
+                        f"saved history has levels {list(old)}, the config needs {list(new_lv)}",
+                    )
+                self.reset([i])
+                continue
+            self._regs[i, 0] = row[0]
+            self._regs[i, 1] = row[1]
+            for j, lv in enumerate(new_lv):
+                o = old.index(lv)
+                self._regs[i, 2 + 2 * j] = row[2 + 2 * o]
+                self._regs[i, 3 + 2 * j] = row[3 + 2 * o]
+
+    def to_bytes(self) -> bytes:
+        """Compact binary state (an ``.npz`` without pickles); restore with :meth:`from_bytes`."""
+        buf = io.BytesIO()
+        np.savez(
+            buf,
+            version=np.array([_STATE_VERSION]),
+            levels=self._levels_matrix(),
+            regs=self._regs,
+            last=self._last,
+            count=self._count,
+        )
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(
+        cls,
+        configs: Sequence[RuleConfig | str | Sequence[str]],
+        data: bytes,
+        *,
+        strict: bool = True,
+    ) -> RuleBank:
+        """Inverse of :meth:`to_bytes` (same rules as :meth:`from_state`)."""
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                arrays = {k: z[k] for k in ("version", "levels", "regs", "last", "count")}
+        except (OSError, ValueError, KeyError) as e:
+            raise SpcInputError("state", f"not a RuleBank state: {e}") from None
+        if int(arrays["version"][0]) != _STATE_VERSION:
+            raise SpcInputError("state", "unsupported RuleBank state version")
+        bank = cls(configs)
+        K = len(bank)
+        if arrays["regs"].shape[0] != K:
+            raise SpcInputError(
+                "state", f"{arrays['regs'].shape[0]} characteristics for {K} configs"
+            )
+        levels = [tuple(v for v in row if not math.isnan(v)) for row in arrays["levels"].tolist()]
+        bank._restore(levels, arrays["regs"], arrays["last"], arrays["count"], strict)
+        return bank
