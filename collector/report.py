@@ -11,7 +11,7 @@ from rich.text import Text
 _BLOCKS = "▁▂▃▄▅▆▇█"
 
 
-def _fmt(v: Any, digits: int = 5) -> str:
+def _fmt(v: Any, digits: int = 6) -> str:
     if v is None:
         return "—"
     if isinstance(v, float):
@@ -49,9 +49,16 @@ def print_summary(result: dict[str, Any], title: str = "", console: Console | No
             f"limits [{_fmt(ch['lcl'][0])}, {_fmt(ch['ucl'][0])}]" if ch["lcl"] else "",
         )
         con.print(head)
-        con.print(Text("       ") + _strip(ch["statistics"], ch["lcl"], ch["ucl"], flagged))
-        if n1 is not None and n1 < len(ch["statistics"]):
-            con.print(Text("       " + " " * n1 + "↑ Phase II", style="dim"))
+        # EWMA and CUSUM are judged on their smoothed path / sums, so plot those.
+        plotted = ch.get("ewma") or ch.get("cusum_upper") or ch["statistics"]
+        width = max(20, con.width - 8)
+        start = max(0, len(plotted) - width)
+        con.print(
+            Text("       ")
+            + _strip(plotted[start:], ch["lcl"][start:], ch["ucl"][start:], {i - start for i in flagged})
+        )
+        if n1 is not None and start <= n1 < len(plotted):
+            con.print(Text("       " + " " * (n1 - start) + "↑ Phase II", style="dim"))
         fired = {code: idx for code, idx in ch["violations"].items() if idx}
         if fired:
             table = Table(show_header=True, header_style="bold", box=None, padding=(0, 2))
