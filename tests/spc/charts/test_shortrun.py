@@ -332,9 +332,8 @@ def test_zmr_exclusion_changes_estimate_not_points():
 def test_zmr_phase2_uses_frozen_part_estimates():
     """Phase II (B 21.6, A 10.075): z = (1.3/σ_B = 3.2598, 0) with the frozen Phase I μ and σ.
 
-    The first Phase II MR uses the last Phase I z;
-
-    zmr_series with ``prev`` = last Phase I z reproduces the Phase II tail.
+    The first Phase II MR uses the last Phase I z; ``zmr_series`` with
+    ``prev`` = that z reproduces the Phase II tail.
     """
     r = zmr_chart(Z_VALUES, Z_PARTS, [21.6, 10.075], ["B", "A"])
     sb = 0.45 / D2
