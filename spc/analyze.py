@@ -31,6 +31,7 @@ from spc.charts.variables import (
     xbar_series,
 )
 from spc.errors import SpcInputError
+from spc.limits import Exclusion, LimitsRecord
 from spc.series import ChartSeries, Estimate
 
 __all__ = [
@@ -706,9 +707,35 @@ def analyze(req: AnalyzeRequest) -> dict[str, Any]:
     }
     if req.exclude:
         out["excluded"] = [{"index": i, "reason": r} for i, r in sorted(req.exclude.items())]
+    if req.chart != "rules":
+        out["limits"] = limits_record(req, plotted[0].series.estimate).to_json()
     if req.capability is not None:
         out["capability"] = capability_json
     return out
+
+
+def limits_record(req: AnalyzeRequest, est: Estimate) -> LimitsRecord:
+    """The frozen Phase I limits record this analysis judged Phase II against.
+
+    Its id depends only on what the limits depend on (chart, estimate,
+    Phase I size, exclusions, parameters), so the live service can adopt the
+    record from an offline study and alarms will name the same ``limits_id``.
+    """
+    params: list[tuple[str, float]] = [("nsigmas", req.nsigmas)]
+    if req.chart == "ewma":
+        params += [("ewma_L", req.ewma["L"]), ("ewma_lambda", req.ewma["lambda"])]
+    if req.chart == "cusum":
+        params += [(f"cusum_{k}", v) for k, v in sorted(req.cusum.items())]
+    return LimitsRecord(
+        chart=req.chart + ("-laney" if req.laney else ""),
+        center=float(est.center),
+        sigma=float(est.sigma),
+        method=est.method,
+        n_points=len(req.data),
+        window=("0", str(len(req.data) - 1)),
+        exclusions=tuple(Exclusion(i, r) for i, r in sorted(req.exclude.items())),
+        params=tuple(sorted(params)),
+    )
 
 
 def analyze_json(body: Any) -> dict[str, Any]:

@@ -358,3 +358,20 @@ def test_any_valid_individuals_give_strict_json(values, chart) -> None:
 def test_big_arrays_are_numpy_free_json() -> None:
     out = analyze_json({"chart": "imr", "data": np.arange(10.0).tolist()})
     assert all(type(v) is float for v in out["charts"][0]["statistics"])
+
+
+def test_response_carries_frozen_limits_record() -> None:
+    """The Phase I estimate comes back as a frozen limits record with a content id (CONVENTIONS habit 4)."""
+    from spc.limits import LimitsRecord
+
+    body = {
+        "chart": "imr",
+        "data": [1, 2, 100, 3, 4],
+        "exclude": [{"index": 2, "reason": "dropped part"}],
+    }
+    rec = analyze_json(body)["limits"]
+    assert rec["chart"] == "imr" and rec["method"] == "mr" and rec["n_points"] == 5
+    assert rec["exclusions"] == [{"index": 2, "reason": "dropped part"}]
+    assert LimitsRecord.from_json(rec).id == rec["id"]
+    assert analyze_json(body)["limits"]["id"] == rec["id"]  # deterministic
+    assert analyze_json({**body, "nsigmas": 2.5})["limits"]["id"] != rec["id"]
