@@ -16,7 +16,15 @@ import numpy as np
 
 from spc.series import ChartSeries, Estimate
 
-__all__ = ["CusumCarry", "EwmaCarry", "cusum_series", "ewma_factor", "ewma_series"]
+__all__ = [
+    "CusumCarry",
+    "EwmaCarry",
+    "cusum_series",
+    "cusum_standardize",
+    "ewma_factor",
+    "ewma_limits",
+    "ewma_series",
+]
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,30 @@ def ewma_factor(lam: float, t: np.ndarray | int) -> np.ndarray:
     return np.sqrt(lam / (2.0 - lam) * (1.0 - (1.0 - lam) ** (2.0 * t)))
 
 
+def ewma_limits(center, sigma, n, lam, L, t) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """σ_t = σ/√n · ewma_factor(λ, t) and the limits centre ∓ L·σ_t of plotted point t ≥ 1.
+
+    Scalars or arrays (per point or per characteristic); the batch series and
+    the streaming engine both call this so their limits are the same numbers.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sig = sigma / np.sqrt(n) * ewma_factor(lam, t)
+    return sig, center - L * sig, center + L * sig
+
+
+def cusum_standardize(dev, sd) -> np.ndarray:
+    """Vectorised :func:`_standardize`: dev/sd, or ±inf / 0 where sd ≤ 0 (or NaN), as the recursion does."""
+    dev = np.asarray(dev, dtype=float)
+    sd = np.asarray(sd, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = dev / sd
+        odd = ~(sd > 0.0)
+        if odd.any():
+            alt = np.where(dev != 0.0, np.copysign(np.inf, dev), 0.0)
+            z = np.where(odd, alt, z)
+    return z
+
+
 def ewma_series(
     means: np.ndarray,
     n: np.ndarray,
@@ -77,15 +109,14 @@ def ewma_series(
             path[i] = z
             tt[i] = t
     ok = tt > 0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        sig = np.where(ok, est.sigma / np.sqrt(n) * ewma_factor(lam, np.maximum(tt, 1)), np.nan)
-    center = np.where(ok, est.center, np.nan)
+    sig, lcl, ucl = ewma_limits(est.center, est.sigma, n, lam, L, np.maximum(tt, 1))
+    sig = np.where(ok, sig, np.nan)
     series = ChartSeries(
         "ewma",
         np.where(ok, means, np.nan),
-        center,
-        center - L * sig,
-        center + L * sig,
+        np.where(ok, est.center, np.nan),
+        np.where(ok, lcl, np.nan),
+        np.where(ok, ucl, np.nan),
         sig,
         n,
         est,

@@ -24,13 +24,17 @@ __all__ = [
     "XBAR_METHODS",
     "Known",
     "SubgroupStats",
+    "control_band",
     "estimate_imr",
     "estimate_xbar",
     "imr_chart",
     "imr_series",
     "moving_ranges",
+    "range_limits",
+    "sd_limits",
     "subgroup_stats",
     "xbar_chart",
+    "xbar_limits",
     "xbar_series",
 ]
 
@@ -140,11 +144,52 @@ def estimate_xbar(
     return Estimate(center=float(center), sigma=_sigma_xbar(stats, use, method), method=method)
 
 
-def _band(center: np.ndarray, sig: np.ndarray, k: float, lo: float | None = None):
+def control_band(center, sig, k, lo: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(LCL, UCL) = centre ∓ k·σ, the LCL clipped at ``lo`` when given.
+
+    Every argument may be a scalar or an array (per point or per
+    characteristic); the batch series and the streaming engine both call this
+    so their limits are the same floating-point numbers.
+    """
     lcl = center - k * sig
     if lo is not None:
         lcl = np.maximum(lcl, lo)
     return lcl, center + k * sig
+
+
+def xbar_limits(
+    n: np.ndarray, center, sigma, nsigmas
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Centre, σ, LCL and UCL of X̄ points of sizes ``n`` (NaN where n = 0).
+
+    σ_i = σ/√n_i; ``center``, ``sigma`` and ``nsigmas`` are scalars or arrays
+    broadcast against ``n``.
+    """
+    n = np.asarray(n)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sig = np.where(n > 0, sigma / np.sqrt(n.astype(float)), np.nan)
+    ctr = np.where(n > 0, center, np.nan)
+    lcl, ucl = control_band(ctr, sig, nsigmas)
+    return ctr, sig, lcl, ucl
+
+
+def range_limits(d2n, d3n, sigma, nsigmas) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Centre d2·σ, σ_R = d3·σ and limits (LCL ≥ 0) of an R (or MR) chart.
+
+    ``d2n``/``d3n`` are d2(n_i), d3(n_i) (NaN for n_i < 2), scalars or arrays.
+    """
+    ctr = np.multiply(d2n, sigma)
+    sig = np.multiply(d3n, sigma)
+    lcl, ucl = control_band(ctr, sig, nsigmas, lo=0.0)
+    return ctr, sig, lcl, ucl
+
+
+def sd_limits(c4n, sigma, nsigmas) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Centre c4·σ, σ_S = σ·√(1 − c4²) and limits (LCL ≥ 0) of an S chart (c4n = c4(n_i))."""
+    ctr = np.multiply(c4n, sigma)
+    sig = sigma * np.sqrt(1.0 - c4n * c4n)
+    lcl, ucl = control_band(ctr, sig, nsigmas, lo=0.0)
+    return ctr, sig, lcl, ucl
 
 
 def xbar_series(
@@ -160,23 +205,16 @@ def xbar_series(
     n = stats.n
     nf = n.astype(float)
     s = est.sigma
-    with np.errstate(divide="ignore", invalid="ignore"):
-        sig_x = np.where(n > 0, s / np.sqrt(nf), np.nan)
-    center_x = np.where(n > 0, est.center, np.nan)
-    lcl_x, ucl_x = _band(center_x, sig_x, nsigmas)
+    center_x, sig_x, lcl_x, ucl_x = xbar_limits(n, est.center, s, nsigmas)
     xbar = ChartSeries("xbar", stats.mean, center_x, lcl_x, ucl_x, sig_x, nf, est)
     if dispersion == "r":
-        center_d = d2_array(n) * s
-        sig_d = d3_array(n) * s
+        center_d, sig_d, lcl_d, ucl_d = range_limits(d2_array(n), d3_array(n), s, nsigmas)
         stat_d = stats.range
     elif dispersion == "s":
-        c = c4_array(n)
-        center_d = c * s
-        sig_d = s * np.sqrt(1.0 - c * c)
+        center_d, sig_d, lcl_d, ucl_d = sd_limits(c4_array(n), s, nsigmas)
         stat_d = stats.sd
     else:
         raise ValueError(f"dispersion must be 'r' or 's', not {dispersion!r}")
-    lcl_d, ucl_d = _band(center_d, sig_d, nsigmas, lo=0.0)
     disp = ChartSeries(dispersion, stat_d, center_d, lcl_d, ucl_d, sig_d, nf, est, dispersion=True)
     return xbar, disp
 
@@ -287,15 +325,13 @@ def imr_series(
     s = est.sigma
     center_x = np.full(m, est.center)
     sig_x = np.full(m, s)
-    lcl_x, ucl_x = _band(center_x, sig_x, nsigmas)
+    lcl_x, ucl_x = control_band(center_x, sig_x, nsigmas)
     xs = ChartSeries("x", x.copy(), center_x, lcl_x, ucl_x, sig_x, nf, est)
     if prev is None:
         mr = moving_ranges(x)
     else:
         mr = moving_ranges(np.concatenate([[prev], x]))[1:]
-    center_m = np.full(m, d2(2) * s)
-    sig_m = np.full(m, d3(2) * s)
-    lcl_m, ucl_m = _band(center_m, sig_m, nsigmas, lo=0.0)
+    center_m, sig_m, lcl_m, ucl_m = range_limits(np.full(m, d2(2)), np.full(m, d3(2)), s, nsigmas)
     n_mr = (~np.isnan(mr)).astype(float) * 2.0
     mrs = ChartSeries("mr", mr, center_m, lcl_m, ucl_m, sig_m, n_mr, est, dispersion=True)
     return xs, mrs
