@@ -25,9 +25,10 @@ Degenerate inputs (all of them valid, none raises):
   only μ̂ and σ̂), every interval and every P index is null.
 * all observations equal: σ_o = 0, so the P indices, the normality test and
   both non-normal analyses are null.
-* a point estimate of exactly 0 (μ̂ on a limit): its Bissell interval is
-  null (the approximation divides by Ĉ²). A negative estimate gets an
-  interval ordered lower ≤ upper.
+* Bissell intervals are computed as Ĉ ∓ z·√(1/(9n) + Ĉ²/(2(n−1))), which
+  equals the contract's Ĉ·(1 ∓ z·√(1/(9nĈ²) + 1/(2(n−1)))) for every Ĉ ≠ 0
+  and is its limit at Ĉ = 0 (μ̂ exactly on a limit), where the contract's
+  form is 0·∞. A negative estimate gets its interval ordered lower ≤ upper.
 """
 
 from __future__ import annotations
@@ -307,6 +308,26 @@ class CapabilityReport:
 # Anderson–Darling
 
 
+def _mean_sd(x: np.ndarray, ddof: int = 1) -> tuple[float, float]:
+    """Mean and SD (NaN when undefined), overflow-safe near the float limit.
+
+    The data are divided by a power of two near max|x|: exact, so the result is
+    bit-identical to ``np.mean``/``np.std`` wherever those do not overflow.
+    """
+    if not x.size:
+        return NAN, NAN
+    maxabs = float(np.max(np.abs(x)))
+    scale = math.ldexp(1.0, math.frexp(maxabs)[1]) if maxabs > 0.0 else 1.0
+    u = x / scale
+    if x.size <= ddof:
+        sd = NAN
+    elif float(np.ptp(u)) == 0.0:
+        sd = 0.0  # constant data: exactly 0, not the rounding noise of the mean
+    else:
+        sd = scale * float(np.std(u, ddof=ddof))
+    return scale * float(np.mean(u)), sd
+
+
 def _ad_statistic(log_cdf: np.ndarray, log_sf: np.ndarray) -> float:
     """A² = −n − (1/n) Σ (2i−1)[ln F(x₍ᵢ₎) + ln(1 − F(x₍ₙ₊₁₋ᵢ₎))] from sorted-x logs."""
     n = log_cdf.shape[0]
@@ -350,10 +371,10 @@ def anderson_darling_normal(observations: np.ndarray) -> Normality:
     n = x.shape[0]
     if n < 3:
         return Normality(reason=f"needs at least 3 observations, got {n}")
-    sd = float(np.std(x, ddof=1))
+    m, sd = _mean_sd(x)
     if not sd > 0.0:
         return Normality(reason="all observations are equal (SD = 0)")
-    z = (x - float(np.mean(x))) / sd
+    z = (x - m) / sd
     a2 = _ad_statistic(special.log_ndtr(z), special.log_ndtr(-z))
     a2_adj = a2 * (1.0 + 0.75 / n + 2.25 / (n * n))
     p = anderson_darling_pvalue(a2_adj)
@@ -374,12 +395,17 @@ def _chisq_interval(c: float, df: float, alpha: float) -> tuple[float, float]:
 
 
 def _bissell_interval(c: float, n: int, z: float) -> tuple[float, float]:
-    """Ĉ·(1 ∓ z·√(1/(9nĈ²) + 1/(2(n−1)))), ordered lower ≤ upper; NaN for Ĉ = 0 or n < 2."""
-    if not math.isfinite(c) or c == 0.0 or n < 2:
+    """Ĉ·(1 ∓ z·√(1/(9nĈ²) + 1/(2(n−1)))), written as Ĉ ∓ z·√(1/(9n) + Ĉ²/(2(n−1))).
+
+    The two forms are equal for every Ĉ ≠ 0 (for Ĉ < 0 the contract's pair comes
+    out in the other order; the interval is reported lower ≤ upper). At Ĉ = 0 the
+    contract's product is 0·∞; the second form gives its limit, ±z/(3√n), so the
+    interval is continuous in Ĉ. NaN for n < 2.
+    """
+    if not math.isfinite(c) or n < 2:
         return NAN, NAN
-    w = z * math.sqrt(1.0 / (9.0 * n * c * c) + 1.0 / (2.0 * (n - 1)))
-    a, b = c * (1.0 - w), c * (1.0 + w)
-    return min(a, b), max(a, b)
+    half = z * math.hypot(1.0 / (3.0 * math.sqrt(n)), c / math.sqrt(2.0 * (n - 1)))
+    return c - half, c + half
 
 
 def _ratio(num: float, den: float) -> float:
@@ -449,7 +475,7 @@ _Params = tuple[tuple[str, float], ...]  # (name, value) pairs as reported
 
 def _fit_normal(x: np.ndarray) -> tuple[_Params, _Frozen]:
     # SD with n−1 (not the MLE): the same σ_o as Pp, so a normal fit reproduces Pp.
-    m, s = float(np.mean(x)), float(np.std(x, ddof=1))
+    m, s = _mean_sd(x)
     return (("mean", m), ("sd", s)), stats.norm(loc=m, scale=s)
 
 
@@ -586,6 +612,7 @@ def _fit_two(x: np.ndarray, name: str) -> tuple[_Params, _Frozen]:
 
 
 # Threshold search for the 3-parameter variants: θ = min(x) − range·e^t on a fixed grid of t.
+_HUGE = 1e300  # the objective's value where the likelihood does not exist
 _T_GRID = np.linspace(math.log(1e-3), math.log(10.0), 41)
 
 
@@ -606,16 +633,17 @@ def _fit_threshold(x: np.ndarray, name: str) -> tuple[_Params, _Frozen]:
         y = x - (xmin - rng * math.exp(t))
         try:
             a, b = fam.fit(y)
+            ll = fam.loglik(y, a, b)
         except (ArithmeticError, ValueError):
-            return math.inf
-        ll = fam.loglik(y, a, b)
-        return -ll if math.isfinite(ll) else math.inf
+            return _HUGE
+        # a finite sentinel: bounded Brent computes differences of these values (inf − inf)
+        return -ll if math.isfinite(ll) else _HUGE
 
     prof = np.array([neg_profile(float(t)) for t in _T_GRID])
     interior = [
         i
         for i in range(1, len(_T_GRID) - 1)
-        if math.isfinite(prof[i]) and prof[i] <= prof[i - 1] and prof[i] <= prof[i + 1]
+        if prof[i] < _HUGE and prof[i] <= prof[i - 1] and prof[i] <= prof[i + 1]
     ]
     if not interior:
         raise ArithmeticError("no interior maximum of the threshold likelihood")
@@ -669,7 +697,7 @@ def _percentile(x: np.ndarray, lsl: float | None, usl: float | None) -> Percenti
     """Fit every candidate distribution, keep the one with the smallest A²."""
     if x.shape[0] < 3:
         return PercentileCapability(False, f"needs at least 3 observations, got {x.shape[0]}")
-    if not float(np.std(x)) > 0.0:
+    if not float(np.ptp(x)) > 0.0:
         return PercentileCapability(False, "all observations are equal (SD = 0)")
     fits: list[DistributionFit] = []
     skipped: list[tuple[str, str]] = []
@@ -700,13 +728,18 @@ def _percentile(x: np.ndarray, lsl: float | None, usl: float | None) -> Percenti
     return PercentileCapability(True, None, best, tuple(fits), tuple(skipped))
 
 
+def _finite_objective(v: float) -> float:
+    v = float(v)
+    return v if math.isfinite(v) else _HUGE
+
+
 def _box_cox(x: np.ndarray, lsl: float | None, usl: float | None) -> BoxCoxCapability:
     """Box-Cox with λ by maximum likelihood, then P indices on the transformed scale."""
     if x.shape[0] < 3:
         return BoxCoxCapability(False, f"needs at least 3 observations, got {x.shape[0]}")
     if not bool(np.all(x > 0.0)):
         return BoxCoxCapability(False, "needs all observations > 0")
-    if not float(np.std(x)) > 0.0:
+    if not float(np.ptp(x)) > 0.0:
         return BoxCoxCapability(False, "all observations are equal (SD = 0)")
     if usl is not None and usl <= 0.0:
         return BoxCoxCapability(False, "USL ≤ 0 cannot be transformed")
@@ -723,11 +756,18 @@ def _box_cox(x: np.ndarray, lsl: float | None, usl: float | None) -> BoxCoxCapab
             x,
             method="mle",
             optimizer=lambda f: optimize.minimize_scalar(
-                f, bounds=(-LAMBDA_MAX, LAMBDA_MAX), method="bounded", options={"xatol": 1e-8}
+                lambda lm: _finite_objective(f(lm)),
+                bounds=(-LAMBDA_MAX, LAMBDA_MAX),
+                method="bounded",
+                options={"xatol": 1e-8},
             ),
             ymax=math.inf,
         )
     )
+    if not math.isfinite(float(stats.boxcox_llf(lmbda, x))):
+        return BoxCoxCapability(
+            False, "degenerate likelihood (spread below floating-point resolution)", note=note
+        )
     if abs(lmbda) > LAMBDA_MAX - 1e-6:
         edge = f"λ is at the bound ±{LAMBDA_MAX:g} of the search (flat or monotone likelihood)"
         note = edge if note is None else f"{note}; {edge}"
@@ -850,8 +890,7 @@ def capability(
     two = lsl_v is not None and usl_v is not None
     if target_v is None and two:
         target_v = 0.5 * (lsl_v + usl_v)  # type: ignore[operator]
-    mean = float(np.mean(x)) if n else NAN
-    so = float(np.std(x, ddof=1)) if n >= 2 else NAN
+    mean, so = _mean_sd(x)
 
     within = _family(mu, sw, lsl_v, usl_v, n, alpha)
     overall = _family(mu, so, lsl_v, usl_v, n, alpha)
@@ -876,16 +915,6 @@ def capability(
         notes["intervals"] = f"needs at least 2 observations, got {n}: intervals undefined"
     elif so == 0.0:
         notes["sigma_overall"] = "all observations are equal (σ_o = 0): P indices undefined"
-    for key, idx in (
-        ("Cpl", within.lower),
-        ("Cpu", within.upper),
-        ("Cpk", within.k),
-        ("Ppl", overall.lower),
-        ("Ppu", overall.upper),
-        ("Ppk", overall.k),
-    ):
-        if idx.value == 0.0 and n >= 2:
-            notes[key] = "estimate is 0 (centre on the limit): Bissell interval undefined"
 
     if n:
         outside = 0
@@ -901,9 +930,12 @@ def capability(
     if math.isnan(expected_ppm):
         notes["expected_ppm_outside"] = "no within σ̂"
 
-    normality = anderson_darling_normal(x)
-    box_cox = _box_cox(x, lsl_v, usl_v) if non_normal else None
-    percentile = _percentile(x, lsl_v, usl_v) if non_normal else None
+    # Data near the float limits (|x| ~ 1e300, spreads below the resolution of the values)
+    # overflow inside scipy's fits; what overflows comes out non-finite and is reported null.
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        normality = anderson_darling_normal(x)
+        box_cox = _box_cox(x, lsl_v, usl_v) if non_normal else None
+        percentile = _percentile(x, lsl_v, usl_v) if non_normal else None
 
     stable = None if in_control is None else bool(in_control)
     return CapabilityReport(

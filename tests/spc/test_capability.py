@@ -450,13 +450,22 @@ def test_fewer_than_two_observations(n):
         assert out["observed_ppm_outside"] == 0.0
 
 
-def test_estimate_zero_has_no_bissell_interval():
-    """Ĉ = 0 (centre exactly on LSL): 1/(9nĈ²) is infinite → null interval with a note."""
-    r = capability(np.linspace(-1, 1, 11), center=0.0, sigma_within=1.0, lsl=0.0, usl=6.0)
+def test_estimate_zero_bissell_interval_is_the_limit():
+    """Hand-derived: at Ĉ = 0 (centre exactly on LSL) the contract's Ĉ·(1 ∓ z·√(1/(9nĈ²) + …))
+    is 0·∞; its limit as Ĉ → 0 is ±z/(3√n), and the interval is continuous there."""
+    x = np.linspace(-1, 1, 11)
+    r = capability(x, center=0.0, sigma_within=1.0, lsl=0.0, usl=6.0)
     out = _json_ok(r)
-    assert out["Cpl"] == {"value": 0.0, "lower": None, "upper": None}
-    assert out["Cpk"]["value"] == 0.0 and out["Cpk"]["lower"] is None
-    assert "Cpl" in out["notes"]
+    z1, z2 = stats.norm.ppf(0.95), stats.norm.ppf(0.975)
+    assert out["Cpl"]["value"] == 0.0
+    assert (out["Cpl"]["lower"], out["Cpl"]["upper"]) == pytest.approx(
+        (-z1 / (3 * math.sqrt(11)), z1 / (3 * math.sqrt(11))), rel=1e-12
+    )
+    assert (out["Cpk"]["lower"], out["Cpk"]["upper"]) == pytest.approx(
+        (-z2 / (3 * math.sqrt(11)), z2 / (3 * math.sqrt(11))), rel=1e-12
+    )
+    near = capability(x, center=1e-9, sigma_within=1.0, lsl=0.0, usl=6.0)
+    assert near.Cpl.lower == pytest.approx(r.Cpl.lower, abs=1e-9)
     assert out["expected_ppm_outside"] == pytest.approx(5e5 + 1e6 * stats.norm.sf(6.0))
 
 
