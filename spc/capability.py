@@ -80,7 +80,12 @@ def _num(x: float | None) -> float | None:
 
 @dataclass(frozen=True)
 class CapabilityIndex:
-    """One index with its two-sided ``confidence`` interval (NaN = undefined)."""
+    """One index with its interval at ``confidence`` (NaN = undefined).
+
+    Chi-square interval for Cp/Pp/Cpm; Bissell's normal approximation for the
+    others, each bound with the one-sided z_{1−α} for Cpl/Cpu/Ppl/Ppu and the
+    two-sided z_{1−α/2} for Cpk/Ppk (``contracts/analyze.md``).
+    """
 
     value: float = NAN
     lower: float = NAN
@@ -338,11 +343,13 @@ def _ad_statistic(log_cdf: np.ndarray, log_sf: np.ndarray) -> float:
 
 
 def anderson_darling_pvalue(ad_adjusted: float) -> float:
-    """p-value of the adjusted statistic A*² by D'Agostino & Stephens (1986), Table 4.9.
+    """p-value of the adjusted statistic A*² by D'Agostino & Stephens (1986).
 
     The piecewise formula Minitab uses for the normal case with estimated mean
-    and SD. The top branch has its minimum at A*² ≈ 153.5 (p ≈ 1e-190); the
-    statistic is held there so p never rises again. The result is clipped to [0, 1].
+    and SD (breaks at 0.2, 0.34, 0.6). The top branch has its minimum at
+    A*² ≈ 153.5 (p ≈ 1e-190); the statistic is held there so p never rises
+    again (statsmodels instead returns 0 above 13, where p < 1e-30 anyway).
+    The result is clipped to [0, 1].
     """
     a = float(ad_adjusted)
     if not math.isfinite(a):
@@ -512,7 +519,7 @@ def _gamma_mle(y: np.ndarray) -> tuple[float, float]:
     """Shape a solves ln a − ψ(a) = ln(mean) − mean(ln x) (decreasing in a); scale = mean/a."""
     m = float(np.mean(y))
     s = math.log(m) - float(np.mean(np.log(y)))
-    if not s > 0.0:
+    if not (s > 0.0 and math.isfinite(s)):
         raise ArithmeticError("gamma shape diverges (data nearly constant)")
     a0 = (3.0 - s + math.sqrt((s - 3.0) ** 2 + 24.0 * s)) / (12.0 * s)  # Minka's start
 
@@ -522,6 +529,8 @@ def _gamma_mle(y: np.ndarray) -> tuple[float, float]:
     lo, hi = a0 / 2.0, a0 * 2.0
     while h(lo) < 0.0:
         lo /= 4.0
+        if lo < 1e-300:
+            raise ArithmeticError("gamma shape does not converge")
     while h(hi) > 0.0:
         hi *= 4.0
         if hi > 1e12:
@@ -634,7 +643,7 @@ def _fit_threshold(x: np.ndarray, name: str) -> tuple[_Params, _Frozen]:
         try:
             a, b = fam.fit(y)
             ll = fam.loglik(y, a, b)
-        except (ArithmeticError, ValueError):
+        except (ArithmeticError, ValueError, RuntimeError):
             return _HUGE
         # a finite sentinel: bounded Brent computes differences of these values (inf − inf)
         return -ll if math.isfinite(ll) else _HUGE
@@ -716,7 +725,7 @@ def _percentile(x: np.ndarray, lsl: float | None, usl: float | None) -> Percenti
         try:
             params, dist = make()
             fit = _percentile_fit(name, params, dist, x, lsl, usl)
-        except (ArithmeticError, ValueError) as exc:
+        except (ArithmeticError, ValueError, RuntimeError) as exc:
             skipped.append((name, str(exc) or type(exc).__name__))
             continue
         fits.append(fit)

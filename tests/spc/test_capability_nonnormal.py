@@ -3,10 +3,16 @@
 Sources of expected values:
 
 * **scipy**: ``scipy.stats.anderson(x, "norm")`` computes the same A² (mean
-  and SD with n−1 estimated), and its 5 % critical value is 0.752 divided by
-  (1 + 0.75/n + 2.25/n²), i.e. A*² = 0.752 (D'Agostino & Stephens 1986,
-  Table 4.7, as quoted in scipy's source). ``scipy.stats.boxcox`` gives the
-  maximum-likelihood λ; ``scipy.stats.*.fit`` gives reference likelihoods.
+  and SD with n−1 estimated); its normal-case critical values are
+  0.561, 0.631, 0.752, 0.873, 1.035 (15, 10, 5, 2.5, 1 %, from Stephens'
+  papers cited in scipy's docstring) divided by (1 + 0.75/n + 2.25/n²), so at
+  the 5 % value A*² = 0.752 and the p-value must be ≈ 0.05.
+  ``scipy.stats.boxcox`` gives the maximum-likelihood λ;
+  ``scipy.stats.{weibull_min,gamma}.fit`` give reference likelihoods.
+* **coefficient check**: the D'Agostino & Stephens (1986) coefficients
+  (1.2937, 5.709, 0.0186; 0.9177, 4.279, 1.38; 8.318, 42.796, 59.938;
+  13.436, 101.14, 223.73) are those in statsmodels' ``normal_ad`` and many
+  other public implementations.
 * **hand-derived**: formulas written out step by step in the test.
 * **closed form**: e.g. the log of exactly normal quantiles is exactly normal.
 """
