@@ -35,8 +35,21 @@ def test_piston_rings_xbar_r_montgomery_example_6_1() -> None:
     assert round(x.lcl[0], 3) == 73.988
     assert round(x.ucl[0], 3) == 74.014
     assert r.lcl[0] == 0.0
-    assert round(r.ucl[0], 3) == 0.048  # 2.114 × 0.02284 = 0.04828; the book's 0.049 uses R̄ rounded to 0.023
+    assert round(r.ucl[0], 3) == 0.048  # 2.114 × 0.02276 = 0.04812; the book's 0.049 uses R̄ rounded to 0.023
     assert not np.any((x.statistics > x.ucl) | (x.statistics < x.lcl))
+
+
+def test_piston_rings_against_qcc_vignette() -> None:
+    """R qcc 3.0 vignette, ``qcc(diameter[1:25,], type = "xbar")``: centre 74.00118,
+    StdDev 0.009785039, LCL 73.98805, UCL 74.01431. qcc divides R̄ by a 3-decimal
+    d2(5) = 2.326, we by the exact 2.3259289…, so σ̂ agrees to ~3e-5 relative."""
+    x, r = xbar_chart(np.array(PHASE1))
+    assert x.estimate.center == pytest.approx(74.00118, abs=5e-6)
+    assert np.nanmean(r.statistics) == pytest.approx(0.02276, abs=1e-12)
+    assert x.estimate.sigma == pytest.approx(0.009785039, rel=5e-5)
+    assert x.estimate.sigma == pytest.approx(0.02276 / d2(5), rel=1e-12)
+    assert x.lcl[0] == pytest.approx(73.98805, abs=1e-5)
+    assert x.ucl[0] == pytest.approx(74.01431, abs=1e-5)
 
 
 def test_piston_rings_phase2_judged_against_frozen_phase1() -> None:
