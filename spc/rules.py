@@ -352,32 +352,79 @@ def violation_indices(mask: np.ndarray, codes: Sequence[str]) -> dict[str, list[
 # --------------------------------------------------------------------------- standardisation
 
 
-def standardize(x: Any, center: Any, sigma: Any) -> np.ndarray:
+def standardize(x: Any, center: Any, sigma: Any, out: np.ndarray | None = None) -> np.ndarray:
     """z = (x − center) / sigma per point; NaN marks a missing point.
 
     sigma = 0 (constant data) gives z = +inf above the centre, −inf below and 0
     on it. A point is missing when x, center or sigma is NaN, or sigma < 0.
     Batch and streaming both call this, so they classify every point alike.
+    ``out`` (float64, the broadcast shape) receives the result if given.
     """
     x = np.asarray(x, dtype=np.float64)
     sigma = np.asarray(sigma, dtype=np.float64)
+    if out is None:
+        out = np.empty(np.broadcast_shapes(x.shape, np.shape(center), sigma.shape))
     with np.errstate(all="ignore"):
-        d = np.subtract(x, center, dtype=np.float64)
-        z = np.divide(d, sigma)
-        odd = sigma <= 0
-        if odd.any():
-            z = np.array(z, dtype=np.float64, copy=True, ndmin=1)
-            odd = np.broadcast_to(odd, z.shape)
-            d = np.broadcast_to(d, z.shape)
-            s = np.broadcast_to(sigma, z.shape)
-            zero = odd & (s == 0)
-            # d·inf is ±inf for d ≠ 0 and NaN for d = 0 or NaN; the d = 0 case is z = 0
-            z[zero] = d[zero] * np.inf
-            z[zero & (d == 0)] = 0.0
-            z[odd & (s < 0)] = np.nan
-            if np.ndim(x) == 0 and np.ndim(center) == 0 and sigma.ndim == 0:
-                z = z.reshape(())
+        z = np.subtract(x, center, out=out)
+        np.divide(z, sigma, out=z)
+        # fmin ignores NaN: a NaN σ already gives z = NaN, a zero or negative one needs fixing
+        if sigma.size and not np.fmin.reduce(sigma, axis=None) > 0:
+            odd = np.flatnonzero(np.broadcast_to(sigma <= 0, z.shape))
+            if odd.size:
+                d = (
+                    np.broadcast_to(x, z.shape).ravel()[odd]
+                    - np.broadcast_to(np.asarray(center, dtype=np.float64), z.shape).ravel()[odd]
+                )
+                s = np.broadcast_to(sigma, z.shape).ravel()[odd]
+                # d·inf is ±inf for d ≠ 0 and NaN for d = 0 or NaN; d = 0 is z = 0
+                fix = d * np.inf
+                fix[d == 0] = 0.0
+                fix[s < 0] = np.nan
+                z.reshape(-1)[odd] = fix
     return z
+
+
+def _x_thresholds(center: float, sigma: float, level: float) -> tuple[float, float] | None:
+    """(hi, lo) with z(x) > level ⇔ x > hi and z(x) < −level ⇔ x < lo, exactly.
+
+    z(x) = fl(fl(x − c)/σ) is monotone in x, so each predicate is a threshold on
+    x; finding it (a few ulps from c ± level·σ) lets a series with one centre and
+    one σ skip the subtraction and division yet classify every point exactly as
+    :func:`standardize` does. None when no such threshold is found quickly.
+    """
+    if not (math.isfinite(center) and math.isfinite(sigma) and sigma >= 0):
+        return None
+
+    def z(v: float) -> float:
+        return float(standardize(v, center, sigma))
+
+    def boundary(guess: float, pred: Any, up: bool) -> float | None:
+        # the last x (going up, or the first going down) for which pred(z(x)) is false
+        g = guess
+        inf = math.inf if up else -math.inf
+        for _ in range(256):
+            if not pred(z(g)):
+                break
+            g = math.nextafter(g, -inf)
+        else:
+            return None
+        for _ in range(256):
+            nxt = math.nextafter(g, inf)
+            if pred(z(nxt)):
+                return g
+            g = nxt
+        return None
+
+    with np.errstate(all="ignore"):
+        guess_hi = center + level * sigma
+        guess_lo = center - level * sigma
+    if not (math.isfinite(guess_hi) and math.isfinite(guess_lo)):
+        return None
+    hi = boundary(guess_hi, lambda v: v > level, True)
+    lo = boundary(guess_lo, lambda v: v < -level, False)
+    if hi is None or lo is None:
+        return None
+    return hi, lo
 
 
 # --------------------------------------------------------------------------- carry
@@ -592,14 +639,44 @@ def _at_least(w: np.ndarray, k: int, m: int) -> np.ndarray:
     return eq if gt is None else gt | eq
 
 
+def _k_of_m(w: np.ndarray, k: int, m: int) -> np.ndarray:
+    """Bit i set iff bit i is set and at least k of bits i−m+1..i are (k-of-m, one side)."""
+    need = k - 1  # of the m − 1 points before
+    if need == 0:
+        return w
+    if need == m - 1:
+        return _run(w, m)
+    if need * (m - 1) > 64:
+        return w & _at_least(w, k, m)
+    # at[j]: at least j of the shifted copies seen so far; only those that can still
+    # reach `need` with the copies left are kept
+    at: list[np.ndarray | None] = [None] * (need + 1)
+    for t in range(1, m):
+        v = _shl(w, t)
+        left = m - 1 - t
+        for j in range(min(need, t), 0, -1):
+            if j + left < need:
+                break
+            below = v if j == 1 else (at[j - 1] & v if at[j - 1] is not None else None)
+            if below is None:
+                continue
+            at[j] = below if at[j] is None else at[j] | below
+    top = at[need]
+    assert top is not None
+    return w & top
+
+
 class _MissingPointError(Exception):
     """A chunk held a missing point: start again on the compressed series."""
 
 
-_CHUNK = 1 << 16
+# Points per float-stage chunk (its temporaries stay in L2) and words per
+# word-stage chunk; both measured on the benchmark, see benchmarks/bench_rules.py.
+_CHUNK = 1 << 17
+_WORD_CHUNK = 1 << 14
 
 
-def _chunks(
+def _flag_words(
     x: np.ndarray,
     center: Any,
     sigma: Any,
@@ -610,22 +687,43 @@ def _chunks(
     chunk: int,
     check_missing: bool,
 ) -> np.ndarray:
-    """Masks for the plotted points ``x``; raises _MissingPointError on a missing point if asked to."""
+    """Per-point predicates of the plotted points ``x``, packed 64 to a ``uint64`` word.
+
+    Rows: beyond +level / −level for each level of ``plan``, up, down, then
+    (if the plan has N1/WE1) beyond a control limit. Word 0 of each row holds
+    the carried history (bit 63 = the newest earlier point); bit i of word
+    j ≥ 1 is point 64·(j − 1) + i. Raises _MissingPointError on a missing point
+    if ``check_missing``.
+    """
     n = len(x)
-    out = np.zeros(n, dtype=np.uint32)
     nlev = len(plan.levels)
-    # rows: pos/neg per level, then up, down; columns: 64 carried points, then the chunk
-    buf = np.zeros((2 * nlev + 2, 64 + chunk), dtype=bool)
+    nrows = 2 * nlev + 2 + (1 if plan.limit_bits else 0)
+    nwords = (n + 63) // 64
+    words = np.zeros((nrows, nwords + 1), dtype=np.uint64)
     if carry.count:
         for li, lv in enumerate(plan.levels):
-            p, q = carry.history(lv)
-            buf[2 * li, :64] = _unpack_reg(p)
-            buf[2 * li + 1, :64] = _unpack_reg(q)
-        buf[-2, :64] = _unpack_reg(carry.up)
-        buf[-1, :64] = _unpack_reg(carry.down)
-    valid0 = np.uint64((int(_MASKS[carry.count]) << (64 - carry.count)) & _U64)
-    limit_bits = np.uint32(plan.limit_bits)
+            words[2 * li : 2 * li + 2, 0] = [_reverse64(r) for r in carry.history(lv)]
+        words[2 * nlev, 0] = _reverse64(carry.up)
+        words[2 * nlev + 1, 0] = _reverse64(carry.down)
+    buf = np.empty((nrows, chunk), dtype=bool)
+    scratch = np.empty(chunk, dtype=bool)
     scalar = [np.ndim(v) == 0 for v in (center, sigma, lcl, ucl)]
+    need_z = bool(plan.rules) or check_missing
+    # one centre and one σ (in a chunk): compare x with exact thresholds instead of
+    # computing z; I-MR charts with frozen limits are like that
+    cut_cache: dict[tuple[float, float], list[tuple[float, float]] | None] = {}
+
+    def cuts_for(c0: float, s0: float) -> list[tuple[float, float]] | None:
+        key = (c0, s0)
+        if key not in cut_cache:
+            found = [_x_thresholds(c0, s0, lv) for lv in plan.levels]
+            ok = all(f is not None for f in found)
+            cut_cache[key] = [f for f in found if f is not None] if ok else None
+        return cut_cache[key]
+
+    zero_row = plan.levels.index(0.0) if 0.0 in plan.levels else -1
+    late_check = check_missing and zero_row >= 0
+    zbuf: np.ndarray | None = None
     with np.errstate(all="ignore"):
         for a in range(0, n, chunk):
             b = min(a + chunk, n)
@@ -634,87 +732,160 @@ def _chunks(
             c, s, lo, hi = (
                 v if sc else v[a:b] for v, sc in zip((center, sigma, lcl, ucl), scalar, strict=True)
             )
-            if plan.rules or check_missing:
-                z = standardize(xs, c, s)
-                if check_missing and np.isnan(z).any():
+            cuts = None
+            if need_z:
+                c0 = c if scalar[0] else _constant(c)
+                s0 = s if scalar[1] else _constant(s)
+                if c0 is not None and s0 is not None:
+                    cuts = cuts_for(float(c0), float(s0))
+            if cuts is not None:
+                if check_missing and not late_check and np.isnan(xs).any():
                     raise _MissingPointError
-            if limit_bits:
-                hits = np.flatnonzero((xs > hi) | (xs < lo))
-                if hits.size:
-                    out[a + hits] |= limit_bits
-            if not plan.rules:
-                continue
-            for li, lv in enumerate(plan.levels):
-                np.greater(z, lv, out=buf[2 * li, 64 : 64 + m])
-                np.less(z, -lv, out=buf[2 * li + 1, 64 : 64 + m])
+                for li, (cut_hi, cut_lo) in enumerate(cuts):
+                    np.greater(xs, cut_hi, out=buf[2 * li, :m])
+                    np.less(xs, cut_lo, out=buf[2 * li + 1, :m])
+            elif need_z:
+                if zbuf is None:
+                    zbuf = np.empty(chunk)
+                z = standardize(xs, c, s, out=zbuf[:m])
+                if check_missing and not late_check and np.isnan(z).any():
+                    raise _MissingPointError
+                for li, lv in enumerate(plan.levels):
+                    np.greater(z, lv, out=buf[2 * li, :m])
+                    np.less(z, -lv, out=buf[2 * li + 1, :m])
             if plan.need_updown:
                 prev = x[a - 1 : b - 1] if a else np.concatenate(([carry.last_x], x[: b - 1]))
-                np.greater(xs, prev, out=buf[-2, 64 : 64 + m])
-                np.less(xs, prev, out=buf[-1, 64 : 64 + m])
-            width = 64 + ((m + 63) // 64) * 64
-            if width > 64 + m:
-                buf[:, 64 + m : width] = False
-            words = np.packbits(buf[:, :width], axis=1, bitorder="little").view(np.uint64)
-            _words_stage(words, plan, valid0 if a == 0 else None, out, a, m)
-            # the last 64 points become the next chunk's history
-            buf[:, :64] = buf[:, m : m + 64]
+                np.greater(xs, prev, out=buf[2 * nlev, :m])
+                np.less(xs, prev, out=buf[2 * nlev + 1, :m])
+            if plan.limit_bits:
+                row = buf[-1, :m]
+                np.greater(xs, hi, out=row)
+                np.less(xs, lo, out=scratch[:m])
+                row |= scratch[:m]
+            width = ((m + 63) // 64) * 64
+            if width > m:
+                buf[:, m:width] = False
+            packed = np.packbits(buf[:, :width], axis=1, bitorder="little").view(np.uint64)
+            if late_check:
+                # a missing point is on neither side of the centre line; so is a point on
+                # it, which is rare: only those few are looked at
+                off = packed[2 * zero_row] | packed[2 * zero_row + 1]
+                if width > m:
+                    off[-1] |= ~_MASKS[64 - (width - m)]
+                if not (~off == 0).all():
+                    cand = _bit_positions(~off, m)
+                    probe = xs[cand] if cuts is not None else z[cand]
+                    if np.isnan(probe).any():
+                        raise _MissingPointError
+            words[:, 1 + a // 64 : 1 + a // 64 + width // 64] = packed
+    return words
+
+
+def _constant(v: np.ndarray) -> float | None:
+    """v's single value if all its entries are equal (and not NaN), else None."""
+    v0 = v[0]
+    if v0 == v[-1] and (v == v0).all():
+        return float(v0)
+    return None
+
+
+def _reverse64(reg: int) -> int:
+    """A 64-bit history (bit 0 newest) as the word before a series (bit 63 newest)."""
+    return int(f"{reg & _U64:064b}"[::-1], 2)
+
+
+def _rule_words(words: np.ndarray, plan: _Plan, valid0: np.uint64, word_chunk: int) -> np.ndarray:
+    """Per rule of ``plan.rules``, the packed bits of the points that complete it.
+
+    Works on chunks of ``word_chunk`` words, each preceded by the word before
+    it: no window is longer than 64 points, so that word carries all the
+    history a chunk needs.
+    """
+    nlev = len(plan.levels)
+    nwords = words.shape[1] - 1
+    out = np.zeros((len(plan.rules), nwords + 1), dtype=np.uint64)
+    for j0 in range(1, nwords + 1, word_chunk):
+        j1 = min(j0 + word_chunk, nwords + 1)
+        w = words[:, j0 - 1 : j1]
+        U = w[2 * nlev]
+        D = w[2 * nlev + 1]
+        for ri, r in enumerate(plan.rules):
+            kind = r.kind
+            run = r.run or 0
+            if kind == "trend":
+                res = _run(U, run - 1) | _run(D, run - 1)
+            elif kind == "alternate":
+                res = _run(U | D, run - 1)
+                if run > 2:
+                    res &= _run(U ^ _shl(U, 1), run - 2)
+            else:
+                li = plan.levels.index(float(r.level or 0.0))
+                P = w[2 * li]
+                N = w[2 * li + 1]
+                if kind == "side":
+                    res = _run(P, run) | _run(N, run)
+                elif kind == "k_of_m":
+                    k, m = r.k or 1, r.m or 1
+                    res = _k_of_m(P, k, m) | _k_of_m(N, k, m)
+                elif kind == "within":
+                    W = ~(P | N)
+                    if j0 == 1:
+                        W[0] &= valid0
+                    res = _run(W, run)
+                else:  # beyond_both
+                    res = _run(P | N, run) & _any(P, run) & _any(N, run)
+            out[ri, j0:j1] = res[1:]
     return out
 
 
-def _unpack_reg(reg: int) -> np.ndarray:
-    """64-bit history (bit 0 newest) -> 64 bools, oldest first."""
-    bits = np.unpackbits(np.array([reg], dtype=np.uint64).view(np.uint8), bitorder="little")
-    return bits[::-1].astype(bool)
-
-
-def _words_stage(
-    words: np.ndarray, plan: _Plan, valid0: np.uint64 | None, out: np.ndarray, a: int, m: int
-) -> None:
-    """Evaluate the rules on packed flag rows; word 0 of each row is carried history."""
-    U = words[-2]
-    D = words[-1]
-    for r in plan.rules:
-        kind = r.kind
-        run = r.run or 0
-        if kind == "trend":
-            res = _run(U, run - 1) | _run(D, run - 1)
-        elif kind == "alternate":
-            res = _run(U | D, run - 1)
-            if run > 2:
-                res &= _run(U ^ _shl(U, 1), run - 2)
-        else:
-            li = plan.levels.index(float(r.level or 0.0))
-            P = words[2 * li]
-            N = words[2 * li + 1]
-            if kind == "side":
-                res = _run(P, run) | _run(N, run)
-            elif kind == "k_of_m":
-                k, m_ = r.k or 1, r.m or 1
-                res = (P & _at_least(P, k, m_)) | (N & _at_least(N, k, m_))
-            elif kind == "within":
-                W = ~(P | N)
-                if valid0 is not None:
-                    W[0] &= valid0
-                res = _run(W, run)
-            else:  # beyond_both
-                res = _run(P | N, run) & _any(P, run) & _any(N, run)
-        _scatter(res, out, a, m, np.uint32(1 << r.bit))
-
-
-def _scatter(res: np.ndarray, out: np.ndarray, a: int, m: int, bit: np.uint32) -> None:
-    """OR ``bit`` into ``out[a + i]`` for every set bit i of ``res`` past word 0."""
-    body = res[1:]
-    nz = np.flatnonzero(body)
+def _bit_positions(words: np.ndarray, n: int) -> np.ndarray:
+    """Indices i < n of the set bits of ``words`` (bit i%64 of word i//64), unordered."""
+    nz = np.flatnonzero(words)
     if not nz.size:
-        return
-    if nz.size * 4 > body.size:
-        bits = np.unpackbits(body.view(np.uint8), bitorder="little", count=m).view(bool)
-        out[a : a + m][bits] |= bit
-        return
-    bits = np.unpackbits(body[nz].view(np.uint8), bitorder="little").reshape(-1, 64)
-    rows, cols = np.nonzero(bits)
-    pos = nz[rows] * 64 + cols
-    out[a + pos[pos < m]] |= bit
+        return nz
+    w = words[nz]
+    if int(np.bitwise_count(w).sum(dtype=np.int64)) > 4 * words.size:
+        # dense (constant data on the centre line, say): unpack everything
+        pos = np.flatnonzero(np.unpackbits(words.view(np.uint8), bitorder="little"))
+        return pos[pos < n]
+    parts = []
+    while nz.size:
+        low = w & (~w + np.uint64(1))
+        parts.append(nz * 64 + np.bitwise_count(low - np.uint64(1)))
+        w &= w - np.uint64(1)
+        more = w != 0
+        nz = nz[more]
+        w = w[more]
+    pos = np.concatenate(parts)
+    return pos[pos < n]
+
+
+def _masks(
+    x: np.ndarray,
+    center: Any,
+    sigma: Any,
+    lcl: Any,
+    ucl: Any,
+    plan: _Plan,
+    carry: RuleCarry,
+    chunk: int,
+    word_chunk: int,
+    check_missing: bool,
+) -> np.ndarray:
+    """Violation masks of the plotted points ``x`` (see :func:`_flag_words` for missing)."""
+    n = len(x)
+    out = np.zeros(n, dtype=np.uint32)
+    if not plan.rules and not plan.limit_bits and not check_missing:
+        return out
+    words = _flag_words(x, center, sigma, lcl, ucl, plan, carry, chunk, check_missing)
+    if plan.limit_bits:
+        out[_bit_positions(words[-1, 1:], n)] |= np.uint32(plan.limit_bits)
+    if plan.rules:
+        valid0 = np.uint64((int(_MASKS[carry.count]) << (64 - carry.count)) & _U64)
+        per_rule = _rule_words(words, plan, valid0, word_chunk)
+        for r, rw in zip(plan.rules, per_rule, strict=True):
+            out[_bit_positions(rw[1:], n)] |= np.uint32(1 << r.bit)
+    return out
 
 
 def _as_inputs(
@@ -749,9 +920,10 @@ def _evaluate(
     carry: RuleCarry | None,
     want_carry: bool,
     chunk: int = _CHUNK,
+    word_chunk: int = _WORD_CHUNK,
 ) -> tuple[np.ndarray, RuleCarry | None]:
-    if chunk <= 0 or chunk % 64:
-        raise ValueError("chunk must be a positive multiple of 64")
+    if chunk <= 0 or chunk % 64 or word_chunk <= 0:
+        raise ValueError("chunk must be a positive multiple of 64, word_chunk positive")
     xa, c, s, lo, hi = _as_inputs(x, center, sigma, lcl, ucl)
     if not isinstance(config, RuleConfig):
         config = resolve_rules(config)
@@ -762,14 +934,13 @@ def _evaluate(
             carry.history(lv)
     try:
         # assume no point is missing; the chunk loop finds out cheaply
-        mask = _chunks(xa, c, s, lo, hi, plan, carry, chunk, check_missing=True)
+        mask = _masks(xa, c, s, lo, hi, plan, carry, chunk, word_chunk, check_missing=True)
         xp, cp, sp = xa, c, s
     except _MissingPointError:
         keep = ~np.isnan(standardize(xa, c, s))
         xp, cp, sp = xa[keep], _pick(c, keep), _pick(s, keep)
-        inner = _chunks(
-            xp, cp, sp, _pick(lo, keep), _pick(hi, keep), plan, carry, chunk, check_missing=False
-        )
+        lk, hk = _pick(lo, keep), _pick(hi, keep)
+        inner = _masks(xp, cp, sp, lk, hk, plan, carry, chunk, word_chunk, check_missing=False)
         mask = np.zeros(len(xa), dtype=np.uint32)
         mask[keep] = inner
     if not want_carry:

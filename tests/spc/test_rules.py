@@ -540,7 +540,7 @@ def test_batch_matches_reference_across_chunk_boundaries(chunk):
     )
     args = _random_series(rng, 3000)
     want = reference(*args, cfg)
-    mask, _ = rules._evaluate(*args, cfg, None, False, chunk=chunk)
+    mask, _ = rules._evaluate(*args, cfg, None, False, chunk=chunk, word_chunk=chunk // 64 + 1)
     assert mask.tolist() == want
     got = rules.evaluate_with_carry(*args, cfg)
     assert got.mask.tolist() == want
@@ -551,6 +551,6 @@ def test_dense_violations_across_chunks(chunk):
     """Constant data on the centre line flags N7 at almost every point (dense bit scatter)."""
     n = 1000
     x = np.full(n, 3.0)
-    mask, _ = rules._evaluate(x, 3.0, 0.0, 3.0, 3.0, NELSON, None, False, chunk=chunk)
+    mask, _ = rules._evaluate(x, 3.0, 0.0, 3.0, 3.0, NELSON, None, False, chunk=chunk, word_chunk=2)
     assert np.flatnonzero(mask).tolist() == list(range(14, n))
     assert set(mask[14:].tolist()) == {1 << 6}

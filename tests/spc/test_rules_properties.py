@@ -107,7 +107,7 @@ def test_batch_equals_reference(s, cfg):
     want = reference(*s.args(), cfg)
     assert rules.evaluate(*s.args(), cfg).tolist() == want
     # small chunks exercise the words carried from one chunk to the next
-    mask, _ = rules._evaluate(*s.args(), cfg, None, False, chunk=64)
+    mask, _ = rules._evaluate(*s.args(), cfg, None, False, chunk=64, word_chunk=1)
     assert mask.tolist() == want
 
 
