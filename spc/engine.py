@@ -509,6 +509,27 @@ class Engine:
         self._has_attr = bool(self._kinds_present[list(_ATTRIBUTE)].any())
         present = np.flatnonzero(self._kinds_present)
         self._single_kind = int(present[0]) if present.size == 1 else None
+        self._all_m1 = {
+            kind: bool((self._m[self._kind == kind] == 1).all()) for kind in _TIMEWEIGHTED
+        }
+        centre_users = ~np.isin(self._kind, _TIMEWEIGHTED)
+        disp_users = np.isin(self._kind, _DISPERSION)
+        self._centre_limit_bits = self._limit_only(self._rc_centre[centre_users])
+        self._disp_limit_bits = self._limit_only(self._rc_disp[disp_users])
+
+    def _limit_only(self, rc: np.ndarray) -> np.uint32 | None:
+        """The bits of the one config all these characteristics share, if it has only rule 1.
+
+        Rule 1 (N1/WE1) looks at the point alone, so such a bank's histories are
+        never read and its mask is ``(x > UCL) | (x < LCL)`` times the bits.
+        """
+        ids = np.unique(rc)
+        if ids.size != 1:
+            return None if ids.size else np.uint32(0)
+        cfg = self._rule_configs[int(ids[0])]
+        if any(r.kind != "limit" for r in cfg.rules):
+            return None
+        return np.uint32(cfg.bits)
 
     def set_limits(self, idx: Any, record: LimitsRecord | Estimate) -> None:
         """Judge the next points of characteristics ``idx`` against ``record``.
@@ -604,9 +625,15 @@ class Engine:
             self._check_attributes(idx, v, sz)
         self._scratch(B)
         ar = self._arange[:B]
+        lo = int(idx[0])
+        if int(idx[-1]) - lo == B - 1 and (idx[1:] > idx[:-1]).all():
+            # characteristics lo..lo+B-1 in order (a full tick): state is read
+            # and written through slices (views) instead of gathers/scatters
+            outs = self._round(idx, v, sz, None, slice(lo, lo + B))
+            return self._assemble(outs, B, single_round=True)
         mark = self._mark
         mark[idx] = ar
-        if B == 1 or not (mark[idx] != ar).any():
+        if not (mark[idx] != ar).any():
             outs = self._round(idx, v, sz, None)
             return self._assemble(outs, B, single_round=True)
         outs = []
@@ -659,38 +686,57 @@ class Engine:
         return np.split(by_rank, np.cumsum(counts)[:-1])
 
     def _round(
-        self, c: np.ndarray, v: np.ndarray, sz: np.ndarray | None, pos: np.ndarray | None
+        self,
+        c: np.ndarray,
+        v: np.ndarray,
+        sz: np.ndarray | None,
+        pos: np.ndarray | None,
+        s: slice | None = None,
     ) -> list[_Out]:
-        """One round: each characteristic in ``c`` at most once."""
+        """One round: each characteristic in ``c`` at most once (``s``: the same as a slice)."""
         kind = self._single_kind
         if kind is not None:
-            return self._group(kind, c, v, sz, pos)
-        kinds = self._kind[c]
+            return self._group(kind, c, v, sz, pos, c if s is None else s)
+        kinds = self._kind[c if s is None else s]
         counts = np.bincount(kinds, minlength=len(CHARTS))
         outs: list[_Out] = []
         for k in np.flatnonzero(counts).tolist():
             sel = np.flatnonzero(kinds == k)
             p = sel if pos is None else pos[sel]
-            outs += self._group(k, c[sel], v[sel], None if sz is None else sz[sel], p)
+            cs = c[sel]
+            outs += self._group(k, cs, v[sel], None if sz is None else sz[sel], p, cs)
         return outs
 
     def _group(
-        self, kind: int, c: np.ndarray, v: np.ndarray, sz: np.ndarray | None, pos: np.ndarray | None
+        self,
+        kind: int,
+        c: np.ndarray,
+        v: np.ndarray,
+        sz: np.ndarray | None,
+        pos: np.ndarray | None,
+        s: np.ndarray | slice,
     ) -> list[_Out]:
+        """One kind's samples of a round; ``s`` indexes state (``c`` itself, or a slice equal to it)."""
         if pos is None:
             pos = self._arange[: c.shape[0]]
         if kind == _IMR:
-            return [self._imr(c, v, pos)]
+            return [self._imr(c, s, v, pos)]
         if kind in _ATTRIBUTE:
-            return [self._attribute(kind, c, v, sz, pos)]
+            return [self._attribute(kind, c, s, v, sz, pos)]
+        if self._all_m1.get(kind, False):
+            # individual values: x/1 is x, no buffer needed
+            n = (v == v).astype(np.int64)
+            if kind == _EWMA:
+                return [self._ewma(c, s, pos, n, v)]
+            return [self._cusum(c, s, pos, n, v)]
         done = self._subgroups(c, v, pos)
         if done is None:
             return []
         dc, dpos, n, mean, rng, sd = done
         if kind == _EWMA:
-            return [self._ewma(dc, dpos, n, mean)]
+            return [self._ewma(dc, dc, dpos, n, mean)]
         if kind == _CUSUM:
-            return [self._cusum(dc, dpos, n, mean)]
+            return [self._cusum(dc, dc, dpos, n, mean)]
         return [self._xbar(kind, dc, dpos, n, mean, rng, sd)]
 
     def _subgroups(self, c: np.ndarray, v: np.ndarray, pos: np.ndarray):
@@ -748,22 +794,44 @@ class Engine:
 
     # ------------------------------------------------------------------ chart kinds
 
-    def _common(self, c: np.ndarray, pos: np.ndarray) -> dict[str, np.ndarray]:
-        pt = self._npts[c]
-        self._npts[c] = pt + 1
-        return {"char": c.copy(), "point": pt, "limits": self._lid[c]}
+    def _common(self, c: np.ndarray, s: np.ndarray | slice) -> dict[str, np.ndarray]:
+        if isinstance(s, slice):
+            pt = self._npts[s].copy()
+            self._npts[s] += 1
+            return {"char": c.copy(), "point": pt, "limits": self._lid[s].copy()}
+        pt = self._npts[s]
+        self._npts[s] = pt + 1
+        return {"char": c.copy(), "point": pt, "limits": self._lid[s]}
 
-    def _imr(self, c: np.ndarray, x: np.ndarray, pos: np.ndarray) -> _Out:
-        center = self._center[c]
-        sigma = self._sigma[c]
-        k = self._nsig[c]
+    def _centre_mask(self, c, x, center, sigma, lcl, ucl) -> np.ndarray:
+        bits = self._centre_limit_bits
+        if bits is None:
+            return self._centre_bank.step(c, x, center, sigma, lcl, ucl)
+        return _limit_mask(bits, x, lcl, ucl)
+
+    def _disp_mask(self, c, x, center, sigma, lcl, ucl) -> np.ndarray:
+        bits = self._disp_limit_bits
+        if bits is None:
+            return self._disp_bank.step(c, x, center, sigma, lcl, ucl)
+        return _limit_mask(bits, x, lcl, ucl)
+
+    def _imr(self, c: np.ndarray, s: np.ndarray | slice, x: np.ndarray, pos: np.ndarray) -> _Out:
+        center = self._center[s]
+        sigma = self._sigma[s]
+        if isinstance(s, slice):  # views of the config arrays must not leak into Points
+            center = center.copy()
+            sigma = sigma.copy()
+        k = self._nsig[s]
         lcl, ucl = control_band(center, sigma, k)
-        prev = self._last[c]
+        prev = self._last[s]
         mr = np.abs(x - prev)
         present = x == x
-        self._last[c] = np.where(present, x, prev)
+        if present.all():
+            self._last[s] = x
+        else:
+            self._last[s] = np.where(present, x, prev)
         mc, ms, mlo, mhi = range_limits(_D2_2, _D3_2, sigma, k)
-        cols = self._common(c, pos)
+        cols = self._common(c, s)
         B = c.shape[0]
         nan = self._nan[:B]
         cols.update(
@@ -773,13 +841,13 @@ class Engine:
             ucl=ucl,
             sigma=sigma,
             n=present.astype(np.float64),
-            mask=self._centre_bank.step(c, x, center, sigma, lcl, ucl),
+            mask=self._centre_mask(c, x, center, sigma, lcl, ucl),
             disp_statistic=mr,
             disp_center=mc,
             disp_lcl=mlo,
             disp_ucl=mhi,
             disp_sigma=ms,
-            disp_mask=self._disp_bank.step(c, mr, mc, ms, mlo, mhi),
+            disp_mask=self._disp_mask(c, mr, mc, ms, mlo, mhi),
             ewma=nan,
             cusum_upper=nan,
             cusum_lower=nan,
@@ -797,7 +865,7 @@ class Engine:
         else:
             dc, ds, dlo, dhi = sd_limits(self._c4t[n], sigma, k)
             dstat = sd
-        cols = self._common(c, pos)
+        cols = self._common(c, c)
         nan = self._nan[: c.shape[0]]
         cols.update(
             statistic=mean,
@@ -806,25 +874,27 @@ class Engine:
             ucl=ucl,
             sigma=sig,
             n=n.astype(np.float64),
-            mask=self._centre_bank.step(c, mean, ctr, sig, lcl, ucl),
+            mask=self._centre_mask(c, mean, ctr, sig, lcl, ucl),
             disp_statistic=dstat,
             disp_center=dc,
             disp_lcl=dlo,
             disp_ucl=dhi,
             disp_sigma=ds,
-            disp_mask=self._disp_bank.step(c, dstat, dc, ds, dlo, dhi),
+            disp_mask=self._disp_mask(c, dstat, dc, ds, dlo, dhi),
             ewma=nan,
             cusum_upper=nan,
             cusum_lower=nan,
         )
         return _Out(pos, cols)
 
-    def _attribute(self, kind, c, count, sz, pos) -> _Out:
+    def _attribute(self, kind, c, s, count, sz, pos) -> _Out:
         # Mirrors the arithmetic of spc.charts.attributes (p_series & co. and their
         # _series helper) operation for operation, so limits are bit-identical.
         B = c.shape[0]
-        p = self._center[c]
-        k = self._nsig[c]
+        p = self._center[s]
+        if isinstance(s, slice):
+            p = p.copy()
+        k = self._nsig[s]
         upper = None
         if kind == _P:
             n = sz
@@ -852,7 +922,7 @@ class Engine:
         ucl = center + k * sigma
         if upper is not None:
             ucl = np.minimum(ucl, upper)
-        cols = self._common(c, pos)
+        cols = self._common(c, s)
         nan = self._nan[:B]
         cols.update(
             statistic=stat,
@@ -861,7 +931,7 @@ class Engine:
             ucl=ucl,
             sigma=sigma,
             n=np.array(n, dtype=np.float64),
-            mask=self._centre_bank.step(c, stat, center, sigma, lcl, ucl),
+            mask=self._centre_mask(c, stat, center, sigma, lcl, ucl),
             disp_statistic=nan,
             disp_center=nan,
             disp_lcl=nan,
@@ -874,19 +944,19 @@ class Engine:
         )
         return _Out(pos, cols)
 
-    def _ewma(self, c, pos, n, mean) -> _Out:
-        lam = self._par_a[c]
-        L = self._par_b[c]
-        center = self._center[c]
-        sigma = self._sigma[c]
+    def _ewma(self, c, s, pos, n, mean) -> _Out:
+        lam = self._par_a[s]
+        L = self._par_b[s]
+        center = self._center[s]
+        sigma = self._sigma[s]
         nf = n.astype(np.float64)
         ok = (n > 0) & (mean == mean)
-        z_prev = self._st_a[c]
-        t = self._st_b[c] + ok
+        z_prev = self._st_a[s]
+        t = self._st_b[s] + ok
         # same operations as ewma_series: λ·x̄ + (1 − λ)·z
         z = np.where(ok, lam * mean + (1.0 - lam) * z_prev, z_prev)
-        self._st_a[c] = z
-        self._st_b[c] = t
+        self._st_a[s] = z
+        self._st_b[s] = t
         sig, lcl, ucl = ewma_limits(center, sigma, nf, lam, L, np.maximum(t, 1.0))
         path = np.where(ok, z, np.nan)
         sig = np.where(ok, sig, np.nan)
@@ -894,7 +964,7 @@ class Engine:
         ucl = np.where(ok, ucl, np.nan)
         with np.errstate(invalid="ignore"):
             signal = (path > ucl) | (path < lcl)
-        cols = self._common(c, pos)
+        cols = self._common(c, s)
         B = c.shape[0]
         nan = self._nan[:B]
         cols.update(
@@ -917,31 +987,31 @@ class Engine:
         )
         return _Out(pos, cols)
 
-    def _cusum(self, c, pos, n, mean) -> _Out:
-        k = self._par_a[c]
-        h = self._par_b[c]
+    def _cusum(self, c, s, pos, n, mean) -> _Out:
+        k = self._par_a[s]
+        h = self._par_b[s]
         nf = n.astype(np.float64)
         ok = (n > 0) & (mean == mean)
         with np.errstate(divide="ignore", invalid="ignore"):
-            zi = cusum_standardize(mean - self._center[c], self._sigma[c] / np.sqrt(nf))
+            zi = cusum_standardize(mean - self._center[s], self._sigma[s] / np.sqrt(nf))
             # fmax/fmin: Python's max(0.0, nan) in cusum_series is 0.0 (inf − inf cases)
-            cp = np.fmax(0.0, self._st_a[c] + zi - k)
-            cm = np.fmin(0.0, self._st_b[c] + zi + k)
+            cp = np.fmax(0.0, self._st_a[s] + zi - k)
+            cm = np.fmin(0.0, self._st_b[s] + zi + k)
         up = np.where(ok, cp, np.nan)
         lo = np.where(ok, cm, np.nan)
         with np.errstate(invalid="ignore"):
             sig_up = up > h
             sig_lo = lo < -h
-        nxt_a = np.where(ok, cp, self._st_a[c])
-        nxt_b = np.where(ok, cm, self._st_b[c])
-        rs = self._reset[c] & (sig_up | sig_lo)
+        nxt_a = np.where(ok, cp, self._st_a[s])
+        nxt_b = np.where(ok, cm, self._st_b[s])
+        rs = self._reset[s] & (sig_up | sig_lo)
         if rs.any():
-            hs = self._par_c[c]
+            hs = self._par_c[s]
             nxt_a = np.where(rs, hs, nxt_a)
             nxt_b = np.where(rs, -hs, nxt_b)
-        self._st_a[c] = nxt_a
-        self._st_b[c] = nxt_b
-        cols = self._common(c, pos)
+        self._st_a[s] = nxt_a
+        self._st_b[s] = nxt_b
+        cols = self._common(c, s)
         B = c.shape[0]
         nan = self._nan[:B]
         cols.update(
@@ -1033,6 +1103,14 @@ class Engine:
         eng._disp_bank = RuleBank.from_bytes(disp, data["disp_bank"].tobytes())
         eng._after_config()
         return eng
+
+
+def _limit_mask(bits: np.uint32, x: np.ndarray, lcl: np.ndarray, ucl: np.ndarray) -> np.ndarray:
+    """Rule 1 alone, as RuleBank computes it: NaN anywhere (a missing point) never hits."""
+    if not bits:
+        return np.zeros(x.shape[0], dtype=np.uint32)
+    hit = (x > ucl) | (x < lcl)
+    return hit * bits
 
 
 def _typed(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
