@@ -384,47 +384,83 @@ def standardize(x: Any, center: Any, sigma: Any, out: np.ndarray | None = None) 
     return z
 
 
+_SIGN = 1 << 63
+_FMAX = np.finfo(np.float64).max
+
+
+def _key(v: float) -> int:
+    """Order-preserving integer for a float (−0.0 and +0.0 share 0)."""
+    i = int(np.array(abs(v)).view(np.int64))
+    return -i if math.copysign(1.0, v) < 0 else i
+
+
+def _floats(keys: list[int]) -> np.ndarray:
+    k = np.array(keys, dtype=np.int64)
+    mag = np.abs(k).view(np.float64)
+    return np.where(k < 0, -mag, mag)
+
+
+def _first_true(pred: Any, lo: int, hi: int) -> int:
+    """Smallest key in (lo, hi] where the monotone ``pred`` holds; pred(lo) is false, pred(hi) true.
+
+    A 64-way search: each round evaluates ``pred`` on one small array.
+    """
+    while hi - lo > 1:
+        step = max(1, (hi - lo) // 64)
+        keys = list(range(lo + step, hi, step))[:63]
+        if not keys:
+            break
+        hits = pred(_floats(keys))
+        first = int(np.argmax(hits)) if hits.any() else len(keys)
+        lo = keys[first - 1] if first else lo
+        hi = keys[first] if first < len(keys) else hi
+    return hi
+
+
 def _x_thresholds(center: float, sigma: float, level: float) -> tuple[float, float] | None:
     """(hi, lo) with z(x) > level ⇔ x > hi and z(x) < −level ⇔ x < lo, exactly.
 
     z(x) = fl(fl(x − c)/σ) is monotone in x, so each predicate is a threshold on
-    x; finding it (a few ulps from c ± level·σ) lets a series with one centre and
-    one σ skip the subtraction and division yet classify every point exactly as
-    :func:`standardize` does. None when no such threshold is found quickly.
+    x. Finding it (by searching the floats, with :func:`standardize` itself)
+    lets a series with one centre and one σ skip the subtraction and division
+    yet classify every point exactly as z would. None if c or σ is unusable.
     """
     if not (math.isfinite(center) and math.isfinite(sigma) and sigma >= 0):
         return None
 
-    def z(v: float) -> float:
-        return float(standardize(v, center, sigma))
+    def above(v: np.ndarray) -> np.ndarray:
+        return standardize(v, center, sigma) > level
 
-    def boundary(guess: float, pred: Any, up: bool) -> float | None:
-        # the last x (going up, or the first going down) for which pred(z(x)) is false
-        g = guess
-        inf = math.inf if up else -math.inf
-        for _ in range(256):
-            if not pred(z(g)):
-                break
-            g = math.nextafter(g, -inf)
+    def not_below(v: np.ndarray) -> np.ndarray:
+        return ~(standardize(v, center, sigma) < -level)
+
+    bottom, top = _key(-_FMAX), _key(_FMAX)
+    cuts = []
+    for pred, offset in ((above, level * sigma), (not_below, -level * sigma)):
+        # a narrow bracket around c ± level·σ first, all finite floats if it misses
+        with np.errstate(all="ignore"):
+            guess = center + offset
+        g = _key(guess) if math.isfinite(guess) else 0
+        lo, hi = max(bottom, g - 64), min(top, g + 64)
+        ends = pred(_floats([lo, hi]))
+        if ends[0] or not ends[1]:
+            lo, hi = bottom, top
+            ends = pred(_floats([lo, hi]))
+        if ends[0]:
+            # true for every finite x (σ huge): only −inf is below
+            if pred is above:
+                return None
+            cuts.append(-_FMAX)
+        elif not ends[1]:
+            # false for every finite x: only +inf is above
+            if pred is not_below:
+                return None
+            cuts.append(_FMAX)
         else:
-            return None
-        for _ in range(256):
-            nxt = math.nextafter(g, inf)
-            if pred(z(nxt)):
-                return g
-            g = nxt
-        return None
-
-    with np.errstate(all="ignore"):
-        guess_hi = center + level * sigma
-        guess_lo = center - level * sigma
-    if not (math.isfinite(guess_hi) and math.isfinite(guess_lo)):
-        return None
-    hi = boundary(guess_hi, lambda v: v > level, True)
-    lo = boundary(guess_lo, lambda v: v < -level, False)
-    if hi is None or lo is None:
-        return None
-    return hi, lo
+            first = _first_true(pred, lo, hi)
+            # above: x > cut ⇔ key ≥ first; not_below: x < cut ⇔ key < first
+            cuts.append(float(_floats([first - 1 if pred is above else first])[0]))
+    return cuts[0], cuts[1]
 
 
 # --------------------------------------------------------------------------- carry
@@ -674,6 +710,8 @@ class _MissingPointError(Exception):
 # word-stage chunk; both measured on the benchmark, see benchmarks/bench_rules.py.
 _CHUNK = 1 << 17
 _WORD_CHUNK = 1 << 14
+# below this many points in a chunk, finding x thresholds costs more than it saves
+_CUTS_MIN = 8192
 
 
 def _flag_words(
@@ -686,6 +724,7 @@ def _flag_words(
     carry: RuleCarry,
     chunk: int,
     check_missing: bool,
+    cuts_min: int = _CUTS_MIN,
 ) -> np.ndarray:
     """Per-point predicates of the plotted points ``x``, packed 64 to a ``uint64`` word.
 
@@ -733,7 +772,7 @@ def _flag_words(
                 v if sc else v[a:b] for v, sc in zip((center, sigma, lcl, ucl), scalar, strict=True)
             )
             cuts = None
-            if need_z:
+            if need_z and m >= cuts_min:
                 c0 = c if scalar[0] else _constant(c)
                 s0 = s if scalar[1] else _constant(s)
                 if c0 is not None and s0 is not None:
@@ -871,13 +910,14 @@ def _masks(
     chunk: int,
     word_chunk: int,
     check_missing: bool,
+    cuts_min: int,
 ) -> np.ndarray:
     """Violation masks of the plotted points ``x`` (see :func:`_flag_words` for missing)."""
     n = len(x)
     out = np.zeros(n, dtype=np.uint32)
     if not plan.rules and not plan.limit_bits and not check_missing:
         return out
-    words = _flag_words(x, center, sigma, lcl, ucl, plan, carry, chunk, check_missing)
+    words = _flag_words(x, center, sigma, lcl, ucl, plan, carry, chunk, check_missing, cuts_min)
     if plan.limit_bits:
         out[_bit_positions(words[-1, 1:], n)] |= np.uint32(plan.limit_bits)
     if plan.rules:
@@ -921,6 +961,7 @@ def _evaluate(
     want_carry: bool,
     chunk: int = _CHUNK,
     word_chunk: int = _WORD_CHUNK,
+    cuts_min: int = _CUTS_MIN,
 ) -> tuple[np.ndarray, RuleCarry | None]:
     if chunk <= 0 or chunk % 64 or word_chunk <= 0:
         raise ValueError("chunk must be a positive multiple of 64, word_chunk positive")
@@ -934,13 +975,13 @@ def _evaluate(
             carry.history(lv)
     try:
         # assume no point is missing; the chunk loop finds out cheaply
-        mask = _masks(xa, c, s, lo, hi, plan, carry, chunk, word_chunk, check_missing=True)
+        mask = _masks(xa, c, s, lo, hi, plan, carry, chunk, word_chunk, True, cuts_min)
         xp, cp, sp = xa, c, s
     except _MissingPointError:
         keep = ~np.isnan(standardize(xa, c, s))
         xp, cp, sp = xa[keep], _pick(c, keep), _pick(s, keep)
         lk, hk = _pick(lo, keep), _pick(hi, keep)
-        inner = _masks(xp, cp, sp, lk, hk, plan, carry, chunk, word_chunk, check_missing=False)
+        inner = _masks(xp, cp, sp, lk, hk, plan, carry, chunk, word_chunk, False, cuts_min)
         mask = np.zeros(len(xa), dtype=np.uint32)
         mask[keep] = inner
     if not want_carry:

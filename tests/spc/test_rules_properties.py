@@ -8,6 +8,7 @@ missing points, NaN limits and per-point centre/σ all occur often.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -109,6 +110,9 @@ def test_batch_equals_reference(s, cfg):
     # small chunks exercise the words carried from one chunk to the next
     mask, _ = rules._evaluate(*s.args(), cfg, None, False, chunk=64, word_chunk=1)
     assert mask.tolist() == want
+    # x thresholds instead of z wherever a chunk has one centre and one σ
+    mask, _ = rules._evaluate(*s.args(), cfg, None, False, chunk=64, word_chunk=2, cuts_min=0)
+    assert mask.tolist() == want
 
 
 @SETTINGS
@@ -180,3 +184,59 @@ def test_bank_seeded_from_a_batch_carry_continues_it(s, cfg, data):
     (i,) = bank.extend([cfg], [head.carry])
     tail = [int(bank.step([i], *(a[k : k + 1] for a in s.args()))[0]) for k in range(cut, len(s))]
     assert head.mask.tolist() + tail == whole.tolist()
+
+
+def _around(v: float, k: int = 3) -> list[float]:
+    out = [v]
+    lo = hi = v
+    for _ in range(k):
+        lo = math.nextafter(lo, -math.inf)
+        hi = math.nextafter(hi, math.inf)
+        out += [lo, hi]
+    return out
+
+
+@SETTINGS
+@given(
+    st.one_of(st.integers(-5, 5).map(float), st.floats(-1e6, 1e6)),
+    st.one_of(st.sampled_from([0.0, 0.5, 1.0, 3.0]), st.floats(1e-300, 1e6)),
+    st.one_of(st.sampled_from([0.0, 0.5, 1.0, 2.0, 3.0]), st.floats(0.001, 10)),
+    st.lists(st.floats(-1e7, 1e7), max_size=20),
+)
+def test_x_thresholds_classify_exactly_like_z(center, sigma, level, extra):
+    """The constant-centre shortcut compares x with thresholds; it must agree with z bit for bit."""
+    cuts = rules._x_thresholds(center, sigma, level)
+    assert cuts is not None
+    hi, lo = cuts
+    xs = np.array(
+        [*_around(hi), *_around(lo), *_around(center), center + level * sigma, *extra], float
+    )
+    z = rules.standardize(xs, center, sigma)
+    assert ((xs > hi) == (z > level)).all()
+    assert ((xs < lo) == (z < -level)).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 64), st.data())
+def test_k_of_m_with_long_windows(m, data):
+    """k-of-m for any 1 ≤ k ≤ m ≤ 64 (bit-sliced counter and shift-and paths) equals the reference."""
+    k = data.draw(st.integers(1, m))
+    level = data.draw(st.sampled_from([0.5, 1.0, 2.0]))
+    cfg = rules.resolve_rules(
+        ["N5", "WE3"],
+        {"N5": {"k": k, "m": m, "level": level}, "WE3": {"k": max(1, k // 2), "m": m}},
+    )
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    n = 400
+    p_beyond = data.draw(st.sampled_from([0.2, 0.5, 0.8, 0.95]))
+    z = np.where(
+        rng.random(n) < p_beyond, rng.choice([2.5, -2.5, 1.5], n), rng.choice([0.0, 1.0, -0.5], n)
+    )
+    z[rng.random(n) < 0.02] = np.nan
+    args = (z, 0.0, 1.0, -3.0, 3.0)
+    want = reference(*args, cfg)
+    assert rules.evaluate(*args, cfg).tolist() == want
+    mask, _ = rules._evaluate(*args, cfg, None, False, chunk=64, word_chunk=1)
+    assert mask.tolist() == want
+    bank = rules.RuleBank([cfg])
+    assert [int(bank.step([0], [v], 0.0, 1.0, -3.0, 3.0)[0]) for v in z] == want
