@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from spc.charts.timeweighted import cusum_standardize, ewma_limits
+from spc.charts.timeweighted import cusum_standardize, ewma_factor, ewma_limits, ewma_saturation
 from spc.charts.variables import (
     control_band,
     range_limits,
@@ -330,8 +330,8 @@ def _check_spec(spec: Spec, path: str) -> None:
 
 # Per-characteristic arrays and their dtypes. Parameters and state of the
 # time-weighted charts share columns (a characteristic is EWMA or CUSUM, never
-# both): par_a = λ | k, par_b = L | h, par_c = head start; st_a = z | C⁺,
-# st_b = t | C⁻.
+# both): par_a = λ | k, par_b = L | h, par_c = the t from which the EWMA factor
+# is constant (ewma_saturation) | head start; st_a = z | C⁺, st_b = t | C⁻.
 _ARRAYS: dict[str, Any] = {
     "kind": np.int8,
     "m": np.int32,
@@ -479,6 +479,7 @@ class Engine:
             if kind == _EWMA:
                 new["par_a"][j] = float(spec.ewma_lambda)
                 new["par_b"][j] = float(spec.ewma_L)
+                new["par_c"][j] = ewma_saturation(float(spec.ewma_lambda))
                 new["st_a"][j] = c  # z_0 = centre
             elif kind == _CUSUM:
                 hs = float(spec.cusum_head_start)
@@ -514,6 +515,7 @@ class Engine:
         }
         centre_users = ~np.isin(self._kind, _TIMEWEIGHTED)
         disp_users = np.isin(self._kind, _DISPERSION)
+        self._any_reset = bool(np.count_nonzero(self._reset))
         self._centre_limit_bits = self._limit_only(self._rc_centre[centre_users])
         self._disp_limit_bits = self._limit_only(self._rc_disp[disp_users])
 
@@ -566,6 +568,7 @@ class Engine:
         if ew.size:
             if "ewma_lambda" in updates:
                 self._par_a[ew] = updates["ewma_lambda"]
+                self._par_c[ew] = ewma_saturation(updates["ewma_lambda"])
             if "ewma_L" in updates:
                 self._par_b[ew] = updates["ewma_L"]
             fresh = ew[self._st_b[ew] == 0]
@@ -616,24 +619,26 @@ class Engine:
         if B == 0:
             return _empty_points()
         K = len(self)
-        if idx.min() < 0 or idx.max() >= K:
+        lo, hi = int(idx[0]), int(idx[-1])
+        # characteristics lo..lo+B-1 in order (a full tick) are read and
+        # written through slices (views) instead of gathers and scatters
+        run = hi - lo == B - 1 and not np.count_nonzero(idx[1:] <= idx[:-1])
+        if (lo < 0 or hi >= K) if run else (idx.min() < 0 or idx.max() >= K):
             raise SpcInputError("idx", f"characteristic index out of range 0..{K - 1}")
-        if np.isinf(v).any():
-            bad = int(np.flatnonzero(np.isinf(v))[0])
+        inf = np.isinf(v)
+        if np.count_nonzero(inf):
+            bad = int(np.flatnonzero(inf)[0])
             raise SpcInputError(f"value[{bad}]", "must be finite (NaN marks a missing observation)")
         if self._has_attr:
             self._check_attributes(idx, v, sz)
         self._scratch(B)
         ar = self._arange[:B]
-        lo = int(idx[0])
-        if int(idx[-1]) - lo == B - 1 and (idx[1:] > idx[:-1]).all():
-            # characteristics lo..lo+B-1 in order (a full tick): state is read
-            # and written through slices (views) instead of gathers/scatters
+        if run:
             outs = self._round(idx, v, sz, None, slice(lo, lo + B))
             return self._assemble(outs, B, single_round=True)
         mark = self._mark
         mark[idx] = ar
-        if not (mark[idx] != ar).any():
+        if not np.count_nonzero(mark[idx] != ar):
             outs = self._round(idx, v, sz, None)
             return self._assemble(outs, B, single_round=True)
         outs = []
@@ -824,15 +829,18 @@ class Engine:
         k = self._nsig[s]
         lcl, ucl = control_band(center, sigma, k)
         prev = self._last[s]
-        mr = np.abs(x - prev)
-        present = x == x
-        if present.all():
-            self._last[s] = x
+        mr = x - prev
+        np.abs(mr, out=mr)
+        missing = np.isnan(x)
+        B = c.shape[0]
+        if np.count_nonzero(missing):
+            self._last[s] = np.where(missing, prev, x)
+            n = (~missing).astype(np.float64)
         else:
-            self._last[s] = np.where(present, x, prev)
+            self._last[s] = x
+            n = np.ones(B)
         mc, ms, mlo, mhi = range_limits(_D2_2, _D3_2, sigma, k)
         cols = self._common(c, s)
-        B = c.shape[0]
         nan = self._nan[:B]
         cols.update(
             statistic=x.copy(),
@@ -840,7 +848,7 @@ class Engine:
             lcl=lcl,
             ucl=ucl,
             sigma=sigma,
-            n=present.astype(np.float64),
+            n=n,
             mask=self._centre_mask(c, x, center, sigma, lcl, ucl),
             disp_statistic=mr,
             disp_center=mc,
@@ -952,24 +960,43 @@ class Engine:
         nf = n.astype(np.float64)
         ok = (n > 0) & (mean == mean)
         z_prev = self._st_a[s]
-        t = self._st_b[s] + ok
-        # same operations as ewma_series: λ·x̄ + (1 − λ)·z
-        z = np.where(ok, lam * mean + (1.0 - lam) * z_prev, z_prev)
+        B = c.shape[0]
+        every = np.count_nonzero(ok) == B
+        # the same operations as ewma_series: λ·x̄ + (1 − λ)·z, limits from ewma_limits
+        z = lam * mean + (1.0 - lam) * z_prev
+        if every:
+            t = self._st_b[s] + 1.0
+        else:
+            z = np.where(ok, z, z_prev)
+            t = self._st_b[s] + ok
         self._st_a[s] = z
         self._st_b[s] = t
-        sig, lcl, ucl = ewma_limits(center, sigma, nf, lam, L, np.maximum(t, 1.0))
-        path = np.where(ok, z, np.nan)
-        sig = np.where(ok, sig, np.nan)
-        lcl = np.where(ok, lcl, np.nan)
-        ucl = np.where(ok, ucl, np.nan)
+        t1 = t if every else np.maximum(t, 1.0)
+        # past saturation the factor is √(λ/(2−λ)) exactly (ewma_saturation), so
+        # pow runs only for young characteristics; the numbers are ewma_factor's
+        factor = np.sqrt(lam / (2.0 - lam))
+        young = t1 < self._par_c[s]
+        if np.count_nonzero(young):
+            factor[young] = ewma_factor(lam[young], t1[young])
+        sig, lcl, ucl = ewma_limits(center, sigma, nf, lam, L, t1, factor)
+        if every:
+            path = z
+            stat = mean.copy()
+            center = center.copy()
+        else:
+            path = np.where(ok, z, np.nan)
+            sig = np.where(ok, sig, np.nan)
+            lcl = np.where(ok, lcl, np.nan)
+            ucl = np.where(ok, ucl, np.nan)
+            stat = np.where(ok, mean, np.nan)
+            center = np.where(ok, center, np.nan)
         with np.errstate(invalid="ignore"):
             signal = (path > ucl) | (path < lcl)
         cols = self._common(c, s)
-        B = c.shape[0]
         nan = self._nan[:B]
         cols.update(
-            statistic=np.where(ok, mean, np.nan),
-            center=np.where(ok, center, np.nan),
+            statistic=stat,
+            center=center,
             lcl=lcl,
             ucl=ucl,
             sigma=sig,
@@ -992,34 +1019,51 @@ class Engine:
         h = self._par_b[s]
         nf = n.astype(np.float64)
         ok = (n > 0) & (mean == mean)
+        B = c.shape[0]
+        every = np.count_nonzero(ok) == B
         with np.errstate(divide="ignore", invalid="ignore"):
             zi = cusum_standardize(mean - self._center[s], self._sigma[s] / np.sqrt(nf))
             # fmax/fmin: Python's max(0.0, nan) in cusum_series is 0.0 (inf − inf cases)
             cp = np.fmax(0.0, self._st_a[s] + zi - k)
             cm = np.fmin(0.0, self._st_b[s] + zi + k)
-        up = np.where(ok, cp, np.nan)
-        lo = np.where(ok, cm, np.nan)
+        if every:
+            up, lo, nxt_a, nxt_b = cp, cm, cp, cm
+        else:
+            up = np.where(ok, cp, np.nan)
+            lo = np.where(ok, cm, np.nan)
+            nxt_a = np.where(ok, cp, self._st_a[s])
+            nxt_b = np.where(ok, cm, self._st_b[s])
         with np.errstate(invalid="ignore"):
             sig_up = up > h
             sig_lo = lo < -h
-        nxt_a = np.where(ok, cp, self._st_a[s])
-        nxt_b = np.where(ok, cm, self._st_b[s])
-        rs = self._reset[s] & (sig_up | sig_lo)
-        if rs.any():
-            hs = self._par_c[s]
-            nxt_a = np.where(rs, hs, nxt_a)
-            nxt_b = np.where(rs, -hs, nxt_b)
+        if self._any_reset:
+            rs = self._reset[s] & (sig_up | sig_lo)
+            if np.count_nonzero(rs):
+                hs = self._par_c[s]
+                nxt_a = np.where(rs, hs, nxt_a)
+                nxt_b = np.where(rs, -hs, nxt_b)
         self._st_a[s] = nxt_a
         self._st_b[s] = nxt_b
+        if every:
+            stat = mean.copy()
+            center = np.zeros(B)
+            lcl = -h
+            ucl = h.copy()
+            sigma = np.ones(B)
+        else:
+            stat = np.where(ok, mean, np.nan)
+            center = np.where(ok, 0.0, np.nan)
+            lcl = np.where(ok, -h, np.nan)
+            ucl = np.where(ok, h, np.nan)
+            sigma = np.where(ok, 1.0, np.nan)
         cols = self._common(c, s)
-        B = c.shape[0]
         nan = self._nan[:B]
         cols.update(
-            statistic=np.where(ok, mean, np.nan),
-            center=np.where(ok, 0.0, np.nan),
-            lcl=np.where(ok, -h, np.nan),
-            ucl=np.where(ok, h, np.nan),
-            sigma=np.where(ok, 1.0, np.nan),
+            statistic=stat,
+            center=center,
+            lcl=lcl,
+            ucl=ucl,
+            sigma=sigma,
             n=nf,
             mask=sig_up * _BIT_CUP | sig_lo * _BIT_CLO,
             disp_statistic=nan,
@@ -1040,13 +1084,13 @@ class Engine:
         if len(outs) == 1:
             o = outs[0]
             if single_round and o.pos.shape[0] == B:
-                return Points(**_typed(o.cols))
+                return Points(**o.cols)
             order = np.argsort(o.pos, kind="stable")
-            return Points(**{k: a[order] for k, a in _typed(o.cols).items()})
+            return Points(**{k: a[order] for k, a in o.cols.items()})
         pos = np.concatenate([o.pos for o in outs])
         order = np.argsort(pos, kind="stable")
         cols = {name: np.concatenate([o.cols[name] for o in outs])[order] for name in outs[0].cols}
-        return Points(**_typed(cols))
+        return Points(**cols)
 
     # ------------------------------------------------------------------ persistence
 
@@ -1111,12 +1155,3 @@ def _limit_mask(bits: np.uint32, x: np.ndarray, lcl: np.ndarray, ucl: np.ndarray
         return np.zeros(x.shape[0], dtype=np.uint32)
     hit = (x > ucl) | (x < lcl)
     return hit * bits
-
-
-def _typed(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Columns with the dtypes :class:`Points` promises (no copy when already right)."""
-    out = {}
-    for name, a in cols.items():
-        dt = _INT_COLS.get(name, np.float64)
-        out[name] = a if a.dtype == dt else a.astype(dt)
-    return out

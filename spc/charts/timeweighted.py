@@ -23,6 +23,7 @@ __all__ = [
     "cusum_standardize",
     "ewma_factor",
     "ewma_limits",
+    "ewma_saturation",
     "ewma_series",
 ]
 
@@ -56,15 +57,32 @@ def ewma_factor(lam: float, t: np.ndarray | int) -> np.ndarray:
     return np.sqrt(lam / (2.0 - lam) * (1.0 - (1.0 - lam) ** (2.0 * t)))
 
 
-def ewma_limits(center, sigma, n, lam, L, t) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def ewma_limits(
+    center, sigma, n, lam, L, t, factor=None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """σ_t = σ/√n · ewma_factor(λ, t) and the limits centre ∓ L·σ_t of plotted point t ≥ 1.
 
     Scalars or arrays (per point or per characteristic); the batch series and
     the streaming engine both call this so their limits are the same numbers.
+    ``factor`` is ``ewma_factor(lam, t)`` when the caller already has it.
     """
+    if factor is None:
+        factor = ewma_factor(lam, t)
     with np.errstate(divide="ignore", invalid="ignore"):
-        sig = sigma / np.sqrt(n) * ewma_factor(lam, t)
+        sig = sigma / np.sqrt(n) * factor
     return sig, center - L * sig, center + L * sig
+
+
+def ewma_saturation(lam) -> np.ndarray:
+    """The t from which ewma_factor(λ, t) is exactly √(λ/(2−λ)) in floating point.
+
+    From there (1−λ)^(2t) < 2⁻⁶⁰, far below half an ulp of 1, so 1 − (1−λ)^(2t)
+    rounds to 1.0 exactly and the factor is √(λ/(2−λ)·1.0) bit for bit. The
+    engine uses it to skip ``pow`` (slow once its result is subnormal).
+    """
+    with np.errstate(divide="ignore"):
+        per_t = -np.log2(1.0 - np.asarray(lam, dtype=float))
+    return np.floor(30.0 / per_t) + 1.0
 
 
 def cusum_standardize(dev, sd) -> np.ndarray:

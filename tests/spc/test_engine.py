@@ -19,7 +19,14 @@ import pytest
 from spc import rules
 from spc.analyze import analyze_json
 from spc.charts import attributes
-from spc.charts.timeweighted import CusumCarry, EwmaCarry, cusum_series, ewma_series
+from spc.charts.timeweighted import (
+    CusumCarry,
+    EwmaCarry,
+    cusum_series,
+    ewma_factor,
+    ewma_saturation,
+    ewma_series,
+)
 from spc.charts.variables import imr_series, subgroup_stats, xbar_series
 from spc.constants import c4, d2, d3
 from spc.engine import CHARTS, Engine, Points, Spec
@@ -574,3 +581,48 @@ def test_bytes_per_characteristic_imr_nelson() -> None:
     eng = Engine([Spec("imr", 0.0, 1.0)] * 1000)
     assert eng.bytes_per_characteristic <= 256
     assert eng.nbytes == pytest.approx(1000 * eng.bytes_per_characteristic)
+
+
+@pytest.mark.parametrize("chart", CHARTS)
+def test_points_columns_dtypes_and_independence(chart: str) -> None:
+    """Every column has its promised dtype for every chart kind and fast path, and a
+    Points result does not change when the engine later moves on or adopts new limits."""
+    m = 2 if chart in ("xbar-r", "xbar-s") else 1
+    center = 0.1 if chart in ("p", "np") else 1.0
+    eng = Engine([Spec(chart, center, 1.0, subgroup_size=m)] * 3)
+    idx = np.repeat(np.arange(3), m)
+    pts = eng.process(np.tile(np.arange(3), m), np.ones(3 * m), np.full(3 * m, 4.0))
+    slow = eng.process(idx[::-1].copy(), np.ones(3 * m), np.full(3 * m, 4.0))
+    for p in (pts, slow):
+        assert len(p) == 3
+        for name in ("char", "point", "mask", "disp_mask", "limits"):
+            assert getattr(p, name).dtype == {
+                "char": np.intp,
+                "point": np.int64,
+                "limits": np.int32,
+            }.get(name, np.uint32), name
+        for name in ALL_COLS:
+            if "mask" not in name:
+                assert getattr(p, name).dtype == np.float64, name
+    before = {name: getattr(pts, name).copy() for name in ("char", "point", *ALL_COLS)}
+    eng.set_limits([0, 1, 2], Estimate(0.2, 2.0, "known"))
+    eng.process(np.arange(3), [2.0, 2.0, 2.0], [4.0, 4.0, 4.0])
+    for name, arr in before.items():
+        assert np.array_equal(getattr(pts, name), arr, equal_nan=True), name
+
+
+@pytest.mark.parametrize("lam", [0.01, 0.05, 0.2, 0.7, 1.0])
+def test_ewma_long_series_past_factor_saturation(lam: float) -> None:
+    """Past ewma_saturation(λ) the engine skips pow; limits stay bit-identical to ewma_series
+    (also once (1−λ)^(2t) is subnormal), and the factor there is exactly √(λ/(2−λ))."""
+    t_sat = float(ewma_saturation(lam))
+    ts = np.arange(t_sat, t_sat + 3000.0)
+    assert np.all(ewma_factor(lam, ts) == np.sqrt(lam / (2.0 - lam)))
+    rng = np.random.default_rng(5)
+    x = rng.normal(0.0, 1.0, 2500)
+    spec = Spec("ewma", center=0.0, sigma=1.0, ewma_lambda=lam)
+    eng = Engine([spec])
+    pts = Points.concat(
+        [eng.process(np.zeros(50, np.intp), x[i : i + 50]) for i in range(0, 2500, 50)]
+    )
+    assert_matches(pts, batch_reference(spec, [Segment(x, Estimate(0.0, 1.0, "known"))]))
