@@ -53,7 +53,6 @@ CHARTS: tuple[str, ...] = ("imr", "xbar-r", "xbar-s", "p", "np", "c", "u", "ewma
 _IMR, _XBAR_R, _XBAR_S, _P, _NP, _C, _U, _EWMA, _CUSUM = range(len(CHARTS))
 _KIND = {name: code for code, name in enumerate(CHARTS)}
 _ATTRIBUTE = (_P, _NP, _C, _U)
-_SIZED = (_P, _NP, _U)
 _DISPERSION = (_IMR, _XBAR_R, _XBAR_S)
 _TIMEWEIGHTED = (_EWMA, _CUSUM)
 
@@ -67,14 +66,7 @@ _FORMAT = "shopspc.engine"
 _VERSION = 1
 
 # Limits-record params the engine adopts (the keys ``analyze.limits_record`` writes).
-_RECORD_PARAMS = {
-    "nsigmas": "nsigmas",
-    "ewma_lambda": "ewma_lambda",
-    "ewma_L": "ewma_L",
-    "cusum_k": "cusum_k",
-    "cusum_h": "cusum_h",
-    "cusum_head_start": "cusum_head_start",
-}
+_RECORD_PARAMS = ("nsigmas", "ewma_lambda", "ewma_L", "cusum_k", "cusum_h", "cusum_head_start")
 
 RuleSpecLike = str | Sequence[str] | RuleConfig | None
 
@@ -129,7 +121,7 @@ class Spec:
             base["limits_id"] = limits.id
             for key, value in limits.params:
                 if key in _RECORD_PARAMS:
-                    base[_RECORD_PARAMS[key]] = float(value)
+                    base[key] = float(value)
         base.update(kwargs)
         return cls(chart=chart, **base)
 
@@ -159,7 +151,9 @@ class Points:
     ``ewma``, ``cusum_upper`` and ``cusum_lower`` are the time-weighted paths
     (NaN where unused). ``limits`` indexes :attr:`Engine.limits_ids`: the
     record the point was judged against. A missing point is a row whose
-    statistic is NaN and whose masks are 0.
+    statistic is NaN and whose masks are 0. Columns that do not apply to a
+    chart (all NaN or all 0) may be one shared read-only array; every other
+    column is the caller's own.
     """
 
     char: np.ndarray
@@ -553,12 +547,11 @@ class Engine:
             _check_record_chart(CHARTS[kind], record, "record")
             _check_limits(kind, record.center, record.sigma, "record")
         params = dict(record.params) if isinstance(record, LimitsRecord) else {}
-        updates: dict[str, float] = {}
-        for key, value in params.items():
-            if key in _RECORD_PARAMS:
-                updates[key] = float(value)
-        if "nsigmas" in updates:
-            _finite(updates["nsigmas"], "record.params.nsigmas", lo=0.0, lo_open=True)
+        updates = {key: float(v) for key, v in params.items() if key in _RECORD_PARAMS}
+        if updates:
+            # the same checks as a Spec with these parameters
+            probe = Spec("imr", 0.0, 1.0, **updates)
+            _check_spec(probe, "record.params")
         attr = np.isin(self._kind[idx], _ATTRIBUTE)
         self._center[idx] = float(record.center)
         self._sigma[idx] = np.where(attr, np.nan, float(record.sigma))

@@ -390,6 +390,11 @@ def test_set_limits_adopts_record_params_and_checks_chart() -> None:
         eng.set_limits(7, rec)
     spec = Spec.from_limits("ewma", rec)
     assert (spec.ewma_lambda, spec.ewma_L, spec.limits_id) == (0.5, 2.5, rec.id)
+    bad = LimitsRecord("ewma", 5.0, 2.0, "mr", 20, params=(("ewma_lambda", 1.5),))
+    with pytest.raises(SpcInputError, match=r"record\.params\.ewma_lambda"):
+        eng.set_limits(0, bad)
+    with pytest.raises(SpcInputError, match=r"record\.sigma"):
+        eng.set_limits(0, Estimate(5.0, -1.0, "known"))
 
 
 # --------------------------------------------------------------------------- batches
@@ -558,8 +563,15 @@ def test_snapshot_restore_continues_exactly() -> None:
         Spec("ewma", 0.0, 1.0, subgroup_size=3),
         Spec("cusum", 0.0, 1.0, cusum_reset=True, cusum_h=2.0),
         Spec("u", 2.0, rules="we", limits_id="L-x"),
+        Spec(
+            "imr",
+            0.0,
+            1.0,
+            rules=["N2", "N5", "N7", "N3"],
+            rule_params={"N2": {"run": 3}, "N5": {"k": 3, "m": 4, "level": 1.5}},
+        ),
     ]
-    idx = np.tile(np.arange(5), 60)
+    idx = np.tile(np.arange(6), 60)
     vals = rng.normal(0.3, 1.0, idx.size)
     vals[idx == 4] = rng.poisson(2.0, 60)
     sizes = np.ones(idx.size)
@@ -567,6 +579,7 @@ def test_snapshot_restore_continues_exactly() -> None:
     first = a.process(idx[:137], vals[:137], sizes[:137])
     b = Engine.restore(a.snapshot())
     assert b.nbytes == a.nbytes and b.limits_id(4) == "L-x"
+    assert [b.rule_configs(i) for i in range(6)] == [a.rule_configs(i) for i in range(6)]
     rest_a = a.process(idx[137:], vals[137:], sizes[137:])
     rest_b = b.process(idx[137:], vals[137:], sizes[137:])
     assert len(first) > 0
