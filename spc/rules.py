@@ -27,6 +27,7 @@ as 64-bit shift registers (bit 0 = newest point) and tests them with masks and
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import numbers
 from collections.abc import Mapping, Sequence
@@ -1040,52 +1041,147 @@ _STATE_VERSION = 1
 
 
 @dataclass(frozen=True)
-class _Tables:
-    """Per-config parameters of every code some config enables, as arrays by config id."""
+class _Program:
+    """The configs of a bank compiled into register tests ("terms").
 
+    A rule fires when one of its (at most 2) alternatives holds, an
+    alternative when all its (at most 3) terms do. A term tests one register
+    (a 64-bit history, bit 0 = newest point) under a mask: ``eq`` all masked
+    bits set, ``any`` some set, ``count`` at least k set. Registers are the
+    bank's histories (``U, D, P0, N0, P1, N1, …``) followed by derived ones
+    (``NZ = U|D``; ``X = U ^ (U >> 1)``, alternation; ``B_l = P_l|N_l``;
+    ``W_l = ~B_l`` over the plotted points, within level l) when some rule
+    needs them. The term layout is the same for every config (one block per
+    code any config uses, eq terms first, then any, then count); per config
+    only the register row, the mask and k change, and a config without a code
+    has that code's bit cleared at the end.
+    """
+
+    nslots: int
     levels: np.ndarray  # (T, S) float64, NaN where a config has fewer levels
-    bits: np.ndarray  # (T,) uint32 enabled codes
-    params: dict[str, dict[str, np.ndarray]]  # code -> name -> (T,) array
-    static_col: dict[str, int | None]  # code -> pos-column shared by all configs enabling it
+    bits: np.ndarray  # (T,) uint32 codes each config enables
+    limit_bits: np.ndarray  # (T,) uint32 N1/WE1 bits each config enables
+    any_limit: bool
+    derived: tuple[str, ...]  # derived registers, in stack order after the histories
+    rows: np.ndarray  # (J, T) register row of each term, per config
+    masks: np.ndarray  # (J, T) uint64
+    ks: np.ndarray  # (J, T) uint8 (count terms)
+    n_eq: int  # terms [0, n_eq) are eq, [n_eq, n_any) any, [n_any, J) count
+    n_any: int
+    alt_terms: np.ndarray  # (A + 1, 3) term rows per alternative; J = true, J + 1 = false
+    rule_alts: np.ndarray  # (rules, 2) alternatives per rule; A = the always-false one
+    rule_bits: np.ndarray  # (rules, 1) uint32
+    static_rows: bool  # every config uses the same register rows
 
 
-def _build_tables(configs: list[RuleConfig], nslots: int) -> _Tables:
+# terms of each kind of rule: alternatives of (register, mask, test)
+_SHAPES: dict[str, list[list[tuple[str, str, str]]]] = {
+    "side": [[("P", "run", "eq")], [("N", "run", "eq")]],
+    "trend": [[("U", "run-1", "eq")], [("D", "run-1", "eq")]],
+    "alternate": [[("NZ", "run-1", "eq"), ("X", "run-2", "eq")]],
+    "k_of_m": [
+        [("P", "newest", "eq"), ("P", "m", "count")],
+        [("N", "newest", "eq"), ("N", "m", "count")],
+    ],
+    "within": [[("W", "run", "eq")]],
+    "beyond_both": [[("B", "run", "eq"), ("P", "run", "any"), ("N", "run", "any")]],
+}
+
+
+def _compile(configs: list[RuleConfig], nslots: int) -> _Program:
     T = len(configs)
-    levels = np.full((T, nslots), np.nan)
+    S = nslots
+    R = 2 + 2 * S
+    levels = np.full((T, S), np.nan)
     bits = np.zeros(T, dtype=np.uint32)
-    params: dict[str, dict[str, np.ndarray]] = {}
-    cols: dict[str, set[int]] = {}
+    limit_bits = np.zeros(T, dtype=np.uint32)
     for t, cfg in enumerate(configs):
-        lv = cfg.levels
-        levels[t, : len(lv)] = lv
+        levels[t, : len(cfg.levels)] = cfg.levels
         bits[t] = cfg.bits
         for r in cfg.rules:
-            p = params.setdefault(
-                r.code,
-                {
-                    "M": np.zeros(T, dtype=np.uint64),
-                    "M2": np.zeros(T, dtype=np.uint64),
-                    "k": np.zeros(T, dtype=np.uint8),
-                    "col": np.full(T, 2, dtype=np.intp),
-                },
-            )
-            run = r.run or 0
-            if r.kind == "trend":
-                p["M"][t] = _MASKS[run - 1]
-            elif r.kind == "alternate":
-                p["M"][t] = _MASKS[run - 1]
-                p["M2"][t] = _MASKS[run - 2]
-            elif r.kind == "k_of_m":
-                p["M"][t] = _MASKS[r.m or 1]
-                p["k"][t] = r.k or 1
-            elif r.kind != "limit":
-                p["M"][t] = _MASKS[run]
-            if r.level is not None:
-                col = 2 + 2 * lv.index(float(r.level))
-                p["col"][t] = col
-                cols.setdefault(r.code, set()).add(col)
-    static = {code: (next(iter(c)) if len(c) == 1 else None) for code, c in cols.items()}
-    return _Tables(levels, bits, params, static)
+            if r.kind == "limit":
+                limit_bits[t] |= np.uint32(1 << r.bit)
+    codes = [
+        c for c in _RULE_CODES if RULES[c].kind != "limit" and any(cfg.get(c) for cfg in configs)
+    ]
+    kinds = {RULES[c].kind for c in codes}
+    derived: list[str] = []
+    if "alternate" in kinds:
+        derived += ["NZ", "X"]
+    if kinds & {"within", "beyond_both"}:
+        derived += [f"B{j}" for j in range(S)]
+    if "within" in kinds:
+        derived += [f"W{j}" for j in range(S)]
+
+    def row(reg: str, slot: int) -> int:
+        fixed = {"U": 0, "D": 1, "P": 2 + 2 * slot, "N": 3 + 2 * slot}
+        if reg in fixed:
+            return fixed[reg]
+        return R + derived.index(reg if reg in ("NZ", "X") else f"{reg}{slot}")
+
+    # collect terms per test, each with (per-config rows, masks, ks) and its alternative slot
+    found: dict[str, list[tuple[list[int], list[int], list[int], int, int]]] = {
+        "eq": [],
+        "any": [],
+        "count": [],
+    }
+    alts: list[int] = []  # rule index of each alternative
+    for ri, code in enumerate(codes):
+        for alt in _SHAPES[RULES[code].kind]:
+            ai = len(alts)
+            alts.append(ri)
+            for ti, (reg, mask_name, test) in enumerate(alt):
+                rows_c, masks_c, ks_c = [], [], []
+                for cfg in configs:
+                    r = cfg.get(code)
+                    if r is None:
+                        rows_c.append(0)
+                        masks_c.append(0)
+                        ks_c.append(0)
+                        continue
+                    slot = cfg.levels.index(float(r.level)) if r.level is not None else 0
+                    run = r.run or 0
+                    width = {"run": run, "run-1": run - 1, "run-2": run - 2, "m": r.m or 0}
+                    mask = 1 if mask_name == "newest" else int(_MASKS[width[mask_name]])
+                    rows_c.append(row(reg, slot))
+                    masks_c.append(mask)
+                    ks_c.append((r.k or 1) if test == "count" else 0)
+                found[test].append((rows_c, masks_c, ks_c, ai, ti))
+    ordered = found["eq"] + found["any"] + found["count"]
+    J = len(ordered)
+    A = len(alts)
+    alt_terms = np.full((A + 1, 3), J, dtype=np.intp)  # J: the always-true row
+    alt_terms[A, 0] = J + 1  # the always-false alternative
+    for j, (_, _, _, ai, ti) in enumerate(ordered):
+        alt_terms[ai, ti] = j
+    rule_alts = np.full((len(codes), 2), A, dtype=np.intp)
+    taken = [0] * len(codes)
+    for ai, ri in enumerate(alts):
+        rule_alts[ri, taken[ri]] = ai
+        taken[ri] += 1
+    rows = np.array([o[0] for o in ordered], dtype=np.intp).reshape(J, T)
+    return _Program(
+        nslots=S,
+        levels=levels,
+        bits=bits,
+        limit_bits=limit_bits,
+        any_limit=bool(limit_bits.any()),
+        derived=tuple(derived),
+        rows=rows,
+        masks=np.array([o[1] for o in ordered], dtype=np.uint64).reshape(J, T),
+        ks=np.array([o[2] for o in ordered], dtype=np.uint8).reshape(J, T),
+        n_eq=len(found["eq"]),
+        n_any=len(found["eq"]) + len(found["any"]),
+        alt_terms=alt_terms,
+        rule_alts=rule_alts,
+        rule_bits=np.array([1 << BITS[c] for c in codes], dtype=np.uint32).reshape(-1, 1),
+        static_rows=bool((rows == rows[:, :1]).all()) if T else True,
+    )
+
+
+# up to this many distinct configs, a step runs each config's own program on its
+# characteristics; beyond it, one program for all with per-characteristic tables
+_GROUP_MAX = 16
 
 
 class RuleBank:
@@ -1093,12 +1189,12 @@ class RuleBank:
 
     Characteristic ``i`` is judged with ``configs[i]``; configs may differ in
     codes and parameters. The state is a few numpy arrays indexed by
-    characteristic: one ``uint64`` row of bit histories (up, down, then
+    characteristic: a column of ``uint64`` bit histories (up, down, then
     beyond +level / −level for each σ level of its config; bit 0 = newest
     plotted point), the last plotted value and the count of plotted points
-    (capped at 64). Parameters live in small per-config tables (identical
-    configs share a row), so a characteristic costs 8·(2 + 2·S) + 13 bytes, S
-    being the most σ levels any config uses (3 for ``nelson``: 77 bytes).
+    (capped at 64). Parameters live in a small per-config table (identical
+    configs share an entry), so a characteristic costs 8·(2 + 2·S) + 13 bytes,
+    S being the most σ levels any config uses (3 for ``nelson``: 77 bytes).
 
     Feeding a series point by point, in any split, gives exactly the masks of
     :func:`evaluate` on the whole series.
@@ -1107,12 +1203,13 @@ class RuleBank:
     def __init__(self, configs: Sequence[RuleConfig | str | Sequence[str]] = ()) -> None:
         self._configs: list[RuleConfig] = []
         self._config_ids: dict[RuleConfig, int] = {}
-        self._nslots = 0
         self._cfg = np.zeros(0, dtype=np.uint32)
-        self._regs = np.zeros((0, 2), dtype=np.uint64)
+        self._regs = np.zeros((2, 0), dtype=np.uint64)  # (rows, characteristics)
         self._last = np.zeros(0, dtype=np.float64)
         self._count = np.zeros(0, dtype=np.uint8)
-        self._tables = _build_tables([], 0)
+        self._nslots = 0
+        self._progs: dict[int, _Program] = {}
+        self._union_prog: _Program | None = None
         self.extend(configs)
 
     # ------------------------------------------------------------------ shape
@@ -1155,15 +1252,17 @@ class RuleBank:
             ids[j] = cid
         nslots = max([self._nslots, *(len(c.levels) for c in resolved)])
         if nslots > self._nslots:
-            wider = np.zeros((len(self), 2 + 2 * nslots), dtype=np.uint64)
-            wider[:, : self._regs.shape[1]] = self._regs
+            wider = np.zeros((2 + 2 * nslots, len(self)), dtype=np.uint64)
+            wider[: self._regs.shape[0]] = self._regs
             self._regs = wider
             self._nslots = nslots
-        if grew or nslots != self._tables.levels.shape[1]:
-            self._tables = _build_tables(self._configs, self._nslots)
+            self._progs.clear()
+        if grew:
+            self._union_prog = None
         n = len(resolved)
         self._cfg = np.concatenate((self._cfg, ids))
-        self._regs = np.concatenate((self._regs, np.zeros((n, self._regs.shape[1]), np.uint64)))
+        fresh = np.zeros((self._regs.shape[0], n), dtype=np.uint64)
+        self._regs = np.concatenate((self._regs, fresh), axis=1)
         self._last = np.concatenate((self._last, np.full(n, np.nan)))
         self._count = np.concatenate((self._count, np.zeros(n, dtype=np.uint8)))
         for j, carry in enumerate(carries or ()):
@@ -1174,7 +1273,7 @@ class RuleBank:
     def reset(self, idx: Any) -> None:
         """Forget the history of characteristics ``idx`` (their windows start afresh)."""
         idx = np.asarray(idx, dtype=np.intp)
-        self._regs[idx] = 0
+        self._regs[:, idx] = 0
         self._last[idx] = np.nan
         self._count[idx] = 0
 
@@ -1183,28 +1282,28 @@ class RuleBank:
     def carry(self, i: int) -> RuleCarry:
         """The history of characteristic ``i`` as a :class:`RuleCarry`."""
         lv = self.config(i).levels
-        row = [int(v) for v in self._regs[i]]
+        col = [int(v) for v in self._regs[:, i]]
         return RuleCarry(
             lv,
-            tuple(row[2 + 2 * j] for j in range(len(lv))),
-            tuple(row[3 + 2 * j] for j in range(len(lv))),
-            row[0],
-            row[1],
+            tuple(col[2 + 2 * j] for j in range(len(lv))),
+            tuple(col[3 + 2 * j] for j in range(len(lv))),
+            col[0],
+            col[1],
             float(self._last[i]),
             int(self._count[i]),
         )
 
     def _set_carry(self, i: int, carry: RuleCarry, path: str) -> None:
         lv = self.config(i).levels
-        row = np.zeros(self._regs.shape[1], dtype=np.uint64)
+        col = np.zeros(self._regs.shape[0], dtype=np.uint64)
         if carry.count:
-            row[0], row[1] = carry.up, carry.down
+            col[0], col[1] = carry.up, carry.down
             for j, level in enumerate(lv):
                 try:
-                    row[2 + 2 * j], row[3 + 2 * j] = carry.history(level)
+                    col[2 + 2 * j], col[3 + 2 * j] = carry.history(level)
                 except SpcInputError as e:
                     raise SpcInputError(path, e.message) from None
-        self._regs[i] = row
+        self._regs[:, i] = col
         self._last[i] = carry.last_x if carry.count else np.nan
         self._count[i] = min(carry.count, MAX_WINDOW)
 
@@ -1214,99 +1313,161 @@ class RuleBank:
         """Judge one new point for each characteristic in ``idx``; returns their ``uint32`` masks.
 
         ``idx`` holds characteristic indices, unique within one call (split a
-        micro-batch with several points of one characteristic into rounds);
-        ``x``, ``center``, ``sigma``, ``lcl``, ``ucl`` are aligned with it
-        (scalars are broadcast). A missing point (NaN x, center or sigma)
-        changes nothing and gets mask 0.
+        micro-batch with several points of one characteristic into rounds), or
+        a ``slice`` (``slice(None)``: every characteristic, in order, without
+        gathering). ``x``, ``center``, ``sigma``, ``lcl``, ``ucl`` are aligned
+        with it (scalars are broadcast). A missing point (NaN x, center or
+        sigma) changes nothing and gets mask 0.
         """
-        idx = np.asarray(idx, dtype=np.intp).reshape(-1)
-        n = idx.shape[0]
+        K = len(self)
+        sel: Any
+        if isinstance(idx, slice):
+            start, stop, stride = idx.indices(K)
+            n = len(range(start, stop, stride))
+            sel = slice(start, stop, stride)
+        else:
+            sel = np.asarray(idx, dtype=np.intp).reshape(-1)
+            n = sel.shape[0]
         x = np.broadcast_to(np.asarray(x, dtype=np.float64), (n,))
         z = np.broadcast_to(standardize(x, center, sigma), (n,))
-        tb = self._tables
-        single = len(self._configs) == 1
-        cfg = None if single else self._cfg[idx]
+        if n == 0:
+            return np.zeros(0, dtype=np.uint32)
+        if len(self._configs) == 1:
+            return self._run(self._program(0), sel, x, z, lcl, ucl, None)
+        cfg = self._cfg[sel]
+        if len(self._configs) > _GROUP_MAX:
+            return self._run(self._union(), sel, x, z, lcl, ucl, cfg)
+        # one run per config present, on its own characteristics
+        order = np.argsort(cfg, kind="stable")
+        ordered = cfg[order]
+        cuts = [0, *(np.flatnonzero(ordered[1:] != ordered[:-1]) + 1).tolist(), n]
+        cols = np.arange(K)[sel] if isinstance(sel, slice) else sel
+        lo = np.broadcast_to(np.asarray(lcl, dtype=np.float64), (n,))
+        hi = np.broadcast_to(np.asarray(ucl, dtype=np.float64), (n,))
+        out = np.empty(n, dtype=np.uint32)
+        for a, b in itertools.pairwise(cuts):
+            part = order[a:b]
+            prog = self._program(int(ordered[a]))
+            out[part] = self._run(prog, cols[part], x[part], z[part], lo[part], hi[part], None)
+        return out
 
-        def param(code: str, name: str) -> Any:
-            arr = tb.params[code][name]
-            return arr[0] if single else arr[cfg]
+    def _program(self, cid: int) -> _Program:
+        prog = self._progs.get(cid)
+        if prog is None:
+            prog = _compile([self._configs[cid]], self._nslots)
+            self._progs[cid] = prog
+        return prog
 
-        regs = self._regs[idx]
-        last = self._last[idx]
-        R = regs.shape[1]
-        F = np.empty((n, R), dtype=bool)
+    def _union(self) -> _Program:
+        if self._union_prog is None:
+            self._union_prog = _compile(self._configs, self._nslots)
+        return self._union_prog
+
+    def _run(
+        self,
+        pr: _Program,
+        sel: Any,
+        x: np.ndarray,
+        z: np.ndarray,
+        lcl: Any,
+        ucl: Any,
+        cfg: np.ndarray | None,
+    ) -> np.ndarray:
+        """Step the characteristics ``sel`` with program ``pr`` (per-config tables if ``cfg``)."""
+        n = x.shape[0]
+        R = self._regs.shape[0]
+        S = pr.nslots
         out = np.zeros(n, dtype=np.uint32)
+
+        def per(table: np.ndarray) -> np.ndarray:
+            # a (…, T) table's column for each characteristic (T = 1: broadcast)
+            return table[..., :1] if cfg is None else table[..., cfg]
+
+        stack = np.empty((R + len(pr.derived), n), dtype=np.uint64)
+        new = stack[:R]
+        last = self._last[sel]
         with np.errstate(all="ignore"):
-            np.greater(x, last, out=F[:, 0])
-            np.less(x, last, out=F[:, 1])
-            if R > 2:
-                lv = tb.levels[0] if single else tb.levels[cfg]
-                np.greater(z[:, None], lv, out=F[:, 2::2])
-                np.less(z[:, None], -lv, out=F[:, 3::2])
-            new = np.left_shift(regs, 1, out=regs)
-            new |= F
-            count = np.minimum(self._count[idx] + np.uint8(1), np.uint8(MAX_WINDOW))
-            rows = None
-            for code in tb.params:
-                bit = np.uint32(1 << BITS[code])
-                kind = RULES[code].kind
-                if kind == "limit":
-                    hit = (x > np.asarray(ucl)) | (x < np.asarray(lcl))
-                    out |= hit * bit
-                    continue
-                if kind in ("trend", "alternate"):
-                    U = new[:, 0]
-                    M = param(code, "M")
-                    if kind == "trend":
-                        hit = ((U & M) == M) | ((new[:, 1] & M) == M)
-                    else:
-                        M2 = param(code, "M2")
-                        nz = U | new[:, 1]
-                        hit = ((nz & M) == M) & (((U ^ (U >> np.uint64(1))) & M2) == M2)
-                    out |= hit * bit
-                    continue
-                col = tb.static_col[code]
-                if col is not None:
-                    P = new[:, col]
-                    N = new[:, col + 1]
+            flags = np.empty((R, n), dtype=bool)
+            np.greater(x, last, out=flags[0])
+            np.less(x, last, out=flags[1])
+            if S:
+                lv = per(pr.levels.T)
+                np.greater(z, lv, out=flags[2::2])
+                np.less(z, -lv, out=flags[3::2])
+            if isinstance(sel, slice):
+                np.left_shift(self._regs[:, sel], np.uint64(1), out=new)
+            else:
+                np.take(self._regs, sel, axis=1, out=new)
+                new <<= np.uint64(1)
+            new |= flags
+            count = np.minimum(self._count[sel] + np.uint8(1), np.uint8(MAX_WINDOW))
+            if pr.any_limit:
+                lim = np.greater(x, ucl)
+                lim |= np.less(x, lcl)
+                np.bitwise_or(out, per(pr.limit_bits), out=out, where=lim)
+            J = pr.rows.shape[0]
+            if J:
+                self._derive(pr, stack, count)
+                if cfg is None:
+                    t = stack[pr.rows[:, 0]]
                 else:
-                    if rows is None:
-                        rows = np.arange(n)
-                    cols = param(code, "col")
-                    P = new[rows, cols]
-                    N = new[rows, cols + 1]
-                M = param(code, "M")
-                if kind == "side":
-                    hit = ((P & M) == M) | ((N & M) == M)
-                elif kind == "k_of_m":
-                    k = param(code, "k")
-                    hit = ((P & np.uint64(1)).astype(bool) & (np.bitwise_count(P & M) >= k)) | (
-                        (N & np.uint64(1)).astype(bool) & (np.bitwise_count(N & M) >= k)
-                    )
-                elif kind == "within":
-                    W = ~(P | N) & _MASKS[count]
-                    hit = (W & M) == M
-                else:  # beyond_both
-                    hit = (((P | N) & M) == M) & ((P & M) != 0) & ((N & M) != 0)
-                out |= hit * bit
-        out &= tb.bits[0] if single else tb.bits[cfg]
-        ok = ~np.isnan(z)
+                    t = stack[pr.rows[:, cfg], np.arange(n)]
+                masks = per(pr.masks)
+                t &= masks
+                tb = np.empty((J + 2, n), dtype=bool)
+                tb[J] = True
+                tb[J + 1] = False
+                e, na = pr.n_eq, pr.n_any
+                np.equal(t[:e], masks[:e], out=tb[:e])
+                np.not_equal(t[e:na], 0, out=tb[e:na])
+                if na < J:
+                    np.greater_equal(np.bitwise_count(t[na:]), per(pr.ks[na:]), out=tb[na:J])
+                alts = tb[pr.alt_terms].all(axis=1)
+                hits = alts[pr.rule_alts].any(axis=1)
+                out |= np.bitwise_or.reduce(hits * pr.rule_bits, axis=0)
+            if cfg is not None:
+                out &= pr.bits[cfg]
+        ok = z == z
         if ok.all():
-            self._regs[idx] = new
-            self._last[idx] = x
-            self._count[idx] = count
+            self._regs[:, sel] = new
+            self._last[sel] = x
+            self._count[sel] = count
         else:
             out[~ok] = 0
-            sel = idx[ok]
-            self._regs[sel] = new[ok]
-            self._last[sel] = x[ok]
-            self._count[sel] = count[ok]
+            rows = np.arange(len(self))[sel][ok]
+            self._regs[:, rows] = new[:, ok]
+            self._last[rows] = x[ok]
+            self._count[rows] = count[ok]
         return out
+
+    @staticmethod
+    def _derive(pr: _Program, stack: np.ndarray, count: np.ndarray) -> None:
+        """Fill the derived registers (rows after the histories) the program asks for."""
+        d = pr.derived
+        S = pr.nslots
+        r = 2 + 2 * S
+        U, D = stack[0], stack[1]
+        if "NZ" in d:
+            np.bitwise_or(U, D, out=stack[r])
+            np.right_shift(U, np.uint64(1), out=stack[r + 1])
+            stack[r + 1] ^= U
+            r += 2
+        if S and "B0" in d:
+            B = stack[r : r + S]
+            np.bitwise_or(stack[2 : 2 + 2 * S : 2], stack[3 : 3 + 2 * S : 2], out=B)
+            r += S
+            if "W0" in d:
+                W = stack[r : r + S]
+                np.invert(B, out=W)
+                W &= _MASKS[count]
 
     # ------------------------------------------------------------------ persistence
 
     def _levels_matrix(self) -> np.ndarray:
-        return self._tables.levels[self._cfg]
+        levels = np.full((len(self._configs), self._nslots), np.nan)
+        for t, cfg in enumerate(self._configs):
+            levels[t, : len(cfg.levels)] = cfg.levels
+        return levels[self._cfg]
 
     def state_dict(self) -> dict[str, Any]:
         """The histories as plain JSON types (restore with :meth:`from_state`)."""
@@ -1315,7 +1476,7 @@ class RuleBank:
             "format": _STATE_FORMAT,
             "version": _STATE_VERSION,
             "levels": [[v for v in row if not math.isnan(v)] for row in lv.tolist()],
-            "regs": self._regs.tolist(),
+            "regs": self._regs.T.tolist(),
             "last_x": [None if math.isnan(v) else v for v in self._last.tolist()],
             "count": self._count.tolist(),
         }
@@ -1366,10 +1527,11 @@ class RuleBank:
         for i, old in enumerate(levels):
             new_lv = self.config(i).levels
             row = regs[i]
-            if len(row) != 2 + 2 * len(old) and len(row) < 2 + 2 * len(old):
+            width = 2 + 2 * len(old)
+            if len(row) < width:
                 raise SpcInputError(f"state.regs[{i}]", "too few histories for its levels")
             if tuple(old) == new_lv:
-                self._regs[i, : 2 + 2 * len(old)] = row[: 2 + 2 * len(old)]
+                self._regs[:width, i] = row[:width]
                 continue
             if not set(new_lv) <= set(old):
                 if strict:
@@ -1379,12 +1541,12 @@ class RuleBank:
                     )
                 self.reset([i])
                 continue
-            self._regs[i, 0] = row[0]
-            self._regs[i, 1] = row[1]
+            self._regs[0, i] = row[0]
+            self._regs[1, i] = row[1]
             for j, lv in enumerate(new_lv):
                 o = old.index(lv)
-                self._regs[i, 2 + 2 * j] = row[2 + 2 * o]
-                self._regs[i, 3 + 2 * j] = row[3 + 2 * o]
+                self._regs[2 + 2 * j, i] = row[2 + 2 * o]
+                self._regs[3 + 2 * j, i] = row[3 + 2 * o]
 
     def to_bytes(self) -> bytes:
         """Compact binary state (an ``.npz`` without pickles); restore with :meth:`from_bytes`."""
@@ -1393,7 +1555,7 @@ class RuleBank:
             buf,
             version=np.array([_STATE_VERSION]),
             levels=self._levels_matrix(),
-            regs=self._regs,
+            regs=self._regs.T,
             last=self._last,
             count=self._count,
         )

@@ -160,3 +160,71 @@ def test_many_characteristics_in_one_round_equal_batch():
         got[t, order] = bank.step(order, x[t, order], 0.0, 1.0, -3.0, 3.0)
     for k in range(K):
         assert got[:, k].tolist() == rules.evaluate(x[:, k], 0.0, 1.0, -3.0, 3.0, cfgs[k]).tolist()
+
+
+def _random_block(rng: np.random.Generator, T: int, K: int) -> np.ndarray:
+    z = rng.choice([-2.5, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.5, 3.5], (T, K))
+    x = np.round(z + np.cumsum(rng.normal(0, 0.3, (T, K)), axis=0), 1)
+    x[rng.random((T, K)) < 0.03] = np.nan
+    return x
+
+
+def test_many_distinct_configs_use_per_characteristic_tables():
+    """More distinct configs than the grouping limit: one program, per-characteristic tables."""
+    configs = [
+        rules.resolve_rules(
+            ["N1", "N2", "N4", "N5", "N7", "N8"] if i % 2 else ["N3", "N6", "WE4"],
+            {"N2": {"run": 2 + i}, "N5": {"level": 1 + i / 10}, "N6": {"m": 3 + i % 5, "k": 2}},
+        )
+        for i in range(rules._GROUP_MAX + 4)
+    ]
+    K = len(configs) * 3
+    cfgs = configs * 3
+    rng = np.random.default_rng(11)
+    x = _random_block(rng, 50, K)
+    bank = rules.RuleBank(cfgs)
+    got = np.empty((50, K), dtype=np.uint32)
+    order = np.arange(K)
+    for t in range(50):
+        rng.shuffle(order)
+        got[t, order] = bank.step(order, x[t, order], 0.0, 1.0, -3.0, 3.0)
+    for k in range(K):
+        assert got[:, k].tolist() == rules.evaluate(x[:, k], 0.0, 1.0, -3.0, 3.0, cfgs[k]).tolist()
+
+
+def test_slices_select_characteristics_without_gathering():
+    rng = np.random.default_rng(5)
+    K, T = 40, 40
+    cfgs = [NELSON, WE] * (K // 2)
+    x = _random_block(rng, T, K)
+    bank = rules.RuleBank(cfgs)
+    got = np.zeros((T, K), dtype=np.uint32)
+    for t in range(T):
+        if t % 3 == 0:
+            got[t] = bank.step(slice(None), x[t], 0.0, 1.0, -3.0, 3.0)
+        else:
+            got[t, 1::2] = bank.step(slice(1, None, 2), x[t, 1::2], 0.0, 1.0, -3.0, 3.0)
+            got[t, 0::2] = bank.step(slice(0, K, 2), x[t, 0::2], 0.0, 1.0, -3.0, 3.0)
+    for k in range(K):
+        assert got[:, k].tolist() == rules.evaluate(x[:, k], 0.0, 1.0, -3.0, 3.0, cfgs[k]).tolist()
+
+
+def test_adding_a_config_with_more_levels_midstream():
+    rng = np.random.default_rng(9)
+    x = _random_block(rng, 30, 2)
+    bank = rules.RuleBank([NELSON])
+    first = [int(bank.step([0], x[t, :1], 0.0, 1.0, -3.0, 3.0)[0]) for t in range(15)]
+    wide = rules.resolve_rules("nelson", {"N7": {"level": 0.5}, "N8": {"level": 1.5}})
+    bank.extend([wide])
+    rest = [bank.step([0, 1], x[t], 0.0, 1.0, -3.0, 3.0).tolist() for t in range(15, 30)]
+    whole0 = rules.evaluate(x[:, 0], 0.0, 1.0, -3.0, 3.0, NELSON).tolist()
+    assert first + [r[0] for r in rest] == whole0
+    assert [r[1] for r in rest] == rules.evaluate(x[15:, 1], 0.0, 1.0, -3.0, 3.0, wide).tolist()
+
+
+def test_empty_step_and_empty_bank():
+    bank = rules.RuleBank([])
+    assert bank.step([], [], 0.0, 1.0, -3.0, 3.0).shape == (0,)
+    assert bank.nbytes == 0 and bank.state_dict()["regs"] == []
+    bank = rules.RuleBank([NELSON])
+    assert bank.step(np.array([], dtype=int), [], 0.0, 1.0, -3.0, 3.0).shape == (0,)
