@@ -7,19 +7,17 @@ the run-rule bank, to show where the time goes); EWMA; CUSUM. The naive
 baseline (:mod:`benchmarks.naive_engine`) is timed in the same process in
 interleaved rounds (engine, naive, engine, naive, …) after both have been
 checked to produce the same violation masks; the reported ratio is the
-median of the per-round ratios. Timed blocks run with the cyclic garbage
-collector off, as ``timeit`` does: with 10 000 naive objects alive a
-collection triggered by the engine's few per-call allocations traverses
-the naive heap and would be charged to the engine (``--gc`` keeps it on).
+median of the per-round ratios.
 
-The process's glibc allocator is told to keep freed memory (``mallopt``:
-M_TOP_PAD 64 MiB, M_TRIM_THRESHOLD and M_MMAP_THRESHOLD 256 MiB) unless
-``--no-malloc-tuning``: the engine frees and reallocates K-sized arrays every
-tick and, with a fragmented heap (the naive baseline's Python objects), the
-default allocator returns that memory to the kernel and page-faults it back
-each tick, which at K = 10 000 can cost more than the arithmetic. A gateway
-sets the same with ``MALLOC_TOP_PAD_`` / ``MALLOC_TRIM_THRESHOLD_`` /
-``MALLOC_MMAP_THRESHOLD_`` in its environment.
+The measurement runs in a child process whose glibc allocator keeps freed
+memory (``MALLOC_TOP_PAD_`` 64 MiB, ``MALLOC_TRIM_THRESHOLD_`` and
+``MALLOC_MMAP_THRESHOLD_`` 256 MiB) unless ``--no-malloc-tuning``: the engine
+frees and reallocates K-sized arrays every tick and, with a fragmented heap
+(here the naive baseline's Python objects), the default allocator hands that
+memory back to the kernel and page-faults it in again each tick, which at
+K = 10 000 costs more than the arithmetic. A gateway sets the same variables
+in its environment. The child keeps the tuning away from other benchmarks
+that ``python -m benchmarks`` runs in its own process.
 
 No target is asserted: the numbers are reported as measured.
 
@@ -29,14 +27,15 @@ No target is asserted: the numbers are reported as measured.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
-import gc
 import json
+import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 import tracemalloc
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -55,26 +54,11 @@ RUNS = {
 WARMUP_TICKS = 20  # fills the 15-point rule windows before anything is timed
 
 
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3  # glibc malloc.h
-
-
-def _tune_malloc() -> bool:
-    """Ask glibc to keep freed memory (see the module docstring); False where unavailable."""
-    name = ctypes.util.find_library("c")
-    if not name or platform.system() != "Linux":
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        return all(
-            libc.mallopt(param, value) == 1
-            for param, value in (
-                (_M_TOP_PAD, 64 << 20),
-                (_M_TRIM_THRESHOLD, 256 << 20),
-                (_M_MMAP_THRESHOLD, 256 << 20),
-            )
-        )
-    except (OSError, AttributeError):
-        return False
+MALLOC_ENV = {
+    "MALLOC_TOP_PAD_": str(64 << 20),
+    "MALLOC_TRIM_THRESHOLD_": str(256 << 20),
+    "MALLOC_MMAP_THRESHOLD_": str(256 << 20),
+}
 
 
 def _engine(chart: str, K: int, kw: dict[str, Any]) -> Engine:
@@ -151,7 +135,7 @@ def _naive_bytes(chart: str, K: int) -> float:
     return (after - before) / K
 
 
-def bench(name: str, K: int, rounds: int, min_time: float, keep_gc: bool = False) -> dict[str, Any]:
+def bench(name: str, K: int, rounds: int, min_time: float) -> dict[str, Any]:
     """One run: engine vs naive at K characteristics."""
     chart, kw = RUNS[name]
     _check_same(chart, kw, min(K, 200))
@@ -165,15 +149,8 @@ def bench(name: str, K: int, rounds: int, min_time: float, keep_gc: bool = False
         _naive_tick(objs, rows[t])
     eng_s, naive_s, ratios = [], [], []
     for _ in range(rounds):
-        gc_was = gc.isenabled()
-        if not keep_gc:
-            gc.disable()
-        try:
-            e = _time_engine(eng, idx, x, min_time)
-            n = _time_naive(objs, rows, min_time)
-        finally:
-            if gc_was:
-                gc.enable()
+        e = _time_engine(eng, idx, x, min_time)
+        n = _time_naive(objs, rows, min_time)
         eng_s.append(e)
         naive_s.append(n)
         ratios.append(n / e)
@@ -201,19 +178,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--min-time", type=float, default=0.3, help="seconds per timed block")
     ap.add_argument("--quick", action="store_true", help="small sizes, 2 rounds (smoke test)")
-    ap.add_argument("--gc", action="store_true", help="keep the garbage collector on while timing")
     ap.add_argument(
         "--no-malloc-tuning", action="store_true", help="leave glibc's allocator at its defaults"
     )
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    tuned = False if args.no_malloc_tuning else _tune_malloc()
+    if not args.child and not args.no_malloc_tuning:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        root = str(Path(__file__).resolve().parents[1])
+        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+        done = subprocess.run(
+            [sys.executable, "-m", "benchmarks.bench_engine", "--child", *argv],
+            env={**os.environ, **MALLOC_ENV, "PYTHONPATH": path},
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode:
+            raise RuntimeError(f"benchmark child failed:\n{done.stderr}")
+        return json.loads(done.stdout)
+    tuned = all(os.environ.get(k) == v for k, v in MALLOC_ENV.items())
     if args.quick:
         args.sizes, args.rounds, args.min_time = [100, 1000], 2, 0.05
-    results = [
-        bench(name, K, args.rounds, args.min_time, args.gc)
-        for name in args.runs
-        for K in args.sizes
-    ]
+    results = [bench(name, K, args.rounds, args.min_time) for name in args.runs for K in args.sizes]
     memory = {
         chart: {
             "engine_bytes_per_char": round(_engine(chart, 1000, kw).bytes_per_characteristic, 1),
@@ -227,8 +215,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "numpy": np.__version__,
         "machine": platform.machine(),
         "rounds": args.rounds,
-        "gc_during_timing": args.gc,
-        "malloc_tuned": tuned,
+        "malloc_env": MALLOC_ENV if tuned else None,
         "results": results,
         "memory": memory,
     }
