@@ -801,16 +801,18 @@ class Engine:
         self._npts[s] = pt + 1
         return {"char": c.copy(), "point": pt, "limits": self._lid[s]}
 
-    def _centre_mask(self, c, x, center, sigma, lcl, ucl) -> np.ndarray:
+    def _centre_mask(self, s, x, center, sigma, lcl, ucl) -> np.ndarray:
+        """Centre-chart rule masks; ``s`` (indices or a slice of them) selects the bank's rows."""
         bits = self._centre_limit_bits
         if bits is None:
-            return self._centre_bank.step(c, x, center, sigma, lcl, ucl)
+            return self._centre_bank.step(s, x, center, sigma, lcl, ucl)
         return _limit_mask(bits, x, lcl, ucl)
 
-    def _disp_mask(self, c, x, center, sigma, lcl, ucl) -> np.ndarray:
+    def _disp_mask(self, s, x, center, sigma, lcl, ucl) -> np.ndarray:
+        """Dispersion-chart rule masks, as :meth:`_centre_mask`."""
         bits = self._disp_limit_bits
         if bits is None:
-            return self._disp_bank.step(c, x, center, sigma, lcl, ucl)
+            return self._disp_bank.step(s, x, center, sigma, lcl, ucl)
         return _limit_mask(bits, x, lcl, ucl)
 
     def _imr(self, c: np.ndarray, s: np.ndarray | slice, x: np.ndarray, pos: np.ndarray) -> _Out:
@@ -842,13 +844,13 @@ class Engine:
             ucl=ucl,
             sigma=sigma,
             n=n,
-            mask=self._centre_mask(c, x, center, sigma, lcl, ucl),
+            mask=self._centre_mask(s, x, center, sigma, lcl, ucl),
             disp_statistic=mr,
             disp_center=mc,
             disp_lcl=mlo,
             disp_ucl=mhi,
             disp_sigma=ms,
-            disp_mask=self._disp_mask(c, mr, mc, ms, mlo, mhi),
+            disp_mask=self._disp_mask(s, mr, mc, ms, mlo, mhi),
             ewma=nan,
             cusum_upper=nan,
             cusum_lower=nan,
@@ -932,7 +934,7 @@ class Engine:
             ucl=ucl,
             sigma=sigma,
             n=np.array(n, dtype=np.float64),
-            mask=self._centre_mask(c, stat, center, sigma, lcl, ucl),
+            mask=self._centre_mask(s, stat, center, sigma, lcl, ucl),
             disp_statistic=nan,
             disp_center=nan,
             disp_lcl=nan,
