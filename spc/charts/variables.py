@@ -151,10 +151,11 @@ def control_band(center, sig, k, lo: float | None = None) -> tuple[np.ndarray, n
     characteristic); the batch series and the streaming engine both call this
     so their limits are the same floating-point numbers.
     """
-    lcl = center - k * sig
+    width = k * sig
+    lcl = center - width
     if lo is not None:
         lcl = np.maximum(lcl, lo)
-    return lcl, center + k * sig
+    return lcl, center + width
 
 
 def xbar_limits(
