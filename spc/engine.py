@@ -269,6 +269,21 @@ def _resolve(spec: Spec, path: str) -> tuple[RuleConfig, RuleConfig]:
     return centre, disp
 
 
+def _rules_key(spec: Spec) -> Any:
+    """A hashable key for the rule settings of a spec (None when they are not hashable)."""
+    if spec.rule_params is not None:
+        return None
+    parts = []
+    for value in (spec.rules, spec.rules_dispersion):
+        parts.append(tuple(value) if isinstance(value, list) else value)
+    key = (spec.chart, *parts)
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
 # --------------------------------------------------------------------------- validation
 
 
@@ -449,10 +464,16 @@ class Engine:
             specs = [specs]
         specs = list(specs)
         resolved = []
+        seen: dict[Any, tuple[RuleConfig, RuleConfig]] = {}
         for j, spec in enumerate(specs):
             path = f"specs[{j}]"
             _check_spec(spec, path)
-            resolved.append(_resolve(spec, path))
+            key = _rules_key(spec)
+            if key is None or key not in seen:
+                rc = _resolve(spec, path)
+                if key is not None:
+                    seen[key] = rc
+            resolved.append(seen[key] if key is not None else rc)
         start = len(self)
         n = len(specs)
         if n == 0:
