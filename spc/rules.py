@@ -881,14 +881,9 @@ def _rule_words(words: np.ndarray, plan: _Plan, valid0: np.uint64, word_chunk: i
 def _bit_positions(words: np.ndarray, n: int) -> np.ndarray:
     """Indices i < n of the set bits of ``words`` (bit i%64 of word i//64), unordered."""
     nz = np.flatnonzero(words)
-    if not nz.size:
-        return nz
     w = words[nz]
-    if int(np.bitwise_count(w).sum(dtype=np.int64)) > 4 * words.size:
-        # dense (constant data on the centre line, say): unpack everything
-        pos = np.flatnonzero(np.unpackbits(words.view(np.uint8), bitorder="little"))
-        return pos[pos < n]
-    parts = []
+    parts = [nz[:0]]
+    # one round per bit still set in the busiest word: fine while bits are sparse
     while nz.size:
         low = w & (~w + np.uint64(1))
         parts.append(nz * 64 + np.bitwise_count(low - np.uint64(1)))
@@ -898,6 +893,20 @@ def _bit_positions(words: np.ndarray, n: int) -> np.ndarray:
         w = w[more]
     pos = np.concatenate(parts)
     return pos[pos < n]
+
+
+def _or_bits(out: np.ndarray, words: np.ndarray, bit: int) -> None:
+    """OR ``bit`` into ``out[i]`` for every set bit i of ``words`` (bit i%64 of word i//64)."""
+    n = out.shape[0]
+    total = int(np.bitwise_count(words).sum(dtype=np.int64))
+    if not total:
+        return
+    if total * 16 > n:
+        # dense (long runs, constant data): one masked pass beats finding positions
+        hit = np.unpackbits(words.view(np.uint8), bitorder="little", count=n).view(bool)
+        np.bitwise_or(out, np.uint32(bit), out=out, where=hit)
+    else:
+        out[_bit_positions(words, n)] |= np.uint32(bit)
 
 
 def _masks(
@@ -920,12 +929,12 @@ def _masks(
         return out
     words = _flag_words(x, center, sigma, lcl, ucl, plan, carry, chunk, check_missing, cuts_min)
     if plan.limit_bits:
-        out[_bit_positions(words[-1, 1:], n)] |= np.uint32(plan.limit_bits)
+        _or_bits(out, words[-1, 1:], plan.limit_bits)
     if plan.rules:
         valid0 = np.uint64((int(_MASKS[carry.count]) << (64 - carry.count)) & _U64)
         per_rule = _rule_words(words, plan, valid0, word_chunk)
         for r, rw in zip(plan.rules, per_rule, strict=True):
-            out[_bit_positions(rw[1:], n)] |= np.uint32(1 << r.bit)
+            _or_bits(out, rw[1:], 1 << r.bit)
     return out
 
 
