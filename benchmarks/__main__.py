@@ -20,7 +20,9 @@ import benchmarks
 def main(argv: list[str] | None = None) -> int:
     """Run the named benchmarks (default: all) and print their results as JSON."""
     argv = sys.argv[1:] if argv is None else argv
-    names = sorted(m.name for m in pkgutil.iter_modules(benchmarks.__path__) if m.name.startswith("bench_"))
+    names = sorted(
+        m.name for m in pkgutil.iter_modules(benchmarks.__path__) if m.name.startswith("bench_")
+    )
     if argv:
         names = [n for n in names if n in argv or n.removeprefix("bench_") in argv]
     results = {}

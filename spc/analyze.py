@@ -202,7 +202,8 @@ def _sizes(v: Any, path: str, count: int, *, allow_null: bool) -> np.ndarray:
 
 
 def _counts(v: Any, path: str) -> np.ndarray:
-    counts = _numbers(v, path, allow_null=True)
+    # Attribute charts plot every inspected sample: a count is never missing.
+    counts = _numbers(v, path, allow_null=False)
     bad = np.flatnonzero(counts < 0)
     if bad.size:
         raise SpcInputError(f"{path}[{bad[0]}]", "a count cannot be negative")

@@ -49,6 +49,7 @@ BAD = [
     ({"chart": "p", "data": [1, 2], "sizes": [10, 0]}, "sizes[1]", "greater than 0"),
     ({"chart": "u", "data": [1, 2], "sizes": [1.5, -2]}, "sizes[1]", "greater than 0"),
     ({"chart": "c", "data": [1, -2]}, "data[1]", "negative"),
+    ({"chart": "c", "data": [1, None]}, "data[1]", "expected a number, got null"),
     ({"chart": "p", "data": [1, 12], "sizes": [10, 10]}, "data[1]", "larger than its sample size"),
     (
         {"chart": "np", "data": [1, 2], "sizes": [10, 10], "phase2": {"data": [11], "sizes": [10]}},
