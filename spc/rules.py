@@ -13,15 +13,24 @@ for bit:
 * :class:`RuleBank` judges one new point for each of many characteristics at
   once, with all state in numpy arrays indexed by characteristic.
 
-How the batch path is fast: every per-point predicate (side of the centre line,
-beyond ±kσ, up, down) becomes one bit in packed ``uint64`` words; "n in a row"
-is an AND of shifted copies computed by doubling (O(log n) word operations)
-and "k of m" is a bit-sliced counter over m shifted copies. Long series are
-processed in chunks so the temporaries stay in cache; a chunk carries the
-previous 64 points as its first word, which is enough because no window is
-longer than :data:`MAX_WINDOW` points. The streaming bank keeps the same bits
-as 64-bit shift registers (bit 0 = newest point) and tests them with masks and
-``bitwise_count``.
+How the batch path is fast: every per-point predicate (beyond +level and
+−level for each σ level in use, level 0 being the sides of the centre line;
+up; down; beyond a control limit) becomes one bit in packed ``uint64`` words.
+"n in a row" is an AND of shifted copies computed by doubling (O(log n) word
+operations); "k of m" ANDs the point's own bit with an "at least k − 1 of the
+m − 1 before" ladder of shifted copies (a bit-sliced counter for wide windows).
+Word operations run on chunks that carry the word before them, which is all
+the history a chunk needs because no window is longer than :data:`MAX_WINDOW`
+(64) points. Where a chunk has one centre and one σ (frozen limits), the
+σ-level predicates compare x with thresholds found once by searching the
+floats with :func:`standardize` itself, so they stay exact without the
+subtraction and division. Violations are then read back per rule: sparse
+bits by position, dense ones in one masked pass.
+
+The streaming bank keeps the same bits as 64-bit shift registers per
+characteristic (bit 0 = newest point); each config is compiled into register
+tests (``bitwise_count(register & mask) >= k``) so one step is a handful of
+array operations for all characteristics with that config.
 """
 
 from __future__ import annotations
@@ -385,7 +394,6 @@ def standardize(x: Any, center: Any, sigma: Any, out: np.ndarray | None = None) 
     return z
 
 
-_SIGN = 1 << 63
 _FMAX = np.finfo(np.float64).max
 
 
@@ -514,16 +522,24 @@ class RuleCarry:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RuleCarry:
         """Inverse of :meth:`to_dict`."""
-        last = d.get("last_x")
-        return cls(
-            tuple(float(v) for v in d["levels"]),
-            tuple(int(v) & _U64 for v in d["pos"]),
-            tuple(int(v) & _U64 for v in d["neg"]),
-            int(d["up"]) & _U64,
-            int(d["down"]) & _U64,
-            math.nan if last is None else float(last),
-            min(int(d["count"]), MAX_WINDOW),
-        )
+        try:
+            last = d.get("last_x")
+            levels = tuple(float(v) for v in d["levels"])
+            pos = tuple(int(v) & _U64 for v in d["pos"])
+            neg = tuple(int(v) & _U64 for v in d["neg"])
+            if not len(levels) == len(pos) == len(neg):
+                raise ValueError("levels, pos and neg differ in length")
+            return cls(
+                levels,
+                pos,
+                neg,
+                int(d["up"]) & _U64,
+                int(d["down"]) & _U64,
+                math.nan if last is None else float(last),
+                max(0, min(int(d["count"]), MAX_WINDOW)),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise SpcInputError("carry", f"not a rule carry: {e}") from None
 
 
 def _push(reg: int, flags: np.ndarray) -> int:

@@ -556,3 +556,17 @@ def test_dense_violations_across_chunks(chunk):
     mask, _ = rules._evaluate(x, 3.0, 0.0, 3.0, 3.0, NELSON, None, False, chunk=chunk, word_chunk=2)
     assert np.flatnonzero(mask).tolist() == list(range(14, n))
     assert set(mask[14:].tolist()) == {1 << 6}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {},
+        {"levels": [0.0], "pos": [], "neg": [], "up": 0, "down": 0, "count": 1},
+        {"levels": ["x"], "pos": [1], "neg": [1], "up": 0, "down": 0, "count": 1},
+    ],
+)
+def test_carry_from_dict_rejects_garbage(bad):
+    with pytest.raises(SpcInputError) as err:
+        rules.RuleCarry.from_dict(bad)
+    assert err.value.path == "carry"
