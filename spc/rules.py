@@ -976,6 +976,14 @@ def _pick(v: Any, sel: Any) -> Any:
     return v if np.ndim(v) == 0 else v[sel]
 
 
+def _squeeze(v: Any) -> Any:
+    """A per-point array whose entries are all equal as that one value (nothing to compress)."""
+    if np.ndim(v) == 0 or not v.size:
+        return v
+    v0 = _constant(v)
+    return v if v0 is None else np.float64(v0)
+
+
 def _evaluate(
     x: Any,
     center: Any,
@@ -1005,6 +1013,7 @@ def _evaluate(
         xp, cp, sp = xa, c, s
     except _MissingPointError:
         keep = ~np.isnan(standardize(xa, c, s))
+        c, s, lo, hi = (_squeeze(v) for v in (c, s, lo, hi))
         xp, cp, sp = xa[keep], _pick(c, keep), _pick(s, keep)
         lk, hk = _pick(lo, keep), _pick(hi, keep)
         inner = _masks(xp, cp, sp, lk, hk, plan, carry, chunk, word_chunk, False, cuts_min)
