@@ -55,7 +55,9 @@ def print_summary(result: dict[str, Any], title: str = "", console: Console | No
         start = max(0, len(plotted) - width)
         con.print(
             Text("       ")
-            + _strip(plotted[start:], ch["lcl"][start:], ch["ucl"][start:], {i - start for i in flagged})
+            + _strip(
+                plotted[start:], ch["lcl"][start:], ch["ucl"][start:], {i - start for i in flagged}
+            )
         )
         if n1 is not None and start <= n1 < len(plotted):
             con.print(Text("       " + " " * (n1 - start) + "↑ Phase II", style="dim"))

@@ -10,7 +10,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 OURS = {"spc", "collector", "connectors", "benchmarks", "tests"}
 # spc is pure maths: no I/O frameworks, no clock, no logging set-up.
-SPC_FORBIDDEN = {"asyncio", "socket", "logging", "time", "datetime", "threading", "subprocess", "selectors"}
+SPC_FORBIDDEN = {
+    "asyncio",
+    "socket",
+    "logging",
+    "time",
+    "datetime",
+    "threading",
+    "subprocess",
+    "selectors",
+}
 SPC_ALLOWED_THIRD_PARTY = {"numpy", "scipy"}
 PROTOCOL_LIBS = ("asyncua", "pymodbus", "paho", "influxdb_client")
 
@@ -41,10 +50,16 @@ def test_spc_is_pure(path: Path) -> None:
 
     for name in _imports(path):
         top = _top(name)
-        assert top not in OURS - {"spc"}, f"{path.name} imports {name}: spc must import nothing of ours"
-        assert top not in SPC_FORBIDDEN, f"{path.name} imports {name}: spc has no I/O, clock or logging"
+        assert top not in OURS - {"spc"}, (
+            f"{path.name} imports {name}: spc must import nothing of ours"
+        )
+        assert top not in SPC_FORBIDDEN, (
+            f"{path.name} imports {name}: spc has no I/O, clock or logging"
+        )
         if top != "spc" and top not in sys.stdlib_module_names:
-            assert top in SPC_ALLOWED_THIRD_PARTY, f"{path.name} imports {name}: spc uses numpy/scipy only"
+            assert top in SPC_ALLOWED_THIRD_PARTY, (
+                f"{path.name} imports {name}: spc uses numpy/scipy only"
+            )
 
 
 @pytest.mark.parametrize("path", _modules("connectors"), ids=lambda p: str(p.relative_to(ROOT)))

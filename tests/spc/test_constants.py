@@ -62,7 +62,9 @@ def test_d2_d3_against_adaptive_quadrature_of_range_density(n: int) -> None:
             return special.ndtr(x + w) - special.ndtr(x)
 
         phi = lambda t: math.exp(-t * t / 2) / math.sqrt(2 * math.pi)  # noqa: E731
-        val, _ = integrate.quad(lambda x: phi(x) * phi(x + w) * inner(x) ** (n - 2), -10, 10, limit=200)
+        val, _ = integrate.quad(
+            lambda x: phi(x) * phi(x + w) * inner(x) ** (n - 2), -10, 10, limit=200
+        )
         return n * (n - 1) * val
 
     m1, _ = integrate.quad(lambda w: w * density(w), 0, 14, limit=200)

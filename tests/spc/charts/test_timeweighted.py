@@ -96,12 +96,16 @@ def test_split_equals_whole(xs: list[float], cut: int, lam: float) -> None:
     whole, c_all = ewma_series(x, n, EST, lam=lam)
     a, c1 = ewma_series(x[:cut], n[:cut], EST, lam=lam)
     b, c2 = ewma_series(x[cut:], n[cut:], EST, lam=lam, carry=c1)
-    assert np.array_equal(np.concatenate([a.extra["ewma"], b.extra["ewma"]]), whole.extra["ewma"], equal_nan=True)
+    assert np.array_equal(
+        np.concatenate([a.extra["ewma"], b.extra["ewma"]]), whole.extra["ewma"], equal_nan=True
+    )
     assert np.array_equal(np.concatenate([a.ucl, b.ucl]), whole.ucl, equal_nan=True)
     assert c2 == c_all
     cw, cc = cusum_series(x, n, EST, head_start=1.0)
     ca, k1 = cusum_series(x[:cut], n[:cut], EST, head_start=1.0)
     cb, k2 = cusum_series(x[cut:], n[cut:], EST, head_start=1.0, carry=k1)
-    assert np.array_equal(np.concatenate([ca.extra["cusum_upper"], cb.extra["cusum_upper"]]), cw.extra["cusum_upper"])
+    assert np.array_equal(
+        np.concatenate([ca.extra["cusum_upper"], cb.extra["cusum_upper"]]), cw.extra["cusum_upper"]
+    )
     assert k2 == cc
     assert np.all(cw.extra["cusum_upper"] >= 0) and np.all(cw.extra["cusum_lower"] <= 0)

@@ -35,7 +35,9 @@ def test_piston_rings_xbar_r_montgomery_example_6_1() -> None:
     assert round(x.lcl[0], 3) == 73.988
     assert round(x.ucl[0], 3) == 74.014
     assert r.lcl[0] == 0.0
-    assert round(r.ucl[0], 3) == 0.048  # 2.114 × 0.02276 = 0.04812; the book's 0.049 uses R̄ rounded to 0.023
+    assert (
+        round(r.ucl[0], 3) == 0.048
+    )  # 2.114 × 0.02276 = 0.04812; the book's 0.049 uses R̄ rounded to 0.023
     assert not np.any((x.statistics > x.ucl) | (x.statistics < x.lcl))
 
 
@@ -257,7 +259,9 @@ finite = st.floats(min_value=-1e3, max_value=1e3, allow_nan=False)
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.lists(finite, min_size=2, max_size=6), min_size=2, max_size=12), st.floats(0.1, 5))
+@given(
+    st.lists(st.lists(finite, min_size=2, max_size=6), min_size=2, max_size=12), st.floats(0.1, 5)
+)
 def test_properties_xbar(rows: list[list[float]], k: float) -> None:
     """LCL ≤ centre ≤ UCL, σ ≥ 0, R LCL ≥ 0; shifting data shifts the centre only."""
     width = max(len(r) for r in rows)
