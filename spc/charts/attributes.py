@@ -29,6 +29,7 @@ import math
 
 import numpy as np
 
+from spc.checks import finite_numbers, positive, use_mask
 from spc.constants import d2
 from spc.errors import SpcInputError
 from spc.series import ChartSeries, Estimate
@@ -58,35 +59,19 @@ __all__ = [
 # --------------------------------------------------------------------------- validation
 
 
-def _numbers(values, path: str) -> np.ndarray:
-    """A 1-D float array of finite numbers, or SpcInputError naming the first bad entry."""
-    try:
-        arr = np.asarray(values, dtype=float)
-    except (TypeError, ValueError) as exc:
-        raise SpcInputError(path, "must be a list of numbers") from exc
-    if arr.ndim != 1:
-        raise SpcInputError(path, f"must be a flat list of numbers, got shape {arr.shape}")
-    if arr.size == 0:
-        raise SpcInputError(path, "is empty")
-    bad = np.flatnonzero(~np.isfinite(arr))
-    if bad.size:
-        raise SpcInputError(f"{path}[{bad[0]}]", f"must be a finite number, got {arr[bad[0]]}")
-    return arr
-
-
 def _counts(counts, sizes, prefix: str = "", *, bounded: bool = False):
     """Validated counts (and sizes, when given): counts ≥ 0, sizes > 0, equal lengths.
 
     ``bounded`` (p, np): a count may not exceed its size.
     """
-    c = _numbers(counts, f"{prefix}data")
+    c = finite_numbers(counts, f"{prefix}data")
     neg = np.flatnonzero(c < 0)
     if neg.size:
         i = neg[0]
         raise SpcInputError(f"{prefix}data[{i}]", f"a count cannot be negative, got {c[i]:g}")
     if sizes is None:
         return c, None
-    n = _numbers(sizes, f"{prefix}sizes")
+    n = finite_numbers(sizes, f"{prefix}sizes")
     if n.shape != c.shape:
         raise SpcInputError(f"{prefix}sizes", f"has {n.size} entries but {prefix}data has {c.size}")
     nonpos = np.flatnonzero(n <= 0)
@@ -101,18 +86,6 @@ def _counts(counts, sizes, prefix: str = "", *, bounded: bool = False):
                 f"{prefix}data[{i}]", f"count {c[i]:g} exceeds its sample size {n[i]:g}"
             )
     return c, n
-
-
-def _use_mask(count: int, exclude) -> np.ndarray:
-    """Boolean mask of the Phase I points used for estimation (``~exclude``)."""
-    if exclude is None:
-        return np.ones(count, dtype=bool)
-    ex = np.asarray(exclude, dtype=bool)
-    if ex.shape != (count,):
-        raise SpcInputError(
-            "exclude", f"needs one flag per Phase I point ({count}), got shape {ex.shape}"
-        )
-    return ~ex
 
 
 def _some(use: np.ndarray) -> np.ndarray:
@@ -134,14 +107,8 @@ def _center_value(value, path: str, upper: float | None) -> float:
     return v
 
 
-def _nsigmas(k) -> float:
-    try:
-        v = float(k)
-    except (TypeError, ValueError) as exc:
-        raise SpcInputError("nsigmas", "must be a number") from exc
-    if not math.isfinite(v) or v <= 0:
-        raise SpcInputError("nsigmas", f"must be a finite number > 0, got {k!r}")
-    return v
+def _k(k) -> float:
+    return positive(k, "nsigmas")
 
 
 def _sigma_z(est: Estimate) -> float:
@@ -186,7 +153,7 @@ def estimate_p(counts, sizes, *, exclude=None, known_center=None) -> Estimate:
     ``Estimate.sigma`` is NaN: σ_i follows from p̄ and n_i.
     """
     c, n = _counts(counts, sizes, bounded=True)
-    use = _use_mask(c.size, exclude)
+    use = use_mask(c.size, exclude, require_some=False)
     if known_center is not None:
         return Estimate(_center_value(known_center, "known.center", 1.0), math.nan, "known")
     use = _some(use)
@@ -205,7 +172,7 @@ def _pbar(est: Estimate) -> float:
 def p_series(counts, sizes, estimate: Estimate, nsigmas: float = 3.0) -> ChartSeries:
     """p chart series: p_i = D_i/n_i, centre p̄, σ_i = √(p̄(1−p̄)/n_i), limits clipped to [0, 1]."""
     c, n = _counts(counts, sizes, bounded=True)
-    k = _nsigmas(nsigmas)
+    k = _k(nsigmas)
     p = _pbar(estimate)
     sigma = np.sqrt(p * (1.0 - p) / n)
     return _series("p", c / n, np.full(c.size, p), sigma, k, n, estimate, upper=1.0)
@@ -231,7 +198,7 @@ def p_chart(
 def np_series(counts, sizes, estimate: Estimate, nsigmas: float = 3.0) -> ChartSeries:
     """np chart series: statistic D_i, centre n_i·p̄, σ_i = √(n_i p̄(1−p̄)), LCL ≥ 0, UCL ≤ n_i."""
     c, n = _counts(counts, sizes, bounded=True)
-    k = _nsigmas(nsigmas)
+    k = _k(nsigmas)
     p = _pbar(estimate)
     sigma = np.sqrt(n * p * (1.0 - p))
     return _series("np", c.copy(), n * p, sigma, k, n, estimate, upper=n)
@@ -263,7 +230,7 @@ def estimate_c(counts, *, exclude=None, known_center=None) -> Estimate:
     Sizes play no part (varying inspection areas need a u chart).
     """
     c, _ = _counts(counts, None)
-    use = _use_mask(c.size, exclude)
+    use = use_mask(c.size, exclude, require_some=False)
     if known_center is not None:
         return Estimate(_center_value(known_center, "known.center", None), math.nan, "known")
     use = _some(use)
@@ -273,7 +240,7 @@ def estimate_c(counts, *, exclude=None, known_center=None) -> Estimate:
 def c_series(counts, estimate: Estimate, nsigmas: float = 3.0) -> ChartSeries:
     """c chart series: statistic C_i, centre c̄, σ = √c̄, LCL clipped at 0; ``n`` is 1 per point."""
     c, _ = _counts(counts, None)
-    k = _nsigmas(nsigmas)
+    k = _k(nsigmas)
     cbar = _center_value(estimate.center, "estimate.center", None)
     ones = np.ones(c.size)
     return _series("c", c.copy(), cbar * ones, math.sqrt(cbar) * ones, k, ones, estimate)
@@ -300,7 +267,7 @@ def estimate_u(counts, sizes, *, exclude=None, known_center=None) -> Estimate:
     n_i is the inspection area / number of units and may be non-integer.
     """
     c, n = _counts(counts, sizes)
-    use = _use_mask(c.size, exclude)
+    use = use_mask(c.size, exclude, require_some=False)
     if known_center is not None:
         return Estimate(_center_value(known_center, "known.center", None), math.nan, "known")
     use = _some(use)
@@ -310,7 +277,7 @@ def estimate_u(counts, sizes, *, exclude=None, known_center=None) -> Estimate:
 def u_series(counts, sizes, estimate: Estimate, nsigmas: float = 3.0) -> ChartSeries:
     """u chart series: u_i = C_i/n_i, centre ū, σ_i = √(ū/n_i), LCL clipped at 0."""
     c, n = _counts(counts, sizes)
-    k = _nsigmas(nsigmas)
+    k = _k(nsigmas)
     u = _center_value(estimate.center, "estimate.center", None)
     return _series("u", c / n, np.full(c.size, u), np.sqrt(u / n), k, n, estimate)
 
@@ -383,7 +350,7 @@ def estimate_laney_p(
     σ_z is still estimated and the method stays ``laney``.
     """
     c, n = _counts(counts, sizes, bounded=True)
-    use = _use_mask(c.size, exclude)
+    use = use_mask(c.size, exclude, require_some=False)
     if known_center is not None:
         p = _center_value(known_center, "known.center", 1.0)
     else:
@@ -398,7 +365,7 @@ def estimate_laney_p(
 def laney_p_series(counts, sizes, estimate: Estimate, nsigmas: float = 3.0) -> ChartSeries:
     """Laney p′ series (named ``p``): p_i, centre p̄, σ = σ_i·σ_z, limits clipped to [0, 1]."""
     c, n = _counts(counts, sizes, bounded=True)
-    k = _nsigmas(nsigmas)
+    k = _k(nsigmas)
     p = _pbar(estimate)
     sigma = np.sqrt(p * (1.0 - p) / n) * _sigma_z(estimate)
     return _series("p", c / n, np.full(c.size, p), sigma, k, n, estimate, upper=1.0)
@@ -432,7 +399,7 @@ def estimate_laney_u(
     As :func:`estimate_laney_p` with ū = ΣC/Σn and σ_i = √(ū/n_i).
     """
     c, n = _counts(counts, sizes)
-    use = _use_mask(c.size, exclude)
+    use = use_mask(c.size, exclude, require_some=False)
     if known_center is not None:
         u = _center_value(known_center, "known.center", None)
     else:
@@ -446,7 +413,7 @@ def estimate_laney_u(
 def laney_u_series(counts, sizes, estimate: Estimate, nsigmas: float = 3.0) -> ChartSeries:
     """Laney u′ series (named ``u``): u_i, centre ū, σ = √(ū/n_i)·σ_z, LCL clipped at 0."""
     c, n = _counts(counts, sizes)
-    k = _nsigmas(nsigmas)
+    k = _k(nsigmas)
     u = _center_value(estimate.center, "estimate.center", None)
     sigma = np.sqrt(u / n) * _sigma_z(estimate)
     return _series("u", c / n, np.full(c.size, u), sigma, k, n, estimate)

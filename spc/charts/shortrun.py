@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from spc.checks import finite_numbers, positive, use_mask
 from spc.constants import d2, d3
 from spc.errors import SpcInputError
 from spc.series import ChartSeries, Estimate
@@ -98,21 +99,6 @@ class ZmrEstimate:
 # --------------------------------------------------------------------------- helpers
 
 
-def _values(values, path: str) -> np.ndarray:
-    try:
-        x = np.asarray(values, dtype=float)
-    except (TypeError, ValueError) as exc:
-        raise SpcInputError(path, "must be a list of numbers") from exc
-    if x.ndim != 1:
-        raise SpcInputError(path, f"must be a flat list of numbers, got shape {x.shape}")
-    if x.size == 0:
-        raise SpcInputError(path, "is empty")
-    bad = np.flatnonzero(~np.isfinite(x))
-    if bad.size:
-        raise SpcInputError(f"{path}[{bad[0]}]", f"must be a finite number, got {x[bad[0]]}")
-    return x
-
-
 def _parts(parts, count: int, path: str, data_path: str) -> tuple[list, np.ndarray]:
     """Unique part ids in order of first appearance and each point's index into them."""
     seq = parts.tolist() if isinstance(parts, np.ndarray) else list(parts)
@@ -157,31 +143,8 @@ def _lookup(table, part, at: str) -> float | None:
     return v
 
 
-def _use_mask(count: int, exclude) -> np.ndarray:
-    if exclude is None:
-        return np.ones(count, dtype=bool)
-    ex = np.asarray(exclude, dtype=bool)
-    if ex.shape != (count,):
-        raise SpcInputError(
-            "exclude", f"needs one flag per Phase I point ({count}), got shape {ex.shape}"
-        )
-    if ex.all():
-        raise SpcInputError("exclude", "excludes every Phase I point; nothing is left to estimate")
-    return ~ex
-
-
-def _positive(value, path: str) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError) as exc:
-        raise SpcInputError(path, "must be a number") from exc
-    if not math.isfinite(v) or v <= 0:
-        raise SpcInputError(path, f"must be a finite number > 0, got {value!r}")
-    return v
-
-
 def _nsigmas(k) -> float:
-    return _positive(k, "nsigmas")
+    return positive(k, "nsigmas")
 
 
 def _used_mrs(x: np.ndarray, use: np.ndarray) -> np.ndarray:
@@ -225,7 +188,7 @@ def _pair(stat, est: Estimate, k: float, prev: float | None) -> tuple[ChartSerie
 
 def deviations(values, parts, nominal, *, prefix: str = "") -> np.ndarray:
     """d_i = x_i − nominal(part_i); errors name ``{prefix}data[i]`` / ``{prefix}parts[i]``."""
-    x = _values(values, f"{prefix}data")
+    x = finite_numbers(values, f"{prefix}data")
     uniq, codes = _parts(parts, x.size, f"{prefix}parts", f"{prefix}data")
     if nominal is None:
         raise SpcInputError("nominal", "is required for a deviation-from-nominal chart")
@@ -257,7 +220,7 @@ def estimate_dnom(
     non-excluded points (method ``dnom``). Constant deviations give σ̂ = 0.
     """
     d = deviations(values, parts, nominal)
-    use = _use_mask(d.size, exclude)
+    use = use_mask(d.size, exclude)
     if known_center is not None:
         try:
             c = float(known_center)
@@ -272,7 +235,7 @@ def estimate_dnom(
     else:
         raise SpcInputError("center", f"must be 'mean' or 'nominal', got {center!r}")
     if known_sigma is not None:
-        return Estimate(c, _positive(known_sigma, "known.sigma"), "known")
+        return Estimate(c, positive(known_sigma, "known.sigma"), "known")
     mrs = _used_mrs(d, use)
     if mrs.size == 0:
         raise SpcInputError(
@@ -375,9 +338,9 @@ def estimate_zmr(
     The method is ``known`` when every σ comes from ``known_sigma``, else
     ``zmr-by-parts`` or ``zmr-constant``.
     """
-    x = _values(values, "data")
+    x = finite_numbers(values, "data")
     uniq, codes = _parts(parts, x.size, "parts", "data")
-    use = _use_mask(x.size, exclude)
+    use = use_mask(x.size, exclude)
     if sigma_method not in ZMR_METHODS:
         raise SpcInputError("sigma_method", f"must be one of {ZMR_METHODS}, got {sigma_method!r}")
 
@@ -398,9 +361,9 @@ def estimate_zmr(
     if isinstance(known_sigma, Mapping):
         for part in uniq:
             if part in known_sigma:
-                given[part] = _positive(known_sigma[part], f"known.sigma[{part!r}]")
+                given[part] = positive(known_sigma[part], f"known.sigma[{part!r}]")
     elif known_sigma is not None:
-        given = dict.fromkeys(uniq, _positive(known_sigma, "known.sigma"))
+        given = dict.fromkeys(uniq, positive(known_sigma, "known.sigma"))
 
     # Each part's moving ranges over its own subsequence of observations.
     own_mrs = {part: _used_mrs(x[codes == k], use[codes == k]) for k, part in enumerate(uniq)}
@@ -440,7 +403,7 @@ def estimate_zmr(
 
 def standardize(values, parts, estimate: ZmrEstimate, *, prefix: str = "") -> np.ndarray:
     """z_i = (x_i − μ_part)/σ_part with the frozen per-part μ and σ of ``estimate``."""
-    x = _values(values, f"{prefix}data")
+    x = finite_numbers(values, f"{prefix}data")
     uniq, codes = _parts(parts, x.size, f"{prefix}parts", f"{prefix}data")
     mu = np.empty(len(uniq))
     sd = np.empty(len(uniq))
