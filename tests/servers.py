@@ -52,8 +52,7 @@ def wait_for_port(port: int, timeout: float = 15.0, proc: subprocess.Popen | Non
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-            raise RuntimeError(f"server exited with {proc.returncode}: {out[-2000:]}")
+            raise RuntimeError(f"server exited with {proc.returncode}: {_log_tail(proc)}")
         with contextlib.closing(socket.socket()) as s:
             s.settimeout(0.2)
             if s.connect_ex((HOST, port)) == 0:
@@ -93,8 +92,21 @@ class Server:
         wait_for_port(self.port, proc=self.proc)
 
 
+_LOGS: dict[int, Path] = {}
+
+
 def _spawn(argv: Sequence[str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen(list(argv), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    """Start a server with its output in ``cwd/server.log`` (a pipe could fill and stall it)."""
+    log = cwd / "server.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(list(argv), cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+    _LOGS[proc.pid] = log
+    return proc
+
+
+def _log_tail(proc: subprocess.Popen) -> str:
+    log = _LOGS.get(proc.pid)
+    return log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
 
 
 @contextlib.contextmanager
