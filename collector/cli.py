@@ -240,6 +240,26 @@ def demo() -> None:
     print_summary(analyze_json(imr), title="Same parts as individual values, EWMA λ=0.2")
 
 
+@app.command("check-config")
+def check_config(
+    config: Annotated[Path, typer.Argument(help="the gateway configuration (YAML)")],
+) -> None:
+    """Validate a configuration file with the same loader as `shopspc run`; list every problem."""
+    from collector.config import ConfigError, load_config
+
+    try:
+        cfg, connectors = load_config(config)
+    except ConfigError as err:
+        for problem in err.problems:
+            sys.stderr.write(f"{problem}\n")
+        sys.stderr.write(f"{config}: {len(err.problems)} problem(s)\n")
+        raise typer.Exit(EXIT_BAD_REQUEST) from None
+    sys.stdout.write(
+        f"{config}: OK — gateway {cfg.gateway.id}, {len(cfg.sources)} source(s), "
+        f"{len(cfg.sinks)} sink(s), {len(cfg.characteristics)} characteristic(s)\n"
+    )
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -1,0 +1,364 @@
+"""The gateway configuration: one YAML file, ``version: 1``, validated before any socket opens.
+
+Every problem is reported at once with file, line and dotted key
+(``plant.yaml:42: characteristics[3].usl: USL must be above LSL``). Unknown
+keys are errors. Secrets are never in the file: connector configs name
+environment variables (``password_env``). ``shopspc check-config`` runs this
+same loader.
+
+Connector sections (``sources``, ``sinks``) are validated by the connector's
+own config model, found by its ``kind`` in ``connectors/<kind>/config.py``
+(``SOURCE_CONFIG`` / ``SINK_CONFIG``), so adding a connector touches no file here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from collector.yamlpos import Located, YamlError, dotted, load_yaml
+
+__all__ = [
+    "Characteristic",
+    "ConfigError",
+    "GatewayConfig",
+    "Problem",
+    "load_config",
+    "parse_config",
+]
+
+SEGMENT = re.compile(r"^[A-Za-z0-9_-]+$")
+CHARTS = ("imr", "xbar-r", "xbar-s", "p", "np", "c", "u", "ewma", "cusum")
+RULE_CODES = tuple(f"N{i}" for i in range(1, 9)) + tuple(f"WE{i}" for i in range(1, 5))
+SEVERITIES = ("critical", "major", "minor")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _segment(value: str) -> str:
+    if not SEGMENT.match(value):
+        raise ValueError(
+            f"{value!r} may only contain letters, digits, '_' and '-' (it becomes an MQTT topic level)"
+        )
+    return value
+
+
+Segment = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class Binding(_Model):
+    """Where a value comes from: a binding of a source connector, or a fixed value."""
+
+    source: str | None = Field(None, description="name of a connector under `sources`")
+    binding: str | None = Field(
+        None, description="binding id inside that connector (node, register or topic field)"
+    )
+    static: str | float | int | bool | date | None = Field(
+        None, description="a fixed value instead of a source"
+    )
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Binding:
+        has_source = self.source is not None or self.binding is not None
+        if has_source and self.static is not None:
+            raise ValueError("give either source+binding or static, not both")
+        if has_source and (self.source is None or self.binding is None):
+            raise ValueError("source and binding go together")
+        if not has_source and self.static is None:
+            raise ValueError("needs source+binding or static")
+        return self
+
+
+class Gauge(_Model):
+    """The measuring instrument (测): id and calibration due date."""
+
+    id: Binding
+    calibration_due: Binding | None = None
+
+
+class Context(_Model):
+    """The 5M1E snapshot captured with each sample (人机料法环测)."""
+
+    operator: Binding | None = None
+    machine: Binding | None = None
+    material_lot: Binding | None = None
+    method: Binding | None = Field(None, description="program or recipe")
+    environment: dict[str, Binding] = Field(
+        default_factory=dict, description="e.g. temperature, humidity"
+    )
+    gauge: Gauge | None = None
+    extra: dict[str, Binding] = Field(
+        default_factory=dict, description="anything else to keep with the sample"
+    )
+
+
+class Subgrouping(_Model):
+    """How consecutive samples form subgroups."""
+
+    size: int = Field(1, ge=1, le=64, description="consecutive parts per subgroup")
+    window_s: float | None = Field(
+        None, gt=0, description="close a subgroup after this many seconds"
+    )
+    close_on: list[Literal["operator", "machine", "material_lot", "method", "gauge"]] = Field(
+        default_factory=list, description="close the open subgroup when this context changes"
+    )
+
+
+class Limits(_Model):
+    """Frozen limits or standards given; without them the characteristic starts in Phase I."""
+
+    center: float | None = None
+    sigma: float | None = Field(None, gt=0)
+    phase1_subgroups: int = Field(
+        25, ge=2, le=10_000, description="subgroups collected before limits are frozen"
+    )
+
+
+class Characteristic(_Model):
+    """One measured characteristic: where it is, how it is charted and where its values come from."""
+
+    id: Segment
+    site: Segment
+    area: Segment
+    line: Segment
+    station: Segment
+    description: str = ""
+    unit: str = ""
+    nominal: float | None = None
+    lsl: float | None = None
+    usl: float | None = None
+    chart: Literal["imr", "xbar-r", "xbar-s", "p", "np", "c", "u", "ewma", "cusum"] = "imr"
+    subgroup: Subgrouping = Subgrouping()
+    rules: Literal["none", "we", "nelson"] | list[str] = "nelson"
+    rules_dispersion: Literal["none", "we", "nelson"] | list[str] | None = None
+    rule_params: dict[str, dict[str, float]] = Field(default_factory=dict)
+    severity: dict[str, Literal["critical", "major", "minor"]] = Field(
+        default_factory=lambda: {"default": "major"}, description="per rule code, and 'default'"
+    )
+    nsigmas: float = Field(3.0, gt=0)
+    limits: Limits = Limits()
+    value: Binding
+    serial: Binding | None = None
+    context: Context = Context()
+
+    _check_segments = field_validator("id", "site", "area", "line", "station")(_segment)
+
+    @field_validator("rules", "rules_dispersion")
+    @classmethod
+    def _codes(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            for code in v:
+                if code not in RULE_CODES:
+                    raise ValueError(f"unknown rule code {code!r} (N1…N8, WE1…WE4)")
+        return v
+
+    @field_validator("severity")
+    @classmethod
+    def _severity_keys(cls, v: dict[str, str]) -> dict[str, str]:
+        for key in v:
+            if key != "default" and key not in (*RULE_CODES, "EWMA", "CUSUM"):
+                raise ValueError(
+                    f"unknown rule {key!r} in severity (default, N1…N8, WE1…WE4, EWMA, CUSUM)"
+                )
+        return v
+
+    @model_validator(mode="after")
+    def _specs(self) -> Characteristic:
+        if self.lsl is not None and self.usl is not None and self.lsl >= self.usl:
+            raise ValueError(f"LSL {self.lsl} must be below USL {self.usl}")
+        if (
+            self.chart in ("xbar-r", "xbar-s")
+            and self.subgroup.size < 2
+            and self.subgroup.window_s is None
+        ):
+            raise ValueError(f"a {self.chart} chart needs subgroup.size ≥ 2 or a subgroup.window_s")
+        return self
+
+    @property
+    def path(self) -> str:
+        """The ISA-95 path ``site/area/line/station/characteristic``."""
+        return f"{self.site}/{self.area}/{self.line}/{self.station}/{self.id}"
+
+
+class Gateway(_Model):
+    """This gateway's identity and where it keeps its state."""
+
+    id: Segment = "gateway-1"
+    data_dir: str = Field("var/shopspc", description="outbox, limits and engine state live here")
+    http: str = Field("127.0.0.1:8470", description="host:port of the HTTP API")
+
+    _check_id = field_validator("id")(_segment)
+
+
+class ConnectorSection(BaseModel):
+    """A connector section before its own model validates it: ``kind`` plus the connector's keys."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    kind: str
+
+
+class GatewayConfig(_Model):
+    """The whole configuration file."""
+
+    version: Literal[1]
+    gateway: Gateway = Gateway()
+    sources: dict[str, ConnectorSection] = Field(default_factory=dict)
+    sinks: dict[str, ConnectorSection] = Field(default_factory=dict)
+    characteristics: list[Characteristic] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One configuration problem, located."""
+
+    file: str
+    line: int
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.key or '(top)'}: {self.message}"
+
+
+class ConfigError(Exception):
+    """Everything wrong with a configuration file, all at once."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("\n".join(str(p) for p in problems))
+        self.problems = problems
+
+
+def _pydantic_problems(
+    exc: ValidationError, doc: Located, prefix: tuple[str | int, ...] = ()
+) -> list[Problem]:
+    out = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(
+            part
+            for part in err["loc"]
+            if not (isinstance(part, str) and part.startswith(("function-", "literal[", "list[")))
+        )
+        path = (*prefix, *loc)
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        out.append(Problem(doc.file, doc.line_of(path), dotted(path), msg))
+    return out
+
+
+def _connector_model(kind: str, role: str) -> type[BaseModel] | None:
+    try:
+        module = importlib.import_module(f"connectors.{kind}.config")
+    except ModuleNotFoundError:
+        return None
+    return getattr(module, f"{role.upper()}_CONFIG", None)
+
+
+def _semantic_problems(cfg: GatewayConfig, doc: Located) -> list[Problem]:
+    problems: list[Problem] = []
+
+    def add(path: tuple[str | int, ...], message: str) -> None:
+        problems.append(Problem(doc.file, doc.line_of(path), dotted(path), message))
+
+    seen: dict[str, int] = {}
+    for i, ch in enumerate(cfg.characteristics):
+        if ch.path in seen:
+            add(
+                ("characteristics", i, "id"),
+                f"{ch.path} is already defined by characteristics[{seen[ch.path]}]",
+            )
+        seen.setdefault(ch.path, i)
+
+        def check(b: Binding | None, path: tuple[str | int, ...]) -> None:
+            if b is not None and b.source is not None and b.source not in cfg.sources:
+                known = ", ".join(sorted(cfg.sources)) or "none defined"
+                add((*path, "source"), f"no source named {b.source!r} (sources: {known})")
+
+        base = ("characteristics", i)
+        check(ch.value, (*base, "value"))
+        check(ch.serial, (*base, "serial"))
+        ctx = ch.context
+        for name in ("operator", "machine", "material_lot", "method"):
+            check(getattr(ctx, name), (*base, "context", name))
+        for name, b in ctx.environment.items():
+            check(b, (*base, "context", "environment", name))
+        for name, b in ctx.extra.items():
+            check(b, (*base, "context", "extra", name))
+        if ctx.gauge is not None:
+            check(ctx.gauge.id, (*base, "context", "gauge", "id"))
+            check(ctx.gauge.calibration_due, (*base, "context", "gauge", "calibration_due"))
+    return problems
+
+
+def parse_config(
+    text: str, file: str | Path = "<string>"
+) -> tuple[GatewayConfig, dict[str, BaseModel]]:
+    """Validate configuration text; returns the config and each connector's validated model.
+
+    Raises :class:`ConfigError` listing every problem with file, line and dotted key.
+    """
+    try:
+        doc = load_yaml(text, file)
+    except YamlError as exc:
+        raise ConfigError([Problem(exc.file, exc.line, "", exc.message)]) from None
+    if not isinstance(doc.data, dict):
+        raise ConfigError(
+            [Problem(doc.file, 1, "", "the file must be a mapping with `version: 1` at the top")]
+        )
+    try:
+        cfg = GatewayConfig.model_validate(doc.data)
+    except ValidationError as exc:
+        raise ConfigError(_pydantic_problems(exc, doc)) from None
+    problems = _semantic_problems(cfg, doc)
+    connectors: dict[str, BaseModel] = {}
+    for role, sections in (("source", cfg.sources), ("sink", cfg.sinks)):
+        for name, section in sections.items():
+            prefix = (f"{role}s", name)
+            if not SEGMENT.match(name):
+                problems.append(
+                    Problem(
+                        doc.file,
+                        doc.line_of(prefix),
+                        dotted(prefix),
+                        "a connector name may only contain letters, digits, '_' and '-'",
+                    )
+                )
+            model = _connector_model(section.kind, role)
+            if model is None:
+                problems.append(
+                    Problem(
+                        doc.file,
+                        doc.line_of((*prefix, "kind")),
+                        dotted((*prefix, "kind")),
+                        f"no {role} connector of kind {section.kind!r}",
+                    )
+                )
+                continue
+            body = {k: v for k, v in doc.data[f"{role}s"][name].items() if k != "kind"}
+            try:
+                connectors[name] = model.model_validate(body)
+            except ValidationError as exc:
+                problems.extend(_pydantic_problems(exc, doc, prefix))
+    if problems:
+        raise ConfigError(sorted(problems, key=lambda p: p.line))
+    return cfg, connectors
+
+
+def load_config(path: str | Path) -> tuple[GatewayConfig, dict[str, BaseModel]]:
+    """Read and validate a configuration file (see :func:`parse_config`)."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([Problem(str(p), 0, "", f"cannot read: {exc.strerror}")]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([Problem(str(p), 0, "", f"not UTF-8 text: {exc.reason}")]) from None
+    return parse_config(text, p)
