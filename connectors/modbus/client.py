@@ -1,0 +1,184 @@
+"""The one module that imports pymodbus (3.16): connect, read bits/registers, write a coil/register.
+
+Every pymodbus failure leaves here as a :class:`ConnectorError` whose ``where``
+names the device, function and address. Two subclasses tell the source what
+to do next: :class:`ModbusExceptionError` (the device answered with a Modbus
+exception; the link is fine) and :class:`ModbusLinkError` (timeout, refused or
+lost connection; reconnect).
+"""
+
+from __future__ import annotations
+
+from pymodbus import ModbusException
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException
+
+from connectors.base import ConnectorError
+from connectors.modbus.config import DeviceConfig, RtuTransport
+
+__all__ = ["FUNCTION_NAMES", "ModbusClient", "ModbusExceptionError", "ModbusLinkError"]
+
+FUNCTION_NAMES = {
+    1: "coils",
+    2: "discrete_inputs",
+    3: "holding",
+    4: "input",
+    5: "write_coil",
+    6: "write_register",
+}
+
+# Modbus exception codes: name, and whether asking again later can help.
+_EXCEPTIONS: dict[int, tuple[str, bool]] = {
+    1: ("ILLEGAL_FUNCTION", False),
+    2: ("ILLEGAL_DATA_ADDRESS", False),
+    3: ("ILLEGAL_DATA_VALUE", False),
+    4: ("SERVER_DEVICE_FAILURE", True),
+    5: ("ACKNOWLEDGE", True),
+    6: ("SERVER_DEVICE_BUSY", True),
+    7: ("NEGATIVE_ACKNOWLEDGE", True),
+    8: ("MEMORY_PARITY_ERROR", True),
+    10: ("GATEWAY_PATH_UNAVAILABLE", True),
+    11: ("GATEWAY_TARGET_NO_RESPONSE", True),
+}
+
+
+class ModbusExceptionError(ConnectorError):
+    """The device answered with a Modbus exception response (``code``); the link is up."""
+
+    def __init__(self, where: str, code: int) -> None:
+        name, retryable = _EXCEPTIONS.get(code, (f"EXCEPTION_{code}", True))
+        super().__init__(where, f"exception {code} {name}", retryable=retryable)
+        self.code = code
+
+
+class ModbusLinkError(ConnectorError):
+    """No usable answer: timeout, refused, lost connection or garbled response (retryable)."""
+
+    def __init__(self, where: str, message: str) -> None:
+        super().__init__(where, message, retryable=True)
+
+
+class ModbusClient:
+    """One device's connection; requests are serialised by pymodbus itself.
+
+    pymodbus's own reconnect loop is switched off (``reconnect_delay=0``): the
+    source decides when to reconnect, with :class:`~connectors.base.Backoff`.
+    """
+
+    def __init__(self, device: DeviceConfig, source_name: str = "modbus") -> None:
+        self.device = device
+        self.prefix = f"{source_name} {device.name} unit {device.unit_id}"
+        t = device.transport
+        self._client: AsyncModbusTcpClient | AsyncModbusSerialClient
+        if isinstance(t, RtuTransport):
+            self._client = AsyncModbusSerialClient(
+                t.port,
+                baudrate=t.baudrate,
+                parity=t.parity,
+                stopbits=t.stopbits,
+                bytesize=t.bytesize,
+                timeout=device.timeout,
+                retries=device.retries,
+                reconnect_delay=0,
+                name=device.name,
+            )
+            self.endpoint = t.port
+        else:
+            self._client = AsyncModbusTcpClient(
+                t.host,
+                port=t.port,
+                timeout=device.timeout,
+                retries=device.retries,
+                reconnect_delay=0,
+                name=device.name,
+            )
+            self.endpoint = f"{t.host}:{t.port}"
+
+    @property
+    def connected(self) -> bool:
+        """True while the transport is open."""
+        return self._client.connected
+
+    async def connect(self) -> None:
+        """Open the connection; raises :class:`ModbusLinkError` when it cannot."""
+        try:
+            ok = await self._client.connect()
+        except (TimeoutError, ModbusException, OSError) as exc:
+            self._client.close()
+            raise ModbusLinkError(self.prefix, f"cannot connect to {self.endpoint}: {exc}") from exc
+        if not ok:
+            self._client.close()
+            raise ModbusLinkError(self.prefix, f"cannot connect to {self.endpoint}")
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        self._client.close()
+
+    def _where(self, function: int, address: int) -> str:
+        return f"{self.prefix} {FUNCTION_NAMES.get(function, function)} {address}"
+
+    async def _call(self, function: int, address: int, coro_factory):
+        where = self._where(function, address)
+        try:
+            response = await coro_factory()
+        except ConnectionException as exc:
+            raise ModbusLinkError(where, f"not connected: {exc.string}") from exc
+        except ModbusException as exc:
+            # ModbusIOException: no response after the configured retries.
+            raise ModbusLinkError(where, f"no response: {exc.string}") from exc
+        except (TimeoutError, OSError) as exc:
+            raise ModbusLinkError(where, f"{type(exc).__name__}: {exc}") from exc
+        if response is None:
+            raise ModbusLinkError(where, "no response")
+        if response.isError():
+            code = getattr(response, "exception_code", 0)
+            raise ModbusExceptionError(where, int(code))
+        return response
+
+    async def read(self, function: int, address: int, count: int) -> list[int]:
+        """Read ``count`` bits (functions 1, 2: as 0/1) or registers (3, 4) starting at ``address``."""
+        c = self._client
+        unit = self.device.unit_id
+        calls = {
+            1: c.read_coils,
+            2: c.read_discrete_inputs,
+            3: c.read_holding_registers,
+            4: c.read_input_registers,
+        }
+        if function not in calls:
+            raise ConnectorError(
+                self._where(function, address), "not a read function", retryable=False
+            )
+        call = calls[function]
+        response = await self._call(
+            function, address, lambda: call(address, count=count, device_id=unit)
+        )
+        values = (
+            [1 if b else 0 for b in response.bits[:count]]
+            if function in (1, 2)
+            else list(response.registers)
+        )
+        if len(values) < count:
+            raise ModbusLinkError(
+                self._where(function, address), f"short response: {len(values)} of {count} values"
+            )
+        return values[:count]
+
+    async def write(self, function: int, address: int, value: int) -> None:
+        """Write one coil (function 5, any non-zero value is on) or one register (6)."""
+        c = self._client
+        unit = self.device.unit_id
+        if function == 5:
+            await self._call(
+                function, address, lambda: c.write_coil(address, bool(value), device_id=unit)
+            )
+        elif function == 6:
+            await self._call(
+                function,
+                address,
+                lambda: c.write_register(address, int(value) & 0xFFFF, device_id=unit),
+            )
+        else:
+            raise ConnectorError(
+                self._where(function, address), "not a write function", retryable=False
+            )

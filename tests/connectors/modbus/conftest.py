@@ -1,0 +1,146 @@
+"""A real pymodbus 3.16 server over TCP on 127.0.0.1 (in-process asyncio task) for the source tests.
+
+The server counts every request it receives (function, address, count), so
+tests can compare what was actually sent with the coalescing plan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import pytest
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+
+from connectors.base import Sample
+from tests.servers import HOST, free_port
+
+UNIT = 1
+N_BITS = 64  # coils/discrete inputs 0..63
+N_REGS = 300  # holding/input registers 0..299; 300+ is an illegal address
+
+
+@dataclass
+class Received:
+    """One request as the server saw it."""
+
+    function: int
+    address: int
+    count: int
+
+
+def _device() -> SimDevice:
+    return SimDevice(
+        UNIT,
+        simdata=(
+            [SimData(0, count=N_BITS, values=False, datatype=DataType.BITS)],
+            [SimData(0, count=N_BITS, values=False, datatype=DataType.BITS)],
+            [SimData(0, count=N_REGS, values=0, datatype=DataType.REGISTERS)],
+            [SimData(0, count=N_REGS, values=0, datatype=DataType.REGISTERS)],
+        ),
+    )
+
+
+@dataclass
+class SimServer:
+    """A pymodbus server that can be stopped and started again on the same port."""
+
+    port: int
+    serial_port: str | None = None
+    received: list[Received] = field(default_factory=list)
+    _server: ModbusTcpServer | ModbusSerialServer | None = None
+    _device: SimDevice = field(default_factory=_device)
+
+    def _trace(self, sending: bool, pdu):
+        if not sending:
+            self.received.append(
+                Received(pdu.function_code, pdu.address, getattr(pdu, "count", 0) or 0)
+            )
+        return pdu
+
+    async def start(self) -> None:
+        """Listen (again); the register contents survive a restart."""
+        if self.serial_port is not None:
+            self._server = ModbusSerialServer(
+                self._device, port=self.serial_port, baudrate=115200, trace_pdu=self._trace
+            )
+        else:
+            self._server = ModbusTcpServer(
+                self._device, address=(HOST, self.port), trace_pdu=self._trace
+            )
+        await self._server.serve_forever(background=True)
+
+    async def stop(self) -> None:
+        """Close the listener and every client connection."""
+        if self._server is not None:
+            await self._server.shutdown()
+            self._server = None
+            await asyncio.sleep(0)
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    async def set(
+        self, function: int, address: int, values: Sequence[int] | Sequence[bool]
+    ) -> None:
+        """Write into the data store (function 1/2 take bools, 3/4 take registers)."""
+        assert self._server is not None
+        fc = {1: 15, 2: 2, 3: 16, 4: 4}[function]
+        await self._server.async_setValues(UNIT, fc, address, list(values))
+
+    async def get(self, function: int, address: int, count: int = 1) -> list:
+        """Read from the data store without sending a request."""
+        assert self._server is not None
+        return await self._server.async_getValues(UNIT, function, address, count)
+
+
+@pytest.fixture
+async def modbus_server() -> AsyncIterator[SimServer]:
+    """A running pymodbus TCP server on a free loopback port."""
+    server = SimServer(free_port())
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll ``predicate`` (bounded in time) until it is true, else fail."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+async def wait_until_async(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+    """Await ``check()`` (bounded in time) until it returns true, else fail."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await check():
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def running(source) -> AsyncIterator[list[list[Sample]]]:
+    """Run ``source.run`` in a task; yield the batches it emits; cancel it on exit."""
+    batches: list[list[Sample]] = []
+
+    async def emit(batch: Sequence[Sample]) -> None:
+        batches.append(list(batch))
+
+    task = asyncio.create_task(source.run(emit))
+    try:
+        yield batches
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
