@@ -1,0 +1,411 @@
+"""InfluxDB line protocol, encoded by hand: no ``Point`` object per value, no library.
+
+Pure functions (no I/O, no clock): escaping, field formatting, timestamps in a
+chosen precision from integer microseconds, one encoder per measurement of the
+timeseries contract (``contracts/timeseries.md``) and a
+columnar fast path that encodes many points of one measurement from numpy
+arrays with one ``repr`` per value.
+
+Escaping follows the line protocol reference:
+
+* measurement: comma and space;
+* tag keys, tag values and field keys: comma, equals sign and space;
+* string field values: double quote and backslash.
+
+Besides those, every identifier escapes a backslash as ``\\\\`` (so an escape is
+never ambiguous, e.g. a value ending in a backslash) and newline, carriage
+return and tab as ``\\n``, ``\\r``, ``\\t``, also inside string values: an
+encoded line never contains a raw newline, so a batch is lines joined by
+``\\n`` and a dead-letter store can keep one line per record. Servers store
+``\\n`` as the two characters backslash and ``n`` (there is no escape for a
+newline in line protocol).
+
+Lines are canonical: tags sorted by key, empty tag values omitted, so the same
+point always gives the same series key and timestamp and a replay overwrites
+instead of duplicating.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+__all__ = [
+    "PRECISIONS",
+    "EncodedLines",
+    "Precision",
+    "alarm_line",
+    "encode_columns",
+    "encode_line",
+    "escape_key",
+    "escape_measurement",
+    "escape_string",
+    "format_field_value",
+    "format_timestamp",
+    "gateway_line",
+    "measurement_line",
+    "spc_line",
+]
+
+Precision = Literal["ns", "us", "ms", "s"]
+PRECISIONS: tuple[Precision, ...] = ("ns", "us", "ms", "s")
+
+_CONTROL = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
+_ESCAPE_MEASUREMENT = str.maketrans({",": "\\,", " ": "\\ ", **_CONTROL})
+_ESCAPE_KEY = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ ", **_CONTROL})
+_ESCAPE_STRING = str.maketrans({'"': '\\"', **_CONTROL})
+
+
+def escape_measurement(name: str) -> str:
+    """A measurement name escaped for line protocol (comma, space; backslash, newline).
+
+    Raises ValueError for an empty name or one starting with ``#`` (a comment line).
+    """
+    if not name or name.startswith("#"):
+        raise ValueError(f"measurement name {name!r} is empty or starts with '#'")
+    return name.translate(_ESCAPE_MEASUREMENT)
+
+
+def escape_key(text: str) -> str:
+    """A tag key, tag value or field key escaped (comma, equals, space; backslash, newline)."""
+    return text.translate(_ESCAPE_KEY)
+
+
+def escape_string(text: str) -> str:
+    """The inside of a string field value escaped (double quote, backslash; newline)."""
+    return text.translate(_ESCAPE_STRING)
+
+
+def format_field_value(value: Any) -> str | None:
+    """A field value in line protocol, or None when it is not representable.
+
+    float → shortest round-trip ``repr`` (NaN/±inf → None: line protocol has no
+    such values); bool → ``true``/``false``; int → ``<n>i``; str → quoted and
+    escaped; None → None. numpy scalars count as their Python type.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool | np.bool_):
+        return "true" if value else "false"
+    if isinstance(value, int | np.integer):
+        return f"{int(value)}i"
+    if isinstance(value, float | np.floating):
+        v = float(value)
+        return repr(v) if math.isfinite(v) else None
+    if isinstance(value, str):
+        return f'"{value.translate(_ESCAPE_STRING)}"'
+    raise TypeError(f"field value of type {type(value).__name__} is not float/int/bool/str")
+
+
+_DIVISORS = {"us": 1, "ms": 1_000, "s": 1_000_000}
+
+
+def format_timestamp(time_us: int, precision: Precision = "us") -> str:
+    """Integer microseconds since the epoch as a timestamp in ``precision`` (floored)."""
+    if precision == "ns":
+        return str(int(time_us) * 1000)
+    try:
+        return str(int(time_us) // _DIVISORS[precision])
+    except KeyError:
+        raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}") from None
+
+
+def _tag_part(tags: Mapping[str, Any]) -> str:
+    parts = []
+    for key in sorted(tags):
+        value = tags[key]
+        if value is None:
+            continue
+        text = str(value)
+        if not text:
+            continue  # an empty tag value is invalid line protocol: the tag is omitted
+        if not key:
+            raise ValueError("empty tag key")
+        parts.append(f",{key.translate(_ESCAPE_KEY)}={text.translate(_ESCAPE_KEY)}")
+    return "".join(parts)
+
+
+def encode_line(
+    measurement: str,
+    tags: Mapping[str, Any],
+    fields: Mapping[str, Any],
+    time_us: int,
+    precision: Precision = "us",
+) -> str | None:
+    """One line of line protocol, or None when no field is representable.
+
+    Tags are sorted by key and empty/None tag values omitted (canonical series
+    key). Fields whose value is None, NaN or ±inf are left out.
+    """
+    field_parts = []
+    for key, value in fields.items():
+        text = format_field_value(value)
+        if text is None:
+            continue
+        if not key:
+            raise ValueError("empty field key")
+        field_parts.append(f"{key.translate(_ESCAPE_KEY)}={text}")
+    if not field_parts:
+        return None
+    return (
+        f"{escape_measurement(measurement)}{_tag_part(tags)} "
+        f"{','.join(field_parts)} {format_timestamp(time_us, precision)}"
+    )
+
+
+def measurement_line(
+    *,
+    gateway: str,
+    line: str,
+    station: str,
+    characteristic: str,
+    source: str,
+    value: float,
+    quality: str,
+    time_us: int,
+    serial: str | None = None,
+    context: Mapping[str, Any] | None = None,
+    precision: Precision = "us",
+) -> str | None:
+    """A ``measurement`` point: one value of a characteristic, context as fields never tags.
+
+    ``value`` is always written as a float (so its field type never changes);
+    a bad sample's NaN value is left out and only its quality is written.
+    Context keys (lot, operator, …) may not shadow ``value``/``quality``/``serial``.
+    """
+    fields: dict[str, Any] = {"value": float(value), "quality": str(quality)}
+    if serial is not None:
+        fields["serial"] = str(serial)
+    if context:
+        for key, item in context.items():
+            if key in ("value", "quality", "serial"):
+                raise ValueError(f"context key {key!r} collides with a measurement field")
+            fields[key] = item
+    tags = {
+        "gateway": gateway,
+        "line": line,
+        "station": station,
+        "characteristic": characteristic,
+        "source": source,
+    }
+    return encode_line("measurement", tags, fields, time_us, precision)
+
+
+_SPC_FLOATS = ("statistic", "center", "lcl", "ucl", "sigma", "ewma", "cusum_upper", "cusum_lower")
+
+
+def spc_line(
+    *,
+    gateway: str,
+    line: str,
+    station: str,
+    characteristic: str,
+    chart: str,
+    time_us: int,
+    statistic: float,
+    center: float | None = None,
+    lcl: float | None = None,
+    ucl: float | None = None,
+    sigma: float | None = None,
+    n: int | None = None,
+    ewma: float | None = None,
+    cusum_upper: float | None = None,
+    cusum_lower: float | None = None,
+    violations: Sequence[str] | str = (),
+    limits_id: str | None = None,
+    precision: Precision = "us",
+) -> str | None:
+    """An ``spc`` point: one plotted statistic with its limits and violated rule codes.
+
+    Numbers are floats (``n`` an integer); ``violations`` is written as
+    comma-separated rule codes, empty when none.
+    """
+    values = {
+        "statistic": statistic,
+        "center": center,
+        "lcl": lcl,
+        "ucl": ucl,
+        "sigma": sigma,
+        "ewma": ewma,
+        "cusum_upper": cusum_upper,
+        "cusum_lower": cusum_lower,
+    }
+    fields: dict[str, Any] = {k: None if v is None else float(v) for k, v in values.items()}
+    fields["n"] = None if n is None else int(n)
+    fields["violations"] = violations if isinstance(violations, str) else ",".join(violations)
+    fields["limits_id"] = limits_id
+    tags = {
+        "gateway": gateway,
+        "line": line,
+        "station": station,
+        "characteristic": characteristic,
+        "chart": chart,
+    }
+    return encode_line("spc", tags, fields, time_us, precision)
+
+
+def alarm_line(
+    *,
+    gateway: str,
+    line: str,
+    station: str,
+    characteristic: str,
+    rule: str,
+    severity: str,
+    time_us: int,
+    alarm_id: str,
+    event: str,
+    value: float | None = None,
+    seq: int | None = None,
+    user: str | None = None,
+    comment: str | None = None,
+    precision: Precision = "us",
+) -> str | None:
+    """An ``alarm`` point: one lifecycle event (raised, acknowledged, cleared, …) of an alarm."""
+    fields = {
+        "alarm_id": str(alarm_id),
+        "event": str(event),
+        "value": None if value is None else float(value),
+        "seq": None if seq is None else int(seq),
+        "user": user,
+        "comment": comment,
+    }
+    tags = {
+        "gateway": gateway,
+        "line": line,
+        "station": station,
+        "characteristic": characteristic,
+        "rule": rule,
+        "severity": severity,
+    }
+    return encode_line("alarm", tags, fields, time_us, precision)
+
+
+def gateway_line(
+    *,
+    gateway: str,
+    component: str,
+    time_us: int,
+    metrics: Mapping[str, float | int | bool | str],
+    precision: Precision = "us",
+) -> str | None:
+    """A ``gateway`` self-metrics point (queue depths, outbox size, counters, connector state).
+
+    Keep each metric's Python type stable (int counters stay int): InfluxDB
+    rejects a field whose type changes.
+    """
+    return encode_line(
+        "gateway", {"gateway": gateway, "component": component}, metrics, time_us, precision
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedLines:
+    """The result of :func:`encode_columns`: the lines, and how many rows had no representable field."""
+
+    lines: list[str]
+    skipped: int
+
+
+def _column_texts(key: str, column: Any, n: int) -> list[str | None]:
+    """``key=value`` texts for one field column (None where missing)."""
+    ek = key.translate(_ESCAPE_KEY) + "="
+    arr = np.asarray(column)
+    if arr.shape != (n,):
+        raise ValueError(f"field {key!r} has shape {arr.shape}, expected ({n},)")
+    kind = arr.dtype.kind
+    if kind == "f":
+        ok = np.isfinite(arr)
+        texts = [ek + repr(v) for v in arr.astype(np.float64).tolist()]
+        if not ok.all():
+            for i in np.flatnonzero(~ok).tolist():
+                texts[i] = None
+        return texts
+    if kind in "iu":
+        return [f"{ek}{v}i" for v in arr.tolist()]
+    if kind == "b":
+        return [ek + ("true" if v else "false") for v in arr.tolist()]
+    # strings/objects: one value at a time, None and non-finite floats omitted
+    return [None if (t := format_field_value(v)) is None else ek + t for v in arr.tolist()]
+
+
+def encode_columns(
+    measurement: str,
+    tags: Mapping[str, Any],
+    fields: Mapping[str, Any],
+    time_us: Any,
+    precision: Precision = "us",
+) -> EncodedLines:
+    """Many points of one measurement from columns, without a Python object per value.
+
+    ``tags`` maps a key to either one value (the same for every row) or a
+    sequence/array with one value per row; ``fields`` maps a key to an array
+    (float, int, bool or object/str) with one value per row; ``time_us`` is an
+    integer array of microseconds. Float NaN/inf and None values are left
+    out; a row left with no field is skipped and counted in ``skipped``.
+    """
+    ts = np.asarray(time_us)
+    if ts.ndim != 1:
+        raise ValueError("time_us must be one-dimensional")
+    if ts.dtype.kind not in "iu":
+        raise ValueError(f"time_us must be integer microseconds, got dtype {ts.dtype}")
+    n = ts.shape[0]
+    if precision == "ns":
+        stamps = (ts.astype(np.int64) * 1000).tolist()
+    elif precision in _DIVISORS:
+        stamps = (ts.astype(np.int64) // _DIVISORS[precision]).tolist()
+    else:
+        raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
+
+    head = escape_measurement(measurement)
+    constant: dict[str, Any] = {}
+    varying: list[tuple[str, list[str]]] = []
+    for key in sorted(tags):
+        value = tags[key]
+        if value is None or isinstance(value, str | int | float | bool):
+            constant[key] = value
+            continue
+        values = np.asarray(value, dtype=object).tolist()
+        if len(values) != n:
+            raise ValueError(f"tag {key!r} has {len(values)} values, expected {n}")
+        ek = "," + escape_key(key) + "="
+        cache: dict[Any, str] = {}
+        texts = []
+        for v in values:
+            t = cache.get(v)
+            if t is None:
+                s = "" if v is None else str(v)
+                t = cache[v] = ek + escape_key(s) if s else ""
+            texts.append(t)
+        varying.append((key, texts))
+
+    if not varying:
+        prefixes: Sequence[str] = [head + _tag_part(constant)] * n
+    else:
+        # merge constant and varying tags in key order, per row only string joins
+        ordered: list[list[str]] = []
+        for key in sorted(tags):
+            if key in constant:
+                part = _tag_part({key: constant[key]})
+                if part:
+                    ordered.append([part] * n)
+            else:
+                ordered.append(next(t for k, t in varying if k == key))
+        prefixes = [head + "".join(row) for row in zip(*ordered, strict=True)]
+
+    if any(not key for key in fields):
+        raise ValueError("empty field key")
+    columns = [_column_texts(key, col, n) for key, col in fields.items()]
+    lines: list[str] = []
+    skipped = 0
+    for prefix, stamp, *parts in zip(prefixes, stamps, *columns, strict=True):
+        body = ",".join([p for p in parts if p is not None])
+        if not body:
+            skipped += 1
+            continue
+        lines.append(f"{prefix} {body} {stamp}")
+    return EncodedLines(lines, skipped)
