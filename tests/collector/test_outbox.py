@@ -1,0 +1,358 @@
+"""The durable outbox on a real SQLite file: order, ack, retry, dead letters, counters, bounds, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from collector.outbox import (
+    Outbox,
+    OutboxDiskFull,
+    OutboxError,
+    OutboxFull,
+    StreamPolicy,
+)
+
+T0 = 1_700_000_000.0
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "outbox.db"
+
+
+@pytest.fixture
+def outbox(path: Path):
+    with Outbox(path, synchronous="NORMAL") as ob:
+        yield ob
+
+
+def _all(ob: Outbox, stream: str) -> list[int]:
+    return [e.seq for e in ob.peek(stream, 10**6, now=math.inf)]
+
+
+def test_append_peek_in_seq_order_across_streams(outbox: Outbox) -> None:
+    a = outbox.append("influx", [b"a1", b"a2"], now=T0)
+    b = outbox.append("alarms-mqtt", [b"b1"], now=T0)
+    c = outbox.append("influx", [bytearray(b"a3")], now=T0)
+    assert a + b + c == sorted(a + b + c)
+    assert len(set(a + b + c)) == 4
+    entries = outbox.peek("influx", 10, now=T0)
+    assert [e.seq for e in entries] == a + c
+    assert [e.payload for e in entries] == [b"a1", b"a2", b"a3"]
+    assert all(e.stream == "influx" and e.created == T0 and e.attempts == 0 for e in entries)
+    assert [e.payload for e in outbox.peek("alarms-mqtt", 10, now=T0)] == [b"b1"]
+    assert [e.seq for e in outbox.peek("influx", 2, now=T0)] == a
+    assert outbox.peek("nothing-here", 10) == []
+    assert outbox.append("influx", []) == []
+
+
+def test_ack_removes_only_given_entries_and_is_idempotent(outbox: Outbox) -> None:
+    seqs = outbox.append("s", [b"%d" % i for i in range(10)], now=T0)
+    other = outbox.append("t", [b"x"], now=T0)
+    assert outbox.ack("s", [*seqs[:3], seqs[5]]) == 4
+    assert outbox.ack("s", seqs[:3]) == 0  # a repeated ack (at-least-once) is harmless
+    assert outbox.ack("s", other) == 0  # a seq of another stream is not touched
+    assert outbox.ack("unknown", seqs) == 0
+    assert _all(outbox, "s") == seqs[3:5] + seqs[6:]
+    assert _all(outbox, "t") == other
+    counts = outbox.counts().streams["s"]
+    assert (counts.pending, counts.pending_bytes, counts.appended, counts.acked) == (6, 6, 10, 4)
+
+
+def test_ack_many_at_once(outbox: Outbox) -> None:
+    """More seqs than SQLite's bound-parameter limit in one call."""
+    seqs = outbox.append("s", [b"x"] * 2_500, now=T0)
+    assert outbox.ack("s", seqs[:2_400]) == 2_400
+    assert _all(outbox, "s") == seqs[2_400:]
+    assert outbox.check() == []
+
+
+def test_retry_later_postpones_and_counts_attempts(outbox: Outbox) -> None:
+    seqs = outbox.append("s", [b"1", b"2", b"3"], now=T0)
+    assert outbox.retry_later("s", seqs[:1], 30.0, "timeout", now=T0) == 1
+    # Not due yet: the default peek goes past it, the in-order peek stops at it.
+    assert [e.seq for e in outbox.peek("s", 10, now=T0 + 1)] == seqs[1:]
+    assert outbox.peek("s", 10, now=T0 + 1, in_order=True) == []
+    assert outbox.next_due("s", in_order=True) == T0 + 30
+    assert outbox.next_due("s") == T0
+    head = outbox.peek("s", 10, now=T0 + 30)[0]
+    assert (head.seq, head.attempts, head.last_error, head.next_attempt) == (
+        seqs[0],
+        1,
+        "timeout",
+        T0 + 30,
+    )
+    outbox.retry_later("s", seqs, 5.0, "503", now=T0 + 30)
+    assert outbox.peek("s", 10, now=T0 + 34) == []
+    assert [e.attempts for e in outbox.peek("s", 10, now=T0 + 35)] == [2, 1, 1]
+    assert outbox.next_due("empty") is None
+    with pytest.raises(ValueError):
+        outbox.retry_later("s", seqs, math.nan)
+
+
+def test_in_order_peek_returns_the_due_head(outbox: Outbox) -> None:
+    seqs = outbox.append("s", [b"1", b"2", b"3"], now=T0)
+    outbox.retry_later("s", seqs[2:], 10.0, now=T0)
+    assert [e.seq for e in outbox.peek("s", 10, now=T0, in_order=True)] == seqs[:2]
+
+
+def test_dead_letters_are_listed_counted_and_requeued_deliberately(outbox: Outbox) -> None:
+    seqs = outbox.append("influx", [b"ok", b"bad1", b"bad2", b"ok2"], now=T0)
+    outbox.retry_later("influx", seqs[1:2], 1.0, "500", now=T0)
+    moved = outbox.dead_letter("influx", seqs[1:3], "400: unable to parse", now=T0 + 5)
+    assert moved == 2
+    assert _all(outbox, "influx") == [seqs[0], seqs[3]]
+    dead = outbox.dead_letters("influx")
+    assert [(d.seq, d.payload, d.reason, d.dead_at) for d in dead] == [
+        (seqs[1], b"bad1", "400: unable to parse", T0 + 5),
+        (seqs[2], b"bad2", "400: unable to parse", T0 + 5),
+    ]
+    assert (dead[0].attempts, dead[0].last_error) == (1, "500")
+    assert [d.seq for d in outbox.dead_letters("influx", 10, after_seq=seqs[1])] == [seqs[2]]
+    c = outbox.counts().streams["influx"]
+    assert (c.pending, c.dead, c.dead_bytes, c.dead_lettered) == (2, 2, 8, 2)
+    # Put one back: it keeps its seq (its place in the order), attempts start again.
+    assert outbox.requeue_dead("influx", [seqs[1]], now=T0 + 10) == 1
+    entries = outbox.peek("influx", 10, now=T0 + 10)
+    assert [e.seq for e in entries] == [seqs[0], seqs[1], seqs[3]]
+    assert entries[1].attempts == 0
+    assert outbox.purge_dead("influx", [seqs[2]]) == 1
+    c = outbox.counts().streams["influx"]
+    assert (c.pending, c.dead, c.dead_bytes) == (3, 0, 0)
+    assert outbox.dead_letters("influx") == []
+    assert outbox.check() == []
+
+
+def test_counters_are_monotonic_across_reopen(path: Path) -> None:
+    with Outbox(path) as ob:
+        assert ob.counter("alarm") == 0
+        assert ob.next_seq("alarm") == range(1, 2)
+        assert ob.next_seq("alarm", 3) == range(2, 5)
+        assert ob.next_seq("other") == range(1, 2)
+    with Outbox(path) as ob:
+        assert ob.counter("alarm") == 4
+        assert ob.next_seq("alarm", 2) == range(5, 7)
+        with pytest.raises(ValueError):
+            ob.next_seq("alarm", 0)
+
+
+def test_seq_never_reused_after_deleting_the_newest_and_reopening(path: Path) -> None:
+    with Outbox(path) as ob:
+        seqs = ob.append("s", [b"a", b"b", b"c"])
+        ob.ack("s", seqs[1:])  # the newest ones
+        ob.dead_letter("s", seqs[:1], "x")
+        ob.purge_dead("s", seqs[:1])  # the table is now empty
+    with Outbox(path) as ob:
+        again = ob.append("s", [b"d"])
+        assert again[0] > seqs[-1]
+
+
+def test_append_numbered_commits_events_and_counter_together(outbox: Outbox) -> None:
+    res = outbox.append_numbered(
+        "alarms-mqtt", "alarm", 2, lambda ns: [b"seq=%d" % n for n in ns], now=T0
+    )
+    assert res.numbers == range(1, 3)
+    assert [e.payload for e in outbox.peek("alarms-mqtt", 10, now=T0)] == [b"seq=1", b"seq=2"]
+
+    def broken(numbers: range) -> list[bytes]:
+        raise RuntimeError("cannot encode")
+
+    with pytest.raises(RuntimeError):
+        outbox.append_numbered("alarms-mqtt", "alarm", 1, broken)
+    with pytest.raises(ValueError):
+        outbox.append_numbered("alarms-mqtt", "alarm", 2, lambda ns: [b"one"])
+    assert outbox.counter("alarm") == 2  # neither failed call advanced it
+    assert len(_all(outbox, "alarms-mqtt")) == 2
+
+
+def test_transaction_spans_streams_and_rolls_back(outbox: Outbox) -> None:
+    with outbox.transaction(now=T0) as tx:
+        (n,) = tx.next_seq("alarm")
+        tx.append("alarms-mqtt", [b"event %d" % n])
+        tx.append("influx", [b"alarm seq=%d" % n])
+    assert outbox.counts().streams["influx"].pending == 1
+
+    def failing() -> None:
+        with outbox.transaction() as tx:
+            tx.next_seq("alarm")
+            tx.append("alarms-mqtt", [b"lost"])
+            raise KeyError("encoder failed")
+
+    with pytest.raises(KeyError):
+        failing()
+    assert outbox.counter("alarm") == 1
+    assert len(_all(outbox, "alarms-mqtt")) == 1
+
+
+def test_outbox_full_names_stream_and_limit_and_stores_nothing(path: Path) -> None:
+    streams = {"alarms": StreamPolicy(max_entries=100, max_bytes=10_000, synchronous="FULL")}
+    with Outbox(path, synchronous="NORMAL", max_entries=5, max_bytes=40, streams=streams) as ob:
+        seqs = ob.append("influx", [b"x" * 8] * 4)
+        with pytest.raises(OutboxFull) as info:
+            ob.append("influx", [b"y"] * 2)
+        err = info.value
+        assert (err.stream, err.limit, err.maximum) == ("influx", "max_entries", 5)
+        assert "'influx'" in str(err) and "max_entries=5" in str(err) and str(path) in str(err)
+        with pytest.raises(OutboxFull) as info:
+            ob.append("influx", [b"z" * 9])
+        assert info.value.limit == "max_bytes"
+        assert "max_bytes=40" in str(info.value)
+        assert _all(ob, "influx") == seqs
+        # Another stream has its own budget; the full one has room again after an ack.
+        ob.append("alarms", [b"a"] * 50)
+        ob.ack("influx", seqs[:2])
+        ob.append("influx", [b"y"] * 2)
+        # A requeue respects the bound too.
+        ob.dead_letter("influx", seqs[2:3], "bad")
+        ob.append("influx", [b"w", b"v"])
+        with pytest.raises(OutboxFull):
+            ob.requeue_dead("influx", seqs[2:3])
+        assert ob.check() == []
+
+
+def test_full_file_raises_clear_error_and_loses_nothing(path: Path) -> None:
+    """SQLITE_FULL (here from max_page_count via max_file_bytes) as a full disk would raise it."""
+    with Outbox(path, synchronous="NORMAL", max_file_bytes=64 * 1024) as ob:
+        kept: list[int] = []
+
+        def fill() -> None:
+            for i in range(1_000):
+                kept.extend(ob.append("influx", [b"%04d" % i + b"x" * 500] * 4))
+
+        with pytest.raises(OutboxDiskFull) as info:
+            fill()
+        assert kept, "the file filled before the first append"
+        message = str(info.value)
+        assert str(path) in message and "full" in message and "append to 'influx'" in message
+        assert isinstance(info.value, OutboxFull) and isinstance(info.value, OutboxError)
+        assert _all(ob, "influx") == kept
+        # Draining still works when full and makes room again.
+        ob.ack("influx", kept[: len(kept) // 2])
+        ob.append("influx", [b"after"])
+        assert ob.check() == []
+    with Outbox(path) as ob:
+        assert _all(ob, "influx")[: len(kept) - len(kept) // 2] == kept[len(kept) // 2 :]
+
+
+def test_garbage_file_is_refused_and_left_untouched(path: Path) -> None:
+    junk = b"this is not a database, it is a shopping list\n" * 200
+    path.write_bytes(junk)
+    with pytest.raises(OutboxError) as info:
+        Outbox(path)
+    assert str(path) in str(info.value) and "untouched" in str(info.value)
+    assert path.read_bytes() == junk
+
+
+def test_foreign_database_and_newer_schema_are_refused(tmp_path: Path) -> None:
+    foreign = tmp_path / "other.db"
+    with sqlite3.connect(foreign) as conn:
+        conn.execute("CREATE TABLE t (x)")
+    conn.close()
+    with pytest.raises(OutboxError, match="not a shopspc outbox"):
+        Outbox(foreign)
+    newer = tmp_path / "newer.db"
+    Outbox(newer).close()
+    conn = sqlite3.connect(newer)
+    conn.execute("PRAGMA user_version=99")
+    conn.close()
+    with pytest.raises(OutboxError, match="schema version 99"):
+        Outbox(newer)
+
+
+def test_damaged_pages_are_reported_with_the_path(path: Path) -> None:
+    """Damage past the header is found by the first operation that reads it."""
+    with Outbox(path) as ob:
+        ob.append("s", [b"p" * 3000] * 40)
+    data = bytearray(path.read_bytes())
+    page = 4096
+    assert len(data) > 6 * page
+    data[3 * page : len(data) - page] = b"\xa5" * (len(data) - 4 * page)
+    path.write_bytes(bytes(data))
+    with Outbox(path) as ob:
+        for operation in (
+            lambda: ob.peek("s", 100, now=math.inf),
+            lambda: ob.append("s", [b"x"]),
+            ob.check,
+        ):
+            with pytest.raises(OutboxError) as info:
+                operation()
+            assert str(path) in str(info.value) and "damaged" in str(info.value)
+    assert path.read_bytes() == data
+
+
+def test_bad_paths_and_arguments(tmp_path: Path, outbox: Outbox) -> None:
+    with pytest.raises(OutboxError, match="does not exist"):
+        Outbox(tmp_path / "missing" / "outbox.db")
+    with pytest.raises(OutboxError, match="not a regular file"):
+        Outbox(tmp_path)
+    with pytest.raises(ValueError):
+        Outbox(tmp_path / "x.db", synchronous="OFF")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        Outbox(tmp_path / "x.db", max_entries=0)
+    with pytest.raises(TypeError, match="payload 1 is str"):
+        outbox.append("s", [b"ok", "text"])  # type: ignore[list-item]
+    with pytest.raises(ValueError):
+        outbox.append("", [b"x"])
+
+
+def test_closed_outbox_raises(path: Path) -> None:
+    ob = Outbox(path)
+    ob.close()
+    ob.close()
+    with pytest.raises(OutboxError, match="closed"):
+        ob.append("s", [b"x"])
+    assert "closed" in repr(ob)
+
+
+def test_counts_report_file_size_and_backlog_age(outbox: Outbox) -> None:
+    outbox.append("s", [b"x" * 100] * 3, now=T0)
+    outbox.append("s", [b"y"], now=T0 + 9)
+    counts = outbox.counts()
+    assert counts.path == str(outbox.path)
+    assert counts.file_bytes > 0
+    s = counts.streams["s"]
+    assert (s.pending, s.pending_bytes, s.oldest_created) == (4, 301, T0)
+
+
+def test_threads_share_one_outbox(outbox: Outbox) -> None:
+    results: list[list[int]] = []
+
+    def work(k: int) -> None:
+        for i in range(20):
+            results.append(outbox.append(f"s{k % 2}", [b"%d-%d" % (k, i)] * 5))
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    seqs = [s for r in results for s in r]
+    assert len(seqs) == len(set(seqs)) == 400
+    assert sorted(_all(outbox, "s0") + _all(outbox, "s1")) == sorted(seqs)
+
+
+async def test_async_wrappers(outbox: Outbox) -> None:
+    aio = outbox.aio
+    batches = await asyncio.gather(*(aio.append("s", [b"%d" % i] * 3, now=T0) for i in range(10)))
+    seqs = sorted(s for b in batches for s in b)
+    assert len(set(seqs)) == 30
+    numbered = await aio.append_numbered("a", "alarm", 2, lambda ns: [b"%d" % n for n in ns])
+    assert numbered.numbers == range(1, 3)
+    assert await aio.next_seq("alarm") == range(3, 4)
+    head = await aio.peek("s", 5, now=T0)
+    assert [e.seq for e in head] == seqs[:5]
+    assert await aio.retry_later("s", seqs[5:6], 1.0, "busy", now=T0) == 1
+    assert await aio.dead_letter("s", seqs[6:7], "bad") == 1
+    assert await aio.ack("s", seqs[:5]) == 5
+    assert [d.seq for d in await aio.dead_letters("s")] == seqs[6:7]
+    assert await aio.next_due("s", in_order=True) == T0 + 1
+    assert await aio.requeue_dead("s", seqs[6:7]) == 1
+    assert await aio.dead_letter("s", seqs[6:7], "bad again") == 1
+    counts = await aio.counts()
+    assert (counts.streams["s"].pending, counts.streams["s"].dead) == (24, 1)
