@@ -1,0 +1,209 @@
+"""Configuration of the OPC UA input connector (one server endpoint per source)."""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "BlockItem",
+    "MessageMode",
+    "NodeBinding",
+    "OpcuaSourceConfig",
+    "SecurityPolicy",
+    "TimestampChoice",
+    "TriggerConfig",
+]
+
+# ns=<index>;<type>=<id> or nsu=<uri>;<type>=<id>, or a bare i=/s=/g=/b= in namespace 0.
+_NODE_ID = re.compile(r"^(?:(?:ns=\d+|nsu=[^;]+);)?[isgb]=.+$", re.DOTALL)
+
+
+def _check_node_id(value: str) -> str:
+    if not _NODE_ID.match(value):
+        raise ValueError(
+            f"{value!r} is not an OPC UA node id (expected 'ns=2;s=Line1.Gauge' or 'nsu=urn:x;i=42')"
+        )
+    return value
+
+
+class SecurityPolicy(StrEnum):
+    """Security policy of the secure channel."""
+
+    NONE = "None"
+    BASIC256SHA256 = "Basic256Sha256"
+
+
+class MessageMode(StrEnum):
+    """Message security mode of the secure channel."""
+
+    NONE = "None"
+    SIGN = "Sign"
+    SIGN_AND_ENCRYPT = "SignAndEncrypt"
+
+
+class TimestampChoice(StrEnum):
+    """Which OPC UA timestamp becomes the sample's time (the other is the fallback, then gateway)."""
+
+    SOURCE = "source"
+    SERVER = "server"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NodeBinding(_Strict):
+    """One variable node bound to a binding id (a characteristic id or a context tag name)."""
+
+    id: str = Field(min_length=1, description="Binding id the samples carry (Sample.binding).")
+    node: str = Field(description="Node id: 'ns=2;s=Line1.Bore' or 'nsu=urn:plc;s=Line1.Bore'.")
+    mode: Literal["subscribe", "poll"] = Field(
+        "subscribe", description="'subscribe' (monitored item) or 'poll' (periodic Read)."
+    )
+    sampling_interval_ms: float = Field(
+        100.0, ge=0, description="subscribe: the server samples the value this often (ms)."
+    )
+    queue_size: int = Field(
+        10,
+        ge=2,
+        description=(
+            "subscribe: monitored-item queue on the server; > 1 so several changes within one "
+            "publishing interval each arrive as a sample."
+        ),
+    )
+    deadband: float | None = Field(
+        None,
+        ge=0,
+        description=(
+            "subscribe: absolute deadband; None (default) = every write is a sample, even an "
+            "identical value (two parts measuring the same are two samples)."
+        ),
+    )
+    poll_interval_s: float = Field(1.0, gt=0, description="poll: seconds between reads.")
+
+    @field_validator("node")
+    @classmethod
+    def _node(cls, v: str) -> str:
+        return _check_node_id(v)
+
+
+class BlockItem(_Strict):
+    """One value of an inspection result block."""
+
+    id: str = Field(min_length=1, description="Binding id of this value.")
+    node: str = Field(description="Node id of this value.")
+
+    @field_validator("node")
+    @classmethod
+    def _node(cls, v: str) -> str:
+        return _check_node_id(v)
+
+
+class TriggerConfig(_Strict):
+    """A result-ready handshake: ready rises → read the whole block in one request → write ack."""
+
+    id: str = Field(
+        min_length=1, description="Name of this trigger (goes to Sample.fields['trigger'])."
+    )
+    ready_node: str = Field(description="Boolean node the device sets when a result is ready.")
+    block: list[BlockItem] = Field(min_length=1, description="Values read together on ready.")
+    ack_node: str = Field(description="Node the gateway writes after reading the block.")
+    ack_value: bool | int | float | str = Field(True, description="Value written to ack_node.")
+    serial_node: str | None = Field(None, description="Optional part serial read with the block.")
+    sampling_interval_ms: float = Field(50.0, ge=0, description="Sampling of the ready node (ms).")
+
+    @field_validator("ready_node", "ack_node", "serial_node")
+    @classmethod
+    def _nodes(cls, v: str | None) -> str | None:
+        return None if v is None else _check_node_id(v)
+
+
+class OpcuaSourceConfig(_Strict):
+    """One OPC UA server endpoint: how to connect, which nodes to read and how."""
+
+    endpoint: str = Field(description="Server URL, e.g. 'opc.tcp://10.0.0.5:4840'.")
+    security_policy: SecurityPolicy = Field(
+        SecurityPolicy.NONE, description="None or Basic256Sha256."
+    )
+    security_mode: MessageMode = Field(
+        MessageMode.NONE, description="None, Sign or SignAndEncrypt."
+    )
+    certificate_file: str | None = Field(
+        None, description="Client application certificate (DER or PEM); needed with security."
+    )
+    private_key_file: str | None = Field(None, description="Private key of certificate_file (PEM).")
+    server_certificate_file: str | None = Field(
+        None, description="Pinned server certificate; when absent it is taken from GetEndpoints."
+    )
+    application_uri: str = Field(
+        "urn:shopspc:gateway",
+        description="Client application URI; must match the URI in the client certificate.",
+    )
+    user_certificate_file: str | None = Field(
+        None, description="X.509 user certificate for certificate user authentication."
+    )
+    user_private_key_file: str | None = Field(None, description="Key of user_certificate_file.")
+    username: str | None = Field(None, description="User name for user/password authentication.")
+    password_env: str | None = Field(
+        None, description="Name of the environment variable holding the password (never the file)."
+    )
+    timeout_s: float = Field(5.0, gt=0, description="Per-request timeout (seconds).")
+    watchdog_interval_s: float = Field(
+        1.0, gt=0, description="How often the session is probed to detect a dead connection."
+    )
+    publishing_interval_ms: float = Field(
+        100.0, gt=0, description="Subscription publishing interval (ms)."
+    )
+    timestamp: TimestampChoice = Field(
+        TimestampChoice.SOURCE,
+        description="Sample time: 'source' or 'server' timestamp; falls back to the other, then gateway.",
+    )
+    default_max_nodes_per_read: int = Field(
+        100, ge=1, description="Read chunk size when the server publishes no MaxNodesPerRead."
+    )
+    queue_size: int = Field(
+        10_000,
+        ge=1,
+        description="Gateway-side sample queue; when full the oldest sample is dropped.",
+    )
+    reconnect_base_s: float = Field(0.5, gt=0, description="Backoff base delay (seconds).")
+    reconnect_cap_s: float = Field(30.0, gt=0, description="Backoff cap (seconds).")
+    nodes: list[NodeBinding] = Field(
+        default_factory=list, description="Subscribed or polled nodes."
+    )
+    triggers: list[TriggerConfig] = Field(
+        default_factory=list, description="Result-ready handshakes."
+    )
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        if not v.startswith("opc.tcp://"):
+            raise ValueError("endpoint must start with opc.tcp://")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OpcuaSourceConfig:
+        secure = self.security_policy is not SecurityPolicy.NONE
+        if secure != (self.security_mode is not MessageMode.NONE):
+            raise ValueError(
+                "security_policy and security_mode go together: both None, or Basic256Sha256 "
+                "with Sign or SignAndEncrypt"
+            )
+        if secure and not (self.certificate_file and self.private_key_file):
+            raise ValueError("a secure channel needs certificate_file and private_key_file")
+        if (self.user_certificate_file is None) != (self.user_private_key_file is None):
+            raise ValueError("user_certificate_file and user_private_key_file go together")
+        if self.password_env and not self.username:
+            raise ValueError("password_env without username")
+        ids = [n.id for n in self.nodes] + [b.id for t in self.triggers for b in t.block]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"binding ids must be unique, repeated: {', '.join(dupes)}")
+        if not ids:
+            raise ValueError("configure at least one node or trigger")
+        return self
