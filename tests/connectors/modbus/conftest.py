@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
+import tty
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -96,6 +99,61 @@ class SimServer:
         """Read from the data store without sending a request."""
         assert self._server is not None
         return await self._server.async_getValues(UNIT, function, address, count)
+
+
+class PtyBridge:
+    """Two pseudo-terminal pairs joined by the event loop: a null-modem cable in software.
+
+    The client opens ``client_path``, the server ``server_path``; bytes written on
+    one side come out on the other. Our own slave fds stay open so a master never
+    sees EIO while a side is closed (e.g. during a server restart).
+    """
+
+    def __init__(self) -> None:
+        self._fds: list[int] = []
+        ends = []
+        for _ in range(2):
+            master, slave = os.openpty()
+            tty.setraw(slave)
+            flags = fcntl.fcntl(master, fcntl.F_GETFL)
+            fcntl.fcntl(master, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+            self._fds += [master, slave]
+            ends.append((master, os.ttyname(slave)))
+        (self._m1, self.client_path), (self._m2, self.server_path) = ends
+
+    @staticmethod
+    def _copy(src: int, dst: int) -> None:
+        try:
+            data = os.read(src, 4096)
+        except BlockingIOError:
+            return
+        os.write(dst, data)
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self._m1, self._copy, self._m1, self._m2)
+        loop.add_reader(self._m2, self._copy, self._m2, self._m1)
+
+    def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self._m1)
+        loop.remove_reader(self._m2)
+        for fd in self._fds:
+            os.close(fd)
+
+
+@pytest.fixture
+async def rtu_server() -> AsyncIterator[tuple[SimServer, str]]:
+    """A pymodbus RTU server on one end of a pty null modem; yields it and the client's tty path."""
+    bridge = PtyBridge()
+    bridge.start()
+    server = SimServer(0, serial_port=bridge.server_path)
+    await server.start()
+    try:
+        yield server, bridge.client_path
+    finally:
+        await server.stop()
+        bridge.close()
 
 
 @pytest.fixture

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
 import math
 
@@ -9,6 +11,7 @@ import pytest
 
 from connectors import base
 from connectors.base import Quality, Sample
+from connectors.modbus.client import ModbusClient, ModbusExceptionError, ModbusLinkError
 from connectors.modbus.config import ModbusSourceConfig
 from connectors.modbus.decode import PlanItem, encode_value, plan_requests
 from connectors.modbus.source import ModbusSource
@@ -285,3 +288,46 @@ async def test_trigger_handshake_end_to_end(modbus_server: SimServer) -> None:
     blocks = [r for r in modbus_server.received if r.function == 3]
     assert [(r.address, r.count) for r in blocks] == [(100, 6), (100, 6)]
     assert source.devices["plc"].parts == 2
+
+
+async def test_pacing_spaces_requests_to_a_device(modbus_server: SimServer) -> None:
+    """Every request starts at least `pacing` after the previous one (a lower bound only)."""
+    starts: list[float] = []
+
+    class Recording(ModbusClient):
+        async def read(self, function: int, address: int, count: int) -> list[int]:
+            starts.append(asyncio.get_running_loop().time())
+            return await super().read(function, address, count)
+
+    points = [
+        {"id": "a", "function": "holding", "address": 0},
+        {"id": "b", "function": "holding", "address": 50},
+        {"id": "c", "function": "input", "address": 0},
+    ]
+    cfg = config(modbus_server.port, points, pacing=0.05, poll_interval=0.01)
+    source = ModbusSource(cfg, "test", client_factory=Recording)
+    async with running(source):
+        await wait_until(lambda: len(starts) >= 7)
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert min(gaps) >= 0.05 - 1e-3
+
+
+async def test_client_errors_name_device_function_and_address(modbus_server: SimServer) -> None:
+    cfg = config(modbus_server.port, [{"id": "a", "function": "holding", "address": 0}])
+    client = ModbusClient(cfg.devices[0], "line1")
+    await client.connect()
+    try:
+        with pytest.raises(ModbusExceptionError) as info:
+            await client.read(4, 299, 5)
+        assert info.value.where == "line1 plc unit 1 input 299"
+        assert info.value.code == 2 and not info.value.retryable
+    finally:
+        client.close()
+    await modbus_server.stop()
+    with pytest.raises(ModbusLinkError) as link:
+        await client.read(3, 0, 1)
+    assert link.value.retryable
+    with pytest.raises(ModbusLinkError) as refused:
+        await client.connect()
+    assert refused.value.retryable and f"{HOST}:{modbus_server.port}" in refused.value.message
+    client.close()
