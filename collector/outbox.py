@@ -266,7 +266,7 @@ def _level(value: str) -> Synchronous:
 
 
 def _check_limit(name: str, value: int | None) -> None:
-    if value is not None and (not isinstance(value, int) or value < 1):
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
         raise ValueError(f"{name} must be a positive integer or None, not {value!r}")
 
 
@@ -302,17 +302,26 @@ class OutboxTransaction:
 
     def __init__(self, outbox: Outbox, conn: sqlite3.Connection, now: float) -> None:
         self._outbox = outbox
-        self._conn = conn
+        self._conn: sqlite3.Connection | None = conn
         self._now = now
+
+    def _live(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise OutboxError(self._outbox.path, "the transaction has already ended")
+        return self._conn
 
     def next_seq(self, name: str, count: int = 1) -> range:
         """Draw ``count`` values of the persistent counter ``name`` (first value 1)."""
-        return self._outbox._draw(self._conn, name, count)
+        return self._outbox._draw(self._live(), name, count)
 
     def append(self, stream: str, payloads: Iterable[bytes]) -> list[int]:
-        """Append ``payloads`` to ``stream``; returns their outbox seqs."""
+        """Append ``payloads`` to ``stream``; returns their outbox seqs.
+
+        Stream bounds apply: :class:`OutboxFull` here rolls back the whole
+        transaction if it propagates out of the ``with`` block.
+        """
         _check_stream(stream)
-        return self._outbox._insert(self._conn, stream, _payloads(payloads), self._now)
+        return self._outbox._insert(self._live(), stream, _payloads(payloads), self._now)
 
 
 class Outbox:
@@ -426,7 +435,8 @@ class Outbox:
                 conn.execute("COMMIT")
         except sqlite3.Error as e:
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                with suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             raise self._translate(e, "open") from e
 
     # -- plumbing ------------------------------------------------------------------
@@ -466,7 +476,8 @@ class Outbox:
             return OutboxError(
                 self.path, f"{what}: the file is damaged ({e}); it was left untouched"
             )
-        return OutboxError(self.path, f"{what}: {e}")
+        name = getattr(e, "sqlite_errorname", None)
+        return OutboxError(self.path, f"{what}: {e}" + (f" ({name})" if name else ""))
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -630,7 +641,11 @@ class Outbox:
         t = time.time() if now is None else float(now)
         level = self._default_sync if synchronous is None else _level(synchronous)
         with self._write("transaction", level) as conn:
-            yield OutboxTransaction(self, conn, t)
+            tx = OutboxTransaction(self, conn, t)
+            try:
+                yield tx
+            finally:
+                tx._conn = None  # a kept reference must not write outside the transaction
 
     def next_seq(self, name: str, count: int = 1) -> range:
         """Draw ``count`` values of the persistent counter ``name``: strictly increasing, first 1.

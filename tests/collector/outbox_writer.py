@@ -12,18 +12,41 @@ after the call returned (that is, after the outbox acknowledged it):
 * ``K first last`` — that ack committed.
 
 The loop is bounded so a child the test failed to kill still ends.
+
+``python outbox_writer.py PATH SEED --fsize BYTES`` instead caps the size of
+files this process may write (``RLIMIT_FSIZE``, so the OS refuses the write as
+on a full device), appends until the outbox raises, prints the ``I`` lines and
+then ``E <error text>``, and exits 0.
 """
 
 from __future__ import annotations
 
 import random
+import resource
+import signal
 import sys
 
-from collector.outbox import Outbox, StreamPolicy
+from collector.outbox import Outbox, OutboxError, StreamPolicy
+
+
+def fill_until_refused(path: str, limit: int) -> None:
+    """Append under a file-size cap until the outbox refuses; report the error."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG from write() instead of dying
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    with Outbox(path) as outbox:
+        try:
+            for _ in range(20_000):
+                seqs = outbox.append("influx", [b"x" * 1000] * 20)
+                sys.stdout.write(f"I {seqs[0]} {seqs[-1]}\n")
+        except OutboxError as e:
+            sys.stdout.write(f"E {e}\n")
 
 
 def main() -> None:
     """Write until killed (or 20 000 loops)."""
+    if len(sys.argv) == 5 and sys.argv[3] == "--fsize":
+        fill_until_refused(sys.argv[1], int(sys.argv[4]))
+        return
     path, seed = sys.argv[1], int(sys.argv[2])
     rng = random.Random(seed)
     out = sys.stdout

@@ -186,6 +186,10 @@ def test_transaction_spans_streams_and_rolls_back(outbox: Outbox) -> None:
 
     with pytest.raises(KeyError):
         failing()
+    with outbox.transaction() as kept:
+        pass
+    with pytest.raises(OutboxError, match="already ended"):
+        kept.append("influx", [b"late"])
     assert outbox.counter("alarm") == 1
     assert len(_all(outbox, "alarms-mqtt")) == 1
 

@@ -135,3 +135,29 @@ def test_kill_right_after_first_commits(tmp_path: Path, stop_after: int) -> None
     ledger = Ledger()
     _run_and_kill(path, seed=7, stop_after=stop_after, ledger=ledger)
     _verify(path, ledger)
+
+
+def test_os_refusing_writes_loses_nothing_committed(tmp_path: Path) -> None:
+    """A write the OS refuses (file-size cap: EFBIG, like a full device) is a clear error.
+
+    The failing append is not stored, everything committed before it is intact.
+    """
+    path = tmp_path / "outbox.db"
+    done = subprocess.run(
+        [sys.executable, str(WRITER), str(path), "0", "--fsize", "300000"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    lines = done.stdout.splitlines()
+    assert lines[-1].startswith("E "), done.stdout[-500:] + done.stderr
+    assert str(path) in lines[-1] and "append to 'influx'" in lines[-1]
+    committed = []
+    for line in lines[:-1]:
+        _, first, last = line.split()
+        committed += range(int(first), int(last) + 1)
+    assert committed
+    with Outbox(path) as outbox:
+        assert outbox.check() == []
+        assert [e.seq for e in outbox.peek("influx", 10**6, now=math.inf)] == committed
