@@ -138,7 +138,18 @@ class _Result:
 class _TriggerState:
     config: TriggerConfig
     planned: list[_Planned]
-    acked: bool = False
+    # idle: waiting for ready; emitted: part emitted, ack not yet written;
+    # acked: waiting for ready to clear.
+    phase: str = "idle"
+    problem: str = ""
+
+    def report(self, who: str, problem: str) -> None:
+        """Log a trigger problem when it starts or changes, and its end (not every poll)."""
+        if problem and problem != self.problem:
+            log.warning("%s: trigger %s: %s", who, self.config.name, problem)
+        elif not problem and self.problem:
+            log.warning("%s: trigger %s: working again", who, self.config.name)
+        self.problem = problem
 
 
 @dataclass
@@ -266,7 +277,7 @@ class ModbusSource:
             try:
                 await self._step_trigger(dev, trig, emit)
             except ModbusExceptionError as exc:
-                log.debug("%s: trigger %s: %s", self.name, trig.config.name, exc)
+                trig.report(f"{self.name} {dev.config.name}", str(exc))
             except ModbusLinkError as exc:
                 await self._link_down(dev, exc, emit, unread=[])
                 raise
@@ -321,7 +332,12 @@ class ModbusSource:
             result.statuses.append(status)
 
     def _samples(
-        self, result: _Result, *, serial: str | None = None, skip: str | None = None
+        self,
+        result: _Result,
+        *,
+        serial: str | None = None,
+        skip: str | None = None,
+        fields: dict[str, str] | None = None,
     ) -> list[Sample]:
         return [
             Sample(
@@ -330,6 +346,7 @@ class ModbusSource:
                 quality=quality,
                 gateway_time_us=t,
                 serial=serial,
+                fields=fields or {},
                 status=status,
             )
             for pid, value, quality, status, t in zip(
@@ -351,44 +368,53 @@ class ModbusSource:
         await emit(samples)
 
     async def _step_trigger(self, dev: _Device, trig: _TriggerState, emit: Emit) -> None:
-        """Ready set → read block → emit one part → write ack; reset the ack once ready clears."""
+        """Ready set → read block → emit one part → write ack; reset the ack once ready clears.
+
+        A part is emitted once per ready episode: if the ack write fails, only
+        the write is retried on the next polls. A block read that fails is
+        emitted (bad samples) but not acknowledged, so the next poll reads it again.
+        """
         cfg = trig.config
+        who = f"{self.name} {dev.config.name}"
         raw = (await self._request(dev, cfg.ready.function, cfg.ready.address, 1))[0]
         if is_bit_function(cfg.ready.function):
             is_set = bool(raw) == bool(cfg.ready.value)
         else:
             is_set = raw == cfg.ready.value
-        if trig.acked:
+        if trig.phase == "acked":
             if not is_set:
                 if cfg.ack.reset is not None:
                     await self._write(dev, cfg.ack.function, cfg.ack.address, cfg.ack.reset)
-                trig.acked = False
+                trig.phase = "idle"
+            trig.report(who, "")
             return
-        if not is_set:
-            return
-        result, link_error = await self._read_group(dev, trig.planned)
-        # One part: every sample of the block carries the same gateway time.
-        part_time = max(result.times) if result.times else self._clock_us()
-        result.times = [part_time] * len(result.times)
-        serial = None
-        if cfg.serial_point is not None:
-            serial = _serial_text(result, cfg.serial_point)
-        await self._emit(emit, self._samples(result, serial=serial, skip=cfg.serial_point))
-        if link_error is not None:
-            raise link_error
-        if result.failed:
-            # Not acknowledged: the device keeps the result ready and the next poll retries.
-            log.warning(
-                "%s %s: trigger %s: block read failed, not acknowledged",
-                self.name,
-                dev.config.name,
-                cfg.name,
+        if trig.phase == "idle":
+            if not is_set:
+                trig.report(who, "")
+                return
+            result, link_error = await self._read_group(dev, trig.planned)
+            # One part: every sample of the block carries the same gateway time.
+            part_time = max(result.times) if result.times else self._clock_us()
+            result.times = [part_time] * len(result.times)
+            serial = None
+            if cfg.serial_point is not None:
+                serial = _serial_text(result, cfg.serial_point)
+            samples = self._samples(
+                result, serial=serial, skip=cfg.serial_point, fields={"trigger": cfg.name}
             )
-            return
-        dev.stats.parts += 1
+            await self._emit(emit, samples)
+            if link_error is not None:
+                raise link_error
+            if result.failed:
+                bad = next(st for st in result.statuses if st)
+                trig.report(who, f"block read failed, not acknowledged: {bad}")
+                return
+            dev.stats.parts += 1
+            trig.phase = "emitted"
         await self._write(dev, cfg.ack.function, cfg.ack.address, cfg.ack.value)
         dev.stats.acks += 1
-        trig.acked = True
+        trig.phase = "acked"
+        trig.report(who, "")
 
     # -- state --------------------------------------------------------------------------
 

@@ -281,6 +281,7 @@ async def test_trigger_handshake_end_to_end(modbus_server: SimServer) -> None:
     first, second = batches
     assert {s.binding for s in first} == {"dia", "depth"}
     assert all(s.serial == "4711" for s in first)
+    assert all(s.fields == {"trigger": "part"} for s in first)
     assert len({s.gateway_time_us for s in first}) == 1  # one part, one time
     assert {s.binding: s.value for s in first} == {"dia": 10.5, "depth": 3.25}
     assert all(s.serial == "4712" for s in second)
@@ -331,3 +332,55 @@ async def test_client_errors_name_device_function_and_address(modbus_server: Sim
         await client.connect()
     assert refused.value.retryable and f"{HOST}:{modbus_server.port}" in refused.value.message
     client.close()
+
+
+def _trigger(**over: object) -> dict:
+    trig = {
+        "name": "part",
+        "ready": {"function": "holding", "address": 200, "value": 7},
+        "block": [{"id": "dia", "function": "holding", "address": 102, "data_type": "float32"}],
+        "ack": {"function": "register", "address": 201, "value": 1, "reset": 0},
+    }
+    trig.update(over)
+    return trig
+
+
+async def test_trigger_ack_refused_emits_the_part_once(
+    modbus_server: SimServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="connectors.modbus.source")
+    await modbus_server.set(3, 102, encode_value(1.5, "float32"))
+    await modbus_server.set(3, 200, [7])
+    trig = _trigger(ack={"function": "register", "address": 1000, "value": 1})
+    source = ModbusSource(config(modbus_server.port, [], triggers=[trig]), "test")
+    async with running(source) as batches:
+        await wait_until(lambda: source.devices["plc"].exception_responses >= 4)
+    assert len(batches) == 1
+    (s,) = batches[0]
+    assert (s.binding, s.value, s.quality, s.fields) == (
+        "dia",
+        1.5,
+        Quality.GOOD,
+        {"trigger": "part"},
+    )
+    assert source.devices["plc"].acks == 0
+    warnings = [r for r in caplog.records if "trigger part" in r.getMessage()]
+    assert len(warnings) == 1 and "ILLEGAL_DATA_ADDRESS" in warnings[0].getMessage()
+
+
+async def test_trigger_block_read_failure_is_bad_and_not_acked(modbus_server: SimServer) -> None:
+    await modbus_server.set(3, 200, [7])
+    trig = _trigger(
+        block=[
+            {"id": "dia", "function": "holding", "address": 102, "data_type": "float32"},
+            {"id": "gone", "function": "input", "address": 5000},
+        ]
+    )
+    source = ModbusSource(config(modbus_server.port, [], triggers=[trig]), "test")
+    async with running(source) as batches:
+        await wait_until(lambda: len(batches) >= 2)
+    by_id = {s.binding: s for s in batches[0]}
+    assert by_id["dia"].quality is Quality.GOOD
+    assert by_id["gone"].quality is Quality.BAD and "ILLEGAL_DATA_ADDRESS" in by_id["gone"].status
+    assert (await modbus_server.get(3, 201))[0] == 0  # never acknowledged
+    assert source.devices["plc"].acks == 0
