@@ -311,8 +311,8 @@ class EncodedLines:
     skipped: int
 
 
-def _column_texts(key: str, column: Any, n: int) -> list[str | None]:
-    """``key=value`` texts for one field column (None where missing)."""
+def _column_texts(key: str, column: Any, n: int) -> tuple[list[str | None], bool]:
+    """``key=value`` texts for one field column (None where missing), and whether any is missing."""
     ek = key.translate(_ESCAPE_KEY) + "="
     arr = np.asarray(column)
     if arr.shape != (n,):
@@ -320,17 +320,49 @@ def _column_texts(key: str, column: Any, n: int) -> list[str | None]:
     kind = arr.dtype.kind
     if kind == "f":
         ok = np.isfinite(arr)
-        texts = [ek + repr(v) for v in arr.astype(np.float64).tolist()]
-        if not ok.all():
+        texts: list[str | None] = [ek + repr(v) for v in arr.astype(np.float64).tolist()]
+        missing = not ok.all()
+        if missing:
             for i in np.flatnonzero(~ok).tolist():
                 texts[i] = None
-        return texts
+        return texts, missing
     if kind in "iu":
-        return [f"{ek}{v}i" for v in arr.tolist()]
+        return [f"{ek}{v}i" for v in arr.tolist()], False
     if kind == "b":
-        return [ek + ("true" if v else "false") for v in arr.tolist()]
-    # strings/objects: one value at a time, None and non-finite floats omitted
-    return [None if (t := format_field_value(v)) is None else ek + t for v in arr.tolist()]
+        return [ek + ("true" if v else "false") for v in arr.tolist()], False
+    # strings/objects: None and non-finite floats omitted, each distinct string escaped once
+    cache: dict[str, str] = {}
+    texts = []
+    for v in arr.tolist():
+        if v.__class__ is str:
+            t = cache.get(v)
+            if t is None:
+                t = cache[v] = f'{ek}"{v.translate(_ESCAPE_STRING)}"'
+        else:
+            t = format_field_value(v)
+            if t is not None:
+                t = ek + t
+        texts.append(t)
+    return texts, None in texts
+
+
+def _tag_column(key: str, value: Any, n: int) -> list[str]:
+    """``,key=value`` texts for one varying tag ("" where empty), each distinct value escaped once."""
+    values = np.asarray(value, dtype=object).tolist()
+    if len(values) != n:
+        raise ValueError(f"tag {key!r} has {len(values)} values, expected {n}")
+    if not key:
+        raise ValueError("empty tag key")
+    ek = "," + escape_key(key) + "="
+    cache: dict[Any, str] = {}
+    texts = []
+    for v in values:
+        t = cache.get(v)
+        if t is None:
+            text = "" if v is None else str(v)
+            t = cache[v] = ek + escape_key(text) if text else ""
+        texts.append(t)
+    return texts
 
 
 def encode_columns(
@@ -347,6 +379,7 @@ def encode_columns(
     (float, int, bool or object/str) with one value per row; ``time_us`` is an
     integer array of microseconds. Float NaN/inf and None values are left
     out; a row left with no field is skipped and counted in ``skipped``.
+    The lines are exactly those :func:`encode_line` writes row by row.
     """
     ts = np.asarray(time_us)
     if ts.ndim != 1:
@@ -361,46 +394,39 @@ def encode_columns(
     else:
         raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
 
-    head = escape_measurement(measurement)
-    constant: dict[str, Any] = {}
-    varying: list[tuple[str, list[str]]] = []
+    # tag segments in key order; neighbouring constant tags merged into one string
+    segments: list[str | list[str]] = [escape_measurement(measurement)]
     for key in sorted(tags):
         value = tags[key]
         if value is None or isinstance(value, str | int | float | bool):
-            constant[key] = value
-            continue
-        values = np.asarray(value, dtype=object).tolist()
-        if len(values) != n:
-            raise ValueError(f"tag {key!r} has {len(values)} values, expected {n}")
-        ek = "," + escape_key(key) + "="
-        cache: dict[Any, str] = {}
-        texts = []
-        for v in values:
-            t = cache.get(v)
-            if t is None:
-                s = "" if v is None else str(v)
-                t = cache[v] = ek + escape_key(s) if s else ""
-            texts.append(t)
-        varying.append((key, texts))
-
-    if not varying:
-        prefixes: Sequence[str] = [head + _tag_part(constant)] * n
-    else:
-        # merge constant and varying tags in key order, per row only string joins
-        ordered: list[list[str]] = []
-        for key in sorted(tags):
-            if key in constant:
-                part = _tag_part({key: constant[key]})
-                if part:
-                    ordered.append([part] * n)
+            part = _tag_part({key: value})
+            if isinstance(segments[-1], str):
+                segments[-1] += part
             else:
-                ordered.append(next(t for k, t in varying if k == key))
-        prefixes = [head + "".join(row) for row in zip(*ordered, strict=True)]
+                segments.append(part)
+        else:
+            segments.append(_tag_column(key, value, n))
+    if len(segments) == 1:
+        prefixes: Sequence[str] = [segments[0]] * n  # type: ignore[list-item]
+    elif len(segments) <= 3 and isinstance(segments[1], list):
+        before = segments[0]
+        after = segments[2] if len(segments) == 3 else ""
+        prefixes = [f"{before}{t}{after}" for t in segments[1]]
+    else:
+        columns_ = [[s] * n if isinstance(s, str) else s for s in segments]
+        prefixes = ["".join(row) for row in zip(*columns_, strict=True)]
 
     if any(not key for key in fields):
         raise ValueError("empty field key")
-    columns = [_column_texts(key, col, n) for key, col in fields.items()]
-    lines: list[str] = []
+    encoded = [_column_texts(key, col, n) for key, col in fields.items()]
+    columns = [texts for texts, _ in encoded]
+    if columns and not any(missing for _, missing in encoded):
+        bodies = (
+            columns[0] if len(columns) == 1 else list(map(",".join, zip(*columns, strict=True)))
+        )
+        lines = [f"{p} {b} {t}" for p, b, t in zip(prefixes, bodies, stamps, strict=True)]
+        return EncodedLines(lines, 0)  # type: ignore[arg-type]
+    lines = []
     skipped = 0
     for prefix, stamp, *parts in zip(prefixes, stamps, *columns, strict=True):
         body = ",".join([p for p in parts if p is not None])

@@ -4,7 +4,15 @@ test_integration.py runs the same paths against real servers."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import gzip
+import http.server
+import json
 import logging
+import socket
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -237,3 +245,112 @@ def test_sample_yaml_validates() -> None:
         InfluxSinkConfig(**{k: v for k, v in s.items() if k != "kind"}) for s in sections.values()
     ]
     assert [c.api for c in configs] == ["v2", "v1"]
+
+
+# --- both HTTP clients against a stub server on loopback (unit level) -------------------
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length", "0"))
+        raw = self.rfile.read(length)
+        body = gzip.decompress(raw) if self.headers.get("Content-Encoding") == "gzip" else raw
+        self.server.seen.append((self.path, dict(self.headers), body))  # type: ignore[attr-defined]
+        status, answer = self.server.answer  # type: ignore[attr-defined]
+        data = json.dumps(answer).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def stub() -> Iterator[http.server.ThreadingHTTPServer]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    server.seen = []  # type: ignore[attr-defined]
+    server.answer = (204, {})  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def _stub_config(api: str, port: int, **kw: object) -> InfluxSinkConfig:
+    url = f"http://127.0.0.1:{port}"
+    kw = {"timeout_s": 2, **kw}
+    if api == "v2":
+        return InfluxSinkConfig(api="v2", url=url, org="o", bucket="b", **kw)  # type: ignore[arg-type]
+    return InfluxSinkConfig(api="v1", url=url, database="d", **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("api", ["v1", "v2"])
+async def test_clients_send_gzip_and_precision(stub, api: str) -> None:
+    sink = InfluxSink(_stub_config(api, stub.server_port, precision="ms"), "stub")
+    try:
+        result = await sink.write(["m v=1.0 1", "m v=2.0 2"])
+    finally:
+        await sink.close()
+    assert result.accepted == 2
+    path, headers, body = stub.seen[0]
+    assert body == b"m v=1.0 1\nm v=2.0 2"
+    assert headers["Content-Encoding"] == "gzip"
+    assert ("precision=ms" in path) and ((api == "v1") == path.startswith("/write?db=d"))
+
+
+@pytest.mark.parametrize("api", ["v1", "v2"])
+@pytest.mark.parametrize(
+    ("status", "outcome"),
+    [(400, "rejected"), (422, "rejected"), (429, True), (503, True), (401, False), (404, False)],
+)
+async def test_clients_classify_answers(stub, api: str, status: int, outcome: object) -> None:
+    stub.answer = (status, {"code": "x", "message": f"server says {status}"})
+    sink = InfluxSink(_stub_config(api, stub.server_port), "stub")
+    try:
+        if outcome == "rejected":
+            result = await sink.write(["m v=1.0 1"])
+            assert result.rejected[0].status == status
+            assert f"server says {status}" in result.rejected[0].message
+        else:
+            with pytest.raises(ConnectorError) as info:
+                await sink.write(["m v=1.0 1"])
+            assert info.value.retryable is outcome
+            assert f"server says {status}" in info.value.message
+    finally:
+        await sink.close()
+    assert len(stub.seen) == 1  # never retried inside the sink or the library
+
+
+@pytest.mark.parametrize("api", ["v1", "v2"])
+async def test_timeout_is_retryable_and_close_waits_for_a_cancelled_write(api: str) -> None:
+    with contextlib.closing(socket.create_server(("127.0.0.1", 0))) as silent:
+        port = silent.getsockname()[1]
+        sink = InfluxSink(_stub_config(api, port, timeout_s=0.5), "silent")
+        with pytest.raises(ConnectorError) as info:
+            await sink.write(["m v=1.0 1"])
+        assert info.value.retryable
+        task = asyncio.create_task(sink.write(["m v=1.0 1"]))
+        for _ in range(200):
+            if sink.stats.requests == 2:
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await sink.close()
+        assert sink.stats.state == "stopped"
+
+
+async def test_empty_batch_sends_nothing() -> None:
+    fake = FakeClient()
+    sink = make_sink(fake)
+    result = await sink.write([])
+    await sink.close()
+    assert (result.accepted, result.requests, fake.bodies) == (0, 0, [])
