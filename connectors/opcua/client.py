@@ -100,6 +100,8 @@ def translate_error(exc: BaseException, where: str) -> ConnectorError:
         return ConnectorError(where, f"connection failed: {exc!r}", retryable=True)
     if isinstance(exc, ua.UaError) and str(exc).startswith("No matching endpoints"):
         return ConnectorError(where, f"server offers no such endpoint: {exc}", retryable=False)
+    if isinstance(exc, ua.UaError) and "certificate mismatch" in str(exc):
+        return ConnectorError(where, f"not the pinned server certificate: {exc}", retryable=False)
     return ConnectorError(where, f"{type(exc).__name__}: {exc}", retryable=True)
 
 

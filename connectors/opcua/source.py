@@ -67,12 +67,25 @@ class OpcuaSource:
             base=self.config.reconnect_base_s, cap=self.config.reconnect_cap_s
         )
         self.where = f"opcua {name} {self.config.endpoint}"
-        self.dropped = 0
+        self._dropped_before = 0
+        self._client: OpcuaClient | None = None
         self.gaps = 0
         self.triggers = 0
         self.trigger_events_dropped = 0
-        self.read_requests = 0
+        self._reads_before = 0
         self._trigger_queues: dict[str, asyncio.Queue[Sample]] = {}
+
+    @property
+    def dropped(self) -> int:
+        """Samples dropped (oldest first) because the gateway-side queue was full."""
+        current = self._client.dropped if self._client is not None else 0
+        return self._dropped_before + current
+
+    @property
+    def read_requests(self) -> int:
+        """Read service calls sent (one per chunk of MaxNodesPerRead nodes)."""
+        current = self._client.read_requests if self._client is not None else 0
+        return self._reads_before + current
 
     async def run(self, emit: Emit) -> None:
         """Run until cancelled; raises ConnectorError only when retrying cannot help."""
@@ -80,7 +93,7 @@ class OpcuaSource:
         ever_connected = False
         try:
             while True:
-                client = OpcuaClient(self.config, self.where)
+                client = self._client = OpcuaClient(self.config, self.where)
                 was_connected = False
                 try:
                     await client.connect()
@@ -111,8 +124,9 @@ class OpcuaSource:
                         await self._emit(emit, _drain(client.samples))
                         await self._mark_gap(emit)
                 finally:
-                    self.dropped += client.dropped
-                    self.read_requests += client.read_requests
+                    self._dropped_before += client.dropped
+                    self._client = None
+                    self._reads_before += client.read_requests
                     await client.close()
                 await asyncio.sleep(self.backoff.next_delay())
         finally:
@@ -242,6 +256,8 @@ def _pick(group: BaseExceptionGroup) -> BaseException:
     """The error that decides what happens next: a non-retryable one wins, then any ConnectorError."""
     leaves = _leaves(group)
     others = [e for e in leaves if not isinstance(e, ConnectorError)]
+    if len(others) == 1:
+        return others[0]  # e.g. emit failed: not ours to hide, re-raised as itself
     if others:
         raise group
     errors = [e for e in leaves if isinstance(e, ConnectorError)]

@@ -9,11 +9,13 @@ import math
 import random
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from asyncua import ua
 from asyncua.crypto import cert_gen
+from asyncua.server.user_managers import CertificateUserManager
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from connectors.base import Backoff, ConnectorError, Quality, Sample
@@ -265,7 +267,9 @@ async def test_server_restart_marks_a_gap_then_rebuilds_the_subscription(
 async def test_username_password_accepted_and_wrong_password_is_not_retryable(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    srv = UaServer(users=PasswordUsers("operator", "s3cret"))
+    srv = UaServer(
+        users=PasswordUsers("operator", "s3cret"), identity_tokens=[ua.UserNameIdentityToken]
+    )
     await srv.start()
     try:
         monkeypatch.setenv("OPCUA_TEST_PASSWORD", "s3cret")
@@ -290,49 +294,72 @@ async def test_username_password_accepted_and_wrong_password_is_not_retryable(
         await srv.stop()
 
 
-async def test_basic256sha256_sign_and_encrypt_with_self_signed_certificates(tmp_path) -> None:
-    server_key, server_cert = tmp_path / "server-key.pem", tmp_path / "server-cert.der"
-    client_key, client_cert = tmp_path / "client-key.pem", tmp_path / "client-cert.der"
-    await cert_gen.setup_self_signed_certificate(
-        server_key,
-        server_cert,
-        "urn:freeopcua:python:server",
-        "localhost",
-        [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
-        {},
+async def self_signed(tmp: Path, name: str, uri: str, server: bool = False) -> tuple[Path, Path]:
+    """A self-signed certificate (DER) and key (PEM) made by asyncua's cert_gen."""
+    key, cert = tmp / f"{name}-key.pem", tmp / f"{name}-cert.der"
+    uses = [ExtendedKeyUsageOID.CLIENT_AUTH]
+    if server:
+        uses.append(ExtendedKeyUsageOID.SERVER_AUTH)
+    await cert_gen.setup_self_signed_certificate(key, cert, uri, "localhost", uses, {})
+    return cert, key
+
+
+async def streams(srv: UaServer, cfg: OpcuaSourceConfig, value: float) -> None:
+    """The source connects with ``cfg`` and delivers ``value`` once the server has it."""
+    emit = Collect()
+    async with running(OpcuaSource(cfg, "s"), emit):
+        await wait_until(lambda: len(emit.of("bore")) >= 1, "the initial value")
+        await srv.set("Bore", value)
+        await wait_until(lambda: any(s.value == value for s in emit.of("bore")), "a value")
+
+
+async def test_basic256sha256_sign_and_encrypt_with_certificate_users(tmp_path: Path) -> None:
+    server_cert, server_key = await self_signed(
+        tmp_path, "server", "urn:freeopcua:python:server", server=True
     )
-    await cert_gen.setup_self_signed_certificate(
-        client_key,
-        client_cert,
-        "urn:shopspc:gateway",
-        "localhost",
-        [ExtendedKeyUsageOID.CLIENT_AUTH],
-        {},
-    )
+    client_cert, client_key = await self_signed(tmp_path, "client", "urn:shopspc:gateway")
+    user_cert, user_key = await self_signed(tmp_path, "user", "urn:shopspc:operator")
+    other_cert, other_key = await self_signed(tmp_path, "other", "urn:shopspc:stranger")
+    users = CertificateUserManager()
+    await users.add_user(user_cert, name="operator")
     srv = UaServer(
         certificate=server_cert,
         private_key=server_key,
-        policies=[ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt],
+        users=users,
+        identity_tokens=[ua.X509IdentityToken],
+        policies=[
+            ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
+            ua.SecurityPolicyType.Basic256Sha256_Sign,
+        ],
     )
     await srv.start()
-    try:
-        emit = Collect()
-        cfg = config(
+
+    def secure(mode: str, user: tuple[Path, Path], pin: bool) -> OpcuaSourceConfig:
+        return config(
             srv,
             security_policy="Basic256Sha256",
-            security_mode="SignAndEncrypt",
+            security_mode=mode,
             certificate_file=str(client_cert),
             private_key_file=str(client_key),
-            server_certificate_file=str(server_cert),
+            server_certificate_file=str(server_cert) if pin else None,
+            user_certificate_file=str(user[0]),
+            user_private_key_file=str(user[1]),
             nodes=[{"id": "bore", "node": srv.node("Bore"), "sampling_interval_ms": 0}],
         )
-        async with running(OpcuaSource(cfg, "station-1"), emit):
-            await wait_until(lambda: len(emit.of("bore")) >= 1, "the initial value")
-            await srv.set("Bore", 3.25)
-            await wait_until(lambda: any(s.value == 3.25 for s in emit.of("bore")), "a value")
+
+    try:
+        # SignAndEncrypt with a pinned server certificate; Sign with the one from GetEndpoints.
+        for mode, pin, value in (("SignAndEncrypt", True, 3.25), ("Sign", False, 4.5)):
+            await streams(srv, secure(mode, (user_cert, user_key), pin), value)
+
+        # A user certificate the server does not know: rejected, not retryable.
+        stranger = OpcuaSource(secure("SignAndEncrypt", (other_cert, other_key), True), "s")
+        with pytest.raises(ConnectorError) as info:
+            await asyncio.wait_for(stranger.run(Collect()), 15)
+        assert not info.value.retryable
 
         # The same server refuses an unsecured client: no such endpoint, not retryable.
-        plain = OpcuaSource(config(srv, nodes=[{"id": "bore", "node": srv.node("Bore")}]), "x")
+        plain = OpcuaSource(config(srv, nodes=[{"id": "bore", "node": srv.node("Bore")}]), "s")
         with pytest.raises(ConnectorError) as info:
             await asyncio.wait_for(plain.run(Collect()), 15)
         assert not info.value.retryable

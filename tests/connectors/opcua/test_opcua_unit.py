@@ -145,6 +145,8 @@ def test_status_name_ignores_info_bits() -> None:
         (TimeoutError(), True),
         (FileNotFoundError(2, "missing", "/no/cert.der"), False),
         (ua.UaError("No matching endpoints: 3, http://x"), False),
+        (ua.UaError("Server certificate mismatch"), False),
+        (ua.UaError("something odd"), True),
     ],
 )
 def test_errors_are_translated(exc: BaseException, retryable: bool) -> None:

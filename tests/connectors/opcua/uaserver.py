@@ -54,7 +54,8 @@ class UaServer:
 
     port: int = field(default_factory=free_port)
     max_nodes_per_read: int | None = None
-    users: PasswordUsers | None = None
+    users: Any = None
+    identity_tokens: list[type] | None = None
     certificate: Path | None = None
     private_key: Path | None = None
     policies: list[ua.SecurityPolicyType] | None = None
@@ -79,8 +80,8 @@ class UaServer:
         server.set_endpoint(self.url)
         if self.policies is not None:
             server.set_security_policy(self.policies)
-        if self.users is not None:
-            server.set_identity_tokens([ua.UserNameIdentityToken])
+        if self.identity_tokens is not None:
+            server.set_identity_tokens(self.identity_tokens)
         if self.certificate is not None and self.private_key is not None:
             await server.load_certificate(str(self.certificate))
             await server.load_private_key(str(self.private_key))
