@@ -128,6 +128,10 @@ class ModbusClient:
             raise ModbusLinkError(where, f"no response: {exc.string}") from exc
         except (TimeoutError, OSError) as exc:
             raise ModbusLinkError(where, f"{type(exc).__name__}: {exc}") from exc
+        except Exception as exc:
+            # A garbled frame can surface as any exception inside pymodbus; it must
+            # become a failed request (and a reconnect), never a crashed source.
+            raise ModbusLinkError(where, f"unexpected {type(exc).__name__}: {exc}") from exc
         if response is None:
             raise ModbusLinkError(where, "no response")
         if response.isError():

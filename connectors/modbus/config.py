@@ -213,8 +213,6 @@ class TriggerConfig(_Model):
     def _check(self) -> TriggerConfig:
         if self.serial_point is not None and self.serial_point not in {p.id for p in self.block}:
             raise ValueError(f"serial_point: {self.serial_point!r} is not an id in block")
-        if not is_bit_function(self.ready.function) and self.ready.value > 65535:
-            raise ValueError("ready.value: does not fit a register")
         return self
 
 
@@ -223,7 +221,12 @@ class DeviceConfig(_Model):
 
     name: str = Field(min_length=1, description="Device name used in logs and errors.")
     transport: Annotated[TcpTransport | RtuTransport, Field(discriminator="type")]
-    unit_id: int = Field(1, ge=0, le=247, description="Modbus unit/device id.")
+    unit_id: int = Field(
+        1,
+        ge=0,
+        le=255,
+        description="Modbus unit/device id (1-247 on serial lines; TCP gateways may use 0 or 255).",
+    )
     timeout: float = Field(1.0, gt=0, description="Seconds to wait for a response.")
     retries: int = Field(1, ge=0, le=10, description="Retries of a request that timed out.")
     poll_interval: float = Field(1.0, gt=0, description="Seconds between polls of `points`.")
