@@ -7,7 +7,9 @@ postpones it after a transient failure (:meth:`Outbox.retry_later`, the caller
 computes the capped, jittered delay with ``connectors.base.Backoff``) and moves
 it to the dead-letter table when the far side rejects it for good
 (:meth:`Outbox.dead_letter`: counted, listed, never retried unless someone
-deliberately calls :meth:`Outbox.requeue_dead`).
+deliberately calls :meth:`Outbox.requeue_dead`). Each stream has one consumer:
+:meth:`Outbox.peek` does not lease entries, so two drainers of the same stream
+would deliver them twice.
 
 Storage is one SQLite file in WAL mode, standard library ``sqlite3`` only.
 
@@ -51,6 +53,11 @@ whole file (SQLite ``max_page_count``); reaching it, or a full disk, raises
 :class:`OutboxDiskFull` (also an :class:`OutboxFull`) naming the file; the
 failed transaction is rolled back and everything committed before stays intact.
 Acks and dead-lettering still work when full, so draining frees room.
+Dead letters are bounded separately by ``max_dead`` per stream (default
+100 000): beyond it the oldest dead letters are deleted, counted in
+``StreamCounts.dead_dropped`` and logged, so a sink that rejects everything
+cannot fill the disk with rejects. Pages freed by a drained backlog are reused;
+:meth:`Outbox.compact` gives them back to the filesystem.
 
 Threads and asyncio — one connection guarded by a lock: every method is
 thread-safe and short (microseconds to an fsync). :attr:`Outbox.aio` gives the
@@ -68,6 +75,7 @@ garbage, a newer schema) is refused at open and left untouched.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import os
 import sqlite3
@@ -94,6 +102,8 @@ __all__ = [
     "StreamPolicy",
 ]
 
+log = logging.getLogger(__name__)
+
 Synchronous = Literal["FULL", "NORMAL"]
 _SYNC_LEVELS = ("NORMAL", "FULL")  # weakest first
 
@@ -113,7 +123,8 @@ CREATE TABLE streams (
     dead_bytes    INTEGER NOT NULL DEFAULT 0,
     appended      INTEGER NOT NULL DEFAULT 0,
     acked         INTEGER NOT NULL DEFAULT 0,
-    dead_lettered INTEGER NOT NULL DEFAULT 0
+    dead_lettered INTEGER NOT NULL DEFAULT 0,
+    dead_dropped  INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE entries (
     seq          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -187,11 +198,13 @@ class StreamPolicy:
     ``synchronous``: ``"FULL"`` (survives power loss) or ``"NORMAL"`` (survives
     ``kill -9``, not power loss). ``max_entries`` / ``max_bytes``: bound on the
     pending entries / their payload bytes; exceeding raises :class:`OutboxFull`.
+    ``max_dead``: dead letters kept; the oldest beyond it are dropped and counted.
     """
 
     synchronous: Synchronous | None = None
     max_entries: int | None = None
     max_bytes: int | None = None
+    max_dead: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +239,8 @@ class StreamCounts:
     """Self-metrics of one stream.
 
     ``pending``/``pending_bytes`` and ``dead``/``dead_bytes`` are current sizes
-    (payload bytes); ``appended``, ``acked`` and ``dead_lettered`` are totals
+    (payload bytes); ``appended``, ``acked``, ``dead_lettered`` and
+    ``dead_dropped`` (dead letters deleted beyond ``max_dead``) are totals
     since the file was created (they survive restarts). ``oldest_created`` is
     the creation time of the oldest pending entry (the backlog age), None if empty.
     """
@@ -238,15 +252,22 @@ class StreamCounts:
     appended: int
     acked: int
     dead_lettered: int
+    dead_dropped: int
     oldest_created: float | None
 
 
 @dataclass(frozen=True, slots=True)
 class OutboxCounts:
-    """Self-metrics of the outbox: ``file_bytes`` is the database plus its WAL on disk."""
+    """Self-metrics of the outbox.
+
+    ``file_bytes`` is the database plus its WAL on disk; ``free_bytes`` the part
+    of the database that is free pages (reused by later appends, returned to the
+    filesystem by :meth:`Outbox.compact`).
+    """
 
     path: str
     file_bytes: int
+    free_bytes: int
     streams: Mapping[str, StreamCounts]
 
 
@@ -330,7 +351,8 @@ class Outbox:
     ``path``: the database file; its directory must exist. ``synchronous``: the
     default durability (``"FULL"``: survives power loss; ``"NORMAL"``: survives
     ``kill -9`` only). ``max_entries`` / ``max_bytes``: default per-stream
-    bounds on pending entries / payload bytes. ``streams``: per-stream
+    bounds on pending entries / payload bytes. ``max_dead``: default
+    per-stream bound on dead letters (None: unbounded). ``streams``: per-stream
     overrides. ``max_file_bytes``: hard cap on the database file.
     ``busy_timeout``: seconds to wait for another process's lock.
     """
@@ -342,6 +364,7 @@ class Outbox:
         synchronous: Synchronous = "FULL",
         max_entries: int | None = None,
         max_bytes: int | None = None,
+        max_dead: int | None = 100_000,
         streams: Mapping[str, StreamPolicy] | None = None,
         max_file_bytes: int | None = None,
         busy_timeout: float = 5.0,
@@ -350,9 +373,11 @@ class Outbox:
         self._default_sync = _level(synchronous)
         _check_limit("max_entries", max_entries)
         _check_limit("max_bytes", max_bytes)
+        _check_limit("max_dead", max_dead)
         _check_limit("max_file_bytes", max_file_bytes)
         self._max_entries = max_entries
         self._max_bytes = max_bytes
+        self._max_dead = max_dead
         self._max_file_bytes = max_file_bytes
         self._policies: dict[str, StreamPolicy] = {}
         for name, policy in (streams or {}).items():
@@ -361,6 +386,7 @@ class Outbox:
                 _level(policy.synchronous)
             _check_limit(f"streams[{name!r}].max_entries", policy.max_entries)
             _check_limit(f"streams[{name!r}].max_bytes", policy.max_bytes)
+            _check_limit(f"streams[{name!r}].max_dead", policy.max_dead)
             self._policies[name] = policy
         self._lock = threading.Lock()
         self._sync_now: str | None = None
@@ -411,6 +437,10 @@ class Outbox:
                 "it was left untouched",
             )
         try:
+            if fresh:
+                # Only takes effect before WAL mode and the first table; lets compact()
+                # return the pages of a drained backlog to the filesystem.
+                conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise OutboxError(
@@ -455,6 +485,10 @@ class Outbox:
         max_entries = policy.max_entries if policy and policy.max_entries else self._max_entries
         max_bytes = policy.max_bytes if policy and policy.max_bytes else self._max_bytes
         return max_entries, max_bytes
+
+    def _dead_limit(self, stream: str) -> int | None:
+        policy = self._policies.get(stream)
+        return policy.max_dead if policy and policy.max_dead else self._max_dead
 
     def _translate(self, e: sqlite3.Error, what: str, stream: str | None = None) -> OutboxError:
         code = getattr(e, "sqlite_errorcode", None)
@@ -760,7 +794,38 @@ class Outbox:
                 "dead=dead+?, dead_bytes=dead_bytes+?, dead_lettered=dead_lettered+? WHERE id=?",
                 (n_total, size_total, n_total, size_total, n_total, sid),
             )
+            dropped = self._drop_excess_dead(conn, stream, sid)
+        if dropped:
+            log.warning(
+                "outbox %s: stream %r holds more than max_dead=%d dead letters; "
+                "dropped the %d oldest",
+                self.path,
+                stream,
+                self._dead_limit(stream),
+                dropped,
+            )
         return n_total
+
+    def _drop_excess_dead(self, conn: sqlite3.Connection, stream: str, sid: int) -> int:
+        limit = self._dead_limit(stream)
+        if limit is None:
+            return 0
+        dead = conn.execute("SELECT dead FROM streams WHERE id=?", (sid,)).fetchone()[0]
+        excess = dead - limit
+        if excess <= 0:
+            return 0
+        oldest = "SELECT seq FROM dead WHERE stream_id=? ORDER BY seq LIMIT ?"
+        n, size = conn.execute(
+            f"SELECT count(*), coalesce(sum(length(payload)), 0) FROM dead WHERE seq IN ({oldest})",
+            (sid, excess),
+        ).fetchone()
+        conn.execute(f"DELETE FROM dead WHERE seq IN ({oldest})", (sid, excess))
+        conn.execute(
+            "UPDATE streams SET dead=dead-?, dead_bytes=dead_bytes-?, dead_dropped=dead_dropped+? "
+            "WHERE id=?",
+            (n, size, n, sid),
+        )
+        return n
 
     def requeue_dead(self, stream: str, seqs: Iterable[int], *, now: float | None = None) -> int:
         """Deliberately put dead letters back as pending, due at ``now``, attempts reset to 0.
@@ -916,7 +981,7 @@ class Outbox:
         with self._read("counts") as conn:
             rows = conn.execute(
                 "SELECT id, name, pending, pending_bytes, dead, dead_bytes, appended, acked, "
-                "dead_lettered FROM streams ORDER BY name"
+                "dead_lettered, dead_dropped FROM streams ORDER BY name"
             ).fetchall()
             streams = {}
             for sid, name, *numbers in rows:
@@ -924,11 +989,29 @@ class Outbox:
                     "SELECT created FROM entries WHERE stream_id=? ORDER BY seq LIMIT 1", (sid,)
                 ).fetchone()
                 streams[name] = StreamCounts(*numbers, oldest_created=oldest[0] if oldest else None)
+            free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
         size = 0
         for suffix in ("", "-wal"):
             with suppress(FileNotFoundError):
                 size += os.stat(f"{self.path}{suffix}").st_size
-        return OutboxCounts(path=str(self.path), file_bytes=size, streams=streams)
+        return OutboxCounts(
+            path=str(self.path), file_bytes=size, free_bytes=free * page_size, streams=streams
+        )
+
+    def compact(self) -> int:
+        """Return free pages (left by a drained backlog) to the filesystem; returns bytes freed.
+
+        Cheap when little is free; the WAL is checkpointed so the file shrinks now.
+        """
+        with self._read("compact") as conn:
+            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+            before = conn.execute("PRAGMA freelist_count").fetchone()[0]
+            # executescript steps the pragma to completion; execute() would free one page.
+            conn.executescript("PRAGMA incremental_vacuum;")
+            after = conn.execute("PRAGMA freelist_count").fetchone()[0]
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        return (before - after) * page_size
 
     def check(self) -> list[str]:
         """Consistency problems, empty when sound: SQLite's integrity check and the stream counters.

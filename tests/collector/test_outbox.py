@@ -129,6 +129,39 @@ def test_dead_letters_are_listed_counted_and_requeued_deliberately(outbox: Outbo
     assert outbox.check() == []
 
 
+def test_dead_letters_are_bounded_oldest_dropped_and_counted(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with Outbox(path, max_dead=3, streams={"alarms": StreamPolicy(max_dead=10)}) as ob:
+        seqs = ob.append("influx", [b"%d" % i for i in range(6)])
+        ob.dead_letter("influx", seqs[:2], "400")
+        assert not caplog.records
+        ob.dead_letter("influx", seqs[2:5], "400")
+        assert [d.seq for d in ob.dead_letters("influx")] == seqs[2:5]
+        c = ob.counts().streams["influx"]
+        assert (c.dead, c.dead_bytes, c.dead_lettered, c.dead_dropped, c.pending) == (3, 3, 5, 2, 1)
+        assert "max_dead=3" in caplog.text and "dropped the 2 oldest" in caplog.text
+        alarms = ob.append("alarms", [b"a"] * 5)
+        ob.dead_letter("alarms", alarms, "bad")  # its own, larger bound
+        assert ob.counts().streams["alarms"].dead == 5
+        assert ob.check() == []
+
+
+def test_compact_returns_a_drained_backlog_to_the_filesystem(path: Path) -> None:
+    with Outbox(path, synchronous="NORMAL") as ob:
+        seqs = ob.append("influx", [b"x" * 200] * 5_000)
+        ob.ack("influx", seqs[:-1])
+        counts = ob.counts()
+        assert counts.free_bytes > 500_000
+        before = counts.file_bytes
+        freed = ob.compact()
+        assert freed >= counts.free_bytes // 2
+        after = ob.counts()
+        assert after.file_bytes < before and after.free_bytes < counts.free_bytes
+        assert _all(ob, "influx") == seqs[-1:]
+        assert ob.check() == []
+
+
 def test_counters_are_monotonic_across_reopen(path: Path) -> None:
     with Outbox(path) as ob:
         assert ob.counter("alarm") == 0
