@@ -131,3 +131,20 @@ def test_frozen() -> None:
     cfg = ModbusSourceConfig.model_validate({"devices": [device()]})
     with pytest.raises(ValidationError):
         cfg.devices[0].unit_id = 3  # type: ignore[misc]
+
+
+def test_gateway_loader_reports_file_line_and_dotted_key() -> None:
+    """The gateway's loader finds SOURCE_CONFIG by kind and locates our errors."""
+    from collector.config import ConfigError, parse_config
+
+    text = "version: 1\n" + SAMPLE.read_text()
+    _, connectors = parse_config(text, "plant.yaml")
+    assert isinstance(connectors["press-line"], ModbusSourceConfig)
+    broken = text.replace("address: 102", "address: 70000")
+    with pytest.raises(ConfigError) as info:
+        parse_config(broken, "plant.yaml")
+    (problem,) = info.value.problems
+    assert problem.key == "sources.press-line.devices[0].triggers[0].block[1].address"
+    lines = SAMPLE.read_text().splitlines()
+    index = next(i for i, line in enumerate(lines) if "address: 102" in line)
+    assert problem.line == index + 2  # one line for "version: 1", one for 1-based numbering
