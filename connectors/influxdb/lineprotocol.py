@@ -34,6 +34,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from connectors.base import Sample
+
 __all__ = [
     "PRECISIONS",
     "EncodedLines",
@@ -48,6 +50,7 @@ __all__ = [
     "format_timestamp",
     "gateway_line",
     "measurement_line",
+    "sample_line",
     "spc_line",
 ]
 
@@ -195,7 +198,38 @@ def measurement_line(
     return encode_line("measurement", tags, fields, time_us, precision)
 
 
-_SPC_FLOATS = ("statistic", "center", "lcl", "ucl", "sigma", "ewma", "cusum_upper", "cusum_lower")
+def sample_line(
+    sample: Sample,
+    *,
+    gateway: str,
+    line: str,
+    station: str,
+    characteristic: str,
+    source: str,
+    precision: Precision = "us",
+) -> str | None:
+    """The ``measurement`` point of a connector :class:`~connectors.base.Sample`.
+
+    Uses the sample's best time (source, else server, else gateway), its value
+    and quality, its serial, its ``fields`` as context fields and, for a
+    sample with one (a non-good sample), its ``status`` text as a ``status`` field.
+    """
+    context = dict(sample.fields)
+    if sample.status and "status" not in context:
+        context["status"] = sample.status
+    return measurement_line(
+        gateway=gateway,
+        line=line,
+        station=station,
+        characteristic=characteristic,
+        source=source,
+        value=sample.value,
+        quality=str(sample.quality),
+        time_us=sample.time_us,
+        serial=sample.serial,
+        context=context,
+        precision=precision,
+    )
 
 
 def spc_line(

@@ -141,7 +141,9 @@ class InfluxSink:
         )
 
     async def write(self, batch: Sequence[str | bytes]) -> WriteResult:
-        """Write lines (one line of line protocol per item) in chunks of ``batch_size``.
+        """Write lines (one line of line protocol per item) in requests of ``batch_size`` items.
+
+        An item holding several lines joined by ``\\n`` is kept or rejected as a whole.
 
         Returns the accepted count and the rejected lines with the server's
         message; raises :class:`ConnectorError` (``retryable`` or not) otherwise.

@@ -35,7 +35,7 @@ def victoria_metrics(tmp: Path, *extra: str) -> Iterator[Server]:
         yield server
 
 
-def influxd_argv(tmp: Path) -> tuple[list[str], int]:
+def influxd_argv(tmp: Path, *, auth: bool = False) -> tuple[list[str], int]:
     """argv and HTTP port of an influxd 1.x with everything in ``tmp`` on loopback ports."""
     binary = require_binary("influxd")
     port, rpc = free_port(), free_port()
@@ -59,15 +59,16 @@ bind-address = "{HOST}:{rpc}"
 [http]
   bind-address = "{HOST}:{port}"
   log-enabled = false
+  auth-enabled = {"true" if auth else "false"}
 """
     )
     return [binary, "-config", str(conf)], port
 
 
 @contextlib.contextmanager
-def influxd(tmp: Path) -> Iterator[Server]:
-    """Debian influxd 1.6 on a free loopback port, data in ``tmp``."""
-    argv, port = influxd_argv(tmp)
+def influxd(tmp: Path, *, auth: bool = False) -> Iterator[Server]:
+    """Debian influxd 1.6 on a free loopback port, data in ``tmp`` (``auth``: auth-enabled)."""
+    argv, port = influxd_argv(tmp, auth=auth)
     with run_server(argv, port, tmp, timeout=20.0) as server:
         yield server
 
@@ -83,12 +84,17 @@ def http_json(url: str, data: dict[str, str] | None = None) -> Any:
             raise AssertionError(f"{url} {data}: HTTP {exc.code} {exc.read()!r}") from None
 
 
-def influx_query(port: int, q: str, db: str | None = None) -> dict[str, Any]:
-    """Run an InfluxQL statement (POST /query, epoch=u)."""
+def influx_query(
+    port: int, q: str, db: str | None = None, auth: tuple[str, str] | None = None
+) -> dict[str, Any]:
+    """Run an InfluxQL statement (POST /query, epoch=u; ``auth`` as the u/p parameters)."""
     form = {"q": q, "epoch": "u"}
+    url = f"http://{HOST}:{port}/query"
+    if auth:  # 1.x reads credentials from the query string, not the form body
+        url += "?" + urllib.parse.urlencode({"u": auth[0], "p": auth[1]})
     if db:
         form["db"] = db
-    return http_json(f"http://{HOST}:{port}/query", form)
+    return http_json(url, form)
 
 
 def vm_export(port: int, match: str) -> list[dict[str, Any]]:

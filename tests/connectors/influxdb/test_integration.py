@@ -252,7 +252,11 @@ def _create_db(port: int, name: str) -> None:
 
 
 def _rows(port: int, db: str, q: str) -> list[dict]:
-    answer = influx_query(port, q, db)
+    return _rows_auth(port, db, q, None)
+
+
+def _rows_auth(port: int, db: str, q: str, auth: tuple[str, str] | None) -> list[dict]:
+    answer = influx_query(port, q, db, auth)
     series = answer["results"][0].get("series", [])
     rows = []
     for s in series:
@@ -375,3 +379,31 @@ async def test_v1_server_down_is_retryable_then_write_succeeds(tmp_path: Path) -
         finally:
             await sink.close()
         assert [r["v"] for r in _rows(server.port, "outage", "SELECT v FROM m")] == [1.0, 2.0]
+
+
+async def test_v1_basic_auth(tmp_path: Path) -> None:
+    with influxd(tmp_path, auth=True) as server:
+        # with no user yet, 1.x allows creating the first admin without credentials
+        influx_query(server.port, "CREATE USER shop WITH PASSWORD 'pw' WITH ALL PRIVILEGES")
+        influx_query(server.port, 'CREATE DATABASE "secure"', auth=("shop", "pw"))
+        sink = InfluxSink(
+            v1_config(server.port, "secure", username="shop", password_env="PW"),
+            "v1",
+            environ={"PW": "pw"},
+        )
+        wrong = InfluxSink(
+            v1_config(server.port, "secure", username="shop", password_env="PW"),
+            "v1",
+            environ={"PW": "nope"},
+        )
+        try:
+            assert (await sink.write([f"m v=1.0 {T0}"])).accepted == 1
+            with pytest.raises(ConnectorError) as info:
+                await wrong.write([f"m v=1.0 {T0}"])
+        finally:
+            await sink.close()
+            await wrong.close()
+        rows = _rows_auth(server.port, "secure", "SELECT v FROM m", ("shop", "pw"))
+    assert rows == [{"time": T0, "v": 1.0}]
+    assert not info.value.retryable
+    assert "not authorized" in info.value.message

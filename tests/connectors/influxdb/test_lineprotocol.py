@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from connectors.base import Quality, Sample
 from connectors.influxdb.lineprotocol import (
     alarm_line,
     encode_columns,
@@ -20,6 +21,7 @@ from connectors.influxdb.lineprotocol import (
     format_timestamp,
     gateway_line,
     measurement_line,
+    sample_line,
     spc_line,
 )
 from tests.connectors.influxdb.lp_parser import parse_line
@@ -438,3 +440,29 @@ def test_columns_equal_rows(rows) -> None:
     ]
     assert enc.lines == [x for x in expected if x is not None]
     assert enc.skipped == sum(x is None for x in expected)
+
+
+def test_sample_line() -> None:
+    sample = Sample(
+        binding="bore",
+        value=math.nan,
+        quality=Quality.BAD,
+        gateway_time_us=T + 5,
+        server_time_us=T,
+        serial="SN1",
+        fields={"lot": "L7"},
+        status="BadCommunicationError",
+    )
+    line = sample_line(
+        sample, gateway="g", line="l", station="s", characteristic="bore", source="opcua"
+    )
+    assert line is not None
+    p = parse_line(line)
+    assert p.timestamp == T
+    assert p.tags["source"] == "opcua"
+    assert p.fields == {
+        "quality": "bad",
+        "serial": "SN1",
+        "lot": "L7",
+        "status": "BadCommunicationError",
+    }

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 import connectors.influxdb
@@ -354,3 +356,20 @@ async def test_empty_batch_sends_nothing() -> None:
     result = await sink.write([])
     await sink.close()
     assert (result.accepted, result.requests, fake.bodies) == (0, 0, [])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(min_value=1, max_value=40), st.data())
+async def test_isolation_finds_exactly_the_bad_lines(n: int, data: st.DataObject) -> None:
+    bad = data.draw(st.sets(st.integers(min_value=0, max_value=n - 1), max_size=n))
+    batch_size = data.draw(st.integers(min_value=1, max_value=16))
+    fake = FakeClient()
+    sink = make_sink(fake, batch_size=batch_size, max_isolation_requests=10_000)
+    lines = [f"BAD {i}" if i in bad else f"m v={i} {i}" for i in range(n)]
+    result = await sink.write(lines)
+    await sink.close()
+    assert result.accepted == n - len(bad)
+    assert [i for r in result.rejected for i in r.indices] == sorted(bad)
+    assert [x for r in result.rejected for x in r.lines] == [lines[i] for i in sorted(bad)]
+    written = [x for body in fake.bodies if b"BAD" not in body for x in body.split(b"\n")]
+    assert sorted(written) == sorted(x.encode() for i, x in enumerate(lines) if i not in bad)
