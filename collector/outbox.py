@@ -52,7 +52,7 @@ the outbox never drops accepted data to make room. ``max_file_bytes`` caps the
 whole file (SQLite ``max_page_count``); reaching it, or a full disk, raises
 :class:`OutboxDiskFull` (also an :class:`OutboxFull`) naming the file; the
 failed transaction is rolled back and everything committed before stays intact.
-Acks and dead-lettering still work when full, so draining frees room.
+Acks still work when full (they free pages), so draining makes room again.
 Dead letters are bounded separately by ``max_dead`` per stream (default
 100 000): beyond it the oldest dead letters are deleted, counted in
 ``StreamCounts.dead_dropped`` and logged, so a sink that rejects everything
@@ -69,7 +69,9 @@ One process owns the file; other processes may read it (inspection tools).
 
 Errors — every SQLite failure surfaces as :class:`OutboxError` whose text names
 the file and the operation. A file that is not an outbox (another database,
-garbage, a newer schema) is refused at open and left untouched.
+garbage, a newer schema) is refused at open and left untouched. Damage inside
+an outbox surfaces at the first operation that reads the damaged page;
+:meth:`Outbox.check` reads everything (for start-up diagnostics and support).
 """
 
 from __future__ import annotations
@@ -390,6 +392,7 @@ class Outbox:
             self._policies[name] = policy
         self._lock = threading.Lock()
         self._sync_now: str | None = None
+        self._tx_thread: int | None = None  # the thread inside transaction(), if any
         self._conn: sqlite3.Connection | None = self._open(busy_timeout)
 
     # -- opening -------------------------------------------------------------------
@@ -513,6 +516,14 @@ class Outbox:
         name = getattr(e, "sqlite_errorname", None)
         return OutboxError(self.path, f"{what}: {e}" + (f" ({name})" if name else ""))
 
+    def _acquire(self) -> None:
+        if self._tx_thread == threading.get_ident():
+            # The lock is not re-entrant: waiting for it here would deadlock.
+            raise OutboxError(
+                self.path, "called inside outbox.transaction(); use the transaction object"
+            )
+        self._lock.acquire()
+
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
             raise OutboxError(self.path, "the outbox is closed")
@@ -523,7 +534,8 @@ class Outbox:
         self, what: str, level: str, stream: str | None = None
     ) -> Iterator[sqlite3.Connection]:
         """One write transaction under the lock; sqlite errors become OutboxError, rolled back."""
-        with self._lock:
+        self._acquire()
+        try:
             conn = self._connection()
             try:
                 self._set_sync(conn, level)
@@ -538,15 +550,20 @@ class Outbox:
                 if isinstance(e, sqlite3.Error):
                     raise self._translate(e, what, stream) from e
                 raise
+        finally:
+            self._lock.release()
 
     @contextmanager
     def _read(self, what: str) -> Iterator[sqlite3.Connection]:
-        with self._lock:
+        self._acquire()
+        try:
             conn = self._connection()
             try:
                 yield conn
             except sqlite3.Error as e:
                 raise self._translate(e, what) from e
+        finally:
+            self._lock.release()
 
     @staticmethod
     def _stream_id(conn: sqlite3.Connection, stream: str) -> int | None:
@@ -669,16 +686,19 @@ class Outbox:
         Usage: ``with outbox.transaction() as tx: n = tx.next_seq("alarm");
         tx.append("alarms-mqtt", [...]); tx.append("influx", [...])``. Commits
         when the block ends, rolls back everything if it raises. Holds the
-        outbox lock meanwhile, so keep the block short and free of I/O. The
-        durability is ``synchronous`` or the outbox default.
+        outbox lock meanwhile, so keep the block short and free of I/O; calling
+        other outbox methods inside it raises :class:`OutboxError` (use ``tx``).
+        The durability is ``synchronous`` or the outbox default.
         """
         t = time.time() if now is None else float(now)
         level = self._default_sync if synchronous is None else _level(synchronous)
         with self._write("transaction", level) as conn:
             tx = OutboxTransaction(self, conn, t)
+            self._tx_thread = threading.get_ident()
             try:
                 yield tx
             finally:
+                self._tx_thread = None
                 tx._conn = None  # a kept reference must not write outside the transaction
 
     def next_seq(self, name: str, count: int = 1) -> range:
@@ -1044,10 +1064,13 @@ class Outbox:
 
     def close(self) -> None:
         """Close the file (idempotent). SQLite checkpoints the WAL into the main file."""
-        with self._lock:
+        self._acquire()
+        try:
             if self._conn is not None:
                 conn, self._conn = self._conn, None
                 conn.close()
+        finally:
+            self._lock.release()
 
     def __enter__(self) -> Outbox:
         return self

@@ -219,8 +219,8 @@ def test_transaction_spans_streams_and_rolls_back(outbox: Outbox) -> None:
 
     with pytest.raises(KeyError):
         failing()
-    with outbox.transaction() as kept:
-        pass
+    with outbox.transaction() as kept, pytest.raises(OutboxError, match=r"inside outbox\."):
+        outbox.append("influx", [b"would deadlock"])
     with pytest.raises(OutboxError, match="already ended"):
         kept.append("influx", [b"late"])
     assert outbox.counter("alarm") == 1
