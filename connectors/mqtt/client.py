@@ -1,0 +1,338 @@
+"""The one module that imports paho-mqtt: a connection as a small asyncio surface.
+
+paho's threaded network loop (``loop_start``) does the socket work; its
+callbacks are bridged into the event loop with ``loop.call_soon_threadsafe``.
+One :class:`MqttClient` is one connection: the source builds a new one for every
+(re)connect, so no paho state outlives a connection — the *broker* keeps the
+persistent session (fixed client id, clean_start/clean_session False).
+
+Delivery: messages are acknowledged manually (paho ``manual_ack``) only after
+the source has emitted the samples made from them (:meth:`MqttClient.ack`), so a
+QoS 1/2 message that was received but not yet emitted when the connection or the
+gateway went away is redelivered by the broker: at least once, never lost where
+the protocol allows it.
+
+Buffer and overflow policy: at most ``queue_size`` received messages wait for
+the source. When it is full the network thread blocks up to ``queue_block_s``
+(backpressure: the broker stops sending beyond its in-flight window), then drops
+the newest message and counts it in :attr:`MqttClient.dropped`. A dropped QoS≥1
+message is never acknowledged, so the broker redelivers it after the next
+reconnect; a dropped QoS 0 message is lost.
+
+Errors are translated into :class:`ConnectorError`: bad credentials, a client id
+the broker rejects, TLS certificate failures and missing TLS files are not
+retryable; refused connections, timeouts, DNS failures and lost connections are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from connectors.base import ConnectorError
+from connectors.mqtt.config import MqttSourceConfig
+
+__all__ = ["Message", "MqttClient"]
+
+log = logging.getLogger(__name__)
+
+# CONNACK reason codes (MQTT 5 numbering; paho maps 3.1.1 return codes onto them)
+# after which trying again cannot help until someone changes the configuration.
+_FATAL_CONNACK = {
+    0x84,  # unsupported protocol version
+    0x85,  # client identifier not valid
+    0x86,  # bad user name or password
+    0x87,  # not authorized
+    0x8A,  # banned
+    0x8C,  # bad authentication method
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One received PUBLISH: topic, raw payload, and when the gateway received it (µs, UTC)."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    received_us: int
+    mid: int = 0
+
+
+class _PahoLog:
+    """paho's log sink: its socket errors at ERROR would repeat what the source logs once
+    per outage, so everything is DEBUG except exceptions caught in our callbacks (bugs)."""
+
+    def log(self, level: int, fmt: str, *args: Any) -> None:
+        if fmt.startswith("Caught exception"):
+            log.error("paho: " + fmt, *args)
+        elif log.isEnabledFor(logging.DEBUG):
+            log.debug("paho: " + fmt, *args)
+
+
+class _Lost:
+    """Queue marker: the connection ended (``reason``)."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+class MqttClient:
+    """One MQTT connection: connect, subscribe, receive batches, acknowledge, close.
+
+    ``where`` prefixes error texts (``mqtt line1 127.0.0.1:1883``). ``password``
+    is the secret itself (the source reads it from the environment).
+    """
+
+    def __init__(self, cfg: MqttSourceConfig, where: str, password: str | None = None) -> None:
+        self.cfg = cfg
+        self.where = where
+        self.dropped = 0
+        self.session_present = False
+        self._password = password
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue[Message | _Lost] = asyncio.Queue()
+        self._credits = threading.Semaphore(cfg.queue_size)
+        self._connack: asyncio.Future[tuple[bool, int, str]] | None = None
+        self._subacks: dict[int, asyncio.Future[list[Any]]] = {}
+        self._lost: str | None = None
+        self._closed = False
+        self._drop_logged = False
+        v5 = cfg.protocol == "5"
+        self._client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=cfg.client_id,
+            clean_session=None if v5 else not cfg.persistent_session,
+            protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
+            reconnect_on_failure=False,  # reconnects are ours, with Backoff
+            manual_ack=True,
+        )
+        self._client.connect_timeout = cfg.connect_timeout_s
+        # A bug in a callback must not kill the network thread; paho logs it instead.
+        self._client.suppress_exceptions = True
+        self._client.enable_logger(_PahoLog())  # type: ignore[arg-type]
+        self._opening: asyncio.Future[None] | None = None
+        self._client.on_socket_open = self._on_socket_open
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_message = self._on_message
+        if cfg.username is not None:
+            self._client.username_pw_set(cfg.username, password)
+        if cfg.tls is not None:
+            self._set_tls()
+
+    def _set_tls(self) -> None:
+        tls = self.cfg.tls
+        assert tls is not None
+        try:
+            self._client.tls_set(
+                ca_certs=str(tls.ca_file) if tls.ca_file else None,
+                certfile=str(tls.cert_file) if tls.cert_file else None,
+                keyfile=str(tls.key_file) if tls.key_file else None,
+                cert_reqs=ssl.CERT_NONE if tls.insecure else ssl.CERT_REQUIRED,
+            )
+            if tls.insecure:
+                self._client.tls_insecure_set(True)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise ConnectorError(self.where, f"TLS setup: {exc}", retryable=False) from exc
+
+    # -- paho thread ---------------------------------------------------------
+
+    def _call(self, fn: Any, *args: Any) -> None:
+        """Run ``fn(*args)`` in the event loop (from paho's thread); ignore a closed loop."""
+        loop = self._loop
+        if loop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+            loop.call_soon_threadsafe(fn, *args)
+
+    def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
+        # Samples are small and latency matters more than packet count.
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):
+            log.debug("%s: could not set TCP_NODELAY", self.where)
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        self._call(self._set_connack, bool(flags.session_present), int(rc.value), str(rc))
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        self._call(self._set_lost, f"connection lost ({rc})")
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, codes: Any, props: Any) -> None:
+        self._call(self._set_suback, mid, list(codes))
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        received_us = time.time_ns() // 1000
+        if not self._credits.acquire(timeout=self.cfg.queue_block_s):
+            self.dropped += 1
+            if not self._drop_logged:
+                self._drop_logged = True
+                log.warning(
+                    "%s: receive buffer full (%d messages), dropping; QoS≥1 comes back on reconnect",
+                    self.where,
+                    self.cfg.queue_size,
+                )
+            return
+        m = Message(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), received_us, msg.mid)
+        self._call(self._queue.put_nowait, m)
+
+    # -- event loop side of the callbacks ------------------------------------
+
+    def _set_connack(self, session_present: bool, code: int, text: str) -> None:
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_result((session_present, code, text))
+
+    def _set_lost(self, reason: str) -> None:
+        if self._lost is None:
+            self._lost = reason
+            self._queue.put_nowait(_Lost(reason))
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_exception(ConnectorError(self.where, reason, retryable=True))
+        for fut in self._subacks.values():
+            if not fut.done():
+                fut.set_exception(ConnectorError(self.where, reason, retryable=True))
+
+    def _set_suback(self, mid: int, codes: list[Any]) -> None:
+        fut = self._subacks.pop(mid, None)
+        if fut is not None and not fut.done():
+            fut.set_result(codes)
+
+    # -- public API ----------------------------------------------------------
+
+    async def connect(self) -> bool:
+        """Open the connection and wait for CONNACK; True when the broker kept our session."""
+        self._loop = asyncio.get_running_loop()
+        self._connack = self._loop.create_future()
+        cfg = self.cfg
+        kwargs: dict[str, Any] = {}
+        if cfg.protocol == "5":
+            props = Properties(PacketTypes.CONNECT)
+            if cfg.persistent_session:
+                props.SessionExpiryInterval = cfg.session_expiry_s
+            kwargs = {"clean_start": not cfg.persistent_session, "properties": props}
+
+        def open_() -> None:
+            self._client.connect(cfg.host, cfg.port, cfg.keepalive, **kwargs)
+            self._client.loop_start()
+
+        # Shielded so that close() can wait for a connect the caller gave up on.
+        self._opening = asyncio.ensure_future(asyncio.to_thread(open_))
+        try:
+            await asyncio.shield(self._opening)
+        except ssl.SSLCertVerificationError as exc:
+            raise ConnectorError(self.where, f"TLS: {exc}", retryable=False) from exc
+        except (OSError, ssl.SSLError) as exc:  # refused, timeout, DNS, TLS handshake
+            raise ConnectorError(self.where, f"connect: {exc}", retryable=True) from exc
+        except ValueError as exc:
+            raise ConnectorError(self.where, f"connect: {exc}", retryable=False) from exc
+        try:
+            session_present, code, text = await asyncio.wait_for(
+                self._connack, cfg.connect_timeout_s
+            )
+        except TimeoutError:
+            raise ConnectorError(
+                self.where, f"no CONNACK within {cfg.connect_timeout_s} s", retryable=True
+            ) from None
+        if code >= 0x80:
+            raise ConnectorError(
+                self.where,
+                f"broker refused the connection: {text}",
+                retryable=code not in _FATAL_CONNACK,
+            )
+        self.session_present = session_present
+        return session_present
+
+    async def subscribe(self, topics: Sequence[tuple[str, int]]) -> list[int]:
+        """Subscribe to ``(filter, qos)`` pairs, wait for SUBACK; returns the granted QoS each.
+
+        A filter the broker refuses raises a non-retryable :class:`ConnectorError`
+        (an ACL or a filter the broker does not support will not change by waiting).
+        """
+        assert self._loop is not None
+        if self.cfg.protocol == "5":
+            req: list[Any] = [(t, SubscribeOptions(qos=q)) for t, q in topics]
+        else:
+            req = list(topics)
+        rc, mid = self._client.subscribe(req)
+        if rc != paho.MQTT_ERR_SUCCESS or mid is None:
+            raise ConnectorError(self.where, f"subscribe: {paho.error_string(rc)}", retryable=True)
+        fut = self._loop.create_future()
+        self._subacks[mid] = fut
+        if self._lost is not None:
+            raise ConnectorError(self.where, self._lost, retryable=True)
+        try:
+            codes = await asyncio.wait_for(fut, self.cfg.connect_timeout_s)
+        except TimeoutError:
+            raise ConnectorError(self.where, "no SUBACK in time", retryable=True) from None
+        granted: list[int] = []
+        for (topic, _), code in zip(topics, codes, strict=False):
+            value = int(code.value) if hasattr(code, "value") else int(code)
+            if value >= 0x80:
+                raise ConnectorError(
+                    self.where, f"subscribe {topic!r} refused: {code}", retryable=False
+                )
+            granted.append(value)
+        return granted
+
+    async def receive(self, max_messages: int) -> list[Message]:
+        """Wait for at least one message and return up to ``max_messages`` in arrival order.
+
+        Raises a retryable :class:`ConnectorError` once the connection is lost and
+        every message received before that has been returned.
+        """
+        if self._lost is not None and self._queue.empty():
+            raise ConnectorError(self.where, self._lost, retryable=True)
+        first = await self._queue.get()
+        if isinstance(first, _Lost):
+            raise ConnectorError(self.where, first.reason, retryable=True)
+        self._credits.release()
+        out = [first]
+        while len(out) < max_messages and not self._queue.empty():
+            item = self._queue.get_nowait()
+            if isinstance(item, _Lost):
+                break  # self._lost is set: the next call raises
+            self._credits.release()
+            out.append(item)
+        return out
+
+    def ack(self, messages: Sequence[Message]) -> None:
+        """Acknowledge QoS≥1 messages (after their samples were emitted), in arrival order."""
+        if self._lost is not None or self._closed:
+            return  # the broker redelivers them on the next connection
+        for m in messages:
+            if m.qos:
+                self._client.ack(m.mid, m.qos)
+
+    async def close(self) -> None:
+        """Disconnect (a clean DISCONNECT keeps a persistent session) and stop the network thread."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._opening is not None:
+            with contextlib.suppress(Exception):
+                await self._opening
+
+        def stop() -> None:
+            self._client.disconnect()
+            self._client.loop_stop()
+
+        await asyncio.to_thread(stop)

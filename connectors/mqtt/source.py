@@ -1,0 +1,168 @@
+"""The MQTT input connector: subscribe to topic filters, map payloads to samples, emit batches.
+
+``run`` connects, subscribes, and turns every received message into samples
+through the subscription it matches (the first one in config order). Bad data
+never ends ``run``: a payload that does not decode or a value that is missing or
+not a finite number becomes a ``quality=bad`` sample with a status text and is
+counted in ``stats.bad_samples`` / ``stats.errors``. A lost connection is retried
+with capped, jittered :class:`Backoff`; the persistent session plus manual
+acknowledgement (after ``emit`` returns) means QoS≥1 messages published while
+the gateway was away are delivered after it reconnects. Only errors that cannot
+heal by waiting (bad credentials, a refused subscription, a missing password
+variable) end ``run`` with a :class:`ConnectorError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+from dataclasses import dataclass
+
+from connectors.base import (
+    Backoff,
+    ConnectorError,
+    ConnectorStats,
+    Emit,
+    Quality,
+    Sample,
+    register_source,
+)
+from connectors.mqtt.client import Message, MqttClient
+from connectors.mqtt.config import MqttSourceConfig
+from connectors.mqtt.mapping import SubscriptionMapper
+
+__all__ = ["MqttSource", "MqttStats"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MqttStats(ConnectorStats):
+    """:class:`ConnectorStats` plus what only a message broker source has."""
+
+    messages: int = 0  # messages received
+    unmatched: int = 0  # messages that matched no subscription (overlapping broker-side filters)
+    dropped: int = 0  # messages dropped because the receive buffer stayed full
+
+
+@register_source("mqtt")
+class MqttSource:
+    """An MQTT broker connection feeding samples to ``emit`` (see the module docstring)."""
+
+    def __init__(
+        self, config: MqttSourceConfig, name: str, *, rng: random.Random | None = None
+    ) -> None:
+        self.config = config
+        self.name = name
+        self.stats = MqttStats()
+        self.where = f"mqtt {name} {config.host}:{config.port}"
+        self._mappers = [SubscriptionMapper(s) for s in config.subscriptions]
+        self._warned: set[int] = set()
+        self._backoff = Backoff(
+            base=config.reconnect_base_s,
+            cap=config.reconnect_cap_s,
+            rng=rng or random.Random(),
+        )
+        self._dropped_before = 0
+
+    def _password(self) -> str | None:
+        env = self.config.password_env
+        if env is None:
+            return None
+        value = os.environ.get(env)
+        if value is None:
+            raise ConnectorError(
+                self.where, f"environment variable {env} (password_env) is not set", retryable=False
+            )
+        return value
+
+    async def run(self, emit: Emit) -> None:
+        """Receive until cancelled; raises only a non-retryable :class:`ConnectorError`."""
+        try:
+            password = self._password()
+            topics = [
+                (s.topic, s.qos if s.qos is not None else self.config.qos)
+                for s in self.config.subscriptions
+            ]
+            lost = False
+            connected_before = False
+            while True:
+                client = MqttClient(self.config, self.where, password)
+                try:
+                    session = await client.connect()
+                    granted = await client.subscribe(topics)
+                    for (topic, want), got in zip(topics, granted, strict=False):
+                        if got < want:
+                            log.warning(
+                                "%s: %r granted QoS %d, asked %d", self.where, topic, got, want
+                            )
+                    self.stats.state = "connected"
+                    if connected_before:
+                        self.stats.reconnects += 1
+                    if lost:
+                        log.info("%s: connection regained (session kept: %s)", self.where, session)
+                        lost = False
+                    elif not connected_before:
+                        log.info("%s: connected (session kept: %s)", self.where, session)
+                    connected_before = True
+                    self._backoff.reset()
+                    await self._pump(client, emit)
+                except ConnectorError as exc:
+                    self.stats.errors += 1
+                    self.stats.last_error = str(exc)
+                    if not exc.retryable:
+                        log.error("%s: %s (not retrying)", self.where, exc.message)
+                        raise
+                    self.stats.state = "disconnected"
+                    if not lost:
+                        log.warning("%s: connection lost: %s; retrying", self.where, exc.message)
+                        lost = True
+                    else:
+                        log.debug("%s: still down: %s", self.where, exc.message)
+                finally:
+                    await client.close()
+                    self._dropped_before += client.dropped
+                    self.stats.dropped = self._dropped_before
+                await asyncio.sleep(self._backoff.next_delay())
+        finally:
+            self.stats.state = "stopped"
+
+    async def _pump(self, client: MqttClient, emit: Emit) -> None:
+        """Receive, map and emit until the connection ends (then ``client.receive`` raises)."""
+        max_batch = self.config.max_batch
+        while True:
+            messages = await client.receive(max_batch)
+            samples = []
+            for m in messages:
+                samples.extend(self._map(m))
+            if samples:
+                await emit(samples)
+                self.stats.samples += len(samples)
+                self.stats.bad_samples += sum(1 for s in samples if s.quality is Quality.BAD)
+            client.ack(messages)
+            self.stats.dropped = self._dropped_before + client.dropped
+
+    def _map(self, m: Message) -> list[Sample]:
+        self.stats.messages += 1
+        n = next((i for i, mp in enumerate(self._mappers) if mp.matches(m.topic)), None)
+        if n is None:
+            self.stats.unmatched += 1
+            return []
+        mapper = self._mappers[n]
+        try:
+            result = mapper.map(m.topic, m.payload, m.received_us)
+        except Exception as exc:  # a mapping bug must not stop the line's data
+            self.stats.errors += 1
+            self.stats.last_error = f"{m.topic}: {exc!r}"
+            log.exception("%s: mapping a message on %r failed", self.where, m.topic)
+            return []
+        if result.errors:
+            self.stats.errors += len(result.errors)
+            self.stats.last_error = f"{m.topic}: {result.errors[-1]}"
+            # first bad payload per subscription at WARNING, the rest at DEBUG (no log floods)
+            level = logging.DEBUG if n in self._warned else logging.WARNING
+            self._warned.add(n)
+            log.log(level, "%s: %s: %s", self.where, m.topic, "; ".join(result.errors))
+        return result.samples
