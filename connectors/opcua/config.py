@@ -113,6 +113,10 @@ class TriggerConfig(_Strict):
     block: list[BlockItem] = Field(min_length=1, description="Values read together on ready.")
     ack_node: str = Field(description="Node the gateway writes after reading the block.")
     ack_value: bool | int | float | str = Field(True, description="Value written to ack_node.")
+    ack_reset: bool | int | float | str | None = Field(
+        None,
+        description="Written to ack_node when ready falls again; None leaves resetting to the device.",
+    )
     serial_node: str | None = Field(None, description="Optional part serial read with the block.")
     sampling_interval_ms: float = Field(50.0, ge=0, description="Sampling of the ready node (ms).")
 
@@ -207,3 +211,7 @@ class OpcuaSourceConfig(_Strict):
         if not ids:
             raise ValueError("configure at least one node or trigger")
         return self
+
+
+SOURCE_CONFIG = OpcuaSourceConfig
+"""The model the gateway config loader validates a ``kind: opcua`` source section with."""

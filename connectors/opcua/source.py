@@ -197,25 +197,33 @@ class OpcuaSource:
                 and not math.isnan(sample.value)
                 and sample.value != 0.0
             )
-            rising, ready = now_ready and not ready, now_ready
+            rising, falling = now_ready and not ready, ready and not now_ready
+            ready = now_ready
+            if falling and trigger.ack_reset is not None:
+                await self._acknowledge(client, trigger, trigger.ack_reset)
             if not rising:
                 continue
             block = await client.read_samples(
                 items, serial_node=trigger.serial_node, fields={"trigger": trigger.id}
             )
             await self._emit(emit, block)
-            try:
-                await client.write(trigger.ack_node, trigger.ack_value)
-            except ConnectorError as err:
-                if err.retryable:
-                    raise
-                self.stats.errors += 1
-                self.stats.last_error = str(err)
-                log.warning(
-                    "%s: trigger %s: acknowledge refused: %s", self.where, trigger.id, err.message
-                )
-                continue
-            self.triggers += 1
+            if await self._acknowledge(client, trigger, trigger.ack_value):
+                self.triggers += 1
+
+    async def _acknowledge(self, client: OpcuaClient, trigger: TriggerConfig, value: Any) -> bool:
+        """Write the ack node; a refused write is counted and logged, a lost link raises."""
+        try:
+            await client.write(trigger.ack_node, value)
+        except ConnectorError as err:
+            if err.retryable:
+                raise
+            self.stats.errors += 1
+            self.stats.last_error = str(err)
+            log.warning(
+                "%s: trigger %s: write %r refused: %s", self.where, trigger.id, value, err.message
+            )
+            return False
+        return True
 
     async def _mark_gap(self, emit: Emit) -> None:
         """One bad sample per node binding: values between here and the reconnect may be lost."""

@@ -125,10 +125,24 @@ async def test_status_codes_become_sample_quality_never_a_crash(server: UaServer
             },
             {"id": "ghost-sub", "node": server.node("NoSuchNode")},
         ],
+        # The acknowledge node is read-only on this server: the write is refused.
+        triggers=[
+            {
+                "id": "result",
+                "ready_node": server.node("Ready"),
+                "ack_node": server.node("Flatness"),
+                "block": [{"id": "d1", "node": server.node("D1")}],
+                "sampling_interval_ms": 0,
+            }
+        ],
     )
     source = OpcuaSource(cfg, "station-1")
     async with running(source, emit) as task:
         await wait_until(lambda: len(emit.of("bore")) >= 1, "the initial value")
+        await server.set("Ready", True, vtype=ua.VariantType.Boolean)
+        await wait_until(lambda: source.stats.errors >= 1, "the refused acknowledge")
+        assert f"write {server.node('Flatness')}: Bad" in source.stats.last_error
+        assert source.triggers == 0 and len(emit.of("d1")) == 1
         await server.set("Bore", 5.0, status=ua.StatusCodes.UncertainLastUsableValue)
         await server.set("Bore", 6.0, status=ua.StatusCodes.BadSensorFailure)
         await server.set("Bore", 7.0)
@@ -197,6 +211,7 @@ async def test_trigger_reads_the_block_in_one_request_and_acknowledges(server: U
                 "id": "result",
                 "ready_node": server.node("Ready"),
                 "ack_node": server.node("Ack"),
+                "ack_reset": False,
                 "serial_node": server.node("Serial"),
                 "block": [{"id": d.lower(), "node": server.node(d)} for d in ("D1", "D2", "D3")],
                 "sampling_interval_ms": 0,
@@ -211,9 +226,9 @@ async def test_trigger_reads_the_block_in_one_request_and_acknowledges(server: U
             await server.set("Serial", part, vtype=ua.VariantType.String)
             await server.set("Ready", True, vtype=ua.VariantType.Boolean)
             await wait_until(lambda: server.get("Ack") is True, f"the ack of {part}")
-            # The device resets its handshake for the next part.
+            # The device drops ready; the source resets the ack for the next part.
             await server.set("Ready", False, vtype=ua.VariantType.Boolean)
-            await server.set("Ack", False, vtype=ua.VariantType.Boolean)
+            await wait_until(lambda: server.get("Ack") is False, f"the ack reset of {part}")
     for binding, values in (("d1", [1.0, 2.0]), ("d2", [1.1, 2.1]), ("d3", [1.2, 2.2])):
         got = emit.of(binding)
         assert [s.value for s in got] == values
