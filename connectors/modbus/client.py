@@ -9,14 +9,22 @@ lost connection; reconnect).
 
 from __future__ import annotations
 
+import asyncio
+
 from pymodbus import ModbusException
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
-from pymodbus.exceptions import ConnectionException
+from pymodbus.exceptions import ConnectionException, ModbusIOException
 
 from connectors.base import ConnectorError
 from connectors.modbus.config import DeviceConfig, RtuTransport
 
-__all__ = ["FUNCTION_NAMES", "ModbusClient", "ModbusExceptionError", "ModbusLinkError"]
+__all__ = [
+    "FUNCTION_NAMES",
+    "ModbusClient",
+    "ModbusExceptionError",
+    "ModbusLine",
+    "ModbusLinkError",
+]
 
 FUNCTION_NAMES = {
     1: "coils",
@@ -52,24 +60,30 @@ class ModbusExceptionError(ConnectorError):
 
 
 class ModbusLinkError(ConnectorError):
-    """No usable answer: timeout, refused, lost connection or garbled response (retryable)."""
+    """No usable answer: timeout, refused, lost connection or garbled response (retryable).
 
-    def __init__(self, where: str, message: str) -> None:
-        super().__init__(where, message, retryable=True)
-
-
-class ModbusClient:
-    """One device's connection; requests are serialised by pymodbus itself.
-
-    pymodbus's own reconnect loop is switched off (``reconnect_delay=0``): the
-    source decides when to reconnect, with :class:`~connectors.base.Backoff`.
+    ``timeout`` is True when the link is up but the device did not answer; on a
+    serial line that concerns only the addressed unit, not the port.
     """
 
-    def __init__(self, device: DeviceConfig, source_name: str = "modbus") -> None:
-        self.device = device
-        self.prefix = f"{source_name} {device.name} unit {device.unit_id}"
+    def __init__(self, where: str, message: str, *, timeout: bool = False) -> None:
+        super().__init__(where, message, retryable=True)
+        self.timeout = timeout
+
+
+class ModbusLine:
+    """One TCP connection or serial port, used by one device or (RS-485) several units.
+
+    Line settings (timeout, retries, serial parameters) come from the device it
+    is built from. pymodbus's own reconnect loop is switched off
+    (``reconnect_delay=0``): the source decides when to reconnect, with
+    :class:`~connectors.base.Backoff`. pymodbus serialises the requests.
+    """
+
+    def __init__(self, device: DeviceConfig) -> None:
         t = device.transport
         self._client: AsyncModbusTcpClient | AsyncModbusSerialClient
+        self.serial = isinstance(t, RtuTransport)
         if isinstance(t, RtuTransport):
             self._client = AsyncModbusSerialClient(
                 t.port,
@@ -80,7 +94,7 @@ class ModbusClient:
                 timeout=device.timeout,
                 retries=device.retries,
                 reconnect_delay=0,
-                name=device.name,
+                name=t.port,
             )
             self.endpoint = t.port
         else:
@@ -93,26 +107,64 @@ class ModbusClient:
                 name=device.name,
             )
             self.endpoint = f"{t.host}:{t.port}"
+        self._connecting = asyncio.Lock()
 
     @property
     def connected(self) -> bool:
         """True while the transport is open."""
         return self._client.connected
 
-    async def connect(self) -> None:
-        """Open the connection; raises :class:`ModbusLinkError` when it cannot."""
-        try:
-            ok = await self._client.connect()
-        except (TimeoutError, ModbusException, OSError) as exc:
-            self._client.close()
-            raise ModbusLinkError(self.prefix, f"cannot connect to {self.endpoint}: {exc}") from exc
-        if not ok:
-            self._client.close()
-            raise ModbusLinkError(self.prefix, f"cannot connect to {self.endpoint}")
+    async def connect(self, where: str) -> None:
+        """Open the line unless open; raises :class:`ModbusLinkError` (with ``where``) when it cannot."""
+        async with self._connecting:
+            if self._client.connected:
+                return
+            try:
+                ok = await self._client.connect()
+            except (TimeoutError, ModbusException, OSError) as exc:
+                self._client.close()
+                raise ModbusLinkError(where, f"cannot connect to {self.endpoint}: {exc}") from exc
+            if not ok:
+                self._client.close()
+                raise ModbusLinkError(where, f"cannot connect to {self.endpoint}")
 
     def close(self) -> None:
-        """Close the connection (idempotent)."""
+        """Close the line (idempotent)."""
         self._client.close()
+
+
+class ModbusClient:
+    """One device (unit) on a :class:`ModbusLine`: reads and writes with its unit id.
+
+    Without ``line`` the device gets a line of its own.
+    """
+
+    def __init__(
+        self, device: DeviceConfig, source_name: str = "modbus", line: ModbusLine | None = None
+    ) -> None:
+        self.device = device
+        self.prefix = f"{source_name} {device.name} unit {device.unit_id}"
+        self.line = line if line is not None else ModbusLine(device)
+        self.endpoint = self.line.endpoint
+        self._client = self.line._client
+
+    @property
+    def connected(self) -> bool:
+        """True while the line is open."""
+        return self.line.connected
+
+    @property
+    def serial(self) -> bool:
+        """True on a serial (RTU) line."""
+        return self.line.serial
+
+    async def connect(self) -> None:
+        """Open the line unless open; raises :class:`ModbusLinkError` when it cannot."""
+        await self.line.connect(self.prefix)
+
+    def close(self) -> None:
+        """Close the line (idempotent; closes it for every device on a shared line)."""
+        self.line.close()
 
     def _where(self, function: int, address: int) -> str:
         return f"{self.prefix} {FUNCTION_NAMES.get(function, function)} {address}"
@@ -123,9 +175,11 @@ class ModbusClient:
             response = await coro_factory()
         except ConnectionException as exc:
             raise ModbusLinkError(where, f"not connected: {exc.string}") from exc
+        except ModbusIOException as exc:
+            # No response after the configured retries (or a mismatched one).
+            raise ModbusLinkError(where, f"no response: {exc.string}", timeout=True) from exc
         except ModbusException as exc:
-            # ModbusIOException: no response after the configured retries.
-            raise ModbusLinkError(where, f"no response: {exc.string}") from exc
+            raise ModbusLinkError(where, exc.string) from exc
         except (TimeoutError, OSError) as exc:
             raise ModbusLinkError(where, f"{type(exc).__name__}: {exc}") from exc
         except Exception as exc:

@@ -289,10 +289,26 @@ class ModbusSourceConfig(_Model):
     def _check(self) -> ModbusSourceConfig:
         seen: dict[str, str] = {}
         names: set[str] = set()
+        # Devices on one serial port share the port: same line settings, distinct units.
+        ports: dict[str, int] = {}
+        units: dict[str, set[int]] = {}
         for i, dev in enumerate(self.devices):
             if dev.name in names:
                 raise ValueError(f"devices.{i}.name: {dev.name!r} is used twice")
             names.add(dev.name)
+            t = dev.transport
+            if isinstance(t, RtuTransport):
+                first = ports.setdefault(t.port, i)
+                if self.devices[first].transport != t:
+                    raise ValueError(
+                        f"devices.{i}.transport: shares serial port {t.port} with "
+                        f"devices.{first} but its serial settings differ"
+                    )
+                if dev.unit_id in units.setdefault(t.port, set()):
+                    raise ValueError(
+                        f"devices.{i}.unit_id: unit {dev.unit_id} on {t.port} is used twice"
+                    )
+                units[t.port].add(dev.unit_id)
             keyed = [(f"devices.{i}.points.{j}.id", p.id) for j, p in enumerate(dev.points)]
             for t_i, trig in enumerate(dev.triggers):
                 keyed += [

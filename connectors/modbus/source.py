@@ -29,11 +29,12 @@ from connectors.base import (
     Sample,
     register_source,
 )
-from connectors.modbus.client import ModbusClient, ModbusExceptionError, ModbusLinkError
+from connectors.modbus.client import ModbusClient, ModbusExceptionError, ModbusLine, ModbusLinkError
 from connectors.modbus.config import (
     DeviceConfig,
     ModbusSourceConfig,
     PointConfig,
+    RtuTransport,
     TriggerConfig,
     is_bit_function,
 )
@@ -153,13 +154,30 @@ class _TriggerState:
 
 
 @dataclass
+class _Pacer:
+    """Minimum gap between request starts on one device or one shared serial line."""
+
+    gap: float
+    last: float = -math.inf
+
+    async def wait(self) -> None:
+        if self.gap <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        delay = self.last + self.gap - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        self.last = loop.time()
+
+
+@dataclass
 class _Device:
     config: DeviceConfig
     client: ModbusClient
+    pacer: _Pacer
     polled: list[_Planned]
     triggers: list[_TriggerState]
     stats: DeviceStats
-    last_request: float = -math.inf
 
 
 @register_source("modbus")
@@ -175,7 +193,9 @@ class ModbusSource:
         config: ModbusSourceConfig,
         name: str = "modbus",
         *,
-        client_factory: Callable[[DeviceConfig, str], ModbusClient] = ModbusClient,
+        client_factory: Callable[
+            [DeviceConfig, str, ModbusLine | None], ModbusClient
+        ] = ModbusClient,
         clock_us: Callable[[], int] = lambda: time.time_ns() // 1000,
     ) -> None:
         self.config = config
@@ -186,24 +206,47 @@ class ModbusSource:
         self._clock_us = clock_us
 
     async def run(self, emit: Emit) -> None:
-        """Poll every device until cancelled (one task per device in a TaskGroup)."""
+        """Poll every device until cancelled (one task per device in a TaskGroup).
+
+        Devices on the same serial port share one line (one open port) and one
+        pacer whose gap is the largest ``pacing`` among them.
+        """
+        lines: dict[str, tuple[ModbusLine, _Pacer]] = {}
+        devices = []
+        for cfg in self.config.devices:
+            t = cfg.transport
+            if isinstance(t, RtuTransport):
+                if t.port not in lines:
+                    lines[t.port] = (ModbusLine(cfg), _Pacer(0.0))
+                line, pacer = lines[t.port]
+                pacer.gap = max(pacer.gap, cfg.pacing)
+            else:
+                line, pacer = None, _Pacer(cfg.pacing)
+            devices.append(
+                _Device(
+                    config=cfg,
+                    client=self._client_factory(cfg, self.name, line),
+                    pacer=pacer,
+                    polled=_plan(cfg, cfg.points),
+                    triggers=[_TriggerState(t, _plan(cfg, t.block)) for t in cfg.triggers],
+                    stats=self.devices[cfg.name],
+                )
+            )
         try:
             async with asyncio.TaskGroup() as tg:
-                for dev in self.config.devices:
-                    tg.create_task(self._run_device(dev, emit), name=f"{self.name}:{dev.name}")
+                for dev in devices:
+                    tg.create_task(
+                        self._run_device(dev, emit), name=f"{self.name}:{dev.config.name}"
+                    )
         finally:
+            for dev in devices:
+                dev.client.close()
             self.stats.state = "stopped"
 
     # -- per device -------------------------------------------------------------------
 
-    async def _run_device(self, cfg: DeviceConfig, emit: Emit) -> None:
-        dev = _Device(
-            config=cfg,
-            client=self._client_factory(cfg, self.name),
-            polled=_plan(cfg, cfg.points),
-            triggers=[_TriggerState(t, _plan(cfg, t.block)) for t in cfg.triggers],
-            stats=self.devices[cfg.name],
-        )
+    async def _run_device(self, dev: _Device, emit: Emit) -> None:
+        cfg = dev.config
         backoff = Backoff(base=cfg.reconnect_min, cap=cfg.reconnect_max)
         loop = asyncio.get_running_loop()
         try:
@@ -218,8 +261,11 @@ class ModbusSource:
                 started = loop.time()
                 try:
                     await self._cycle(dev, emit)
-                except ModbusLinkError:
-                    dev.client.close()
+                except ModbusLinkError as exc:
+                    # A silent unit on a serial line says nothing about the port, which
+                    # other units may share; anything else means a broken link.
+                    if not (exc.timeout and dev.client.serial):
+                        dev.client.close()
                     await asyncio.sleep(max(backoff.next_delay(), cfg.poll_interval))
                     continue
                 self._link_up(dev)
@@ -230,7 +276,7 @@ class ModbusSource:
 
     async def _request(self, dev: _Device, function: int, address: int, count: int) -> list[int]:
         """One paced read; counts it; raises the client's ConnectorError subclasses."""
-        await self._pace(dev)
+        await dev.pacer.wait()
         dev.stats.requests += 1
         try:
             return await dev.client.read(function, address, count)
@@ -239,22 +285,13 @@ class ModbusSource:
             raise
 
     async def _write(self, dev: _Device, function: int, address: int, value: int) -> None:
-        await self._pace(dev)
+        await dev.pacer.wait()
         dev.stats.requests += 1
         try:
             await dev.client.write(function, address, value)
         except ConnectorError as exc:
             self._count_error(dev, exc)
             raise
-
-    async def _pace(self, dev: _Device) -> None:
-        gap = dev.config.pacing
-        if gap > 0:
-            loop = asyncio.get_running_loop()
-            wait = dev.last_request + gap - loop.time()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            dev.last_request = loop.time()
 
     def _count_error(self, dev: _Device, exc: ConnectorError) -> None:
         dev.stats.failed_requests += 1

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import pytest
+from pymodbus.exceptions import NoSuchIdException
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
@@ -35,9 +36,15 @@ class Received:
     count: int
 
 
-def _device() -> SimDevice:
+async def _never_answer(*_args: object) -> None:
+    # With ignore_missing_devices the server then sends nothing: a unit that is off.
+    raise NoSuchIdException("unit is silent")
+
+
+def _device(unit: int = UNIT, *, silent: bool = False) -> SimDevice:
     return SimDevice(
-        UNIT,
+        unit,
+        action=_never_answer if silent else None,
         simdata=(
             [SimData(0, count=N_BITS, values=False, datatype=DataType.BITS)],
             [SimData(0, count=N_BITS, values=False, datatype=DataType.BITS)],
@@ -54,8 +61,14 @@ class SimServer:
     port: int
     serial_port: str | None = None
     received: list[Received] = field(default_factory=list)
+    units: tuple[int, ...] = (UNIT,)
+    silent_units: tuple[int, ...] = ()
     _server: ModbusTcpServer | ModbusSerialServer | None = None
-    _device: SimDevice = field(default_factory=_device)
+    _devices: list[SimDevice] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._devices = [_device(u) for u in self.units]
+        self._devices += [_device(u, silent=True) for u in self.silent_units]
 
     def _trace(self, sending: bool, pdu):
         if not sending:
@@ -68,11 +81,15 @@ class SimServer:
         """Listen (again); the register contents survive a restart."""
         if self.serial_port is not None:
             self._server = ModbusSerialServer(
-                self._device, port=self.serial_port, baudrate=115200, trace_pdu=self._trace
+                self._devices,
+                port=self.serial_port,
+                baudrate=115200,
+                trace_pdu=self._trace,
+                ignore_missing_devices=True,
             )
         else:
             self._server = ModbusTcpServer(
-                self._device, address=(HOST, self.port), trace_pdu=self._trace
+                self._devices, address=(HOST, self.port), trace_pdu=self._trace
             )
         await self._server.serve_forever(background=True)
 
@@ -88,17 +105,21 @@ class SimServer:
         return self._server is not None
 
     async def set(
-        self, function: int, address: int, values: Sequence[int] | Sequence[bool]
+        self,
+        function: int,
+        address: int,
+        values: Sequence[int] | Sequence[bool],
+        unit: int = UNIT,
     ) -> None:
         """Write into the data store (function 1/2 take bools, 3/4 take registers)."""
         assert self._server is not None
         fc = {1: 15, 2: 2, 3: 16, 4: 4}[function]
-        await self._server.async_setValues(UNIT, fc, address, list(values))
+        await self._server.async_setValues(unit, fc, address, list(values))
 
-    async def get(self, function: int, address: int, count: int = 1) -> list:
+    async def get(self, function: int, address: int, count: int = 1, unit: int = UNIT) -> list:
         """Read from the data store without sending a request."""
         assert self._server is not None
-        return await self._server.async_getValues(UNIT, function, address, count)
+        return await self._server.async_getValues(unit, function, address, count)
 
 
 class PtyBridge:
@@ -144,10 +165,13 @@ class PtyBridge:
 
 @pytest.fixture
 async def rtu_server() -> AsyncIterator[tuple[SimServer, str]]:
-    """A pymodbus RTU server on one end of a pty null modem; yields it and the client's tty path."""
+    """A pymodbus RTU server on one end of a pty null modem; yields it and the client's tty path.
+
+    Units 1 and 2 answer; unit 9 never does (a device that is switched off).
+    """
     bridge = PtyBridge()
     bridge.start()
-    server = SimServer(0, serial_port=bridge.server_path)
+    server = SimServer(0, serial_port=bridge.server_path, units=(1, 2), silent_units=(9,))
     await server.start()
     try:
         yield server, bridge.client_path

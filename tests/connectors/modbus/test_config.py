@@ -148,3 +148,18 @@ def test_gateway_loader_reports_file_line_and_dotted_key() -> None:
     lines = SAMPLE.read_text().splitlines()
     index = next(i for i, line in enumerate(lines) if "address: 102" in line)
     assert problem.line == index + 2  # one line for "version: 1", one for 1-based numbering
+
+
+def test_devices_sharing_a_serial_port() -> None:
+    rtu = {"type": "rtu", "port": "/dev/ttyS0", "baudrate": 9600}
+    ok = {"devices": [device(transport=rtu), device(name="b", transport=rtu, unit_id=2)]}
+    ok["devices"][1]["points"] = [{"id": "other", "function": "input", "address": 0}]
+    ModbusSourceConfig.model_validate(ok)
+    same_unit = {"devices": [ok["devices"][0], {**ok["devices"][1], "unit_id": 1}]}
+    assert any("devices.1.unit_id" in m for _, m in errors(same_unit))
+    other_speed = {
+        "devices": [ok["devices"][0], {**ok["devices"][1], "transport": rtu | {"baudrate": 19200}}]
+    }
+    assert any(
+        "devices.1.transport" in m and "serial settings differ" in m for _, m in errors(other_speed)
+    )

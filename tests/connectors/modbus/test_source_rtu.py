@@ -87,3 +87,47 @@ async def test_rtu_server_gone_then_back(rtu_server: tuple[SimServer, str]) -> N
     assert bad and all(math.isnan(s.value) and s.status for s in bad)
     assert source.devices["gauge"].link_errors >= 1
     assert source.stats.reconnects == 1
+
+
+async def test_rtu_units_share_one_port(rtu_server: tuple[SimServer, str]) -> None:
+    """Two units and a silent third on one serial line: one open port, the silent unit is bad."""
+    server, tty = rtu_server
+    await server.set(3, 0, [111], unit=1)
+    await server.set(3, 0, [222], unit=2)
+    line = {"type": "rtu", "port": tty, "baudrate": 115200}
+    common = {
+        "transport": line,
+        "timeout": 0.2,
+        "retries": 0,
+        "poll_interval": 0.05,
+        "reconnect_min": 0.05,
+        "reconnect_max": 0.2,
+    }
+    cfg = ModbusSourceConfig.model_validate(
+        {
+            "devices": [
+                {"name": f"u{u}", "unit_id": u, **common, "points": [_pt(f"v{u}")]}
+                for u in (1, 2, 9)
+            ]
+        }
+    )
+    source = ModbusSource(cfg, "rtu")
+    async with running(source) as batches:
+        await wait_until(
+            lambda: (
+                {"v1", "v2"} <= {s.binding for b in batches for s in b if s.quality is Quality.GOOD}
+                and any(s.binding == "v9" for b in batches for s in b)
+            )
+        )
+    good = {s.binding: s.value for b in batches for s in b if s.quality is Quality.GOOD}
+    assert good == {"v1": 111, "v2": 222}
+    silent = [s for b in batches for s in b if s.binding == "v9"]
+    assert all(s.quality is Quality.BAD and "no response" in s.status for s in silent)
+    # The silent unit did not take the shared port down with it.
+    assert not [s for b in batches for s in b if s.binding != "v9" and s.quality is Quality.BAD]
+    assert source.devices["u1"].online and source.devices["u2"].online
+    assert source.devices["u9"].online is False
+
+
+def _pt(pid: str) -> dict:
+    return {"id": pid, "function": "holding", "address": 0}
