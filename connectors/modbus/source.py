@@ -228,7 +228,7 @@ class ModbusSource:
                     client=self._client_factory(cfg, self.name, line),
                     pacer=pacer,
                     polled=_plan(cfg, cfg.points),
-                    triggers=[_TriggerState(t, _plan(cfg, t.block)) for t in cfg.triggers],
+                    triggers=[_TriggerState(tr, _plan(cfg, tr.block)) for tr in cfg.triggers],
                     stats=self.devices[cfg.name],
                 )
             )
