@@ -74,6 +74,17 @@ class Message:
     mid: int = 0
 
 
+class _ClosingSSLSocket(ssl.SSLSocket):
+    """paho leaves the socket open when the TLS handshake fails; close it there."""
+
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except BaseException:
+            self.close()
+            raise
+
+
 class _PahoLog:
     """paho's log sink: its socket errors at ERROR would repeat what the source logs once
     per outage, so everything is DEBUG except exceptions caught in our callbacks (bugs)."""
@@ -143,12 +154,16 @@ class MqttClient:
         tls = self.cfg.tls
         assert tls is not None
         try:
-            self._client.tls_set(
-                ca_certs=str(tls.ca_file) if tls.ca_file else None,
-                certfile=str(tls.cert_file) if tls.cert_file else None,
-                keyfile=str(tls.key_file) if tls.key_file else None,
-                cert_reqs=ssl.CERT_NONE if tls.insecure else ssl.CERT_REQUIRED,
+            ctx = ssl.create_default_context(
+                ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca_file) if tls.ca_file else None
             )
+            if tls.cert_file is not None and tls.key_file is not None:
+                ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+            if tls.insecure:
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            ctx.sslsocket_class = _ClosingSSLSocket
+            self._client.tls_set_context(ctx)
             if tls.insecure:
                 self._client.tls_insecure_set(True)
         except (OSError, ssl.SSLError, ValueError) as exc:

@@ -7,6 +7,8 @@ import math
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from connectors.base import Quality
 from connectors.mqtt.config import Subscription
@@ -360,3 +362,32 @@ def test_topic_matches(flt: str, topic: str, match: bool) -> None:
 def test_max_quality() -> None:
     assert max_quality(Quality.GOOD, Quality.BAD) is Quality.BAD
     assert max_quality(Quality.UNCERTAIN, Quality.GOOD) is Quality.UNCERTAIN
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from("vtqsxr"), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@given(st.one_of(_json_values.map(lambda d: json.dumps(d).encode()), st.binary(max_size=64)))
+@settings(max_examples=200, deadline=None)
+def test_any_payload_maps_without_raising(payload: bytes) -> None:
+    mappers = [
+        mapper(binding="b", value_path="v", timestamp_path="t", quality_path="q", serial_path="s"),
+        mapper(
+            batch={"items_path": "r", "value_path": "v", "binding_path": "x", "timestamp_path": "t"}
+        ),
+        mapper(batch={"items_path": "", "value_path": "", "binding": "{3}"}),
+        mapper(format="value", binding="b"),
+        sp_mapper(),
+    ]
+    for m in mappers:
+        topic = "spBv1.0/g/DDATA/e/d" if m.sub.format == "sparkplug_b" else "plant/l/gauge/g"
+        out = m.map(topic, payload, GW)
+        for s in out.samples:
+            assert (s.quality is Quality.BAD) == math.isnan(s.value)
+            assert s.quality is Quality.GOOD or s.status

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from connectors.mqtt.sparkplug import SparkplugDecodeError, decode_payload
 from tests.connectors.mqtt import spb
@@ -125,3 +128,38 @@ def test_many_metrics_round_trip() -> None:
     assert [m.value for m in p.metrics] == values
     assert [m.alias for m in p.metrics] == list(range(200))
     assert struct.pack("<d", p.metrics[3].value) == struct.pack("<d", 1.5)
+
+
+@given(st.binary(max_size=300))
+@settings(max_examples=300, deadline=None)
+def test_arbitrary_bytes_decode_or_raise_decode_error(data: bytes) -> None:
+    with contextlib.suppress(SparkplugDecodeError):
+        decode_payload(data)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.text(max_size=10),
+            st.integers(0, 2**64 - 1),
+            st.floats(allow_nan=False),
+            st.integers(-(2**31), 2**31 - 1),
+        ),
+        max_size=20,
+    ),
+    st.integers(0, 255),
+)
+@settings(max_examples=100, deadline=None)
+def test_round_trip(metrics: list[tuple[str, int, float, int]], seq: int) -> None:
+    encoded = []
+    for name, alias, dbl, i32 in metrics:
+        encoded.append(spb.metric(name, alias=alias, datatype=spb.DOUBLE, value=dbl))
+        encoded.append(spb.metric(name, datatype=spb.INT32, value=i32))
+    p = decode_payload(spb.payload(encoded, seq=seq))
+    assert p.seq == seq
+    assert len(p.metrics) == 2 * len(metrics)
+    for (name, alias, dbl, i32), m_d, m_i in zip(
+        metrics, p.metrics[::2], p.metrics[1::2], strict=True
+    ):
+        assert (m_d.name, m_d.alias, m_d.value) == (name, alias, dbl)
+        assert (m_i.name, m_i.value) == (name, float(i32))
