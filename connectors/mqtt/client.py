@@ -13,11 +13,13 @@ gateway went away is redelivered by the broker: at least once, never lost where
 the protocol allows it.
 
 Buffer and overflow policy: at most ``queue_size`` received messages wait for
-the source. When it is full the network thread blocks up to ``queue_block_s``
-(backpressure: the broker stops sending beyond its in-flight window), then drops
-the newest message and counts it in :attr:`MqttClient.dropped`. A dropped QoS≥1
-message is never acknowledged, so the broker redelivers it after the next
-reconnect; a dropped QoS 0 message is lost.
+the source. When it is full, paho's network thread blocks (backpressure):
+for a QoS 0 message up to ``queue_block_s``, then the newest message is dropped
+and counted in :attr:`MqttClient.dropped`; a QoS≥1 message is never dropped
+while the connection is open — it waits, and the broker sends no more than its
+in-flight window (MQTT 5: our Receive Maximum ≤ ``queue_size``) un-acknowledged.
+Only at close can a waiting QoS≥1 message be given up; it was not acknowledged,
+so the broker redelivers it on the next connection.
 
 Errors are translated into :class:`ConnectorError`: bad credentials, a client id
 the broker rejects, TLS certificate failures and missing TLS files are not
@@ -60,6 +62,9 @@ _FATAL_CONNACK = {
     0x8A,  # banned
     0x8C,  # bad authentication method
 }
+
+
+_WAIT_SLICE_S = 0.25  # how often a blocked network thread checks whether we are closing
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,16 +202,24 @@ class MqttClient:
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         received_us = time.time_ns() // 1000
-        if not self._credits.acquire(timeout=self.cfg.queue_block_s):
+        if msg.qos == 0:
+            room = self._credits.acquire(timeout=self.cfg.queue_block_s)
+        else:
+            # QoS≥1 waits for room as long as the connection is open: the broker's in-flight
+            # window (our Receive Maximum) bounds how many can be waiting, and close() ends it.
+            room = False
+            while not room and not self._closed:
+                room = self._credits.acquire(timeout=_WAIT_SLICE_S)
+        if not room:
             self.dropped += 1
             if not self._drop_logged:
                 self._drop_logged = True
                 log.warning(
-                    "%s: receive buffer full (%d messages), dropping; QoS≥1 comes back on reconnect",
+                    "%s: receive buffer full (%d messages), dropping QoS 0 messages",
                     self.where,
                     self.cfg.queue_size,
                 )
-            return
+            return  # not acknowledged: a QoS≥1 message comes back on the next connection
         m = Message(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), received_us, msg.mid)
         self._call(self._queue.put_nowait, m)
 
@@ -243,6 +256,8 @@ class MqttClient:
             props = Properties(PacketTypes.CONNECT)
             if cfg.persistent_session:
                 props.SessionExpiryInterval = cfg.session_expiry_s
+            # never more un-acknowledged QoS≥1 messages in flight than the buffer holds
+            props.ReceiveMaximum = min(cfg.queue_size, 65535)
             kwargs = {"clean_start": not cfg.persistent_session, "properties": props}
 
         def open_() -> None:
@@ -341,7 +356,7 @@ class MqttClient:
         """Disconnect (a clean DISCONNECT keeps a persistent session) and stop the network thread."""
         if self._closed:
             return
-        self._closed = True
+        self._closed = True  # also releases a network thread waiting for buffer room
         if self._opening is not None:
             with contextlib.suppress(Exception):
                 await self._opening
