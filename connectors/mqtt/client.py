@@ -313,6 +313,8 @@ class MqttClient:
             codes = await asyncio.wait_for(fut, self.cfg.connect_timeout_s)
         except TimeoutError:
             raise ConnectorError(self.where, "no SUBACK in time", retryable=True) from None
+        finally:
+            self._subacks.pop(mid, None)
         granted: list[int] = []
         for (topic, _), code in zip(topics, codes, strict=False):
             value = int(code.value) if hasattr(code, "value") else int(code)

@@ -281,7 +281,7 @@ class MqttSourceConfig(_Strict):
     queue_block_s: float = Field(
         2.0,
         ge=0,
-        description="when the buffer is full the network thread waits this long, then drops",
+        description="buffer full: a QoS 0 message waits this long, then is dropped (QoS≥1 waits)",
     )
     max_batch: int = Field(1000, ge=1, description="messages turned into one emitted batch")
     reconnect_base_s: float = Field(0.5, gt=0, description="first reconnect delay ceiling")

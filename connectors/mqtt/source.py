@@ -81,7 +81,11 @@ class MqttSource:
     async def run(self, emit: Emit) -> None:
         """Receive until cancelled; raises only a non-retryable :class:`ConnectorError`."""
         try:
-            password = self._password()
+            try:
+                password = self._password()
+            except ConnectorError as exc:
+                self._record(exc)
+                raise
             topics = [
                 (s.topic, s.qos if s.qos is not None else self.config.qos)
                 for s in self.config.subscriptions
@@ -89,7 +93,11 @@ class MqttSource:
             lost = False
             connected_before = False
             while True:
-                client = MqttClient(self.config, self.where, password)
+                try:
+                    client = MqttClient(self.config, self.where, password)
+                except ConnectorError as exc:  # TLS files that cannot be loaded
+                    self._record(exc)
+                    raise
                 try:
                     session = await client.connect()
                     granted = await client.subscribe(topics)
@@ -101,23 +109,29 @@ class MqttSource:
                     self.stats.state = "connected"
                     if connected_before:
                         self.stats.reconnects += 1
-                    if lost:
-                        log.info("%s: connection regained (session kept: %s)", self.where, session)
-                        lost = False
-                    elif not connected_before:
-                        log.info("%s: connected (session kept: %s)", self.where, session)
+                    if lost or not connected_before:
+                        log.info(
+                            "%s: broker %s (session kept: %s)",
+                            self.where,
+                            "regained" if connected_before else "connected",
+                            session,
+                        )
+                    lost = False
                     connected_before = True
                     self._backoff.reset()
                     await self._pump(client, emit)
                 except ConnectorError as exc:
-                    self.stats.errors += 1
-                    self.stats.last_error = str(exc)
+                    self._record(exc)
                     if not exc.retryable:
-                        log.error("%s: %s (not retrying)", self.where, exc.message)
                         raise
                     self.stats.state = "disconnected"
                     if not lost:
-                        log.warning("%s: connection lost: %s; retrying", self.where, exc.message)
+                        log.warning(
+                            "%s: %s: %s; retrying",
+                            self.where,
+                            "broker lost" if connected_before else "cannot reach the broker",
+                            exc.message,
+                        )
                         lost = True
                     else:
                         log.debug("%s: still down: %s", self.where, exc.message)
@@ -128,6 +142,12 @@ class MqttSource:
                 await asyncio.sleep(self._backoff.next_delay())
         finally:
             self.stats.state = "stopped"
+
+    def _record(self, exc: ConnectorError) -> None:
+        self.stats.errors += 1
+        self.stats.last_error = str(exc)
+        if not exc.retryable:
+            log.error("%s: %s (not retrying)", self.where, exc.message)
 
     async def _pump(self, client: MqttClient, emit: Emit) -> None:
         """Receive, map and emit until the connection ends (then ``client.receive`` raises)."""

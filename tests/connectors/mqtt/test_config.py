@@ -130,3 +130,23 @@ def test_sample_yaml_validates() -> None:
         assert section["kind"] == "mqtt"
         body = {k: v for k, v in section.items() if k != "kind"}
         MqttSourceConfig.model_validate(body)
+
+
+def test_sample_through_the_gateway_loader_and_errors_located() -> None:
+    from collector.config import ConfigError, parse_config
+
+    text = "version: 1\n" + SAMPLE.read_text(encoding="utf-8")
+    _, connectors = parse_config(text, "gw.yaml")
+    assert isinstance(connectors["line1-mqtt"], MqttSourceConfig)
+    bad = text.replace("plant/line1/gauge/+", "plant/line1/gau+ge/+").replace(
+        "value_path: value", "value_pth: value"
+    )
+    with pytest.raises(ConfigError) as e:
+        parse_config(bad, "gw.yaml")
+    found = {(p.key, p.message) for p in e.value.problems}
+    lines = bad.splitlines()
+    assert all(p.file == "gw.yaml" for p in e.value.problems)
+    assert ("sources.line1-mqtt.subscriptions[0].value_pth", "unknown key") in found
+    topic = next(p for p in e.value.problems if p.key.endswith("subscriptions[0].topic"))
+    assert "'+' must be a whole level" in topic.message
+    assert "gau+ge" in lines[topic.line - 1]

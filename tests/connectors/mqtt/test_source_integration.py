@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import math
 import os
 import socket
@@ -259,7 +260,10 @@ async def test_malformed_payloads_are_bad_samples_and_source_keeps_running(broke
 
 
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
-async def test_broker_restart_loses_nothing(persistent_broker: Server, protocol: str) -> None:
+async def test_broker_restart_loses_nothing(
+    persistent_broker: Server, protocol: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="connectors.mqtt.source")
     broker = persistent_broker
     cfg = config(
         broker.port, [{"topic": "r/+", "binding": "{1}", "value_path": "n"}], protocol=protocol
@@ -289,6 +293,9 @@ async def test_broker_restart_loses_nothing(persistent_broker: Server, protocol:
     assert source.stats.reconnects >= 1
     assert source.stats.errors >= 1  # the lost connection
     assert source.stats.bad_samples == 0
+    said = [r.getMessage() for r in caplog.records if r.name == "connectors.mqtt.source"]
+    assert sum("broker lost" in m for m in said) == 1  # once each way, however many retries
+    assert sum("broker regained (session kept: True)" in m for m in said) == 1
     last_save = (broker.workdir / "server.log").read_text().rsplit("Saving in-memory database", 1)
     assert "Error saving" not in last_save[-1]  # the restart really went through persistence
 
