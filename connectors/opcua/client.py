@@ -65,6 +65,10 @@ _NOT_RETRYABLE = frozenset(
     }
 )
 _MAX_RAW_TEXT = 200
+# Our monitored-item client handles start far above asyncua's own counter (200, 201, …),
+# which subscribe_events uses, so the two never collide.
+_FIRST_HANDLE = 1_000_000
+_RETRYABLE_EVENT_ERRORS = frozenset({"BadTimeout", "BadSessionClosed", "BadSessionIdInvalid"})
 
 
 class ConnectionLostError(ConnectorError):
@@ -201,6 +205,9 @@ class _Handler:
     def datachange_notification(self, node: Any, val: Any, data: DataChangeNotif) -> None:
         self.owner._on_datachange(data.monitored_item.ClientHandle, data.monitored_item.Value)
 
+    def event_notification(self, event: Any) -> None:
+        self.owner._on_event(getattr(event, "server_handle", None))
+
     def status_change_notification(self, status: ua.StatusChangeNotification) -> None:
         code = status.Status
         if code is not None and not code.is_good():
@@ -228,6 +235,7 @@ class OpcuaClient:
         self._namespaces: list[str] | None = None
         self._node_ids: dict[str, ua.NodeId] = {}
         self._routes: dict[int, _Route] = {}
+        self._event_routes: dict[int, str] = {}
         self._on_trigger: Callable[[str, Sample], None] | None = None
         self._write_types: dict[str, ua.VariantType] = {}
         self._subscription: Subscription | None = None
@@ -350,10 +358,14 @@ class OpcuaClient:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            err = translate_error(exc, self.where)
-            if err.retryable:
-                self._mark_lost(err.message)
-            raise err from exc
+            raise self._translate(exc) from exc
+
+    def _translate(self, exc: Exception) -> ConnectorError:
+        """Translate an error; a retryable one means this session is unusable."""
+        err = translate_error(exc, self.where)
+        if err.retryable:
+            self._mark_lost(err.message)
+        return err
 
     # -- node ids -----------------------------------------------------------
 
@@ -496,7 +508,7 @@ class OpcuaClient:
         self._subscription = sub
         requests: list[ua.MonitoredItemCreateRequest] = []
         what: list[_Route] = []
-        handle = 0
+        handle = _FIRST_HANDLE
         for b in bindings:
             handle += 1
             requests.append(
@@ -504,6 +516,8 @@ class OpcuaClient:
             )
             what.append(_Route(binding=b.id))
         for t in triggers:
+            if t.ready_node is None:
+                continue
             handle += 1
             requests.append(
                 await self._item(handle, t.ready_node, t.sampling_interval_ms, 10, None)
@@ -528,7 +542,29 @@ class OpcuaClient:
                         f"trigger {route.trigger}: ready node {node}: {name}",
                         retryable=False,
                     )
+        for t in triggers:
+            if t.event_node is not None:
+                await self._subscribe_events(sub, t)
         return failed
+
+    async def _subscribe_events(self, sub: Subscription, trigger: TriggerConfig) -> None:
+        assert trigger.event_node is not None
+        source = await self.resolve(trigger.event_node)
+        event_type = await self.resolve(trigger.event_type)
+        try:
+            handle = await sub.subscribe_events(source, event_type)
+        except ua.UaStatusCodeError as exc:
+            name = status_name(int(exc.code))
+            raise ConnectorError(
+                self.where,
+                f"trigger {trigger.id}: events of {trigger.event_node}: {name}",
+                retryable=name in _RETRYABLE_EVENT_ERRORS,
+            ) from exc
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise self._translate(exc) from exc
+        self._event_routes[int(handle)] = trigger.id
 
     async def _item(
         self, handle: int, node: str, sampling_ms: float, queue_size: int, deadband: float | None
@@ -550,6 +586,17 @@ class OpcuaClient:
             ItemToMonitor=rv,
             MonitoringMode=ua.MonitoringMode.Reporting,
             RequestedParameters=mparams,
+        )
+
+    def _on_event(self, server_handle: int | None) -> None:
+        trigger = self._event_routes.get(server_handle) if server_handle is not None else None
+        if trigger is None and len(self._event_routes) == 1:
+            # The event outran the CreateMonitoredItems response; only one place it can go.
+            trigger = next(iter(self._event_routes.values()))
+        if trigger is None or self._lost.is_set() or self._on_trigger is None:
+            return
+        self._on_trigger(
+            trigger, Sample(trigger, 1.0, Quality.GOOD, _now_us(), fields={"event": True})
         )
 
     def _on_datachange(self, handle: int, dv: ua.DataValue | None) -> None:

@@ -104,14 +104,27 @@ class BlockItem(_Strict):
 
 
 class TriggerConfig(_Strict):
-    """A result-ready handshake: ready rises → read the whole block in one request → write ack."""
+    """A result handshake: ready rises (or an event comes) → read the whole block in one request → ack."""
 
     id: str = Field(
         min_length=1, description="Name of this trigger (goes to Sample.fields['trigger'])."
     )
-    ready_node: str = Field(description="Boolean node the device sets when a result is ready.")
+    ready_node: str | None = Field(
+        None, description="Boolean node the device sets when a result is ready (or use event_node)."
+    )
+    event_node: str | None = Field(
+        None,
+        description=(
+            "Object whose events (of event_type) each announce a result, e.g. 'i=2253' (Server); "
+            "instead of ready_node."
+        ),
+    )
+    event_type: str = Field("i=2041", description="Event type node id (default BaseEventType).")
     block: list[BlockItem] = Field(min_length=1, description="Values read together on ready.")
-    ack_node: str = Field(description="Node the gateway writes after reading the block.")
+    ack_node: str | None = Field(
+        None,
+        description="Node the gateway writes after reading the block (required with ready_node).",
+    )
     ack_value: bool | int | float | str = Field(True, description="Value written to ack_node.")
     ack_reset: bool | int | float | str | None = Field(
         None,
@@ -120,10 +133,20 @@ class TriggerConfig(_Strict):
     serial_node: str | None = Field(None, description="Optional part serial read with the block.")
     sampling_interval_ms: float = Field(50.0, ge=0, description="Sampling of the ready node (ms).")
 
-    @field_validator("ready_node", "ack_node", "serial_node")
+    @field_validator("ready_node", "event_node", "event_type", "ack_node", "serial_node")
     @classmethod
     def _nodes(cls, v: str | None) -> str | None:
         return None if v is None else _check_node_id(v)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> TriggerConfig:
+        if (self.ready_node is None) == (self.event_node is None):
+            raise ValueError("a trigger has either ready_node or event_node")
+        if self.ready_node is not None and self.ack_node is None:
+            raise ValueError("a ready_node handshake needs ack_node")
+        if self.ack_reset is not None and self.ready_node is None:
+            raise ValueError("ack_reset applies to ready_node triggers only")
+        return self
 
 
 class OpcuaSourceConfig(_Strict):

@@ -197,7 +197,10 @@ class OpcuaSource:
                 and not math.isnan(sample.value)
                 and sample.value != 0.0
             )
-            rising, falling = now_ready and not ready, ready and not now_ready
+            if trigger.event_node is not None:
+                rising, falling = True, False  # every event announces one result
+            else:
+                rising, falling = now_ready and not ready, ready and not now_ready
             ready = now_ready
             if falling and trigger.ack_reset is not None:
                 await self._acknowledge(client, trigger, trigger.ack_reset)
@@ -212,6 +215,8 @@ class OpcuaSource:
 
     async def _acknowledge(self, client: OpcuaClient, trigger: TriggerConfig, value: Any) -> bool:
         """Write the ack node; a refused write is counted and logged, a lost link raises."""
+        if trigger.ack_node is None:
+            return True
         try:
             await client.write(trigger.ack_node, value)
         except ConnectorError as err:

@@ -240,6 +240,43 @@ async def test_trigger_reads_the_block_in_one_request_and_acknowledges(server: U
     assert source.triggers == 2
 
 
+async def test_event_trigger_reads_the_block_per_event(server: UaServer) -> None:
+    emit = Collect()
+    cfg = config(
+        server,
+        triggers=[
+            {
+                "id": "result-event",
+                "event_node": "i=2253",  # the Server object
+                "ack_node": server.node("Ack"),
+                "block": [{"id": "p1", "node": server.node("P1")}],
+            }
+        ],
+    )
+    source = OpcuaSource(cfg, "station-1")
+    assert server.server is not None
+    generator = await server.server.get_event_generator()
+    async with running(source, emit):
+        await server.set("P1", 1.0)
+        # The event subscription may not exist yet when the first event fires: repeat
+        # (bounded) until the first block has been read.
+        for _ in range(100):
+            await generator.trigger(message="part 1 done")
+            await asyncio.sleep(0.05)
+            if emit.of("p1"):
+                break
+        await wait_until(lambda: server.get("Ack") is True, "the ack of part 1")
+        await server.set("Ack", False, vtype=ua.VariantType.Boolean)
+        await server.set("P1", 2.0)
+        await generator.trigger(message="part 2 done")
+        await wait_until(lambda: any(s.value == 2.0 for s in emit.of("p1")), "part 2")
+        await wait_until(lambda: server.get("Ack") is True, "the ack of part 2")
+    values = [s.value for s in emit.of("p1")]
+    assert values[0] == 1.0 and values[-1] == 2.0 and set(values) == {1.0, 2.0}
+    assert all(s.fields["trigger"] == "result-event" for s in emit.of("p1"))
+    assert source.triggers >= 2
+
+
 async def test_server_restart_marks_a_gap_then_rebuilds_the_subscription(
     server: UaServer, caplog: pytest.LogCaptureFixture
 ) -> None:

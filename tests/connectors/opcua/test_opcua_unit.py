@@ -79,6 +79,31 @@ def test_config_accepts_uri_form_and_triggers() -> None:
     assert cfg.triggers[0].ack_value is True
 
 
+BLOCK = [{"id": "d1", "node": "ns=2;s=D1"}]
+
+
+@pytest.mark.parametrize(
+    "trigger",
+    [
+        {"ready_node": "ns=2;s=R", "event_node": "i=2253", "ack_node": "ns=2;s=A"},
+        {},
+        {"ready_node": "ns=2;s=R"},
+        {"event_node": "i=2253", "ack_reset": False},
+        {"event_node": "Server"},
+    ],
+)
+def test_trigger_config_rejects(trigger: dict) -> None:
+    with pytest.raises(ValidationError):
+        OpcuaSourceConfig.model_validate(minimal(triggers=[{"id": "t", "block": BLOCK, **trigger}]))
+
+
+def test_event_trigger_needs_no_ack() -> None:
+    cfg = OpcuaSourceConfig.model_validate(
+        minimal(triggers=[{"id": "t", "block": BLOCK, "event_node": "i=2253"}])
+    )
+    assert cfg.triggers[0].ack_node is None and cfg.triggers[0].event_type == "i=2041"
+
+
 def dv(value, vtype=ua.VariantType.Double, status=ua.StatusCodes.Good, src=T_SRC, srv=T_SRV):
     return ua.DataValue(
         ua.Variant(value, vtype),
