@@ -299,7 +299,14 @@ class MqttClient:
         """
         assert self._loop is not None
         if self.cfg.protocol == "5":
-            req: list[Any] = [(t, SubscribeOptions(qos=q)) for t, q in topics]
+            retain = (
+                SubscribeOptions.RETAIN_DO_NOT_SEND
+                if self.cfg.retained == "skip"
+                else SubscribeOptions.RETAIN_SEND_ON_SUBSCRIBE
+            )
+            req: list[Any] = [
+                (t, SubscribeOptions(qos=q, retainHandling=retain)) for t, q in topics
+            ]
         else:
             req = list(topics)
         rc, mid = self._client.subscribe(req)

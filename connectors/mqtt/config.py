@@ -284,6 +284,11 @@ class MqttSourceConfig(_Strict):
         description="buffer full: a QoS 0 message waits this long, then is dropped (QoS≥1 waits)",
     )
     max_batch: int = Field(1000, ge=1, description="messages turned into one emitted batch")
+    retained: Literal["skip", "accept"] = Field(
+        "skip",
+        description="retained messages are a stale last value re-sent on every (re)subscribe: "
+        "skip them (default) or map them like live ones",
+    )
     reconnect_base_s: float = Field(0.5, gt=0, description="first reconnect delay ceiling")
     reconnect_cap_s: float = Field(30.0, gt=0, description="largest reconnect delay")
     subscriptions: list[Subscription] = Field(..., min_length=1, description="topic filters")

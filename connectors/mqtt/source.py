@@ -45,6 +45,7 @@ class MqttStats(ConnectorStats):
     messages: int = 0  # messages received
     unmatched: int = 0  # messages that matched no subscription (overlapping broker-side filters)
     dropped: int = 0  # messages dropped because the receive buffer stayed full
+    retained_skipped: int = 0  # retained (stale) messages not mapped (``retained: skip``)
 
 
 @register_source("mqtt")
@@ -66,6 +67,7 @@ class MqttSource:
             rng=rng or random.Random(),
         )
         self._dropped_before = 0
+        self._skip_retained = config.retained == "skip"
 
     def _password(self) -> str | None:
         env = self.config.password_env
@@ -166,6 +168,11 @@ class MqttSource:
 
     def _map(self, m: Message) -> list[Sample]:
         self.stats.messages += 1
+        if m.retain and self._skip_retained:
+            # The broker sets RETAIN only on a copy sent because of a (re)subscription:
+            # a stale last value, not a new measurement.
+            self.stats.retained_skipped += 1
+            return []
         n = next((i for i, mp in enumerate(self._mappers) if mp.matches(m.topic)), None)
         if n is None:
             self.stats.unmatched += 1

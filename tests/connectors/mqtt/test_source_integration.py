@@ -74,7 +74,12 @@ def config(port: int, subscriptions: list[dict[str, Any]], **kw: Any) -> MqttSou
 
 
 def publish(
-    port: int, messages: Sequence[tuple[str, bytes]], *, qos: int = 1, v5: bool = True
+    port: int,
+    messages: Sequence[tuple[str, bytes]],
+    *,
+    qos: int = 1,
+    v5: bool = True,
+    retain: bool = False,
 ) -> None:
     """Publish with a plain paho client and wait until the broker has every message."""
     c = paho.Client(
@@ -90,7 +95,7 @@ def publish(
         while not c.is_connected():
             assert time.monotonic() < deadline, "publisher could not connect"
             time.sleep(0.01)
-        infos = [c.publish(topic, payload, qos=qos) for topic, payload in messages]
+        infos = [c.publish(topic, payload, qos=qos, retain=retain) for topic, payload in messages]
         for info in infos:
             info.wait_for_publish(timeout=WAIT_S)
             assert info.is_published()
@@ -381,3 +386,27 @@ async def test_socket_has_tcp_nodelay_and_session_persists(broker: Server) -> No
         assert await again.connect() is True  # the broker kept our session
     finally:
         await again.close()
+
+
+@pytest.mark.parametrize(
+    ("protocol", "retained", "expected"),
+    [("5", "skip", {2.0}), ("3.1.1", "skip", {2.0}), ("5", "accept", {1.0, 2.0})],
+)
+async def test_retained_last_value_is_skipped_unless_accepted(
+    broker: Server, protocol: str, retained: str, expected: set[float]
+) -> None:
+    await asyncio.to_thread(publish, broker.port, [("k/a", b'{"v": 1}')], retain=True)
+    cfg = config(
+        broker.port,
+        [{"topic": "k/+", "binding": "{1}", "value_path": "v"}],
+        protocol=protocol,
+        retained=retained,
+    )
+    source = MqttSource(cfg, "retained")
+    got = Collector()
+    async with running(source, got):
+        await asyncio.to_thread(publish, broker.port, [("k/a", b'{"v": 2}')])
+        await got.wait(lambda: any(s.value == 2.0 for s in got.samples))
+    assert {s.value for s in got.samples} == expected
+    if protocol == "3.1.1":  # MQTT 5 asks the broker not to send it at all
+        assert source.stats.retained_skipped == 1
