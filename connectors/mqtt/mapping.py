@@ -245,7 +245,12 @@ class SubscriptionMapper:
                 meta.status = f"{meta.status}; {why}" if meta.status else why
         for name, p in paths.context.items():
             with contextlib.suppress(PathError):  # context is optional per message
-                meta.fields[name] = resolve(doc, p)
+                raw = resolve(doc, p)
+                # fields end up as InfluxDB fields: scalars only, structures as compact JSON
+                if isinstance(raw, dict | list):
+                    meta.fields[name] = json.dumps(raw, separators=(",", ":"))
+                elif raw is not None:
+                    meta.fields[name] = raw
         return meta
 
     def _value_sample(

@@ -391,3 +391,11 @@ def test_any_payload_maps_without_raising(payload: bytes) -> None:
         for s in out.samples:
             assert (s.quality is Quality.BAD) == math.isnan(s.value)
             assert s.quality is Quality.GOOD or s.status
+
+
+def test_structured_context_becomes_json_text() -> None:
+    m = mapper(binding="b", value_path="v", context={"tool": "tool", "n": "n", "ok": "ok"})
+    (s,) = m.map(
+        "plant/l/gauge/x", js({"v": 1, "tool": {"id": 3, "wear": [1, 2]}, "n": 4, "ok": None}), GW
+    ).samples
+    assert dict(s.fields) == {"tool": '{"id":3,"wear":[1,2]}', "n": 4}
