@@ -229,6 +229,7 @@ class OpcuaClient:
         self.dropped = 0
         self.read_requests = 0
         self.max_nodes_per_read = config.default_max_nodes_per_read
+        self.max_monitored_items_per_call = config.default_max_monitored_items_per_call
         self.lost_reason = ""
         self._lost = asyncio.Event()
         self._client: Client | None = None
@@ -302,15 +303,19 @@ class OpcuaClient:
             raise
 
     async def _read_limits(self) -> None:
-        node = ua.NodeId(ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead)
-        dv = (await self._call(self._session().read_attributes([node], ua.AttributeIds.Value)))[0]
-        limit = _number(dv.Value.Value if dv.Value is not None else None)
-        good = dv.StatusCode is None or dv.StatusCode.is_good()
-        # 0 means "no limit" in OPC UA; we still chunk by our default then.
-        if good and limit is not None and limit >= 1:
-            self.max_nodes_per_read = int(limit)
-        else:
-            self.max_nodes_per_read = self.config.default_max_nodes_per_read
+        """Read the OperationLimits we chunk by, once per session; absent or 0 → our defaults."""
+        limits = (
+            ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead,
+            ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall,
+        )
+        dvs = await self._call(
+            self._session().read_attributes([ua.NodeId(n) for n in limits], ua.AttributeIds.Value)
+        )
+        per_read, per_call = (_limit(dv) for dv in dvs)
+        self.max_nodes_per_read = per_read or self.config.default_max_nodes_per_read
+        self.max_monitored_items_per_call = (
+            per_call or self.config.default_max_monitored_items_per_call
+        )
 
     async def close(self) -> None:
         """Close the session and socket; never raises."""
@@ -525,7 +530,11 @@ class OpcuaClient:
             what.append(_Route(trigger=t.id))
         for req, route in zip(requests, what, strict=True):
             self._routes[req.RequestedParameters.ClientHandle] = route
-        results = await self._call(sub.create_monitored_items(requests))
+        results: list[int | ua.StatusCode] = []
+        step = max(1, self.max_monitored_items_per_call)
+        for start in range(0, len(requests), step):
+            chunk = requests[start : start + step]
+            results.extend(await self._call(sub.create_monitored_items(chunk)))
         failed: list[Sample] = []
         now = _now_us()
         for req, route, result in zip(requests, what, results, strict=True):
@@ -619,6 +628,14 @@ class OpcuaClient:
             self.samples.get_nowait()
             self.dropped += 1
             self.samples.put_nowait(sample)
+
+
+def _limit(dv: ua.DataValue) -> int | None:
+    """A positive OperationLimits value, or None (bad status, absent, or 0 = no limit)."""
+    if dv.StatusCode is not None and not dv.StatusCode.is_good():
+        return None
+    value = _number(dv.Value.Value if dv.Value is not None else None)
+    return int(value) if value is not None and value >= 1 else None
 
 
 def _default_variant_type(value: bool | int | float | str) -> ua.VariantType:

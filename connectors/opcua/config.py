@@ -192,6 +192,11 @@ class OpcuaSourceConfig(_Strict):
     default_max_nodes_per_read: int = Field(
         100, ge=1, description="Read chunk size when the server publishes no MaxNodesPerRead."
     )
+    default_max_monitored_items_per_call: int = Field(
+        1000,
+        ge=1,
+        description="Monitored items per create call when the server publishes no MaxMonitoredItemsPerCall.",
+    )
     queue_size: int = Field(
         10_000,
         ge=1,

@@ -167,8 +167,8 @@ async def test_status_codes_become_sample_quality_never_a_crash(server: UaServer
     assert source.stats.bad_samples >= 4
 
 
-async def test_polled_reads_are_chunked_by_max_nodes_per_read_and_use_server_time() -> None:
-    srv = UaServer(max_nodes_per_read=2)
+async def test_requests_are_chunked_by_operation_limits_and_polls_use_server_time() -> None:
+    srv = UaServer(max_nodes_per_read=2, max_monitored_items_per_call=2)
     await srv.start()
     try:
         emit = Collect()
@@ -183,11 +183,13 @@ async def test_polled_reads_are_chunked_by_max_nodes_per_read_and_use_server_tim
             nodes=[
                 {"id": n.lower(), "node": srv.node(n), "mode": "poll", "poll_interval_s": 0.05}
                 for n in names
-            ],
+            ]
+            + [{"id": d.lower(), "node": srv.node(d)} for d in ("D1", "D2", "D3")],
         )
         source = OpcuaSource(cfg, "station-1")
         async with running(source, emit):
             await wait_until(lambda: all(len(emit.of(n.lower())) >= 2 for n in names), "two polls")
+            await wait_until(lambda: all(emit.of(d) for d in ("d1", "d2", "d3")), "subscribed")
     finally:
         await srv.stop()
     ours = [r for r in srv.reads if any(f"s={n}" in node for n in names for node in r)]
@@ -200,6 +202,7 @@ async def test_polled_reads_are_chunked_by_max_nodes_per_read_and_use_server_tim
     assert all(s.source_time_us is None and s.time_us == us(stamped) for s in polls)
     assert all(s.fields["device_time_us"] == us(device) for s in polls)
     assert source.read_requests >= 6
+    assert srv.item_creates == [2, 1]  # three monitored items, at most two per call
 
 
 async def test_trigger_reads_the_block_in_one_request_and_acknowledges(server: UaServer) -> None:

@@ -54,12 +54,14 @@ class UaServer:
 
     port: int = field(default_factory=free_port)
     max_nodes_per_read: int | None = None
+    max_monitored_items_per_call: int | None = None
     users: Any = None
     identity_tokens: list[type] | None = None
     certificate: Path | None = None
     private_key: Path | None = None
     policies: list[ua.SecurityPolicyType] | None = None
     reads: list[list[str]] = field(default_factory=list)
+    item_creates: list[int] = field(default_factory=list)
     server: Server | None = None
     idx: int = 2
 
@@ -94,18 +96,33 @@ class UaServer:
         await ack.set_writable()
         await station.add_variable(self.node_id("Serial"), "Serial", "", ua.VariantType.String)
         await station.add_variable(self.node_id("Program"), "Program", "P-7", ua.VariantType.String)
-        if self.max_nodes_per_read is not None:
-            await server.write_attribute_value(
-                ua.NodeId(ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead),
-                ua.DataValue(ua.Variant(self.max_nodes_per_read, ua.VariantType.UInt32)),
-            )
+        limits = ua.ObjectIds
+        for node, limit in (
+            (
+                limits.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead,
+                self.max_nodes_per_read,
+            ),
+            (
+                limits.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall,
+                self.max_monitored_items_per_call,
+            ),
+        ):
+            if limit is not None:
+                await server.write_attribute_value(
+                    ua.NodeId(node), ua.DataValue(ua.Variant(limit, ua.VariantType.UInt32))
+                )
         server.subscribe_server_callback(CallbackType.PreRead, self._record_read)
+        server.subscribe_server_callback(CallbackType.ItemSubscriptionCreated, self._record_items)
         await server.start()
         self.server = server
 
     def _record_read(self, event: Any, _dispatcher: Any) -> None:
         if event.is_external:
             self.reads.append([rv.NodeId.to_string() for rv in event.request_params.NodesToRead])
+
+    def _record_items(self, event: Any, _dispatcher: Any) -> None:
+        if event.is_external:
+            self.item_creates.append(len(event.request_params.ItemsToCreate))
 
     async def stop(self) -> None:
         server, self.server = self.server, None
