@@ -12,9 +12,9 @@ import pytest
 from asyncua import ua
 from pydantic import ValidationError
 
-from connectors.base import Backoff, ConnectorError, Quality, source_class
+from connectors.base import Backoff, ConnectorError, Quality, Sample, source_class
 from connectors.opcua import OpcuaSource, OpcuaSourceConfig
-from connectors.opcua.client import datavalue_to_sample, status_name, translate_error
+from connectors.opcua.client import OpcuaClient, datavalue_to_sample, status_name, translate_error
 from connectors.opcua.config import TimestampChoice
 from tests.servers import free_port
 
@@ -208,3 +208,11 @@ async def test_unreachable_server_is_retried_not_raised() -> None:
 
 async def _ignore(batch) -> None:
     return None
+
+
+async def test_full_sample_queue_drops_the_oldest_and_counts() -> None:
+    client = OpcuaClient(OpcuaSourceConfig.model_validate(minimal(queue_size=2)), "opcua test")
+    for k in range(3):
+        client._put(Sample("a", float(k), Quality.GOOD, k))
+    kept = [client.samples.get_nowait().value for _ in range(client.samples.qsize())]
+    assert kept == [1.0, 2.0] and client.dropped == 1
