@@ -311,6 +311,7 @@ class OpcuaClient:
         dvs = await self._call(
             self._session().read_attributes([ua.NodeId(n) for n in limits], ua.AttributeIds.Value)
         )
+        self._check_count("Read", len(dvs), len(limits))
         per_read, per_call = (_limit(dv) for dv in dvs)
         self.max_nodes_per_read = per_read or self.config.default_max_nodes_per_read
         self.max_monitored_items_per_call = (
@@ -389,11 +390,11 @@ class OpcuaClient:
         if uri:
             if self._namespaces is None:
                 ns_node = ua.NodeId(ua.ObjectIds.Server_NamespaceArray)
-                dv = (
-                    await self._call(
-                        self._session().read_attributes([ns_node], ua.AttributeIds.Value)
-                    )
-                )[0]
+                got = await self._call(
+                    self._session().read_attributes([ns_node], ua.AttributeIds.Value)
+                )
+                self._check_count("Read", len(got), 1)
+                dv = got[0]
                 self._namespaces = list(dv.Value.Value or []) if dv.Value is not None else []
             if uri not in self._namespaces:
                 raise ConnectorError(
@@ -417,10 +418,18 @@ class OpcuaClient:
         for start in range(0, len(ids), step):
             chunk = ids[start : start + step]
             self.read_requests += 1
-            out.extend(
-                await self._call(self._session().read_attributes(chunk, ua.AttributeIds.Value))
-            )
+            got = await self._call(self._session().read_attributes(chunk, ua.AttributeIds.Value))
+            self._check_count("Read", len(got), len(chunk))
+            out.extend(got)
         return out
+
+    def _check_count(self, service: str, got: int, sent: int) -> None:
+        if got != sent:
+            raise self._translate(
+                ConnectorError(
+                    self.where, f"{service}: {got} results for {sent} items", retryable=True
+                )
+            )
 
     async def read_samples(
         self,
@@ -457,9 +466,11 @@ class OpcuaClient:
         node_id = await self.resolve(node)
         vtype = self._write_types.get(node)
         if vtype is None:
-            dv = (
-                await self._call(self._session().read_attributes([node_id], ua.AttributeIds.Value))
-            )[0]
+            got = await self._call(
+                self._session().read_attributes([node_id], ua.AttributeIds.Value)
+            )
+            self._check_count("Read", len(got), 1)
+            dv = got[0]
             current = dv.Value
             if current is not None and current.Value is not None:
                 vtype = current.VariantType
@@ -471,6 +482,7 @@ class OpcuaClient:
         results = await self._call(
             self._session().write_attributes([node_id], [dv], ua.AttributeIds.Value)
         )
+        self._check_count("Write", len(results), 1)
         code = results[0]
         if not code.is_good():
             raise ConnectorError(
@@ -534,7 +546,9 @@ class OpcuaClient:
         step = max(1, self.max_monitored_items_per_call)
         for start in range(0, len(requests), step):
             chunk = requests[start : start + step]
-            results.extend(await self._call(sub.create_monitored_items(chunk)))
+            got = await self._call(sub.create_monitored_items(chunk))
+            self._check_count("CreateMonitoredItems", len(got), len(chunk))
+            results.extend(got)
         failed: list[Sample] = []
         now = _now_us()
         for req, route, result in zip(requests, what, results, strict=True):
