@@ -410,3 +410,69 @@ async def test_retained_last_value_is_skipped_unless_accepted(
     assert {s.value for s in got.samples} == expected
     if protocol == "3.1.1":  # MQTT 5 asks the broker not to send it at all
         assert source.stats.retained_skipped == 1
+
+
+class SlowCollector(Collector):
+    """An ``emit`` that stalls now and then, so the receive buffer fills up."""
+
+    async def __call__(self, batch: Sequence[Sample]) -> None:
+        if self.batches % 10 == 0:
+            await asyncio.sleep(0.05)
+        await super().__call__(batch)
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_slow_emit_with_a_tiny_buffer_loses_no_qos1(broker: Server, protocol: str) -> None:
+    cfg = config(
+        broker.port,
+        [{"topic": "s/+", "binding": "{1}", "value_path": "n"}],
+        protocol=protocol,
+        queue_size=4,
+        queue_block_s=0.01,
+        max_batch=3,
+    )
+    source = MqttSource(cfg, "slow")
+    got = SlowCollector()
+    n = 300
+    async with running(source, got):
+        await asyncio.to_thread(
+            publish, broker.port, [("s/x", json.dumps({"n": i}).encode()) for i in range(n)]
+        )
+        await got.wait(lambda: len(got.samples) >= n, timeout=40)
+    assert sorted(int(s.value) for s in got.samples) == list(range(n))
+    assert source.stats.dropped == 0
+
+
+async def test_sparkplug_aliases_from_dbirth_through_the_broker(broker: Server) -> None:
+    cfg = config(
+        broker.port,
+        [
+            {
+                "topic": "spBv1.0/plant1/+/edge1/+",
+                "format": "sparkplug_b",
+                "metrics": {"Gauge/Bore": "{4}.bore"},
+            }
+        ],
+    )
+    source = MqttSource(cfg, "spb")
+    got = Collector()
+    birth = spb.payload(
+        [spb.metric("Gauge/Bore", alias=5, datatype=spb.FLOAT, value=0.5)],
+        timestamp=1_764_144_000_000,
+        seq=0,
+    )
+    data = [
+        spb.payload([spb.metric(alias=5, datatype=spb.FLOAT, value=float(i))], seq=i)
+        for i in range(1, 6)
+    ]
+    async with running(source, got):
+        await asyncio.to_thread(
+            publish,
+            broker.port,
+            [("spBv1.0/plant1/DBIRTH/edge1/g1", birth)]
+            + [("spBv1.0/plant1/DDATA/edge1/g1", d) for d in data],
+        )
+        await got.wait(lambda: len(got.samples) >= 6)
+    assert [s.value for s in got.samples] == [0.5, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert {s.binding for s in got.samples} == {"g1.bore"}
+    assert [s.fields["seq"] for s in got.samples] == list(range(6))
