@@ -32,7 +32,16 @@ from typing import Any
 
 import numpy as np
 
-from spc.charts.timeweighted import cusum_standardize, ewma_factor, ewma_limits, ewma_saturation
+from spc.charts.timeweighted import (
+    CusumCarry,
+    EwmaCarry,
+    cusum_series,
+    cusum_standardize,
+    ewma_factor,
+    ewma_limits,
+    ewma_saturation,
+    ewma_series,
+)
 from spc.charts.variables import (
     control_band,
     range_limits,
@@ -43,7 +52,16 @@ from spc.charts.variables import (
 from spc.constants import c4_array, d2, d2_array, d3, d3_array
 from spc.errors import SpcInputError
 from spc.limits import LimitsRecord
-from spc.rules import BITS, RuleBank, RuleConfig, make_rule, resolve_rules
+from spc.rules import (
+    BITS,
+    MAX_WINDOW,
+    RuleBank,
+    RuleConfig,
+    evaluate_with_carry,
+    make_rule,
+    resolve_rules,
+    standardize,
+)
 from spc.series import Estimate
 
 __all__ = ["CHARTS", "Engine", "Points", "Spec"]
@@ -178,6 +196,18 @@ class Points:
 
     def __len__(self) -> int:
         return int(self.char.shape[0])
+
+    @classmethod
+    def _make(cls, cols: dict[str, np.ndarray]) -> Points:
+        """A Points from all its columns, without the frozen dataclass ``__init__``.
+
+        The engine's hot path: ``__init__`` sets each of the 19 fields through
+        ``object.__setattr__`` (about 2 µs per tick); the engine always passes
+        every field, so filling ``__dict__`` gives the same object.
+        """
+        p = object.__new__(cls)
+        p.__dict__.update(cols)
+        return p
 
     @classmethod
     def concat(cls, parts: Sequence[Points]) -> Points:
@@ -363,12 +393,52 @@ _ARRAYS: dict[str, Any] = {
 }
 
 
-@dataclass
-class _Out:
-    """Columns of the points one kind group produced in one round, with their batch positions."""
+# The limits matrix (``Engine._lim``, characteristics along axis 1): row 0 is σ and
+# row 1 the centre (``_sigma`` and ``_center`` are views of these rows, so they are
+# the configuration itself); rows 2..5 are derived from the configuration once, at
+# add / set_limits / restore, so a tick copies limits instead of recomputing them:
+#   imr:   LCL, UCL, MR LCL, MR UCL
+#   ewma:  σ, LCL, UCL once the factor saturates (n = 1), and 1 − λ
+#   cusum: −h, h
+# The derived rows exist only when one of these kinds is present. Every value is
+# the same formula call on the same numbers as the batch path, so it is the same
+# float whether computed here or per tick.
+_L_SIGMA, _L_CENTER = 0, 1
+_DERIVED_KINDS = (_IMR, _EWMA, _CUSUM)
+_NDERIVED = 4
 
-    pos: np.ndarray
-    cols: dict[str, np.ndarray]
+_ONE = np.int64(1)
+
+#: Samples of one characteristic in one call from which the call runs them through
+#: the batch functions (``Engine._long``) instead of one round per sample.
+_LONG_RUN = 128
+#: What a long run costs in rounds, plus MAX_WINDOW + 1 rule-bank steps when it has one.
+_LONG_COST = 8
+
+_FLOAT_COLS = (
+    "statistic",
+    "center",
+    "lcl",
+    "ucl",
+    "sigma",
+    "n",
+    "disp_statistic",
+    "disp_center",
+    "disp_lcl",
+    "disp_ucl",
+    "disp_sigma",
+    "ewma",
+    "cusum_upper",
+    "cusum_lower",
+)
+
+
+# What a kind group produces: ``(rel, cols)``. ``cols`` maps every Points field to
+# its column (None when no point completed); ``rel`` is None when there is one row
+# per input sample of the group, in input order, else the input positions (within
+# the group) of the samples that completed each row. A plain tuple: it is built
+# on every tick.
+_Out = tuple
 
 
 class Engine:
@@ -389,12 +459,12 @@ class Engine:
         self._rule_index: dict[RuleConfig, int] = {}
         self._centre_bank = RuleBank()
         self._disp_bank = RuleBank()
-        self._kinds_present = np.zeros(len(CHARTS), dtype=np.int64)
         self._tables(2)
-        self._mark = np.zeros(0, dtype=np.intp)
         self._scratch_n = 0
-        self._arange = np.arange(0, dtype=np.intp)
-        self._nan = np.zeros(0)
+        self._rb_n = -1
+        self._rb = b""
+        self._scratch(0)
+        self._after_config()
         if specs:
             self.add(specs)
 
@@ -407,7 +477,10 @@ class Engine:
     def nbytes(self) -> int:
         """Bytes of per-characteristic configuration and state, rule banks and open subgroups included."""
         own = sum(getattr(self, "_" + name).nbytes for name in _ARRAYS)
-        return int(own + self._buf.nbytes + self._centre_bank.nbytes + self._disp_bank.nbytes)
+        derived = self._lim[2:].nbytes  # rows 0 and 1 are _sigma and _center, counted above
+        return int(
+            own + derived + self._buf.nbytes + self._centre_bank.nbytes + self._disp_bank.nbytes
+        )
 
     @property
     def bytes_per_characteristic(self) -> float:
@@ -517,11 +590,13 @@ class Engine:
         return np.arange(start, start + n, dtype=np.intp)
 
     def _after_config(self) -> None:
+        """Rebuild everything derived from the configuration arrays (after add / restore)."""
+        K = len(self)
         self._kinds_present = np.bincount(self._kind, minlength=len(CHARTS))
-        max_m = int(self._m.max()) if len(self) else 1
+        max_m = int(self._m.max()) if K else 1
         if max_m + 1 > self._d2t.shape[0]:
             self._tables(max_m)
-        self._mark = np.zeros(len(self), dtype=np.intp)
+        self._mark = np.zeros(K, dtype=np.intp)
         self._has_attr = bool(self._kinds_present[list(_ATTRIBUTE)].any())
         present = np.flatnonzero(self._kinds_present)
         self._single_kind = int(present[0]) if present.size == 1 else None
@@ -533,6 +608,61 @@ class Engine:
         self._any_reset = bool(np.count_nonzero(self._reset))
         self._centre_limit_bits = self._limit_only(self._rc_centre[centre_users])
         self._disp_limit_bits = self._limit_only(self._rc_disp[disp_users])
+        # the limits matrix: σ and centre become views of its rows 0 and 1
+        rows = 2 + (_NDERIVED if self._kinds_present[list(_DERIVED_KINDS)].any() else 0)
+        lim = np.empty((rows, K))
+        lim[_L_SIGMA] = self._sigma
+        lim[_L_CENTER] = self._center
+        self._lim = lim
+        self._sigma = lim[_L_SIGMA]
+        self._center = lim[_L_CENTER]
+        self._derive(slice(None))
+        self._n_cusum_odd, self._n_mr_lcl = self._odd(slice(None))
+        # kind groups of a whole tick (idx = 0..K-1), found once here instead of per tick
+        self._groups: list[tuple[int, slice | np.ndarray]] = []
+        for kind in present.tolist():
+            members = np.flatnonzero(self._kind == kind)
+            a, b = int(members[0]), int(members[-1]) + 1
+            self._groups.append((kind, slice(a, b) if b - a == members.size else members))
+
+    def _odd(self, sel: slice | np.ndarray) -> tuple[int, int]:
+        """Among characteristics ``sel`` (unique): CUSUMs with σ ≤ 0 (no fast path) and
+        I-MRs whose MR LCL is above 0 (an MR, ≥ 0, can fall below it)."""
+        kind = self._kind[sel]
+        cusum = np.count_nonzero((kind == _CUSUM) & ~(self._sigma[sel] > 0.0))
+        imr = 0
+        if self._lim.shape[0] > 2:
+            imr = np.count_nonzero((kind == _IMR) & (self._lim[4, sel] > 0.0))
+        return int(cusum), int(imr)
+
+    def _derive(self, sel: slice | np.ndarray) -> None:
+        """Recompute the derived rows of the limits matrix for characteristics ``sel``."""
+        lim = self._lim
+        if lim.shape[0] == 2:
+            return
+        kind = self._kind[sel]
+        center, sigma, k = self._center[sel], self._sigma[sel], self._nsig[sel]
+        D = np.full((_NDERIVED, kind.shape[0]), np.nan)
+        i = np.flatnonzero(kind == _IMR)
+        if i.size:
+            # the formulas of imr_series: control_band and range_limits with d2(2), d3(2)
+            lcl, ucl = control_band(center[i], sigma[i], k[i])
+            _, _, mlo, mhi = range_limits(_D2_2, _D3_2, sigma[i], k[i])
+            D[0, i], D[1, i], D[2, i], D[3, i] = lcl, ucl, mlo, mhi
+        i = np.flatnonzero(kind == _EWMA)
+        if i.size:
+            # ewma_limits at n = 1 with the saturated factor √(λ/(2−λ)) (ewma_saturation)
+            lam = self._par_a[sel][i]
+            factor = np.sqrt(lam / (2.0 - lam))
+            sig, lcl, ucl = ewma_limits(
+                center[i], sigma[i], 1.0, lam, self._par_b[sel][i], None, factor
+            )
+            D[0, i], D[1, i], D[2, i], D[3, i] = sig, lcl, ucl, 1.0 - lam
+        i = np.flatnonzero(kind == _CUSUM)
+        if i.size:
+            h = self._par_b[sel][i]
+            D[0, i], D[1, i] = -h, h
+        lim[2:, sel] = D
 
     def _limit_only(self, rc: np.ndarray) -> np.uint32 | None:
         """The bits of the one config all these characteristics share, if it has only rule 1.
@@ -573,6 +703,8 @@ class Engine:
             # the same checks as a Spec with these parameters
             probe = Spec("imr", 0.0, 1.0, **updates)
             _check_spec(probe, "record.params")
+        uniq = np.unique(idx)
+        odd_before = self._odd(uniq)
         attr = np.isin(self._kind[idx], _ATTRIBUTE)
         self._center[idx] = float(record.center)
         self._sigma[idx] = np.where(attr, np.nan, float(record.sigma))
@@ -597,11 +729,15 @@ class Engine:
                 if key in updates:
                     arr[cu] = updates[key]
         self._lid[idx] = self._lid_of(record.id if isinstance(record, LimitsRecord) else "")
+        self._derive(uniq)
+        odd_after = self._odd(uniq)
+        self._n_cusum_odd += odd_after[0] - odd_before[0]
+        self._n_mr_lcl += odd_after[1] - odd_before[1]
 
     # ------------------------------------------------------------------ processing
 
     def _scratch(self, n: int) -> None:
-        if n > self._scratch_n:
+        if n > self._scratch_n or not self._scratch_n:
             size = max(n, 2 * self._scratch_n, 64)
             self._arange = np.arange(size, dtype=np.intp)
             nan = np.full(size, np.nan)
@@ -609,7 +745,16 @@ class Engine:
             self._nan = nan
             self._zeros_u32 = np.zeros(size, dtype=np.uint32)
             self._zeros_u32.flags.writeable = False
+            self._tmp = np.empty(size)  # the engine's own temporaries; never handed out
+            self._zeros_f = np.zeros(size)
+            self._zeros_f.flags.writeable = False
             self._scratch_n = size
+
+    def _range_bytes(self, B: int) -> bytes:
+        if self._rb_n != B:
+            self._rb = self._arange[:B].tobytes()
+            self._rb_n = B
+        return self._rb
 
     def process(self, idx: Any, value: Any, size: Any = None) -> Points:
         """Feed a micro-batch of samples; returns the points it completed.
@@ -619,9 +764,16 @@ class Engine:
         the sample size / inspection area (required for p, np and u; ignored
         otherwise). Samples of one characteristic are taken in arrival order.
         The whole batch is validated before any state changes.
+
+        The returned columns are the caller's own: no later call writes them.
+        Columns of one chart kind may be rows of one freshly allocated block.
         """
-        idx = np.asarray(idx, dtype=np.intp).reshape(-1)
-        v = np.asarray(value, dtype=np.float64).reshape(-1)
+        idx = np.asarray(idx, dtype=np.intp)
+        if idx.ndim != 1:
+            idx = idx.reshape(-1)
+        v = np.asarray(value, dtype=np.float64)
+        if v.ndim != 1:
+            v = v.reshape(-1)
         B = idx.shape[0]
         if v.shape[0] != B:
             raise SpcInputError("value", f"{v.shape[0]} values for {B} indices")
@@ -634,31 +786,91 @@ class Engine:
             return _empty_points()
         K = len(self)
         lo, hi = int(idx[0]), int(idx[-1])
+        self._scratch(B)
         # characteristics lo..lo+B-1 in order (a full tick) are read and
         # written through slices (views) instead of gathers and scatters
-        run = hi - lo == B - 1 and not np.count_nonzero(idx[1:] <= idx[:-1])
+        if hi - lo != B - 1:
+            run = False
+        elif lo == 0:
+            # idx == 0..B-1: one memcmp (the bytes of 0..B-1 are cached)
+            run = idx.tobytes() == self._range_bytes(B)
+        else:
+            run = not np.count_nonzero(idx[1:] <= idx[:-1])
         if (lo < 0 or hi >= K) if run else (idx.min() < 0 or idx.max() >= K):
             raise SpcInputError("idx", f"characteristic index out of range 0..{K - 1}")
-        inf = np.isinf(v)
-        if np.count_nonzero(inf):
-            bad = int(np.flatnonzero(inf)[0])
-            raise SpcInputError(f"value[{bad}]", "must be finite (NaN marks a missing observation)")
+        # all finite: no infinity to reject and no missing value to skip
+        fin = np.count_nonzero(np.isfinite(v)) == B
+        if not fin:
+            inf = np.isinf(v)
+            if np.count_nonzero(inf):
+                bad = int(np.flatnonzero(inf)[0])
+                raise SpcInputError(
+                    f"value[{bad}]", "must be finite (NaN marks a missing observation)"
+                )
         if self._has_attr:
             self._check_attributes(idx, v, sz)
-        self._scratch(B)
-        ar = self._arange[:B]
+        kind = self._single_kind
         if run:
-            outs = self._round(idx, v, sz, None, slice(lo, lo + B))
-            return self._assemble(outs, B, single_round=True)
+            s = slice(lo, lo + B)
+            if kind is not None:
+                return self._single(self._group(kind, idx, s, v, sz, fin))
+            # kind groups: found at add() for a whole tick (then lo = 0 and a
+            # position is a characteristic index), else found here
+            groups = self._groups if B == K else _by_kind(self._kind[s])
+            parts = []
+            for k, sel in groups:
+                c = idx[sel]
+                ps = None if sz is None else sz[sel]
+                st = sel if isinstance(sel, slice) else c
+                parts.append((sel, self._group(k, c, st, v[sel], ps, fin)))
+            return self._merge(parts, B)
         mark = self._mark
+        ar = self._arange[:B]
         mark[idx] = ar
         if not np.count_nonzero(mark[idx] != ar):
-            outs = self._round(idx, v, sz, None)
-            return self._assemble(outs, B, single_round=True)
-        outs = []
-        for pos in self._rounds(idx):
-            outs += self._round(idx[pos], v[pos], None if sz is None else sz[pos], pos)
-        return self._assemble(outs, B, single_round=False)
+            # every characteristic at most once: one round, gathered
+            if kind is not None:
+                return self._single(self._group(kind, idx, idx, v, sz, fin))
+            parts = []
+            for k, sel in _by_kind(self._kind[idx]):
+                c = idx[sel]
+                ps = None if sz is None else sz[sel]
+                parts.append((sel, self._group(k, c, c, v[sel], ps, fin)))
+            return self._merge(parts, B)
+        parts = []
+        rest = None
+        order = np.argsort(idx, kind="stable")
+        sidx = idx[order]
+        first = np.flatnonzero(np.concatenate(([True], sidx[1:] != sidx[:-1])))
+        length = np.diff(np.concatenate((first, [B])))
+        longs = self._long_plan(sidx[first], length)
+        if longs.size:
+            # long runs of a few characteristics: the batch functions, not a round per sample
+            keep = np.ones(B, dtype=bool)
+            for j in longs.tolist():
+                pos = order[first[j] : first[j] + length[j]]  # arrival order (stable sort)
+                keep[pos] = False
+                i = int(sidx[first[j]])
+                parts.append((pos, self._long(i, v[pos], None if sz is None else sz[pos])))
+            rest = np.flatnonzero(keep)
+        if rest is None:
+            rounds = self._rounds(idx, order)
+        else:
+            rounds = self._rounds(idx[rest]) if rest.size else []
+        for pos in rounds:
+            if rest is not None:
+                pos = rest[pos]
+            c = idx[pos]
+            vr = v[pos]
+            szr = None if sz is None else sz[pos]
+            if kind is not None:
+                parts.append((pos, self._group(kind, c, c, vr, szr, fin)))
+                continue
+            for k, sel in _by_kind(self._kind[c]):
+                cs = c[sel]
+                ps = None if szr is None else szr[sel]
+                parts.append((pos[sel], self._group(k, cs, cs, vr[sel], ps, fin)))
+        return self._merge(parts, B)
 
     def _check_attributes(self, idx: np.ndarray, v: np.ndarray, sz: np.ndarray | None) -> None:
         kind = self._kind[idx]
@@ -688,10 +900,14 @@ class Engine:
                 )
 
     @staticmethod
-    def _rounds(idx: np.ndarray) -> list[np.ndarray]:
-        """Batch positions split by rank within characteristic; each list is in arrival order."""
+    def _rounds(idx: np.ndarray, order: np.ndarray | None = None) -> list[np.ndarray]:
+        """Batch positions split by rank within characteristic; each list is in arrival order.
+
+        ``order``: ``np.argsort(idx, kind="stable")`` when the caller has it.
+        """
         B = idx.shape[0]
-        order = np.argsort(idx, kind="stable")
+        if order is None:
+            order = np.argsort(idx, kind="stable")
         s = idx[order]
         start = np.empty(B, dtype=bool)
         start[0] = True
@@ -704,71 +920,95 @@ class Engine:
         counts = np.bincount(rank)
         return np.split(by_rank, np.cumsum(counts)[:-1])
 
-    def _round(
-        self,
-        c: np.ndarray,
-        v: np.ndarray,
-        sz: np.ndarray | None,
-        pos: np.ndarray | None,
-        s: slice | None = None,
-    ) -> list[_Out]:
-        """One round: each characteristic in ``c`` at most once (``s``: the same as a slice)."""
-        kind = self._single_kind
-        if kind is not None:
-            return self._group(kind, c, v, sz, pos, c if s is None else s)
-        kinds = self._kind[c if s is None else s]
-        counts = np.bincount(kinds, minlength=len(CHARTS))
-        outs: list[_Out] = []
-        for k in np.flatnonzero(counts).tolist():
-            sel = np.flatnonzero(kinds == k)
-            p = sel if pos is None else pos[sel]
-            cs = c[sel]
-            outs += self._group(k, cs, v[sel], None if sz is None else sz[sel], p, cs)
-        return outs
+    # ------------------------------------------------------------------ assembly
+
+    def _single(self, out: _Out) -> Points:
+        """The Points of a batch that was one kind group."""
+        rel, cols = out
+        if cols is None:
+            return _empty_points()
+        if rel is not None and rel.shape[0] > 1 and np.count_nonzero(rel[1:] < rel[:-1]):
+            order = np.argsort(rel, kind="stable")
+            cols = {k: a[order] for k, a in cols.items()}
+        return Points._make(cols)
+
+    def _merge(self, parts: list[tuple[Any, _Out]], B: int) -> Points:
+        """Rows of several kind groups in arrival order; ``parts`` pairs batch positions with outputs."""
+        parts = [(p, rel, cols) for p, (rel, cols) in parts if cols is not None]
+        if not parts:
+            return _empty_points()
+        if len(parts) == 1 and parts[0][1] is None and _is_all(parts[0][0], B):
+            return Points._make(parts[0][2])
+        if all(rel is None for _, rel, _ in parts) and sum(_size(p) for p, _, _ in parts) == B:
+            # one row per sample: scatter each group into columns of the whole batch
+            out = {}
+            for name, first in parts[0][2].items():
+                col = np.empty(B, dtype=first.dtype)
+                for p, _, cols in parts:
+                    col[p] = cols[name]
+                out[name] = col
+            return Points._make(out)
+        pos = []
+        for p, rel, _ in parts:
+            ap = self._arange[p] if isinstance(p, slice) else p
+            pos.append(ap if rel is None else ap[rel])
+        order = np.argsort(np.concatenate(pos), kind="stable")
+        names = parts[0][2]
+        return Points._make(
+            {n: np.concatenate([cols[n] for _, _, cols in parts])[order] for n in names}
+        )
+
+    # ------------------------------------------------------------------ chart kinds
 
     def _group(
         self,
         kind: int,
         c: np.ndarray,
+        s: np.ndarray | slice,
         v: np.ndarray,
         sz: np.ndarray | None,
-        pos: np.ndarray | None,
-        s: np.ndarray | slice,
-    ) -> list[_Out]:
-        """One kind's samples of a round; ``s`` indexes state (``c`` itself, or a slice equal to it)."""
-        if pos is None:
-            pos = self._arange[: c.shape[0]]
+        fin: bool,
+    ) -> _Out:
+        """One kind's samples, each characteristic at most once; ``s`` indexes state
+        (``c`` itself, or a slice equal to it). ``fin``: every value is finite."""
         if kind == _IMR:
-            return [self._imr(c, s, v, pos)]
+            return (None, self._imr(c, s, v, fin))
         if kind in _ATTRIBUTE:
-            return [self._attribute(kind, c, s, v, sz, pos)]
+            return (None, self._attribute(kind, c, s, v, sz))
         if self._all_m1.get(kind, False):
             # individual values: x/1 is x, no buffer needed
-            n = (v == v).astype(np.int64)
+            if not fin:  # a value elsewhere in the batch may be the missing one
+                fin = not np.count_nonzero(np.isnan(v))
             if kind == _EWMA:
-                return [self._ewma(c, s, pos, n, v)]
-            return [self._cusum(c, s, pos, n, v)]
-        done = self._subgroups(c, v, pos)
+                if fin:
+                    return (None, self._ewma_fast(c, s, v))
+                return None, self._ewma(c, s, (v == v).astype(np.int64), v)
+            if fin and not self._n_cusum_odd:
+                return (None, self._cusum_fast(c, s, v))
+            return None, self._cusum(c, s, (v == v).astype(np.int64), v)
+        done = self._subgroups(c, v)
         if done is None:
-            return []
-        dc, dpos, n, mean, rng, sd = done
+            return (None, None)
+        rel, dc, n, mean, rng, sd = done
         if kind == _EWMA:
-            return [self._ewma(dc, dc, dpos, n, mean)]
+            return (rel, self._ewma(dc, dc, n, mean))
         if kind == _CUSUM:
-            return [self._cusum(dc, dc, dpos, n, mean)]
-        return [self._xbar(kind, dc, dpos, n, mean, rng, sd)]
+            return (rel, self._cusum(dc, dc, n, mean))
+        return (rel, self._xbar(kind, dc, n, mean, rng, sd))
 
-    def _subgroups(self, c: np.ndarray, v: np.ndarray, pos: np.ndarray):
-        """Add values to open subgroups; (chars, positions, n, mean, range, sd) of those completed.
+    def _subgroups(self, c: np.ndarray, v: np.ndarray):
+        """Add values to open subgroups; (rel, chars, n, mean, range, sd) of those completed.
 
-        m = 1 characteristics (EWMA/CUSUM on individual values) complete at
-        once: x/1 is x, so their statistics need no buffer. None if nothing completed.
+        ``rel``: positions within ``c`` of the completing samples (None: all, in
+        order). m = 1 characteristics (EWMA/CUSUM on individual values) complete
+        at once: x/1 is x, so their statistics need no buffer. None if nothing completed.
         """
         m = self._m[c]
         multi = m > 1
         if not multi.any():
             nan = self._nan[: c.shape[0]]
-            return c, pos, (v == v).astype(np.int64), v, nan, nan
+            return None, c, (v == v).astype(np.int64), v, nan, nan
+        pos = self._arange[: c.shape[0]]
         whole = multi.all()
         cm, vm, pm, mm = (c, v, pos, m) if whole else (c[multi], v[multi], pos[multi], m[multi])
         fill = self._fill[cm]
@@ -800,27 +1040,31 @@ class Engine:
                     for arr, val in zip(stats, (st.n, st.mean, st.range, st.sd), strict=True):
                         arr[sel] = val
         if whole:
-            return (dc, dpos, *stats) if dc.size else None
+            return (dpos, dc, *stats) if dc.size else None
         single = ~multi
         cs, vs, ps = c[single], v[single], pos[single]
+        if not (dc.size or cs.size):
+            return None
         nan = np.full(cs.size, np.nan)
         s_stats = [(vs == vs).astype(np.int64), vs, nan, nan]
         return (
-            np.concatenate([dc, cs]),
             np.concatenate([dpos, ps]),
+            np.concatenate([dc, cs]),
             *(np.concatenate([a, b]) for a, b in zip(stats, s_stats, strict=True)),
         )
 
-    # ------------------------------------------------------------------ chart kinds
-
-    def _common(self, c: np.ndarray, s: np.ndarray | slice) -> dict[str, np.ndarray]:
+    def _common(
+        self, c: np.ndarray, s: np.ndarray | slice
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(char, point, limits) columns; advances the point counters."""
         if isinstance(s, slice):
-            pt = self._npts[s].copy()
-            self._npts[s] += 1
-            return {"char": c.copy(), "point": pt, "limits": self._lid[s].copy()}
+            npts = self._npts[s]
+            pt = npts.copy()
+            npts += _ONE
+            return c.copy(), pt, self._lid[s].copy()
         pt = self._npts[s]
-        self._npts[s] = pt + 1
-        return {"char": c.copy(), "point": pt, "limits": self._lid[s]}
+        self._npts[s] = pt + _ONE
+        return c.copy(), pt, self._lid[s]
 
     def _centre_mask(self, s, x, center, sigma, lcl, ucl) -> np.ndarray:
         """Centre-chart rule masks; ``s`` (indices or a slice of them) selects the bank's rows."""
@@ -836,52 +1080,67 @@ class Engine:
             return self._disp_bank.step(s, x, center, sigma, lcl, ucl)
         return _limit_mask(bits, x, lcl, ucl)
 
-    def _imr(self, c: np.ndarray, s: np.ndarray | slice, x: np.ndarray, pos: np.ndarray) -> _Out:
-        center = self._center[s]
-        sigma = self._sigma[s]
-        if isinstance(s, slice):  # views of the config arrays must not leak into Points
-            center = center.copy()
-            sigma = sigma.copy()
-        k = self._nsig[s]
-        lcl, ucl = control_band(center, sigma, k)
-        prev = self._last[s]
-        mr = x - prev
-        np.abs(mr, out=mr)
-        missing = np.isnan(x)
-        B = c.shape[0]
-        if np.count_nonzero(missing):
-            self._last[s] = np.where(missing, prev, x)
-            n = (~missing).astype(np.float64)
+    def _limits(self, rows: slice, s: np.ndarray | slice, out: np.ndarray) -> None:
+        """Copy rows ``rows`` of the limits matrix, columns ``s``, into ``out``."""
+        if isinstance(s, slice):
+            out[...] = self._lim[rows, s]
         else:
-            self._last[s] = x
-            n = np.ones(B)
-        mc, ms, mlo, mhi = range_limits(_D2_2, _D3_2, sigma, k)
-        cols = self._common(c, s)
-        nan = self._nan[:B]
-        cols.update(
-            statistic=x.copy(),
-            center=center,
-            lcl=lcl,
-            ucl=ucl,
-            sigma=sigma,
-            n=n,
-            mask=self._centre_mask(s, x, center, sigma, lcl, ucl),
-            disp_statistic=mr,
-            disp_center=mc,
-            disp_lcl=mlo,
-            disp_ucl=mhi,
-            disp_sigma=ms,
-            disp_mask=self._disp_mask(s, mr, mc, ms, mlo, mhi),
-            ewma=nan,
-            cusum_upper=nan,
-            cusum_lower=nan,
-        )
-        return _Out(pos, cols)
+            np.take(self._lim[rows], s, axis=1, out=out, mode="clip")
 
-    def _xbar(self, kind, c, pos, n, mean, rng, sd) -> _Out:
-        center = self._center[c]
-        sigma = self._sigma[c]
-        k = self._nsig[c]
+    def _imr(self, c: np.ndarray, s: np.ndarray | slice, x: np.ndarray, fin: bool) -> dict:
+        B = c.shape[0]
+        F = np.empty((11, B))  # one block for the float columns
+        sigma, center, lcl, ucl, mlo, mhi, xs, mc, mr, ms, n = F
+        if isinstance(s, slice):
+            F[:6] = self._lim[:6, s]
+        else:
+            self._limits(slice(0, 6), s, F[:6])
+        xs[...] = x
+        prev = self._last[s]
+        np.subtract(x, prev, out=mr)
+        np.abs(mr, out=mr)
+        if fin:
+            self._last[s] = x
+            n.fill(1.0)
+        else:
+            missing = np.isnan(x)
+            self._last[s] = np.where(missing, prev, x)
+            np.logical_not(missing, out=n)
+        # range_limits(d2(2), d3(2), σ, k): its centre and σ; its limits are rows 4, 5
+        np.multiply(_D2_2, sigma, out=mc)
+        np.multiply(_D3_2, sigma, out=ms)
+        char, point, limits = self._common(c, s)
+        nan = self._nan[:B]
+        cb, db = self._centre_limit_bits, self._disp_limit_bits
+        # an MR is ≥ 0 or NaN: while every MR LCL is clipped to 0, MR < LCL never holds
+        return {
+            "char": char,
+            "point": point,
+            "statistic": xs,
+            "center": center,
+            "lcl": lcl,
+            "ucl": ucl,
+            "sigma": sigma,
+            "n": n,
+            "mask": self._centre_bank.step(s, xs, center, sigma, lcl, ucl)
+            if cb is None
+            else _limit_mask(cb, xs, lcl, ucl),
+            "disp_statistic": mr,
+            "disp_center": mc,
+            "disp_lcl": mlo,
+            "disp_ucl": mhi,
+            "disp_sigma": ms,
+            "disp_mask": self._disp_bank.step(s, mr, mc, ms, mlo, mhi)
+            if db is None
+            else _limit_mask(db, mr, mlo if self._n_mr_lcl else None, mhi),
+            "ewma": nan,
+            "cusum_upper": nan,
+            "cusum_lower": nan,
+            "limits": limits,
+        }
+
+    def _xbar_cols(self, kind, center, sigma, k, n, mean, rng, sd) -> dict:
+        """Float columns of X̄ points with sizes ``n`` (per-point centre, σ and k arrays)."""
         ctr, sig, lcl, ucl = xbar_limits(n, center, sigma, k)
         if kind == _XBAR_R:
             dc, ds, dlo, dhi = range_limits(self._d2t[n], self._d3t[n], sigma, k)
@@ -889,36 +1148,52 @@ class Engine:
         else:
             dc, ds, dlo, dhi = sd_limits(self._c4t[n], sigma, k)
             dstat = sd
-        cols = self._common(c, c)
-        nan = self._nan[: c.shape[0]]
-        cols.update(
-            statistic=mean,
-            center=ctr,
-            lcl=lcl,
-            ucl=ucl,
-            sigma=sig,
-            n=n.astype(np.float64),
-            mask=self._centre_mask(c, mean, ctr, sig, lcl, ucl),
-            disp_statistic=dstat,
-            disp_center=dc,
-            disp_lcl=dlo,
-            disp_ucl=dhi,
-            disp_sigma=ds,
-            disp_mask=self._disp_mask(c, dstat, dc, ds, dlo, dhi),
-            ewma=nan,
-            cusum_upper=nan,
-            cusum_lower=nan,
-        )
-        return _Out(pos, cols)
+        return {
+            "statistic": mean,
+            "center": ctr,
+            "lcl": lcl,
+            "ucl": ucl,
+            "sigma": sig,
+            "n": n.astype(np.float64),
+            "disp_statistic": dstat,
+            "disp_center": dc,
+            "disp_lcl": dlo,
+            "disp_ucl": dhi,
+            "disp_sigma": ds,
+        }
 
-    def _attribute(self, kind, c, s, count, sz, pos) -> _Out:
-        # Mirrors the arithmetic of spc.charts.attributes (p_series & co. and their
-        # _series helper) operation for operation, so limits are bit-identical.
-        B = c.shape[0]
-        p = self._center[s]
-        if isinstance(s, slice):
-            p = p.copy()
-        k = self._nsig[s]
+    def _xbar(self, kind, c, n, mean, rng, sd) -> dict:
+        f = self._xbar_cols(kind, self._center[c], self._sigma[c], self._nsig[c], n, mean, rng, sd)
+        char, point, limits = self._common(c, c)
+        nan = self._nan[: c.shape[0]]
+        return {
+            "char": char,
+            "point": point,
+            **f,
+            "mask": self._centre_mask(
+                c, f["statistic"], f["center"], f["sigma"], f["lcl"], f["ucl"]
+            ),
+            "disp_mask": self._disp_mask(
+                c,
+                f["disp_statistic"],
+                f["disp_center"],
+                f["disp_sigma"],
+                f["disp_lcl"],
+                f["disp_ucl"],
+            ),
+            "ewma": nan,
+            "cusum_upper": nan,
+            "cusum_lower": nan,
+            "limits": limits,
+        }
+
+    @staticmethod
+    def _attribute_cols(kind, p, k, count, sz) -> dict:
+        """Float columns of attribute points; ``p`` (the caller's own array) and ``k`` per point.
+
+        Mirrors the arithmetic of spc.charts.attributes (p_series & co. and their
+        _series helper) operation for operation, so limits are bit-identical.
+        """
         upper = None
         if kind == _P:
             n = sz
@@ -933,7 +1208,7 @@ class Engine:
             sigma = np.sqrt(n * p * (1.0 - p))
             upper = n
         elif kind == _C:
-            n = np.ones(B)
+            n = np.ones(count.shape[0])
             stat = count.copy()
             center = p
             sigma = np.sqrt(p)
@@ -946,29 +1221,107 @@ class Engine:
         ucl = center + k * sigma
         if upper is not None:
             ucl = np.minimum(ucl, upper)
-        cols = self._common(c, s)
-        nan = self._nan[:B]
-        cols.update(
-            statistic=stat,
-            center=center,
-            lcl=lcl,
-            ucl=ucl,
-            sigma=sigma,
-            n=np.array(n, dtype=np.float64),
-            mask=self._centre_mask(s, stat, center, sigma, lcl, ucl),
-            disp_statistic=nan,
-            disp_center=nan,
-            disp_lcl=nan,
-            disp_ucl=nan,
-            disp_sigma=nan,
-            disp_mask=self._zeros_u32[:B],
-            ewma=nan,
-            cusum_upper=nan,
-            cusum_lower=nan,
-        )
-        return _Out(pos, cols)
+        return {
+            "statistic": stat,
+            "center": center,
+            "lcl": lcl,
+            "ucl": ucl,
+            "sigma": sigma,
+            "n": np.array(n, dtype=np.float64),
+        }
 
-    def _ewma(self, c, s, pos, n, mean) -> _Out:
+    def _attribute(self, kind, c, s, count, sz) -> dict:
+        B = c.shape[0]
+        p = self._center[s]
+        if isinstance(s, slice):
+            p = p.copy()
+        f = self._attribute_cols(kind, p, self._nsig[s], count, sz)
+        char, point, limits = self._common(c, s)
+        nan = self._nan[:B]
+        return {
+            "char": char,
+            "point": point,
+            **f,
+            "mask": self._centre_mask(
+                s, f["statistic"], f["center"], f["sigma"], f["lcl"], f["ucl"]
+            ),
+            "disp_statistic": nan,
+            "disp_center": nan,
+            "disp_lcl": nan,
+            "disp_ucl": nan,
+            "disp_sigma": nan,
+            "disp_mask": self._zeros_u32[:B],
+            "ewma": nan,
+            "cusum_upper": nan,
+            "cusum_lower": nan,
+            "limits": limits,
+        }
+
+    def _ewma_fast(self, c: np.ndarray, s: np.ndarray | slice, x: np.ndarray) -> dict:
+        """EWMA of individual values (m = 1), every value present: :meth:`_ewma`'s numbers."""
+        B = c.shape[0]
+        F = np.empty((7, B))
+        center, sig, lcl, ucl, stat, z, n = F
+        # centre and the saturated σ, LCL, UCL (limits matrix rows 1..4), 1 − λ (row 5)
+        if isinstance(s, slice):
+            F[:4] = self._lim[1:5, s]
+            one_minus = self._lim[5, s]
+        else:
+            self._limits(slice(1, 5), s, F[:4])
+            one_minus = self._lim[5].take(s)
+        stat[...] = x
+        lam = self._par_a[s]
+        # λ·x + (1 − λ)·z, the operations of ewma_series
+        np.multiply(lam, x, out=z)
+        tmp = self._tmp[:B]
+        np.multiply(one_minus, self._st_a[s], out=tmp)
+        z += tmp
+        self._st_a[s] = z
+        if isinstance(s, slice):
+            t = self._st_b[s]
+            t += 1.0
+        else:
+            t = self._st_b[s] + 1.0
+            self._st_b[s] = t
+        young = np.less(t, self._par_c[s])
+        if np.count_nonzero(young):
+            # before saturation the factor needs pow (ewma_factor), as in _ewma
+            y = np.flatnonzero(young)
+            ly, ty = lam[y], t[y]
+            sy, loy, hiy = ewma_limits(
+                center[y], self._sigma[s][y], 1.0, ly, self._par_b[s][y], ty, ewma_factor(ly, ty)
+            )
+            sig[y] = sy
+            lcl[y] = loy
+            ucl[y] = hiy
+        n.fill(1.0)
+        hit = np.greater(z, ucl)
+        hit |= np.less(z, lcl)
+        char, point, limits = self._common(c, s)
+        nan = self._nan[:B]
+        return {
+            "char": char,
+            "point": point,
+            "statistic": stat,
+            "center": center,
+            "lcl": lcl,
+            "ucl": ucl,
+            "sigma": sig,
+            "n": n,
+            "mask": hit * _BIT_EWMA,
+            "disp_statistic": nan,
+            "disp_center": nan,
+            "disp_lcl": nan,
+            "disp_ucl": nan,
+            "disp_sigma": nan,
+            "disp_mask": self._zeros_u32[:B],
+            "ewma": z,
+            "cusum_upper": nan,
+            "cusum_lower": nan,
+            "limits": limits,
+        }
+
+    def _ewma(self, c, s, n, mean) -> dict:
         lam = self._par_a[s]
         L = self._par_b[s]
         center = self._center[s]
@@ -1008,29 +1361,95 @@ class Engine:
             center = np.where(ok, center, np.nan)
         with np.errstate(invalid="ignore"):
             signal = (path > ucl) | (path < lcl)
-        cols = self._common(c, s)
+        char, point, limits = self._common(c, s)
         nan = self._nan[:B]
-        cols.update(
-            statistic=stat,
-            center=center,
-            lcl=lcl,
-            ucl=ucl,
-            sigma=sig,
-            n=nf,
-            mask=signal * _BIT_EWMA,
-            disp_statistic=nan,
-            disp_center=nan,
-            disp_lcl=nan,
-            disp_ucl=nan,
-            disp_sigma=nan,
-            disp_mask=self._zeros_u32[:B],
-            ewma=path,
-            cusum_upper=nan,
-            cusum_lower=nan,
-        )
-        return _Out(pos, cols)
+        return {
+            "char": char,
+            "point": point,
+            "statistic": stat,
+            "center": center,
+            "lcl": lcl,
+            "ucl": ucl,
+            "sigma": sig,
+            "n": nf,
+            "mask": signal * _BIT_EWMA,
+            "disp_statistic": nan,
+            "disp_center": nan,
+            "disp_lcl": nan,
+            "disp_ucl": nan,
+            "disp_sigma": nan,
+            "disp_mask": self._zeros_u32[:B],
+            "ewma": path,
+            "cusum_upper": nan,
+            "cusum_lower": nan,
+            "limits": limits,
+        }
 
-    def _cusum(self, c, s, pos, n, mean) -> _Out:
+    def _cusum_fast(self, c: np.ndarray, s: np.ndarray | slice, x: np.ndarray) -> dict:
+        """CUSUM of individual values (m = 1), every value present, every σ > 0: :meth:`_cusum`'s numbers."""
+        B = c.shape[0]
+        F = np.empty((8, B))
+        lcl, ucl, center, sigma, stat, up, lo, n = F
+        if isinstance(s, slice):
+            F[:2] = self._lim[2:4, s]  # −h, h
+        else:
+            self._limits(slice(2, 4), s, F[:2])
+        center.fill(0.0)
+        sigma.fill(1.0)
+        n.fill(1.0)
+        stat[...] = x
+        # cusum_standardize(x − μ0, σ/√1): σ/√1 is σ, and σ > 0 everywhere
+        zi = self._tmp[:B]
+        np.subtract(x, self._center[s], out=zi)
+        zi /= self._sigma[s]
+        k = self._par_a[s]
+        # As _cusum, without its errstate: x is finite and σ > 0, so a sum can only
+        # become inf − inf after an overflow, which warns (as in _cusum) anyway.
+        # fmax/fmin: Python's max(0.0, nan) in cusum_series is 0.0; an array of
+        # zeros instead of the scalar 0.0 (same function, a vectorised loop).
+        zeros = self._zeros_f[:B]
+        np.add(self._st_a[s], zi, out=up)
+        up -= k
+        np.fmax(zeros, up, out=up)
+        np.add(self._st_b[s], zi, out=lo)
+        lo += k
+        np.fmin(zeros, lo, out=lo)
+        sig_up = np.greater(up, ucl)
+        sig_lo = np.less(lo, lcl)
+        nxt_a, nxt_b = up, lo
+        if self._any_reset:
+            rs = self._reset[s] & (sig_up | sig_lo)
+            if np.count_nonzero(rs):
+                hs = self._par_c[s]
+                nxt_a = np.where(rs, hs, up)
+                nxt_b = np.where(rs, -hs, lo)
+        self._st_a[s] = nxt_a
+        self._st_b[s] = nxt_b
+        char, point, limits = self._common(c, s)
+        nan = self._nan[:B]
+        return {
+            "char": char,
+            "point": point,
+            "statistic": stat,
+            "center": center,
+            "lcl": lcl,
+            "ucl": ucl,
+            "sigma": sigma,
+            "n": n,
+            "mask": sig_up * _BIT_CUP | sig_lo * _BIT_CLO,
+            "disp_statistic": nan,
+            "disp_center": nan,
+            "disp_lcl": nan,
+            "disp_ucl": nan,
+            "disp_sigma": nan,
+            "disp_mask": self._zeros_u32[:B],
+            "ewma": nan,
+            "cusum_upper": up,
+            "cusum_lower": lo,
+            "limits": limits,
+        }
+
+    def _cusum(self, c, s, n, mean) -> dict:
         k = self._par_a[s]
         h = self._par_b[s]
         nf = n.astype(np.float64)
@@ -1072,41 +1491,234 @@ class Engine:
             lcl = np.where(ok, -h, np.nan)
             ucl = np.where(ok, h, np.nan)
             sigma = np.where(ok, 1.0, np.nan)
-        cols = self._common(c, s)
+        char, point, limits = self._common(c, s)
         nan = self._nan[:B]
-        cols.update(
-            statistic=stat,
-            center=center,
-            lcl=lcl,
-            ucl=ucl,
-            sigma=sigma,
-            n=nf,
-            mask=sig_up * _BIT_CUP | sig_lo * _BIT_CLO,
-            disp_statistic=nan,
-            disp_center=nan,
-            disp_lcl=nan,
-            disp_ucl=nan,
-            disp_sigma=nan,
-            disp_mask=self._zeros_u32[:B],
-            ewma=nan,
-            cusum_upper=up,
-            cusum_lower=lo,
-        )
-        return _Out(pos, cols)
+        return {
+            "char": char,
+            "point": point,
+            "statistic": stat,
+            "center": center,
+            "lcl": lcl,
+            "ucl": ucl,
+            "sigma": sigma,
+            "n": nf,
+            "mask": sig_up * _BIT_CUP | sig_lo * _BIT_CLO,
+            "disp_statistic": nan,
+            "disp_center": nan,
+            "disp_lcl": nan,
+            "disp_ucl": nan,
+            "disp_sigma": nan,
+            "disp_mask": self._zeros_u32[:B],
+            "ewma": nan,
+            "cusum_upper": up,
+            "cusum_lower": lo,
+            "limits": limits,
+        }
 
-    def _assemble(self, outs: list[_Out], B: int, single_round: bool) -> Points:
-        if not outs:
-            return _empty_points()
-        if len(outs) == 1:
-            o = outs[0]
-            if single_round and o.pos.shape[0] == B:
-                return Points(**o.cols)
-            order = np.argsort(o.pos, kind="stable")
-            return Points(**{k: a[order] for k, a in o.cols.items()})
-        pos = np.concatenate([o.pos for o in outs])
-        order = np.argsort(pos, kind="stable")
-        cols = {name: np.concatenate([o.cols[name] for o in outs])[order] for name in outs[0].cols}
-        return Points(**cols)
+    # ------------------------------------------------------------------ long runs
+
+    def _long_plan(self, chars: np.ndarray, length: np.ndarray) -> np.ndarray:
+        """Which characteristics (positions in ``chars``) to run through :meth:`_long`.
+
+        Rounds are vectorised over characteristics, so a call costs about one
+        round per sample of its longest run; :meth:`_long` costs about
+        :data:`_LONG_COST` rounds per characteristic (more when its rule bank has
+        to be brought up to date). Take the longest runs out while that is cheaper.
+        """
+        cand = np.flatnonzero(length >= _LONG_RUN)
+        if not cand.size:
+            return cand
+        cand = cand[np.argsort(-length[cand], kind="stable")]
+        c = chars[cand]
+        kind = self._kind[c]
+        banked = np.zeros(c.size, dtype=bool)
+        if self._centre_limit_bits is None:
+            banked |= ~np.isin(kind, _TIMEWEIGHTED)
+        if self._disp_limit_bits is None:
+            banked |= np.isin(kind, _DISPERSION)
+        cost = np.cumsum(np.where(banked, _LONG_COST + MAX_WINDOW + 1, _LONG_COST))
+        others = length.copy()
+        others[cand] = 0
+        # rounds left after taking the first j: the longest run not taken
+        left = np.concatenate((length[cand][1:], [0]))
+        left = np.maximum(left, others.max())
+        total = np.concatenate(([length[cand][0]], cost + left))
+        return cand[: int(np.argmin(total))]
+
+    def _long(self, i: int, x: np.ndarray, sz: np.ndarray | None) -> _Out:
+        """All of one call's samples of characteristic ``i`` (a long run), in arrival order.
+
+        The vectorised batch functions (``subgroup_stats``, the limit formulas,
+        ``ewma_series`` / ``cusum_series`` with carries, ``evaluate_with_carry``
+        seeded from the rule bank) replace one round per sample; the state after
+        the run is what stepping through it would leave, so later calls continue
+        exactly (spc-semantics.md, "Streaming equals batch").
+        """
+        kind = int(self._kind[i])
+        if kind == _IMR:
+            return None, self._long_imr(i, x)
+        if kind in _ATTRIBUTE:
+            P = x.shape[0]
+            f = self._attribute_cols(
+                kind, np.full(P, self._center[i]), np.full(P, self._nsig[i]), x, sz
+            )
+            mask = self._long_mask(self._centre_bank, self._centre_limit_bits, i, f)
+            return None, self._long_cols(i, f, mask, None)
+        m = int(self._m[i])
+        rel = None
+        if m == 1:
+            n, mean, rng, sd = (x == x).astype(np.int64), x, None, None
+        else:
+            done = self._long_subgroups(i, x, m)
+            if done is None:
+                return None, None
+            rel, n, mean, rng, sd = done
+        if kind == _EWMA:
+            return rel, self._long_ewma(i, n, mean)
+        if kind == _CUSUM:
+            return rel, self._long_cusum(i, n, mean)
+        P = n.shape[0]
+        f = self._xbar_cols(
+            kind,
+            np.full(P, self._center[i]),
+            np.full(P, self._sigma[i]),
+            np.full(P, self._nsig[i]),
+            n,
+            mean,
+            rng,
+            sd,
+        )
+        mask = self._long_mask(self._centre_bank, self._centre_limit_bits, i, f)
+        dmask = self._long_mask(self._disp_bank, self._disp_limit_bits, i, f, "disp_")
+        return rel, self._long_cols(i, f, mask, dmask)
+
+    def _long_subgroups(self, i: int, x: np.ndarray, m: int):
+        """(rel, n, mean, range, sd) of the subgroups a run completes; the rest stays open."""
+        off, fill = int(self._off[i]), int(self._fill[i])
+        vals = np.concatenate((self._buf[off : off + fill], x))
+        P = vals.shape[0] // m
+        left = vals.shape[0] - P * m
+        if P:
+            rows = vals[: P * m].reshape(P, m)
+            # the buffer as the tick path leaves it: the last whole subgroup, then the open one
+            self._buf[off : off + m] = rows[-1]
+        self._buf[off : off + left] = vals[P * m :]
+        self._fill[i] = left
+        if not P:
+            return None
+        st = subgroup_stats(rows)
+        rel = (m - fill - 1) + m * np.arange(P)  # the sample completing each subgroup
+        return rel, st.n, st.mean, st.range, st.sd
+
+    def _long_imr(self, i: int, x: np.ndarray) -> dict:
+        P = x.shape[0]
+        F = np.empty((11, P))
+        sigma, center, lcl, ucl, mlo, mhi, xs, mc, mr, ms, n = F
+        F[:6] = self._lim[:6, i, None]
+        xs[...] = x
+        present = np.flatnonzero(x == x)
+        mr.fill(np.nan)
+        if present.size:
+            xp = x[present]
+            prev = np.empty(present.size)
+            prev[0] = self._last[i]
+            prev[1:] = xp[:-1]
+            # |x − the previous plotted value|, as the tick path's subtract and abs
+            d = np.subtract(xp, prev)
+            mr[present] = np.abs(d)
+            self._last[i] = xp[-1]
+        n[...] = x == x
+        mc.fill(np.multiply(_D2_2, sigma[0]))
+        ms.fill(np.multiply(_D3_2, sigma[0]))
+        f = {
+            "statistic": xs,
+            "center": center,
+            "lcl": lcl,
+            "ucl": ucl,
+            "sigma": sigma,
+            "n": n,
+            "disp_statistic": mr,
+            "disp_center": mc,
+            "disp_lcl": mlo,
+            "disp_ucl": mhi,
+            "disp_sigma": ms,
+        }
+        mask = self._long_mask(self._centre_bank, self._centre_limit_bits, i, f)
+        dmask = self._long_mask(self._disp_bank, self._disp_limit_bits, i, f, "disp_")
+        return self._long_cols(i, f, mask, dmask)
+
+    def _long_mask(self, bank: RuleBank, bits: Any, i: int, f: dict, pre: str = "") -> np.ndarray:
+        """Rule masks of a run of characteristic ``i``'s points; advances the bank."""
+        x, center, sigma = f[pre + "statistic"], f[pre + "center"], f[pre + "sigma"]
+        lcl, ucl = f[pre + "lcl"], f[pre + "ucl"]
+        if bits is not None:
+            return _limit_mask(bits, x, lcl, ucl)
+        res = evaluate_with_carry(x, center, sigma, lcl, ucl, bank.config(i), bank.carry(i))
+        # The bank remembers at most MAX_WINDOW plotted points (its windows) and the
+        # last value: stepping the last MAX_WINDOW + 1 plotted points leaves it in
+        # the state stepping all of them would (the first one only supplies the
+        # previous value of the second, then shifts out).
+        z = standardize(x, center, sigma)
+        plotted = np.flatnonzero(z == z)  # the bank skips the others (missing points)
+        one = slice(i, i + 1)
+        for j in plotted[-(MAX_WINDOW + 1) :].tolist():
+            bank.step(
+                one,
+                x[j : j + 1],
+                center[j : j + 1],
+                sigma[j : j + 1],
+                lcl[j : j + 1],
+                ucl[j : j + 1],
+            )
+        return res.mask
+
+    def _long_ewma(self, i: int, n: np.ndarray, mean: np.ndarray) -> dict:
+        nf = n.astype(np.float64)
+        est = Estimate(float(self._center[i]), float(self._sigma[i]), "known")
+        lam, L = float(self._par_a[i]), float(self._par_b[i])
+        carry = EwmaCarry(float(self._st_a[i]), int(self._st_b[i]))
+        s, carry = ewma_series(mean, nf, est, lam, L, carry=carry)
+        self._st_a[i] = carry.z
+        self._st_b[i] = float(carry.t)
+        path = s.extra["ewma"]
+        with np.errstate(invalid="ignore"):
+            signal = (path > s.ucl) | (path < s.lcl)
+        f = _series_cols(s, nf)
+        f["ewma"] = path
+        return self._long_cols(i, f, signal * _BIT_EWMA, None)
+
+    def _long_cusum(self, i: int, n: np.ndarray, mean: np.ndarray) -> dict:
+        nf = n.astype(np.float64)
+        est = Estimate(float(self._center[i]), float(self._sigma[i]), "known")
+        k, h, hs = float(self._par_a[i]), float(self._par_b[i]), float(self._par_c[i])
+        carry = CusumCarry(float(self._st_a[i]), float(self._st_b[i]))
+        s, carry = cusum_series(mean, nf, est, k, h, hs, reset=bool(self._reset[i]), carry=carry)
+        self._st_a[i] = carry.upper
+        self._st_b[i] = carry.lower
+        up, lo = s.extra["cusum_upper"], s.extra["cusum_lower"]
+        with np.errstate(invalid="ignore"):
+            mask = (up > h) * _BIT_CUP | (lo < -h) * _BIT_CLO
+        f = _series_cols(s, nf)
+        f["cusum_upper"] = up
+        f["cusum_lower"] = lo
+        return self._long_cols(i, f, mask, None)
+
+    def _long_cols(self, i: int, f: dict, mask: np.ndarray, dmask: np.ndarray | None) -> dict:
+        """All columns of a run's points: ``f`` (float columns) plus char, point, limits, masks."""
+        P = f["statistic"].shape[0]
+        start = int(self._npts[i])
+        self._npts[i] = start + P
+        nan = self._nan[:P]  # P ≤ the batch size, which _scratch covers
+        cols = {
+            "char": np.full(P, i, dtype=np.intp),
+            "point": np.arange(start, start + P, dtype=np.int64),
+            "mask": mask,
+            "disp_mask": np.zeros(P, dtype=np.uint32) if dmask is None else dmask,
+            "limits": np.full(P, self._lid[i], dtype=np.int32),
+        }
+        for name in _FLOAT_COLS:
+            cols[name] = f.get(name, nan)
+        return cols
 
     # ------------------------------------------------------------------ persistence
 
@@ -1165,9 +1777,42 @@ class Engine:
         return eng
 
 
-def _limit_mask(bits: np.uint32, x: np.ndarray, lcl: np.ndarray, ucl: np.ndarray) -> np.ndarray:
+def _series_cols(s: Any, nf: np.ndarray) -> dict[str, np.ndarray]:
+    """The centre-chart columns of a batch ChartSeries."""
+    return {
+        "statistic": s.statistics,
+        "center": s.center,
+        "lcl": s.lcl,
+        "ucl": s.ucl,
+        "sigma": s.sigma,
+        "n": nf,
+    }
+
+
+def _by_kind(kinds: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """(kind, positions) for each chart kind present in ``kinds``."""
+    counts = np.bincount(kinds, minlength=len(CHARTS))
+    return [(k, np.flatnonzero(kinds == k)) for k in np.flatnonzero(counts).tolist()]
+
+
+def _size(p: slice | np.ndarray) -> int:
+    return p.stop - p.start if isinstance(p, slice) else int(p.shape[0])
+
+
+def _is_all(p: slice | np.ndarray, B: int) -> bool:
+    return isinstance(p, slice) and p.start == 0 and p.stop == B
+
+
+def _limit_mask(
+    bits: np.uint32, x: np.ndarray, lcl: np.ndarray | None, ucl: np.ndarray
+) -> np.ndarray:
     """Rule 1 alone, as RuleBank computes it: NaN anywhere (a missing point) never hits."""
     if not bits:
         return np.zeros(x.shape[0], dtype=np.uint32)
-    hit = (x > ucl) | (x < lcl)
+    if lcl is None:  # the caller knows that x < LCL never holds
+        hit = x > ucl
+    else:
+        hit = (x > ucl) | (x < lcl)
+    if bits == 1:  # N1 alone: the mask is the hit itself (astype is cheaper than a multiply)
+        return hit.astype(np.uint32)
     return hit * bits

@@ -61,8 +61,9 @@ def variable_values(draw, n: int, center: float, sigma: float) -> list[float]:
 
 
 @st.composite
-def characteristic(draw) -> Char:
-    chart = draw(st.sampled_from(CHARTS))
+def characteristic(draw, chart: str | None = None) -> Char:
+    if chart is None:
+        chart = draw(st.sampled_from(CHARTS))
     npts = draw(st.integers(0, 28))
     if chart in ("xbar-r", "xbar-s"):
         m = draw(st.sampled_from([2, 3, 4, 5, 9, 10]))
