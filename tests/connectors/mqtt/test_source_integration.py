@@ -10,7 +10,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import socket
 import time
 import uuid
@@ -42,18 +41,8 @@ def broker(tmp_path: Path) -> Iterator[Server]:
 
 @pytest.fixture
 def persistent_broker(tmp_path: Path) -> Iterator[Server]:
-    """The same broker, able to save its database when the tests run as root.
-
-    Started as root, mosquitto drops to the ``mosquitto`` user, which cannot
-    reach a 0700 pytest temp dir, so "persistence true" silently saves nothing
-    ("Error saving in-memory database … Permission denied") and a restart loses
-    every session. ``user root`` keeps it as root; the conf is re-read on restart.
-    """
+    """The same broker; ``tests.servers.mosquitto`` keeps it able to save its database as root."""
     with mosquitto(tmp_path) as server:
-        if os.geteuid() == 0:
-            conf = tmp_path / "mosquitto.conf"
-            conf.write_text(conf.read_text() + "user root\n")
-            server.restart()
         yield server
 
 
