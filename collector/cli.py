@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -258,6 +259,308 @@ def check_config(
         f"{config}: OK — gateway {cfg.gateway.id}, {len(cfg.sources)} source(s), "
         f"{len(cfg.sinks)} sink(s), {len(cfg.characteristics)} characteristic(s)\n"
     )
+
+
+series_app = typer.Typer(
+    no_args_is_help=True,
+    help="Series in the embedded store (kind: localstore): query, export, stats.",
+)
+app.add_typer(series_app, name="series")
+
+_DURATION_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _series_time(text: str | None, what: str, now_us: int) -> int | None:
+    """A --since/--until value: µs since the epoch, ISO 8601 (naive = UTC), 'now' or '15m'/'2h'/'7d' ago."""
+    import re
+    from datetime import UTC, datetime
+
+    if text is None:
+        return None
+    text = text.strip()
+    if re.fullmatch(r"-?\d+", text):
+        return int(text)
+    if text == "now":
+        return now_us
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhdw])", text)
+    if m:
+        return now_us - int(float(m[1]) * _DURATION_S[m[2]] * 1_000_000)
+    try:
+        stamp = datetime.fromisoformat(text)
+    except ValueError:
+        sys.stderr.write(
+            f"shopspc series: {what} {text!r} is not µs since the epoch, ISO 8601, "
+            "'now' or a duration ago like 15m, 2h, 7d\n"
+        )
+        raise typer.Exit(EXIT_BAD_REQUEST) from None
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=UTC)
+    delta = stamp - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _series_tags(characteristic: str | None, tag: list[str] | None) -> dict[str, str]:
+    tags: dict[str, str] = {}
+    for item in tag or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            sys.stderr.write(f"shopspc series: --tag {item!r} is not KEY=VALUE\n")
+            raise typer.Exit(EXIT_BAD_REQUEST)
+        tags[key] = value
+    if characteristic is not None:
+        tags["characteristic"] = characteristic
+    return tags
+
+
+def _series_open(db: Path) -> Any:
+    from connectors.base import ConnectorError
+    from connectors.localstore.store import SeriesStore
+
+    try:
+        return SeriesStore(db, readonly=True)
+    except ConnectorError as exc:
+        sys.stderr.write(f"shopspc series: {exc}\n")
+        raise typer.Exit(EXIT_BAD_REQUEST) from None
+
+
+def _series_table(rows: list[Any]) -> None:
+    from connectors.localstore.store import iso_us
+
+    tag_keys = sorted({k for r in rows for k in r.tags})
+    field_keys = sorted({k for r in rows for k in r.fields})
+    header = ["time", *tag_keys, *field_keys]
+    cells = [
+        [
+            iso_us(r.time_us),
+            *(r.tags.get(k, "") for k in tag_keys),
+            *("" if r.fields.get(k) is None else str(r.fields[k]) for k in field_keys),
+        ]
+        for r in rows
+    ]
+    cells = [[c.replace("\n", "\\n") for c in row] for row in cells]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *cells, strict=True)]
+    for row in [header, *cells]:
+        sys.stdout.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        sys.stdout.write("\n")
+
+
+DbOption = Annotated[Path, typer.Option(help="the store's SQLite file (a localstore sink's path)")]
+CharacteristicOption = Annotated[
+    str | None, typer.Option(help="only series with this characteristic tag")
+]
+TagOption = Annotated[
+    list[str] | None, typer.Option(help="only series with this tag, KEY=VALUE (repeatable)")
+]
+SinceOption = Annotated[
+    str | None,
+    typer.Option(
+        help="from (inclusive): µs since the epoch, ISO 8601 (UTC if naive), or 2h, 7d ago"
+    ),
+]
+UntilOption = Annotated[str | None, typer.Option(help="until (exclusive), same forms as --since")]
+
+
+@series_app.command("query")
+def series_query(
+    db: DbOption,
+    measurement: Annotated[
+        str, typer.Option(help="measurement, spc, alarm or gateway (contracts/timeseries.md)")
+    ],
+    characteristic: CharacteristicOption = None,
+    tag: TagOption = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    limit: Annotated[int, typer.Option(min=0, help="at most this many points (0: all)")] = 1000,
+    newest_first: Annotated[bool, typer.Option(help="newest points first")] = False,
+    output: Annotated[
+        str, typer.Option("--format", help="jsonl (one JSON object per point) or table")
+    ] = "jsonl",
+) -> None:
+    """Print points of one measurement, in time order, as JSON lines or a table."""
+    import time
+
+    from connectors.base import ConnectorError
+    from connectors.localstore.store import iso_us
+
+    if output not in ("jsonl", "table"):
+        sys.stderr.write(f"shopspc series query: --format {output!r} is not jsonl or table\n")
+        raise typer.Exit(EXIT_BAD_REQUEST)
+    now_us = time.time_ns() // 1000
+    tags = _series_tags(characteristic, tag)
+    since_us = _series_time(since, "--since", now_us)
+    until_us = _series_time(until, "--until", now_us)
+    with _series_open(db) as store:
+        try:
+            rows = store.query(
+                measurement,
+                tags=tags,
+                since_us=since_us,
+                until_us=until_us,
+                limit=limit or None,
+                newest_first=newest_first,
+            )
+        except ConnectorError as exc:
+            sys.stderr.write(f"shopspc series query: {exc}\n")
+            raise typer.Exit(1) from None
+    if output == "table":
+        _series_table(rows)
+        return
+    for r in rows:
+        record = {
+            "time": iso_us(r.time_us),
+            "time_us": r.time_us,
+            "tags": r.tags,
+            "fields": r.fields,
+        }
+        sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+@series_app.command("export")
+def series_export(
+    db: DbOption,
+    output_format: Annotated[
+        str,
+        typer.Option("--format", help="csv, lp (line protocol, replayable into InfluxDB) or jsonl"),
+    ] = "jsonl",
+    measurement: Annotated[
+        str | None, typer.Option(help="only this measurement (default: all)")
+    ] = None,
+    characteristic: CharacteristicOption = None,
+    tag: TagOption = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    precision: Annotated[str, typer.Option(help="lp: timestamp precision ns, us, ms or s")] = "us",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="write here instead of stdout")
+    ] = None,
+) -> None:
+    """Export points (all, or one measurement / characteristic / time range) as csv, lp or jsonl."""
+    import time
+
+    from connectors.base import ConnectorError
+    from connectors.localstore.store import EXPORT_FORMATS
+
+    if output_format not in EXPORT_FORMATS:
+        sys.stderr.write(
+            f"shopspc series export: --format {output_format!r} is not one of "
+            f"{', '.join(EXPORT_FORMATS)}\n"
+        )
+        raise typer.Exit(EXIT_BAD_REQUEST)
+    if precision not in ("ns", "us", "ms", "s"):
+        sys.stderr.write(
+            f"shopspc series export: --precision {precision!r} is not ns, us, ms or s\n"
+        )
+        raise typer.Exit(EXIT_BAD_REQUEST)
+    now_us = time.time_ns() // 1000
+    tags = _series_tags(characteristic, tag)
+    since_us = _series_time(since, "--since", now_us)
+    until_us = _series_time(until, "--until", now_us)
+    with _series_open(db) as store:
+        try:
+            with (
+                open(output, "w", encoding="utf-8", newline="")
+                if output is not None
+                else contextlib.nullcontext(sys.stdout)
+            ) as fp:
+                count = store.export(
+                    fp,
+                    output_format,  # type: ignore[arg-type]
+                    measurement=measurement,
+                    tags=tags,
+                    since_us=since_us,
+                    until_us=until_us,
+                    precision=precision,  # type: ignore[arg-type]
+                )
+        except ConnectorError as exc:
+            sys.stderr.write(f"shopspc series export: {exc}\n")
+            raise typer.Exit(1) from None
+        except OSError as exc:
+            sys.stderr.write(f"shopspc series export: cannot write {output}: {exc.strerror}\n")
+            raise typer.Exit(1) from None
+    sys.stderr.write(f"shopspc series export: {count} point(s)\n")
+
+
+@series_app.command("stats")
+def series_stats(db: DbOption) -> None:
+    """Print the store's size, bound, series and point counts and time span as JSON."""
+    import dataclasses
+
+    from connectors.base import ConnectorError
+
+    with _series_open(db) as store:
+        try:
+            stats = store.stats()
+        except ConnectorError as exc:
+            sys.stderr.write(f"shopspc series stats: {exc}\n")
+            raise typer.Exit(1) from None
+    sys.stdout.write(json.dumps(dataclasses.asdict(stats)) + "\n")
+
+
+@app.command()
+def simulate(
+    config: Annotated[
+        Path, typer.Option(help="gateway configuration whose sources the stations serve")
+    ] = Path("config/demo.yaml"),
+    rate: Annotated[float, typer.Option(min=0.01, help="parts per second per station")] = 5.0,
+    duration: Annotated[
+        float | None, typer.Option(min=0.0, help="seconds to run (default: until Ctrl-C)")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="seed of the planted patterns")] = 1,
+    pattern_start: Annotated[
+        int, typer.Option(min=0, help="part number (0-based) where the patterns start")
+    ] = 20,
+) -> None:
+    """Serve simulated inspection stations (OPC UA, Modbus, MQTT) for the configured sources."""
+    import asyncio
+    import logging
+    import signal
+
+    from collector.config import ConfigError, load_config
+    from collector.simulate import run_simulation
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    for noisy in ("asyncua", "pymodbus"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        cfg, connectors = load_config(config)
+    except ConfigError as err:
+        for problem in err.problems:
+            sys.stderr.write(f"{problem}\n")
+        raise typer.Exit(EXIT_BAD_REQUEST) from None
+
+    def say(line: str) -> None:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            stations = await run_simulation(
+                cfg,
+                connectors,
+                rate=rate,
+                duration=duration,
+                seed=seed,
+                start=pattern_start,
+                stop=stop,
+                say=say,
+            )
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+        say("stopped: " + ", ".join(f"{type(s).__name__} {s.parts} parts" for s in stations))
+
+    try:
+        asyncio.run(main())
+    except* Exception as group:
+        for exc in group.exceptions:
+            sys.stderr.write(f"shopspc simulate: {exc}\n")
+        raise typer.Exit(1) from None
 
 
 def main() -> None:
