@@ -14,6 +14,8 @@ import asyncio
 from pymodbus import ModbusException
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusIOException
+from pymodbus.server import ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
 
 from connectors.base import ConnectorError
 from connectors.modbus.config import DeviceConfig, RtuTransport
@@ -24,6 +26,7 @@ __all__ = [
     "ModbusExceptionError",
     "ModbusLine",
     "ModbusLinkError",
+    "StationServer",
 ]
 
 FUNCTION_NAMES = {
@@ -240,3 +243,60 @@ class ModbusClient:
             raise ConnectorError(
                 self._where(function, address), "not a write function", retryable=False
             )
+
+
+# -- for the simulated station (connectors/modbus/station.py) ----------------------------
+# `shopspc simulate` serves a gauge; this keeps pymodbus's server API here too.
+
+
+class StationServer:
+    """A pymodbus TCP server with one unit: ``bits`` coils and ``registers`` holding registers."""
+
+    def __init__(
+        self, host: str, port: int, unit: int = 1, bits: int = 16, registers: int = 32
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.unit = unit
+        self._device = SimDevice(
+            unit,
+            simdata=(
+                [SimData(0, count=bits, values=False, datatype=DataType.BITS)],
+                [SimData(0, count=bits, values=False, datatype=DataType.BITS)],
+                [SimData(0, count=registers, values=0, datatype=DataType.REGISTERS)],
+                [SimData(0, count=registers, values=0, datatype=DataType.REGISTERS)],
+            ),
+        )
+        self._server: ModbusTcpServer | None = None
+
+    async def start(self) -> None:
+        """Listen on host:port."""
+        server = ModbusTcpServer([self._device], address=(self.host, self.port))
+        try:
+            await server.serve_forever(background=True)
+        except OSError as exc:
+            raise ConnectorError(
+                f"modbus station {self.host}:{self.port}", f"cannot listen: {exc}", retryable=False
+            ) from exc
+        self._server = server
+
+    async def set_coils(self, address: int, values: list[bool]) -> None:
+        """Set coils as the device would (no request)."""
+        assert self._server is not None
+        await self._server.async_setValues(self.unit, 15, address, values)
+
+    async def set_registers(self, address: int, values: list[int]) -> None:
+        """Set holding registers as the device would (no request)."""
+        assert self._server is not None
+        await self._server.async_setValues(self.unit, 16, address, values)
+
+    async def coil(self, address: int) -> bool:
+        """The current value of one coil."""
+        assert self._server is not None
+        return bool((await self._server.async_getValues(self.unit, 1, address, 1))[0])
+
+    async def stop(self) -> None:
+        """Close the listener and every connection; idempotent."""
+        server, self._server = self._server, None
+        if server is not None:
+            await server.shutdown()

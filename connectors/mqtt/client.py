@@ -48,7 +48,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from connectors.base import ConnectorError
 from connectors.mqtt.config import MqttSourceConfig
 
-__all__ = ["Message", "MqttClient"]
+__all__ = ["Message", "MqttClient", "MqttPublisher"]
 
 log = logging.getLogger(__name__)
 
@@ -369,6 +369,60 @@ class MqttClient:
         if self._opening is not None:
             with contextlib.suppress(Exception):
                 await self._opening
+
+        def stop() -> None:
+            self._client.disconnect()
+            self._client.loop_stop()
+
+        await asyncio.to_thread(stop)
+
+
+# -- for the simulated station (connectors/mqtt/station.py) ------------------------------
+# `shopspc simulate` publishes inspection batches; this keeps paho's publishing API here too.
+
+
+class MqttPublisher:
+    """A plain MQTT 5 publishing connection (clean start, no TLS) for the simulated station."""
+
+    def __init__(self, host: str, port: int, client_id: str, timeout_s: float = 5.0) -> None:
+        self.where = f"mqtt station {host}:{port}"
+        self.host = host
+        self.port = port
+        self.timeout_s = timeout_s
+        self._client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5
+        )
+        self._client.enable_logger(_PahoLog())  # type: ignore[arg-type]
+        self._started = False
+
+    async def connect(self) -> None:
+        """Connect and start the network thread; paho reconnects by itself after a loss."""
+
+        def open_() -> None:
+            self._client.connect(self.host, self.port, keepalive=30)
+            self._client.loop_start()
+
+        try:
+            await asyncio.to_thread(open_)
+        except (OSError, ValueError) as exc:
+            raise ConnectorError(self.where, f"connect: {exc}", retryable=True) from exc
+        self._started = True
+
+    async def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
+        """Publish and wait (bounded by ``timeout_s``) until the broker has it (QoS ≥ 1)."""
+        info = self._client.publish(topic, payload, qos=qos)
+        if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+            raise ConnectorError(self.where, paho.error_string(info.rc), retryable=True)
+        try:
+            await asyncio.to_thread(info.wait_for_publish, self.timeout_s)
+        except RuntimeError as exc:  # not queued (no connection): paho keeps retrying
+            raise ConnectorError(self.where, f"publish: {exc}", retryable=True) from exc
+
+    async def close(self) -> None:
+        """Disconnect and stop the network thread; idempotent."""
+        if not self._started:
+            return
+        self._started = False
 
         def stop() -> None:
             self._client.disconnect()

@@ -9,6 +9,7 @@ acknowledge nodes, and translates asyncua errors into :class:`ConnectorError`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from asyncua import Client, ua
+from asyncua import Client, Server, ua
 from asyncua.client.ua_client import UaClientState
 from asyncua.common.subscription import DataChangeNotif, Subscription
 from asyncua.crypto import security_policies
@@ -36,6 +37,7 @@ from connectors.opcua.config import (
 __all__ = [
     "ConnectionLostError",
     "OpcuaClient",
+    "StationServer",
     "datavalue_to_sample",
     "translate_error",
 ]
@@ -672,3 +674,86 @@ def _coerce(value: bool | int | float | str, vtype: ua.VariantType) -> Any:
     if vtype.name.startswith(("Int", "UInt", "Byte", "SByte")):
         return int(value)
     return value
+
+
+# -- for the simulated station (connectors/opcua/station.py) -----------------------------
+# `shopspc simulate` serves an inspection station; this keeps asyncua's server API here too.
+
+_SIM_TYPES = {
+    bool: ua.VariantType.Boolean,
+    int: ua.VariantType.Int32,
+    float: ua.VariantType.Double,
+    str: ua.VariantType.String,
+}
+
+
+class StationServer:
+    """A small asyncua server for the simulated station: one object of named variables.
+
+    Variables are ``ns=<namespace of namespace_uri>;s=<name>``; their data type
+    follows the initial value (bool, int, float, str).
+    """
+
+    def __init__(self, url: str, namespace_uri: str, name: str = "shopspc simulated station"):
+        self.url = url
+        self.namespace_uri = namespace_uri
+        self.name = name
+        self.namespace = 0
+        self._server: Any = None
+
+    async def start(
+        self, obj: str, variables: Mapping[str, bool | int | float | str], writable: Sequence[str]
+    ) -> None:
+        """Create the object ``obj`` with ``variables`` (name → initial value) and listen."""
+        server = Server()
+        await server.init()
+        server.set_endpoint(self.url)
+        server.set_server_name(self.name)
+        self.namespace = await server.register_namespace(self.namespace_uri)
+        parent = await server.nodes.objects.add_object(ua.NodeId(obj, self.namespace), obj)
+        for name, initial in variables.items():
+            node = await parent.add_variable(
+                ua.NodeId(name, self.namespace),
+                name.rsplit(".", 1)[-1],
+                initial,
+                _SIM_TYPES[type(initial)],
+            )
+            if name in writable:
+                await node.set_writable()
+        try:
+            await server.start()
+        except Exception as exc:
+            raise translate_error(exc, f"opcua station {self.url}") from exc
+        self._server = server
+
+    async def write(
+        self, values: Mapping[str, bool | int | float | str], source_time: datetime | None = None
+    ) -> None:
+        """Write values (name → value, in each variable's type) with one source timestamp."""
+        now = datetime.now(UTC)
+        for name, value in values.items():
+            dv = ua.DataValue(
+                ua.Variant(value, _SIM_TYPES[type(value)]),
+                SourceTimestamp=source_time or now,
+                ServerTimestamp=now,
+            )
+            await self._server.write_attribute_value(ua.NodeId(name, self.namespace), dv)
+
+    def read(self, name: str) -> Any:
+        """The current value of a variable (as the server holds it, no request)."""
+        return self._server.read_attribute_value(ua.NodeId(name, self.namespace)).Value.Value
+
+    async def stop(self) -> None:
+        """Stop listening and close every session; idempotent."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        # The server's clock task sleeps 1 s between ticks and stop() waits for it.
+        clock = server.iserver.time_task
+        if clock is not None:
+            server.iserver._time_task_stop = True
+            clock.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await clock
+            server.iserver.time_task = None
+        await server.stop()

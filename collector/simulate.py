@@ -1,0 +1,387 @@
+"""``shopspc simulate``: the demo's inspection stations, served from a gateway configuration.
+
+For every source of the configuration on a loopback address a station is
+started that this source reads exactly as configured:
+
+* ``kind: opcua`` → :class:`connectors.opcua.station.OpcuaStation` (CMM/vision
+  result block, ready/ack handshake) on the endpoint's port,
+* ``kind: modbus`` → :class:`connectors.modbus.station.ModbusStation` (float32
+  CDAB gauge, ready/ack coils) on the device's port,
+* ``kind: mqtt`` → :class:`connectors.mqtt.station.MqttStation` (JSON batches)
+  publishing to the source's topic through a Debian ``mosquitto`` started on the
+  source's port (or one already listening there); without mosquitto the MQTT
+  station is skipped with a log line.
+
+The station's characteristics are the ``value`` bindings of the configured
+characteristics that name the source. Each gets a planted pattern
+(:mod:`collector.patterns`: shift, trend, mixture, outliers in turn) around the
+characteristic's frozen limits (``limits.center``/``sigma``), else its nominal
+and an eighth of the tolerance. Parts carry a serial and a 5M1E context
+(operator, program, lot, gauge id) that changes every so many parts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel
+
+from collector.config import Characteristic, GatewayConfig
+from collector.patterns import Pattern, PatternStream
+from connectors.modbus.config import ModbusSourceConfig, TcpTransport
+from connectors.modbus.station import ModbusStation
+from connectors.modbus.station import connector_config as modbus_layout
+from connectors.mqtt.config import MqttSourceConfig
+from connectors.mqtt.station import MqttStation
+from connectors.mqtt.station import connector_config as mqtt_layout
+from connectors.opcua.config import OpcuaSourceConfig
+from connectors.opcua.station import OpcuaStation
+from connectors.opcua.station import connector_config as opcua_layout
+
+__all__ = [
+    "PLANTED",
+    "PartGenerator",
+    "SimPart",
+    "StationPlan",
+    "plan_stations",
+    "run_simulation",
+]
+
+log = logging.getLogger(__name__)
+
+PLANTED: tuple[str, ...] = ("shift", "trend", "mixture", "outliers")
+"""Patterns planted in turn, one per characteristic, in configuration order."""
+_PATTERN_ARGS: dict[str, dict[str, float]] = {
+    "shift": {"k": 2.0},
+    "trend": {"slope": 0.08},
+    "mixture": {"k": 4.0},
+    "outliers": {"k": 5.0, "p": 0.08},
+}
+OPERATORS = ("A. Weber", "M. Rossi", "K. Tanaka")
+OPERATOR_PARTS = 60
+LOT_PARTS = 150
+
+
+@dataclass(frozen=True, slots=True)
+class SimPart:
+    """One simulated part as every station takes it."""
+
+    number: int
+    serial: str
+    values: dict[str, float]
+    context: dict[str, str]
+    time: datetime
+
+
+class PartGenerator:
+    """Parts of one station: a value per characteristic from its pattern stream, plus context."""
+
+    def __init__(
+        self,
+        streams: dict[str, PatternStream],
+        serial_prefix: str,
+        program: str,
+        gauge_id: str,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.streams = streams
+        self.serial_prefix = serial_prefix
+        self.program = program
+        self.gauge_id = gauge_id
+        self.clock = clock
+        self.count = 0
+
+    def __call__(self) -> SimPart:
+        """The next part."""
+        self.count += 1
+        n = self.count
+        return SimPart(
+            number=n,
+            serial=f"{self.serial_prefix}{n:06d}",
+            values={c: s.next() for c, s in self.streams.items()},
+            context={
+                "operator": OPERATORS[(n - 1) // OPERATOR_PARTS % len(OPERATORS)],
+                "program": self.program,
+                "lot": f"LOT-{(n - 1) // LOT_PARTS + 1:04d}",
+                "gauge_id": self.gauge_id,
+            },
+            time=self.clock(),
+        )
+
+
+@dataclass
+class StationPlan:
+    """A station to start for one configured source, or why it is skipped."""
+
+    source: str
+    kind: str
+    port: int
+    host: str
+    characteristics: list[str]
+    patterns: dict[str, Pattern]
+    expected: dict[str, Any] = field(default_factory=dict)
+    topic: str = ""
+    name: str = ""
+    skip: str = ""
+
+    @property
+    def where(self) -> str:
+        """A readable listen address."""
+        if self.kind == "opcua":
+            return f"opc.tcp://{self.host}:{self.port}/"
+        if self.kind == "mqtt":
+            return f"mqtt://{self.host}:{self.port} topic {self.topic}"
+        return f"modbus tcp {self.host}:{self.port} unit 1"
+
+
+def _pattern(ch: Characteristic, kind: str, start: int) -> Pattern:
+    center = ch.limits.center
+    if center is None:
+        center = ch.nominal
+    if center is None and ch.lsl is not None and ch.usl is not None:
+        center = (ch.lsl + ch.usl) / 2
+    sigma = ch.limits.sigma
+    if sigma is None and ch.lsl is not None and ch.usl is not None:
+        sigma = (ch.usl - ch.lsl) / 8
+    return Pattern(
+        kind=kind,  # type: ignore[arg-type]
+        nominal=float(center if center is not None else 0.0),
+        sigma=float(sigma or 1.0),
+        start=start,
+        **_PATTERN_ARGS[kind],
+    )
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def plan_stations(
+    cfg: GatewayConfig, connectors: dict[str, BaseModel], *, start: int = 20
+) -> list[StationPlan]:
+    """One :class:`StationPlan` per opcua/modbus/mqtt source (others are not simulated)."""
+    values: dict[str, list[Characteristic]] = {}
+    for ch in cfg.characteristics:
+        if ch.value.source is not None:
+            values.setdefault(ch.value.source, []).append(ch)
+    plans: list[StationPlan] = []
+    turn = 0
+    for name, model in connectors.items():
+        if name not in cfg.sources:
+            continue
+        chars: list[str] = []
+        patterns: dict[str, Pattern] = {}
+        for ch in values.get(name, []):
+            binding = ch.value.binding
+            assert binding is not None  # source and binding go together
+            if binding not in patterns:
+                chars.append(binding)
+                patterns[binding] = _pattern(ch, PLANTED[turn % len(PLANTED)], start)
+                turn += 1
+        plan = _plan_one(name, model, chars, patterns)
+        if plan is None:
+            continue
+        if not chars:
+            plan.skip = "no characteristic takes its value from this source"
+        elif not _loopback(plan.host):
+            plan.skip = f"{plan.host} is not a loopback address"
+        plans.append(plan)
+    return plans
+
+
+def _plan_one(
+    name: str, model: BaseModel, chars: list[str], patterns: dict[str, Pattern]
+) -> StationPlan | None:
+    if isinstance(model, OpcuaSourceConfig):
+        url = urlsplit(model.endpoint)
+        ready = next((t.ready_node for t in model.triggers if t.ready_node), None) or ""
+        station = ready.rsplit("s=", 1)[-1].split(".", 1)[0] or "CMM"
+        plan = StationPlan(
+            name, "opcua", url.port or 4840, url.hostname or "", chars, patterns, name=station
+        )
+        plan.expected = opcua_layout(plan.port, chars, station, plan.host)
+        return plan
+    if isinstance(model, ModbusSourceConfig):
+        dev = model.devices[0]
+        if not isinstance(dev.transport, TcpTransport):
+            return None
+        plan = StationPlan(
+            name, "modbus", dev.transport.port, dev.transport.host, chars[:2], patterns
+        )
+        plan.name = dev.name
+        if 1 <= len(chars) <= 2:
+            plan.expected = modbus_layout(
+                plan.port, chars, dev.name, plan.host, poll_interval=dev.poll_interval
+            )
+        else:
+            plan.skip = "the simulated gauge serves 1 or 2 characteristics"
+        return plan
+    if isinstance(model, MqttSourceConfig):
+        topic = model.subscriptions[0].topic
+        plan = StationPlan(name, "mqtt", model.port, model.host, chars, patterns, topic=topic)
+        plan.name = name
+        if "+" in topic or "#" in topic:
+            plan.skip = f"topic filter {topic!r} has wildcards; the station needs one topic"
+        plan.expected = mqtt_layout(model.host, model.port, topic, model.client_id)
+        return plan
+    return None
+
+
+def _check_layout(plan: StationPlan, model: BaseModel) -> None:
+    """Warn when the configured source would not read the station as it serves itself."""
+    if plan.expected and type(model).model_validate(plan.expected) != model:
+        log.warning(
+            "source %s: its configuration differs from the simulated station's layout; "
+            "the gateway may not read it (expected: %s)",
+            plan.source,
+            plan.expected,
+        )
+
+
+def _mosquitto_binary() -> str | None:
+    path = shutil.which("mosquitto")
+    if path is None:
+        path = next(
+            (p for p in ("/usr/sbin/mosquitto", "/usr/bin/mosquitto") if os.access(p, os.X_OK)),
+            None,
+        )
+    return path
+
+
+def _listening(host: str, port: int) -> bool:
+    with contextlib.closing(socket.socket()) as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
+
+
+@contextlib.asynccontextmanager
+async def _broker(host: str, port: int, binary: str) -> AsyncIterator[str]:
+    """A mosquitto on host:port in a temp dir (stopped by PID); yields a description."""
+    with tempfile.TemporaryDirectory(prefix="shopspc-mosquitto-") as tmp:
+        conf = Path(tmp) / "mosquitto.conf"
+        conf.write_text(
+            f"listener {port} {host}\nallow_anonymous true\npersistence false\n"
+            "log_dest stdout\nmax_queued_messages 100000\n"
+        )
+        with (Path(tmp) / "mosquitto.log").open("ab") as out:
+            proc = subprocess.Popen(
+                [binary, "-c", str(conf)], cwd=tmp, stdout=out, stderr=subprocess.STDOUT
+            )
+        try:
+            for _ in range(200):
+                if proc.poll() is not None:
+                    text = (Path(tmp) / "mosquitto.log").read_text(errors="replace")[-500:]
+                    raise RuntimeError(f"mosquitto exited with {proc.returncode}: {text}")
+                if _listening(host, port):
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise RuntimeError(f"mosquitto does not listen on {host}:{port}")
+            yield f"mosquitto (pid {proc.pid}) on {host}:{port}"
+        finally:
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGTERM)
+                try:
+                    await asyncio.to_thread(proc.wait, 10)
+                except subprocess.TimeoutExpired:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    await asyncio.to_thread(proc.wait, 10)
+
+
+def _station(plan: StationPlan, rate: float, seed: int) -> Any:
+    streams = {
+        c: PatternStream(plan.patterns[c], seed * 1000 + i)
+        for i, c in enumerate(plan.characteristics)
+    }
+    prefix = {"opcua": "C-", "modbus": "", "mqtt": "V-"}[plan.kind]
+    program = {"opcua": "CMM-PRG-12", "modbus": "GAUGE-3", "mqtt": "VIS-7"}[plan.kind]
+    gauge = {"opcua": "CMM-01", "modbus": "MG-17", "mqtt": "CAM-02"}[plan.kind]
+    parts = PartGenerator(streams, prefix, program, gauge)
+    if plan.kind == "opcua":
+        return OpcuaStation(
+            plan.port, plan.characteristics, parts, rate=rate, name=plan.name, host=plan.host
+        )
+    if plan.kind == "modbus":
+        return ModbusStation(plan.port, plan.characteristics, parts, rate=rate, host=plan.host)
+    return MqttStation(
+        plan.host, plan.port, plan.topic, plan.characteristics, parts, rate=rate, name=plan.name
+    )
+
+
+async def run_simulation(
+    cfg: GatewayConfig,
+    connectors: dict[str, BaseModel],
+    *,
+    rate: float = 5.0,
+    duration: float | None = None,
+    seed: int = 1,
+    start: int = 20,
+    stop: asyncio.Event | None = None,
+    say: Callable[[str], None] = print,
+) -> list[Any]:
+    """Start the stations (and a broker where needed) and run them until ``stop`` or ``duration``.
+
+    Returns the station objects (with their counters) after a clean shutdown.
+    """
+    stop = stop or asyncio.Event()
+    plans = plan_stations(cfg, connectors, start=start)
+    stations: list[Any] = []
+    async with contextlib.AsyncExitStack() as stack:
+        brokers: dict[tuple[str, int], str] = {}
+        for plan in plans:
+            if plan.skip:
+                continue
+            _check_layout(plan, connectors[plan.source])
+            if plan.kind != "mqtt" or (plan.host, plan.port) in brokers:
+                continue
+            binary = _mosquitto_binary()
+            if _listening(plan.host, plan.port):
+                brokers[(plan.host, plan.port)] = f"a broker already listening on {plan.port}"
+            elif binary is None:
+                plan.skip = "mosquitto is not installed (apt-get install mosquitto); no broker"
+            else:
+                brokers[(plan.host, plan.port)] = await stack.enter_async_context(
+                    _broker(plan.host, plan.port, binary)
+                )
+        for desc in brokers.values():
+            say(f"broker   {desc}")
+        for plan in plans:
+            if plan.skip:
+                say(f"skipped  {plan.kind:6} source {plan.source}: {plan.skip}")
+                log.warning(
+                    "%s station for source %s skipped: %s", plan.kind, plan.source, plan.skip
+                )
+                continue
+            stations.append(_station(plan, rate, seed))
+            planted = ", ".join(
+                f"{c}={p.kind}" for c, p in plan.patterns.items() if c in plan.characteristics
+            )
+            say(f"station  {plan.kind:6} source {plan.source}: {plan.where} ({planted})")
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(s.run()) for s in stations]
+            try:
+                async with asyncio.timeout(duration):
+                    await stop.wait()
+            except TimeoutError:
+                pass
+            for task in tasks:
+                task.cancel()
+    return stations

@@ -1,0 +1,173 @@
+"""``shopspc simulate``: the demo configuration, the station plan, and the stations read end to end
+by the real connectors (asyncua and pymodbus servers in-process, a Debian mosquitto)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from collector.config import parse_config
+from collector.simulate import PLANTED, PartGenerator, plan_stations, run_simulation
+from connectors.base import Backoff, Sample
+from connectors.modbus.source import ModbusSource
+from connectors.modbus.station import connector_config as modbus_layout
+from connectors.mqtt.source import MqttSource
+from connectors.mqtt.station import connector_config as mqtt_layout
+from connectors.opcua.source import OpcuaSource
+from connectors.opcua.station import connector_config as opcua_layout
+from tests.servers import free_port, require_binary
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "config" / "demo.yaml"
+SHOPSPC = [sys.executable, "-m", "collector.cli"]
+PORTS = {"opcua": 48400, "modbus": 15020, "mqtt": 18830}
+
+
+def demo_text(ports: dict[str, int] | None = None) -> str:
+    text = DEMO.read_text(encoding="utf-8")
+    for kind, port in (ports or {}).items():
+        assert text.count(str(PORTS[kind])) >= 1
+        text = text.replace(str(PORTS[kind]), str(port))
+    return text
+
+
+def test_demo_config_parses_and_matches_the_stations() -> None:
+    cfg, connectors = parse_config(demo_text(), DEMO)
+    assert {s: sec.kind for s, sec in cfg.sources.items()} == {
+        "cmm": "opcua",
+        "gauge": "modbus",
+        "vision": "mqtt",
+    }
+    assert len(cfg.characteristics) >= 7
+    for ch in cfg.characteristics:
+        assert ch.path.count("/") == 4
+        assert ch.context.operator is not None and ch.context.gauge is not None
+        assert ch.limits.center is not None and ch.limits.sigma is not None
+    chars = {
+        s: [c.value.binding for c in cfg.characteristics if c.value.source == s]
+        for s in cfg.sources
+    }
+    m = connectors
+    assert m["cmm"] == type(m["cmm"]).model_validate(opcua_layout(48400, chars["cmm"]))
+    assert m["gauge"] == type(m["gauge"]).model_validate(modbus_layout(15020, chars["gauge"]))
+    vision = mqtt_layout("127.0.0.1", 18830, "plant1/assembly/line1/vision/results")
+    assert m["vision"] == type(m["vision"]).model_validate(vision)
+
+
+def test_plan_gives_each_characteristic_one_planted_pattern_in_turn() -> None:
+    cfg, connectors = parse_config(demo_text(), DEMO)
+    plans = plan_stations(cfg, connectors, start=7)
+    assert [(p.kind, p.port, p.skip) for p in plans] == [
+        ("opcua", 48400, ""),
+        ("modbus", 15020, ""),
+        ("mqtt", 18830, ""),
+    ]
+    kinds = [p.patterns[c].kind for p in plans for c in p.characteristics]
+    assert kinds == [PLANTED[i % len(PLANTED)] for i in range(len(kinds))]
+    bore = plans[0].patterns["bore-dia"]
+    assert (bore.nominal, bore.sigma, bore.start) == (25.0, 0.006, 7)
+
+
+def test_parts_are_deterministic_with_changing_context() -> None:
+    cfg, connectors = parse_config(demo_text(), DEMO)
+    plan = plan_stations(cfg, connectors)[0]
+
+    def gen() -> PartGenerator:
+        from collector.patterns import PatternStream
+
+        streams = {
+            c: PatternStream(plan.patterns[c], i) for i, c in enumerate(plan.characteristics)
+        }
+        return PartGenerator(streams, "C-", "PRG", "G-1")
+
+    a, b = gen(), gen()
+    pa = [a() for _ in range(200)]
+    pb = [b() for _ in range(200)]
+    assert [p.values for p in pa] == [p.values for p in pb]
+    assert pa[0].serial == "C-000001" and pa[0].number == 1
+    assert len({p.context["operator"] for p in pa}) > 1
+    assert len({p.context["lot"] for p in pa}) > 1
+
+
+def test_non_loopback_sources_are_not_simulated() -> None:
+    text = demo_text().replace("opc.tcp://127.0.0.1:48400/", "opc.tcp://10.1.2.3:48400/")
+    cfg, connectors = parse_config(text, DEMO)
+    plans = plan_stations(cfg, connectors)
+    assert "loopback" in plans[0].skip
+
+
+@pytest.mark.integration
+async def test_the_demo_stations_are_read_by_the_real_connectors() -> None:
+    require_binary("mosquitto")
+    ports = {k: free_port() for k in PORTS}
+    cfg, connectors = parse_config(demo_text(ports), DEMO)
+    sources = [
+        OpcuaSource(connectors["cmm"], "cmm", backoff=Backoff(base=0.05, cap=0.2)),
+        ModbusSource(connectors["gauge"], "gauge"),
+        MqttSource(connectors["vision"], "vision"),
+    ]
+    got: dict[str, list[Sample]] = {s.name: [] for s in sources}
+
+    def emitter(name: str):
+        async def emit(batch: Sequence[Sample]) -> None:
+            got[name].extend(batch)
+
+        return emit
+
+    def serials(name: str) -> set[str]:
+        return {s.serial for s in got[name] if s.serial}
+
+    stop = asyncio.Event()
+    lines: list[str] = []
+    sim = asyncio.create_task(
+        run_simulation(cfg, connectors, rate=50.0, stop=stop, say=lines.append, start=5)
+    )
+    readers = [asyncio.create_task(s.run(emitter(s.name))) for s in sources]
+    try:
+        for _ in range(1000):
+            if all(len(serials(n)) >= 4 for n in got) or sim.done():
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        for r in readers:
+            r.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+        stop.set()
+        stations = await asyncio.wait_for(sim, 20)
+    assert len(stations) == 3, lines
+    assert any(line.startswith("broker   mosquitto") for line in lines)
+    for name in got:
+        assert len(serials(name)) >= 4, (name, lines)
+    cmm = [s for s in got["cmm"] if s.binding == "bore-dia"]
+    assert all(24.9 < s.value < 25.1 for s in cmm)
+    operators = {s.fields.get("raw") for s in got["cmm"] if s.binding == "cmm.operator"}
+    assert operators <= {"A. Weber", "M. Rossi", "K. Tanaka"} and operators
+    assert {s.binding for s in got["gauge"]} == {"shaft-od", "runout"}
+    assert all(s.fields.get("lot", "").startswith("LOT-") for s in got["vision"])
+    # The handshakes completed: the stations saw the gateway's acks.
+    assert stations[0].acked >= 3 and stations[1].acked >= 3
+
+
+@pytest.mark.integration
+def test_cli_serves_for_a_duration_and_stops(tmp_path: Path) -> None:
+    ports = {k: free_port() for k in PORTS}
+    conf = tmp_path / "demo.yaml"
+    conf.write_text(demo_text(ports), encoding="utf-8")
+    proc = subprocess.run(
+        [*SHOPSPC, "simulate", "--config", str(conf), "--duration", "1", "--rate", "20"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=dict(os.environ, COLUMNS="100"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"opc.tcp://127.0.0.1:{ports['opcua']}/" in proc.stdout
+    assert f"127.0.0.1:{ports['modbus']}" in proc.stdout
+    assert "stopped:" in proc.stdout
