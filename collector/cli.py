@@ -521,8 +521,9 @@ def simulate(
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # asyncua warns about the unencrypted endpoint the demo station offers on purpose.
     for noisy in ("asyncua", "pymodbus"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
         cfg, connectors = load_config(config)
     except ConfigError as err:

@@ -171,3 +171,45 @@ def test_cli_serves_for_a_duration_and_stops(tmp_path: Path) -> None:
     assert f"opc.tcp://127.0.0.1:{ports['opcua']}/" in proc.stdout
     assert f"127.0.0.1:{ports['modbus']}" in proc.stdout
     assert "stopped:" in proc.stdout
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_every_planted_pattern_raises_an_alarm_soon_after_it_starts(seed: int) -> None:
+    from collector.patterns import series
+    from spc.analyze import analyze_json
+
+    cfg, connectors = parse_config(demo_text(), DEMO)
+    start, window = 20, 80
+    for plan in plan_stations(cfg, connectors, start=start):
+        for i, c in enumerate(plan.characteristics):
+            pat = plan.patterns[c]
+            x = series(pat, start + window, seed * 1000 + i)
+            result = analyze_json(
+                {
+                    "chart": "imr",
+                    "data": x.tolist(),
+                    "known": {"center": pat.nominal, "sigma": pat.sigma},
+                    "rules": "nelson",
+                }
+            )
+            hits = [
+                j for idx in result["charts"][0]["violations"].values() for j in idx if j >= start
+            ]
+            assert hits, (c, pat.kind)
+
+
+@pytest.mark.integration
+async def test_without_mosquitto_the_mqtt_station_is_skipped_with_a_log_line(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import collector.simulate as sim
+
+    monkeypatch.setattr(sim, "_mosquitto_binary", lambda: None)
+    ports = {k: free_port() for k in PORTS}
+    cfg, connectors = parse_config(demo_text(ports), DEMO)
+    lines: list[str] = []
+    with caplog.at_level("WARNING", logger="collector.simulate"):
+        stations = await run_simulation(cfg, connectors, duration=0.3, say=lines.append)
+    assert [type(s).__name__ for s in stations] == ["OpcuaStation", "ModbusStation"]
+    assert any("mosquitto is not installed" in r.getMessage() for r in caplog.records)
+    assert any(line.startswith("skipped  mqtt") for line in lines)
