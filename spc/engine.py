@@ -395,25 +395,70 @@ _ARRAYS: dict[str, Any] = {
 
 # The limits matrix (``Engine._lim``, characteristics along axis 1): row 0 is σ and
 # row 1 the centre (``_sigma`` and ``_center`` are views of these rows, so they are
-# the configuration itself); rows 2..5 are derived from the configuration once, at
-# add / set_limits / restore, so a tick copies limits instead of recomputing them:
+# the configuration itself); the rows after them are derived from the configuration
+# once, at add / set_limits / restore, so a tick copies limits instead of
+# recomputing them:
 #   imr:   LCL, UCL, MR LCL, MR UCL
-#   ewma:  σ, LCL, UCL once the factor saturates (n = 1), and 1 − λ
-#   cusum: −h, h
-# The derived rows exist only when one of these kinds is present. Every value is
-# the same formula call on the same numbers as the batch path, so it is the same
-# float whether computed here or per tick.
+#   ewma:  LCL, UCL, σ once the factor saturates (n = 1)
+# There are as many derived rows as the kinds present need (4 with I-MR, 3 with
+# EWMA, else none): they cost 8 bytes per characteristic each. Every value is the
+# same formula call on the same numbers as the batch path, so it is the same float
+# whether computed here or per tick.
 _L_SIGMA, _L_CENTER = 0, 1
-_DERIVED_KINDS = (_IMR, _EWMA, _CUSUM)
-_NDERIVED = 4
+_NDERIVED = {_IMR: 4, _EWMA: 3}
 
-_ONE = np.int64(1)
+# 0-d arrays, not Python or NumPy scalars: a ufunc converts those on every call
+# (about 0.25 µs each at small K); the numbers are the same
+_ONE = np.array(1, dtype=np.int64)
+_F_ONE = np.array(1.0)
+_D2_2A = np.array(_D2_2)
+_D3_2A = np.array(_D3_2)
+_BIT_EWMA_A = np.array(_BIT_EWMA)
+_BIT_CUP_A = np.array(_BIT_CUP)
+_BIT_CLO_A = np.array(_BIT_CLO)
 
 #: Samples of one characteristic in one call from which the call runs them through
 #: the batch functions (``Engine._long``) instead of one round per sample.
 _LONG_RUN = 128
 #: What a long run costs in rounds, plus MAX_WINDOW + 1 rule-bank steps when it has one.
 _LONG_COST = 8
+
+#: Row of each float column in a Points block. Per-sample kernels (:meth:`Engine._imr`,
+#: ``_ewma_fast``, ``_cusum_fast``) write their rows of such a block, so a batch of
+#: several kinds fills one block; rows 0..5 are the limits matrix's order for I-MR.
+_FROWS = (
+    "sigma",
+    "center",
+    "lcl",
+    "ucl",
+    "disp_lcl",
+    "disp_ucl",
+    "statistic",
+    "disp_center",
+    "disp_statistic",
+    "disp_sigma",
+    "n",
+    "ewma",
+    "cusum_upper",
+    "cusum_lower",
+)
+_NF = len(_FROWS)
+_BLOCK_ROWS = {
+    _IMR: tuple(range(11)),
+    _EWMA: (0, 1, 2, 3, 6, 10, 11),
+    _CUSUM: (0, 1, 2, 3, 6, 10, 12, 13),
+}
+_BLOCK_UNUSED = {
+    k: np.array([r for r in range(_NF) if r not in rows], dtype=np.intp)
+    for k, rows in _BLOCK_ROWS.items()
+}
+# the float columns each kind leaves NaN (its kernels return the others)
+_NO_DISP = ("disp_statistic", "disp_center", "disp_lcl", "disp_ucl", "disp_sigma")
+_NO_PATHS = ("ewma", "cusum_upper", "cusum_lower")
+_UNPLOTTED = dict.fromkeys(_ATTRIBUTE, (*_NO_DISP, *_NO_PATHS))
+_UNPLOTTED.update(dict.fromkeys(_DISPERSION, _NO_PATHS))
+_UNPLOTTED[_EWMA] = (*_NO_DISP, "cusum_upper", "cusum_lower")
+_UNPLOTTED[_CUSUM] = (*_NO_DISP, "ewma")
 
 _FLOAT_COLS = (
     "statistic",
@@ -431,14 +476,6 @@ _FLOAT_COLS = (
     "cusum_upper",
     "cusum_lower",
 )
-
-
-# What a kind group produces: ``(rel, cols)``. ``cols`` maps every Points field to
-# its column (None when no point completed); ``rel`` is None when there is one row
-# per input sample of the group, in input order, else the input positions (within
-# the group) of the samples that completed each row. A plain tuple: it is built
-# on every tick.
-_Out = tuple
 
 
 class Engine:
@@ -603,13 +640,17 @@ class Engine:
         self._all_m1 = {
             kind: bool((self._m[self._kind == kind] == 1).all()) for kind in _TIMEWEIGHTED
         }
+        # every kind present plots one point per sample (no subgroups)
+        self._per_sample = all(
+            k in (_IMR, *_ATTRIBUTE) or self._all_m1.get(k, False) for k in present.tolist()
+        )
         centre_users = ~np.isin(self._kind, _TIMEWEIGHTED)
         disp_users = np.isin(self._kind, _DISPERSION)
         self._any_reset = bool(np.count_nonzero(self._reset))
         self._centre_limit_bits = self._limit_only(self._rc_centre[centre_users])
         self._disp_limit_bits = self._limit_only(self._rc_disp[disp_users])
         # the limits matrix: σ and centre become views of its rows 0 and 1
-        rows = 2 + (_NDERIVED if self._kinds_present[list(_DERIVED_KINDS)].any() else 0)
+        rows = 2 + max([_NDERIVED.get(k, 0) for k in present.tolist()], default=0)
         lim = np.empty((rows, K))
         lim[_L_SIGMA] = self._sigma
         lim[_L_CENTER] = self._center
@@ -631,7 +672,7 @@ class Engine:
         kind = self._kind[sel]
         cusum = np.count_nonzero((kind == _CUSUM) & ~(self._sigma[sel] > 0.0))
         imr = 0
-        if self._lim.shape[0] > 2:
+        if self._kinds_present[_IMR]:
             imr = np.count_nonzero((kind == _IMR) & (self._lim[4, sel] > 0.0))
         return int(cusum), int(imr)
 
@@ -642,7 +683,7 @@ class Engine:
             return
         kind = self._kind[sel]
         center, sigma, k = self._center[sel], self._sigma[sel], self._nsig[sel]
-        D = np.full((_NDERIVED, kind.shape[0]), np.nan)
+        D = np.full((lim.shape[0] - 2, kind.shape[0]), np.nan)
         i = np.flatnonzero(kind == _IMR)
         if i.size:
             # the formulas of imr_series: control_band and range_limits with d2(2), d3(2)
@@ -657,11 +698,7 @@ class Engine:
             sig, lcl, ucl = ewma_limits(
                 center[i], sigma[i], 1.0, lam, self._par_b[sel][i], None, factor
             )
-            D[0, i], D[1, i], D[2, i], D[3, i] = sig, lcl, ucl, 1.0 - lam
-        i = np.flatnonzero(kind == _CUSUM)
-        if i.size:
-            h = self._par_b[sel][i]
-            D[0, i], D[1, i] = -h, h
+            D[0, i], D[1, i], D[2, i] = lcl, ucl, sig
         lim[2:, sel] = D
 
     def _limit_only(self, rc: np.ndarray) -> np.uint32 | None:
@@ -766,7 +803,7 @@ class Engine:
         The whole batch is validated before any state changes.
 
         The returned columns are the caller's own: no later call writes them.
-        Columns of one chart kind may be rows of one freshly allocated block.
+        The float columns may be rows of one freshly allocated block.
         """
         idx = np.asarray(idx, dtype=np.intp)
         if idx.ndim != 1:
@@ -813,30 +850,25 @@ class Engine:
         if run:
             s = slice(lo, lo + B)
             if kind is not None:
-                return self._single(self._group(kind, idx, s, v, sz, fin))
+                return self._single(*self._group(kind, idx, s, v, sz, fin))
             # kind groups: found at add() for a whole tick (then lo = 0 and a
             # position is a characteristic index), else found here
             groups = self._groups if B == K else _by_kind(self._kind[s])
-            parts = []
-            for k, sel in groups:
-                c = idx[sel]
-                ps = None if sz is None else sz[sel]
-                st = sel if isinstance(sel, slice) else c
-                parts.append((sel, self._group(k, c, st, v[sel], ps, fin)))
-            return self._merge(parts, B)
+            return self._several(groups, idx, s, lo, v, sz, fin)
         mark = self._mark
         ar = self._arange[:B]
         mark[idx] = ar
         if not np.count_nonzero(mark[idx] != ar):
             # every characteristic at most once: one round, gathered
             if kind is not None:
-                return self._single(self._group(kind, idx, idx, v, sz, fin))
-            parts = []
-            for k, sel in _by_kind(self._kind[idx]):
-                c = idx[sel]
-                ps = None if sz is None else sz[sel]
-                parts.append((sel, self._group(k, c, c, v[sel], ps, fin)))
-            return self._merge(parts, B)
+                return self._single(*self._group(kind, idx, idx, v, sz, fin))
+            return self._several(_by_kind(self._kind[idx]), idx, idx, 0, v, sz, fin)
+        return self._repeated(idx, v, sz, fin)
+
+    def _repeated(self, idx: np.ndarray, v: np.ndarray, sz: np.ndarray | None, fin: bool) -> Points:
+        """A batch with several samples of some characteristic: long runs, then rounds."""
+        B = idx.shape[0]
+        kind = self._single_kind
         parts = []
         rest = None
         order = np.argsort(idx, kind="stable")
@@ -851,7 +883,9 @@ class Engine:
                 pos = order[first[j] : first[j] + length[j]]  # arrival order (stable sort)
                 keep[pos] = False
                 i = int(sidx[first[j]])
-                parts.append((pos, self._long(i, v[pos], None if sz is None else sz[pos])))
+                rel, cols = self._long(i, v[pos], None if sz is None else sz[pos])
+                if cols is not None:
+                    parts.append((pos, rel, cols))
             rest = np.flatnonzero(keep)
         if rest is None:
             rounds = self._rounds(idx, order)
@@ -863,13 +897,16 @@ class Engine:
             c = idx[pos]
             vr = v[pos]
             szr = None if sz is None else sz[pos]
-            if kind is not None:
-                parts.append((pos, self._group(kind, c, c, vr, szr, fin)))
-                continue
-            for k, sel in _by_kind(self._kind[c]):
-                cs = c[sel]
-                ps = None if szr is None else szr[sel]
-                parts.append((pos[sel], self._group(k, cs, cs, vr[sel], ps, fin)))
+            groups = [(kind, None)] if kind is not None else _by_kind(self._kind[c])
+            for k, sel in groups:
+                cs, vs, ps, ss = (
+                    (c, vr, szr, pos)
+                    if sel is None
+                    else (c[sel], vr[sel], None if szr is None else szr[sel], pos[sel])
+                )
+                rel, cc, st, f, mask, dmask, _ = self._group(k, cs, cs, vs, ps, fin)
+                if f is not None:
+                    parts.append((ss, rel, self._finish(k, cc, st, f, mask, dmask)))
         return self._merge(parts, B)
 
     def _check_attributes(self, idx: np.ndarray, v: np.ndarray, sz: np.ndarray | None) -> None:
@@ -922,19 +959,83 @@ class Engine:
 
     # ------------------------------------------------------------------ assembly
 
-    def _single(self, out: _Out) -> Points:
-        """The Points of a batch that was one kind group."""
-        rel, cols = out
-        if cols is None:
+    def _single(self, rel, c, s, f, mask, dmask, block) -> Points:
+        """The Points of a batch that was one kind group (:meth:`_group`'s result)."""
+        if f is None:
             return _empty_points()
+        cols = self._finish(self._single_kind, c, s, f, mask, dmask)
         if rel is not None and rel.shape[0] > 1 and np.count_nonzero(rel[1:] < rel[:-1]):
             order = np.argsort(rel, kind="stable")
             cols = {k: a[order] for k, a in cols.items()}
         return Points._make(cols)
 
-    def _merge(self, parts: list[tuple[Any, _Out]], B: int) -> Points:
-        """Rows of several kind groups in arrival order; ``parts`` pairs batch positions with outputs."""
-        parts = [(p, rel, cols) for p, (rel, cols) in parts if cols is not None]
+    def _finish(self, kind, c, s, f, mask, dmask) -> dict[str, np.ndarray]:
+        """All columns of a group's points: its float columns (``f``, taken over; NaN for
+        those the kind does not plot) plus char, point, limits and masks."""
+        n = c.shape[0]
+        char, point, limits = self._common(c, s)
+        nan = self._nan[:n]
+        for name in _UNPLOTTED[kind]:
+            f[name] = nan
+        f["char"] = char
+        f["point"] = point
+        f["mask"] = mask
+        f["disp_mask"] = self._zeros_u32[:n] if dmask is None else dmask
+        f["limits"] = limits
+        return f
+
+    def _several(self, groups, idx, s, lo, v, sz, fin) -> Points:
+        """A batch of several kind groups, each characteristic at most once.
+
+        ``groups``: (kind, batch positions: a slice or an index array); ``s``
+        indexes the batch's state (a slice from ``lo``, or ``idx``).
+        """
+        B = idx.shape[0]
+        if not self._per_sample:
+            parts = []
+            for k, sel in groups:
+                c = idx[sel]
+                st = slice(sel.start + lo, sel.stop + lo) if isinstance(sel, slice) else c
+                ps = None if sz is None else sz[sel]
+                rel, cc, cs, f, mask, dmask, _ = self._group(k, c, st, v[sel], ps, fin)
+                if f is not None:
+                    parts.append((sel, rel, self._finish(k, cc, cs, f, mask, dmask)))
+            return self._merge(parts, B)
+        # one point per sample: every group writes its rows of one float block
+        F = np.empty((_NF, B))
+        mask = np.empty(B, dtype=np.uint32)
+        dmask = np.zeros(B, dtype=np.uint32)
+        for k, sel in groups:
+            c = idx[sel]
+            ps = None if sz is None else sz[sel]
+            if isinstance(sel, slice):
+                st = slice(sel.start + lo, sel.stop + lo)
+                G = F[:, sel]
+            else:
+                st = c
+                G = np.empty((_NF, sel.shape[0]))
+            _, _, _, f, m, dm, block = self._group(k, c, st, v[sel], ps, fin, G)
+            if block:
+                G[_BLOCK_UNUSED[k]] = np.nan
+            else:
+                for r, name in enumerate(_FROWS):
+                    G[r] = f.get(name, np.nan)
+            if not isinstance(sel, slice):
+                F[:, sel] = G
+            mask[sel] = m
+            if dm is not None:
+                dmask[sel] = dm
+        char, point, limits = self._common(idx, s)
+        cols = dict(zip(_FROWS, F, strict=True))
+        cols["char"] = char
+        cols["point"] = point
+        cols["mask"] = mask
+        cols["disp_mask"] = dmask
+        cols["limits"] = limits
+        return Points._make(cols)
+
+    def _merge(self, parts: list[tuple[Any, Any, dict]], B: int) -> Points:
+        """Rows of several groups in arrival order: (batch positions, rel, columns) each."""
         if not parts:
             return _empty_points()
         if len(parts) == 1 and parts[0][1] is None and _is_all(parts[0][0], B):
@@ -960,41 +1061,53 @@ class Engine:
 
     # ------------------------------------------------------------------ chart kinds
 
-    def _group(
-        self,
-        kind: int,
-        c: np.ndarray,
-        s: np.ndarray | slice,
-        v: np.ndarray,
-        sz: np.ndarray | None,
-        fin: bool,
-    ) -> _Out:
+    def _group(self, kind, c, s, v, sz, fin, F=None):
         """One kind's samples, each characteristic at most once; ``s`` indexes state
-        (``c`` itself, or a slice equal to it). ``fin``: every value is finite."""
+        (``c`` itself, or a slice equal to it). ``fin``: every value is finite.
+
+        Returns ``(rel, c, s, f, mask, disp_mask, block)`` for the points it
+        completed: ``rel`` None (one per sample, in order) or the input positions
+        completing them; their characteristics and state index; ``f`` their float
+        columns (None: no point); ``disp_mask`` None when the chart has none;
+        ``block``: the columns are rows of ``F`` (rows of :data:`_FROWS`; a fresh
+        block when ``F`` is None), the kind's other rows unwritten.
+        """
         if kind == _IMR:
-            return (None, self._imr(c, s, v, fin))
+            F = np.empty((_NF, c.shape[0])) if F is None else F
+            f, mask, dmask = self._imr(s, v, fin, F)
+            return None, c, s, f, mask, dmask, True
         if kind in _ATTRIBUTE:
-            return (None, self._attribute(kind, c, s, v, sz))
+            f, mask = self._attribute(kind, s, v, sz)
+            return None, c, s, f, mask, None, False
         if self._all_m1.get(kind, False):
             # individual values: x/1 is x, no buffer needed
             if not fin:  # a value elsewhere in the batch may be the missing one
                 fin = not np.count_nonzero(np.isnan(v))
             if kind == _EWMA:
                 if fin:
-                    return (None, self._ewma_fast(c, s, v))
-                return None, self._ewma(c, s, (v == v).astype(np.int64), v)
+                    F = np.empty((_NF, c.shape[0])) if F is None else F
+                    f, mask = self._ewma_fast(s, v, F)
+                    return None, c, s, f, mask, None, True
+                f, mask = self._ewma(s, (v == v).astype(np.int64), v)
+                return None, c, s, f, mask, None, False
             if fin and not self._n_cusum_odd:
-                return (None, self._cusum_fast(c, s, v))
-            return None, self._cusum(c, s, (v == v).astype(np.int64), v)
+                F = np.empty((_NF, c.shape[0])) if F is None else F
+                f, mask = self._cusum_fast(s, v, F)
+                return None, c, s, f, mask, None, True
+            f, mask = self._cusum(s, (v == v).astype(np.int64), v)
+            return None, c, s, f, mask, None, False
         done = self._subgroups(c, v)
         if done is None:
-            return (None, None)
+            return None, None, None, None, None, None, False
         rel, dc, n, mean, rng, sd = done
         if kind == _EWMA:
-            return (rel, self._ewma(dc, dc, n, mean))
+            f, mask = self._ewma(dc, n, mean)
+            return rel, dc, dc, f, mask, None, False
         if kind == _CUSUM:
-            return (rel, self._cusum(dc, dc, n, mean))
-        return (rel, self._xbar(kind, dc, n, mean, rng, sd))
+            f, mask = self._cusum(dc, n, mean)
+            return rel, dc, dc, f, mask, None, False
+        f, mask, dmask = self._xbar(kind, dc, n, mean, rng, sd)
+        return rel, dc, dc, f, mask, dmask, False
 
     def _subgroups(self, c: np.ndarray, v: np.ndarray):
         """Add values to open subgroups; (rel, chars, n, mean, range, sd) of those completed.
@@ -1087,10 +1200,10 @@ class Engine:
         else:
             np.take(self._lim[rows], s, axis=1, out=out, mode="clip")
 
-    def _imr(self, c: np.ndarray, s: np.ndarray | slice, x: np.ndarray, fin: bool) -> dict:
-        B = c.shape[0]
-        F = np.empty((11, B))  # one block for the float columns
-        sigma, center, lcl, ucl, mlo, mhi, xs, mc, mr, ms, n = F
+    def _imr(self, s: np.ndarray | slice, x: np.ndarray, fin: bool, F: np.ndarray):
+        """I-MR points into rows 0..10 of ``F``; returns (float columns, mask, MR mask)."""
+        sigma, center, lcl, ucl, mlo, mhi, xs, mc, mr, ms, n = F[:11]
+        # σ, centre, LCL, UCL, MR LCL, MR UCL: the limits matrix's rows 0..5
         if isinstance(s, slice):
             F[:6] = self._lim[:6, s]
         else:
@@ -1106,38 +1219,33 @@ class Engine:
             missing = np.isnan(x)
             self._last[s] = np.where(missing, prev, x)
             np.logical_not(missing, out=n)
-        # range_limits(d2(2), d3(2), σ, k): its centre and σ; its limits are rows 4, 5
-        np.multiply(_D2_2, sigma, out=mc)
-        np.multiply(_D3_2, sigma, out=ms)
-        char, point, limits = self._common(c, s)
-        nan = self._nan[:B]
+        # range_limits(d2(2), d3(2), σ, k): its centre and σ (its limits are rows 4, 5)
+        np.multiply(_D2_2A, sigma, out=mc)
+        np.multiply(_D3_2A, sigma, out=ms)
         cb, db = self._centre_limit_bits, self._disp_limit_bits
-        # an MR is ≥ 0 or NaN: while every MR LCL is clipped to 0, MR < LCL never holds
-        return {
-            "char": char,
-            "point": point,
+        if cb is None:
+            mask = self._centre_bank.step(s, xs, center, sigma, lcl, ucl)
+        else:
+            mask = _limit_mask(cb, xs, lcl, ucl)
+        if db is None:
+            dmask = self._disp_bank.step(s, mr, mc, ms, mlo, mhi)
+        else:
+            # an MR is ≥ 0 or NaN: while every MR LCL is clipped to 0, MR < LCL never holds
+            dmask = _limit_mask(db, mr, mlo if self._n_mr_lcl else None, mhi)
+        f = {
             "statistic": xs,
             "center": center,
             "lcl": lcl,
             "ucl": ucl,
             "sigma": sigma,
             "n": n,
-            "mask": self._centre_bank.step(s, xs, center, sigma, lcl, ucl)
-            if cb is None
-            else _limit_mask(cb, xs, lcl, ucl),
             "disp_statistic": mr,
             "disp_center": mc,
             "disp_lcl": mlo,
             "disp_ucl": mhi,
             "disp_sigma": ms,
-            "disp_mask": self._disp_bank.step(s, mr, mc, ms, mlo, mhi)
-            if db is None
-            else _limit_mask(db, mr, mlo if self._n_mr_lcl else None, mhi),
-            "ewma": nan,
-            "cusum_upper": nan,
-            "cusum_lower": nan,
-            "limits": limits,
         }
+        return f, mask, dmask
 
     def _xbar_cols(self, kind, center, sigma, k, n, mean, rng, sd) -> dict:
         """Float columns of X̄ points with sizes ``n`` (per-point centre, σ and k arrays)."""
@@ -1162,30 +1270,13 @@ class Engine:
             "disp_sigma": ds,
         }
 
-    def _xbar(self, kind, c, n, mean, rng, sd) -> dict:
+    def _xbar(self, kind, c, n, mean, rng, sd):
         f = self._xbar_cols(kind, self._center[c], self._sigma[c], self._nsig[c], n, mean, rng, sd)
-        char, point, limits = self._common(c, c)
-        nan = self._nan[: c.shape[0]]
-        return {
-            "char": char,
-            "point": point,
-            **f,
-            "mask": self._centre_mask(
-                c, f["statistic"], f["center"], f["sigma"], f["lcl"], f["ucl"]
-            ),
-            "disp_mask": self._disp_mask(
-                c,
-                f["disp_statistic"],
-                f["disp_center"],
-                f["disp_sigma"],
-                f["disp_lcl"],
-                f["disp_ucl"],
-            ),
-            "ewma": nan,
-            "cusum_upper": nan,
-            "cusum_lower": nan,
-            "limits": limits,
-        }
+        mask = self._centre_mask(c, f["statistic"], f["center"], f["sigma"], f["lcl"], f["ucl"])
+        dmask = self._disp_mask(
+            c, f["disp_statistic"], f["disp_center"], f["disp_sigma"], f["disp_lcl"], f["disp_ucl"]
+        )
+        return f, mask, dmask
 
     @staticmethod
     def _attribute_cols(kind, p, k, count, sz) -> dict:
@@ -1230,58 +1321,39 @@ class Engine:
             "n": np.array(n, dtype=np.float64),
         }
 
-    def _attribute(self, kind, c, s, count, sz) -> dict:
-        B = c.shape[0]
+    def _attribute(self, kind, s, count, sz):
         p = self._center[s]
         if isinstance(s, slice):
             p = p.copy()
         f = self._attribute_cols(kind, p, self._nsig[s], count, sz)
-        char, point, limits = self._common(c, s)
-        nan = self._nan[:B]
-        return {
-            "char": char,
-            "point": point,
-            **f,
-            "mask": self._centre_mask(
-                s, f["statistic"], f["center"], f["sigma"], f["lcl"], f["ucl"]
-            ),
-            "disp_statistic": nan,
-            "disp_center": nan,
-            "disp_lcl": nan,
-            "disp_ucl": nan,
-            "disp_sigma": nan,
-            "disp_mask": self._zeros_u32[:B],
-            "ewma": nan,
-            "cusum_upper": nan,
-            "cusum_lower": nan,
-            "limits": limits,
-        }
+        return f, self._centre_mask(s, f["statistic"], f["center"], f["sigma"], f["lcl"], f["ucl"])
 
-    def _ewma_fast(self, c: np.ndarray, s: np.ndarray | slice, x: np.ndarray) -> dict:
-        """EWMA of individual values (m = 1), every value present: :meth:`_ewma`'s numbers."""
-        B = c.shape[0]
-        F = np.empty((7, B))
-        center, sig, lcl, ucl, stat, z, n = F
-        # centre and the saturated σ, LCL, UCL (limits matrix rows 1..4), 1 − λ (row 5)
+    def _ewma_fast(self, s: np.ndarray | slice, x: np.ndarray, F: np.ndarray):
+        """EWMA of individual values (m = 1), every value present, into ``F``: :meth:`_ewma`'s numbers."""
+        B = x.shape[0]
+        sig, center, lcl, ucl = F[:4]
+        stat, n, z = F[6], F[10], F[11]
+        # centre and the saturated LCL, UCL, σ (limits matrix rows 1..4)
         if isinstance(s, slice):
-            F[:4] = self._lim[1:5, s]
-            one_minus = self._lim[5, s]
+            F[1:4] = self._lim[1:4, s]
+            sig[...] = self._lim[4, s]
         else:
-            self._limits(slice(1, 5), s, F[:4])
-            one_minus = self._lim[5].take(s)
+            self._limits(slice(1, 4), s, F[1:4])
+            self._lim[4].take(s, out=sig, mode="clip")
         stat[...] = x
         lam = self._par_a[s]
         # λ·x + (1 − λ)·z, the operations of ewma_series
         np.multiply(lam, x, out=z)
         tmp = self._tmp[:B]
-        np.multiply(one_minus, self._st_a[s], out=tmp)
+        np.subtract(_F_ONE, lam, out=tmp)
+        tmp *= self._st_a[s]
         z += tmp
         self._st_a[s] = z
         if isinstance(s, slice):
             t = self._st_b[s]
-            t += 1.0
+            t += _F_ONE
         else:
-            t = self._st_b[s] + 1.0
+            t = self._st_b[s] + _F_ONE
             self._st_b[s] = t
         young = np.less(t, self._par_c[s])
         if np.count_nonzero(young):
@@ -1297,31 +1369,18 @@ class Engine:
         n.fill(1.0)
         hit = np.greater(z, ucl)
         hit |= np.less(z, lcl)
-        char, point, limits = self._common(c, s)
-        nan = self._nan[:B]
-        return {
-            "char": char,
-            "point": point,
+        f = {
             "statistic": stat,
             "center": center,
             "lcl": lcl,
             "ucl": ucl,
             "sigma": sig,
             "n": n,
-            "mask": hit * _BIT_EWMA,
-            "disp_statistic": nan,
-            "disp_center": nan,
-            "disp_lcl": nan,
-            "disp_ucl": nan,
-            "disp_sigma": nan,
-            "disp_mask": self._zeros_u32[:B],
             "ewma": z,
-            "cusum_upper": nan,
-            "cusum_lower": nan,
-            "limits": limits,
         }
+        return f, hit * _BIT_EWMA_A
 
-    def _ewma(self, c, s, n, mean) -> dict:
+    def _ewma(self, s, n, mean):
         lam = self._par_a[s]
         L = self._par_b[s]
         center = self._center[s]
@@ -1329,7 +1388,7 @@ class Engine:
         nf = n.astype(np.float64)
         ok = (n > 0) & (mean == mean)
         z_prev = self._st_a[s]
-        B = c.shape[0]
+        B = n.shape[0]
         every = np.count_nonzero(ok) == B
         # the same operations as ewma_series: λ·x̄ + (1 − λ)·z, limits from ewma_limits
         z = lam * mean + (1.0 - lam) * z_prev
@@ -1361,39 +1420,26 @@ class Engine:
             center = np.where(ok, center, np.nan)
         with np.errstate(invalid="ignore"):
             signal = (path > ucl) | (path < lcl)
-        char, point, limits = self._common(c, s)
-        nan = self._nan[:B]
-        return {
-            "char": char,
-            "point": point,
+        f = {
             "statistic": stat,
             "center": center,
             "lcl": lcl,
             "ucl": ucl,
             "sigma": sig,
             "n": nf,
-            "mask": signal * _BIT_EWMA,
-            "disp_statistic": nan,
-            "disp_center": nan,
-            "disp_lcl": nan,
-            "disp_ucl": nan,
-            "disp_sigma": nan,
-            "disp_mask": self._zeros_u32[:B],
             "ewma": path,
-            "cusum_upper": nan,
-            "cusum_lower": nan,
-            "limits": limits,
         }
+        return f, signal * _BIT_EWMA
 
-    def _cusum_fast(self, c: np.ndarray, s: np.ndarray | slice, x: np.ndarray) -> dict:
-        """CUSUM of individual values (m = 1), every value present, every σ > 0: :meth:`_cusum`'s numbers."""
-        B = c.shape[0]
-        F = np.empty((8, B))
-        lcl, ucl, center, sigma, stat, up, lo, n = F
-        if isinstance(s, slice):
-            F[:2] = self._lim[2:4, s]  # −h, h
-        else:
-            self._limits(slice(2, 4), s, F[:2])
+    def _cusum_fast(self, s: np.ndarray | slice, x: np.ndarray, F: np.ndarray):
+        """CUSUM of individual values (m = 1), every value present, every σ > 0, into ``F``:
+        :meth:`_cusum`'s numbers."""
+        B = x.shape[0]
+        sigma, center, lcl, ucl = F[:4]
+        stat, n, up, lo = F[6], F[10], F[12], F[13]
+        h = self._par_b[s]
+        np.negative(h, out=lcl)
+        ucl[...] = h
         center.fill(0.0)
         sigma.fill(1.0)
         n.fill(1.0)
@@ -1425,36 +1471,24 @@ class Engine:
                 nxt_b = np.where(rs, -hs, lo)
         self._st_a[s] = nxt_a
         self._st_b[s] = nxt_b
-        char, point, limits = self._common(c, s)
-        nan = self._nan[:B]
-        return {
-            "char": char,
-            "point": point,
+        f = {
             "statistic": stat,
             "center": center,
             "lcl": lcl,
             "ucl": ucl,
             "sigma": sigma,
             "n": n,
-            "mask": sig_up * _BIT_CUP | sig_lo * _BIT_CLO,
-            "disp_statistic": nan,
-            "disp_center": nan,
-            "disp_lcl": nan,
-            "disp_ucl": nan,
-            "disp_sigma": nan,
-            "disp_mask": self._zeros_u32[:B],
-            "ewma": nan,
             "cusum_upper": up,
             "cusum_lower": lo,
-            "limits": limits,
         }
+        return f, sig_up * _BIT_CUP_A | sig_lo * _BIT_CLO_A
 
-    def _cusum(self, c, s, n, mean) -> dict:
+    def _cusum(self, s, n, mean):
         k = self._par_a[s]
         h = self._par_b[s]
         nf = n.astype(np.float64)
         ok = (n > 0) & (mean == mean)
-        B = c.shape[0]
+        B = n.shape[0]
         every = np.count_nonzero(ok) == B
         with np.errstate(divide="ignore", invalid="ignore"):
             zi = cusum_standardize(mean - self._center[s], self._sigma[s] / np.sqrt(nf))
@@ -1491,29 +1525,17 @@ class Engine:
             lcl = np.where(ok, -h, np.nan)
             ucl = np.where(ok, h, np.nan)
             sigma = np.where(ok, 1.0, np.nan)
-        char, point, limits = self._common(c, s)
-        nan = self._nan[:B]
-        return {
-            "char": char,
-            "point": point,
+        f = {
             "statistic": stat,
             "center": center,
             "lcl": lcl,
             "ucl": ucl,
             "sigma": sigma,
             "n": nf,
-            "mask": sig_up * _BIT_CUP | sig_lo * _BIT_CLO,
-            "disp_statistic": nan,
-            "disp_center": nan,
-            "disp_lcl": nan,
-            "disp_ucl": nan,
-            "disp_sigma": nan,
-            "disp_mask": self._zeros_u32[:B],
-            "ewma": nan,
             "cusum_upper": up,
             "cusum_lower": lo,
-            "limits": limits,
         }
+        return f, sig_up * _BIT_CUP | sig_lo * _BIT_CLO
 
     # ------------------------------------------------------------------ long runs
 
@@ -1545,7 +1567,7 @@ class Engine:
         total = np.concatenate(([length[cand][0]], cost + left))
         return cand[: int(np.argmin(total))]
 
-    def _long(self, i: int, x: np.ndarray, sz: np.ndarray | None) -> _Out:
+    def _long(self, i: int, x: np.ndarray, sz: np.ndarray | None) -> tuple:
         """All of one call's samples of characteristic ``i`` (a long run), in arrival order.
 
         The vectorised batch functions (``subgroup_stats``, the limit formulas,
