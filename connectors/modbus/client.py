@@ -274,7 +274,8 @@ class StationServer:
         server = ModbusTcpServer([self._device], address=(self.host, self.port))
         try:
             await server.serve_forever(background=True)
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:  # pymodbus: RuntimeError when it cannot listen
+            await server.shutdown()
             raise ConnectorError(
                 f"modbus station {self.host}:{self.port}", f"cannot listen: {exc}", retryable=False
             ) from exc

@@ -18,11 +18,12 @@ import asyncio
 import json
 import logging
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from connectors.base import ConnectorError
+from connectors.base import Backoff, ConnectorError
 from connectors.mqtt.client import MqttPublisher
 
 __all__ = ["CONTEXT_KEYS", "MIN_VALUES_PER_MESSAGE", "MqttStation", "connector_config"]
@@ -100,7 +101,8 @@ class MqttStation:
         self.messages = 0
         self.parts = 0
         self.started = asyncio.Event()
-        self._publisher = MqttPublisher(host, port, f"shopspc-sim-{name}")
+        # A client id per process: a second simulator must not take over this one's session.
+        self._publisher = MqttPublisher(host, port, f"shopspc-sim-{name}-{os.getpid()}")
 
     def payload(self, parts: Sequence[Part]) -> bytes:
         """The JSON message for a batch of parts."""
@@ -120,7 +122,15 @@ class MqttStation:
 
     async def run(self) -> None:
         """Publish batches until cancelled; the connection is closed on the way out."""
-        await self._publisher.connect()
+        backoff = Backoff(base=0.2, cap=5.0)
+        while True:
+            try:
+                await self._publisher.connect()
+                break
+            except ConnectorError as err:
+                if backoff.attempt == 0:
+                    log.warning("mqtt station %s: %s (retrying)", self.address, err.message)
+                await asyncio.sleep(backoff.next_delay())
         self.started.set()
         loop = asyncio.get_running_loop()
         period = self.batch_parts / self.rate

@@ -721,9 +721,11 @@ class StationServer:
             if name in writable:
                 await node.set_writable()
         try:
-            await server.start()
-        except Exception as exc:
-            raise translate_error(exc, f"opcua station {self.url}") from exc
+            await server.start()  # on failure asyncua stops what it started
+        except OSError as exc:
+            raise ConnectorError(
+                f"opcua station {self.url}", f"cannot listen: {exc}", retryable=False
+            ) from exc
         self._server = server
 
     async def write(

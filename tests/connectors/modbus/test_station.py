@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from connectors.base import Sample
+from connectors.base import ConnectorError, Sample
 from connectors.modbus.config import ModbusSourceConfig
 from connectors.modbus.source import ModbusSource
 from connectors.modbus.station import ModbusStation, connector_config
@@ -91,3 +91,18 @@ async def test_missing_ack_never_stalls_the_gauge() -> None:
 def test_one_or_two_characteristics() -> None:
     with pytest.raises(ValueError):
         connector_config(502, ["a", "b", "c"])
+
+
+async def test_a_taken_port_is_a_clear_error() -> None:
+    port = free_port()
+    first = ModbusStation(port, CHARS, parts(), rate=10.0, ack_timeout_s=0.05)
+    task = asyncio.create_task(first.run())
+    try:
+        await asyncio.wait_for(first.started.wait(), 10)
+        with pytest.raises(ConnectorError, match="cannot listen") as info:
+            await ModbusStation(port, CHARS, parts()).run()
+        assert not info.value.retryable
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from connectors.base import Backoff, Sample
+from connectors.base import Backoff, ConnectorError, Sample
 from connectors.opcua.config import OpcuaSourceConfig
 from connectors.opcua.source import OpcuaSource
 from connectors.opcua.station import OpcuaStation, connector_config
@@ -96,3 +96,18 @@ async def test_missing_ack_never_stalls_the_station() -> None:
             await task
     assert station.unacked >= 3
     assert station.acked == 0
+
+
+async def test_a_taken_port_is_a_clear_error() -> None:
+    port = free_port()
+    first = OpcuaStation(port, CHARS, parts(), rate=10.0, ack_timeout_s=0.05)
+    task = asyncio.create_task(first.run())
+    try:
+        await asyncio.wait_for(first.started.wait(), 10)
+        with pytest.raises(ConnectorError, match="cannot listen") as info:
+            await OpcuaStation(port, CHARS, parts()).run()
+        assert not info.value.retryable
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
