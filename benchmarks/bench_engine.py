@@ -3,11 +3,16 @@
 Each run feeds K characteristics one point each per tick (a full micro-batch
 ``idx = 0..K-1``). Runs: I-MR with all eight Nelson rules on x and rule 1 on
 the moving range; I-MR with rule 1 only on both charts (the engine without
-the run-rule bank, to show where the time goes); EWMA; CUSUM. The naive
-baseline (:mod:`benchmarks.naive_engine`) is timed in the same process in
+the run-rule bank, to show where the time goes); EWMA; CUSUM; ``mixed``, a
+third each of those I-MR, EWMA and CUSUM characteristics (added in blocks
+of one kind, as a gateway adds its devices). The naive baseline
+(:mod:`benchmarks.naive_engine`) is timed in the same process in
 interleaved rounds (engine, naive, engine, naive, …) after both have been
 checked to produce the same violation masks; the reported ratio is the
 median of the per-round ratios.
+
+``long_runs`` feeds one I-MR characteristic (Nelson rules) N samples in one
+call (a backfill, a replayed buffer): figures per call and per sample.
 
 The measurement runs in a child process whose glibc allocator keeps freed
 memory (``MALLOC_TOP_PAD_`` 64 MiB, ``MALLOC_TRIM_THRESHOLD_`` and
@@ -21,7 +26,8 @@ that ``python -m benchmarks`` runs in its own process.
 
 No target is asserted: the numbers are reported as measured.
 
-    python -m benchmarks.bench_engine [--sizes 100 1000 10000] [--rounds 5] [--quick]
+    python -m benchmarks.bench_engine [--sizes 100 1000 10000] [--long 1000 10000]
+                                      [--rounds 5] [--quick]
 """
 
 from __future__ import annotations
@@ -50,7 +56,9 @@ RUNS = {
     "imr_rule1": ("imr", {"rules": ["N1"]}),
     "ewma": ("ewma", {}),
     "cusum": ("cusum", {}),
+    "mixed": ("mixed", {}),
 }
+MIXED = (("imr", {"rules": "nelson"}), ("ewma", {}), ("cusum", {}))
 WARMUP_TICKS = 20  # fills the 15-point rule windows before anything is timed
 
 
@@ -61,8 +69,19 @@ MALLOC_ENV = {
 }
 
 
+def _charts(chart: str, K: int, kw: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(chart, spec keywords) of each of the K characteristics of a run."""
+    if chart != "mixed":
+        return [(chart, kw)] * K
+    return [MIXED[min(3 * j // K, 2)] for j in range(K)]
+
+
 def _engine(chart: str, K: int, kw: dict[str, Any]) -> Engine:
-    return Engine([Spec(chart, center=0.0, sigma=1.0, **kw)] * K)
+    return Engine([Spec(c, center=0.0, sigma=1.0, **k) for c, k in _charts(chart, K, kw)])
+
+
+def _naive(chart: str, K: int, kw: dict[str, Any]) -> list:
+    return [make_naive(c, 0.0, 1.0) for c, _ in _charts(chart, K, kw)]
 
 
 def _data(K: int, ticks: int, seed: int) -> np.ndarray:
@@ -79,23 +98,24 @@ def _naive_tick(objs: list, row: list[float]) -> list:
 def _check_same(chart: str, kw: dict[str, Any], K: int) -> None:
     """Engine and naive baseline agree on every mask over 60 ticks (else the ratio means nothing)."""
     eng = _engine(chart, K, kw)
-    objs = [make_naive(chart, 0.0, 1.0) for _ in range(K)]
+    objs = _naive(chart, K, kw)
+    charts = _charts(chart, K, kw)
     idx = np.arange(K)
     x = _data(K, 60, seed=7)
-    rule1_only = kw.get("rules") == ["N1"]
     for row in x:
         pts = eng.process(idx, row)
         got = _naive_tick(objs, row.tolist())
-        if chart == "imr":
-            centre = np.array([g[0] for g in got], dtype=np.uint32)
-            disp = np.array([g[1] for g in got], dtype=np.uint32)
-            if rule1_only:
-                centre &= np.uint32(1)
-            ok = np.array_equal(pts.mask, centre) and np.array_equal(pts.disp_mask, disp)
-        else:
-            ok = np.array_equal(pts.mask, np.array(got, dtype=np.uint32))
-        if not ok:
+        if not _same_masks(charts, pts.mask, pts.disp_mask, got):
             raise AssertionError(f"engine and naive baseline disagree on {chart} {kw}")
+
+
+def _same_masks(charts: list, mask: np.ndarray, disp_mask: np.ndarray, got: list) -> bool:
+    """The engine's masks equal the naive baseline's, point by point (rule 1 only: N1 alone)."""
+    centre = np.array([g[0] if isinstance(g, tuple) else g for g in got], dtype=np.uint32)
+    disp = np.array([g[1] if isinstance(g, tuple) else 0 for g in got], dtype=np.uint32)
+    rule1 = np.array([k.get("rules") == ["N1"] for _, k in charts])
+    centre[rule1] &= np.uint32(1)
+    return np.array_equal(mask, centre) and np.array_equal(disp_mask, disp)
 
 
 def _time_engine(eng: Engine, idx: np.ndarray, x: np.ndarray, min_time: float) -> float:
@@ -142,7 +162,7 @@ def bench(name: str, K: int, rounds: int, min_time: float) -> dict[str, Any]:
     idx = np.arange(K)
     x = _data(K, 64, seed=1)
     eng = _engine(chart, K, kw)
-    objs = [make_naive(chart, 0.0, 1.0) for _ in range(K)]
+    objs = _naive(chart, K, kw)
     rows = x.tolist()
     for t in range(WARMUP_TICKS):
         eng.process(idx, x[t])
@@ -170,11 +190,66 @@ def bench(name: str, K: int, rounds: int, min_time: float) -> dict[str, Any]:
     }
 
 
+def _long_data(N: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0.0, 1.0, N)
+    x[N // 3 : N // 3 + 50] += 1.5  # a shift, so rules fire
+    return x
+
+
+def bench_long(N: int, rounds: int, min_time: float) -> dict[str, Any]:
+    """One I-MR characteristic (Nelson rules), N samples per call, vs the naive object."""
+    spec = Spec("imr", center=0.0, sigma=1.0, rules="nelson")
+    x = _long_data(N, seed=5)
+    idx = np.zeros(N, dtype=np.intp)
+    pts = Engine([spec]).process(idx, x)
+    obj = make_naive("imr", 0.0, 1.0)
+    got = [obj.update(v) for v in x.tolist()]
+    if not _same_masks([("imr", {})] * N, pts.mask, pts.disp_mask, got):
+        raise AssertionError(f"engine and naive baseline disagree on a run of {N}")
+    eng = Engine([spec])
+    obj = make_naive("imr", 0.0, 1.0)
+    rows = x.tolist()
+    eng_s, naive_s, ratios = [], [], []
+    for _ in range(rounds):
+        e = _time_engine(eng, idx, x[None, :], min_time)
+        n = _time_naive_run(obj, rows, min_time)
+        eng_s.append(e)
+        naive_s.append(n)
+        ratios.append(n / e)
+    e_med = statistics.median(eng_s)
+    n_med = statistics.median(naive_s)
+    return {
+        "run": "imr_nelson_long",
+        "samples_per_call": N,
+        "engine_us_per_call": round(e_med * 1e6, 1),
+        "engine_us_per_sample": round(e_med * 1e6 / N, 3),
+        "naive_us_per_sample": round(n_med * 1e6 / N, 3),
+        "ratio_median": round(statistics.median(ratios), 1),
+        "ratio_rounds": [round(r, 1) for r in ratios],
+    }
+
+
+def _time_naive_run(obj: Any, row: list[float], min_time: float) -> float:
+    n = 0
+    t0 = time.perf_counter()
+    while True:
+        for v in row:
+            obj.update(v)
+        n += 1
+        elapsed = time.perf_counter() - t0
+        if elapsed >= min_time and n >= 1:
+            return elapsed / n
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark and return the results (also printed as JSON by ``python -m``)."""
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_engine")
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10_000])
     ap.add_argument("--runs", nargs="+", choices=sorted(RUNS), default=list(RUNS))
+    ap.add_argument(
+        "--long", type=int, nargs="*", default=[1000, 10_000], help="samples per long-run call"
+    )
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--min-time", type=float, default=0.3, help="seconds per timed block")
     ap.add_argument("--quick", action="store_true", help="small sizes, 2 rounds (smoke test)")
@@ -200,8 +275,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return json.loads(done.stdout)
     tuned = all(os.environ.get(k) == v for k, v in MALLOC_ENV.items())
     if args.quick:
-        args.sizes, args.rounds, args.min_time = [100, 1000], 2, 0.05
+        args.sizes, args.rounds, args.min_time, args.long = [100, 1000], 2, 0.05, [1000]
     results = [bench(name, K, args.rounds, args.min_time) for name in args.runs for K in args.sizes]
+    long_runs = [bench_long(N, args.rounds, args.min_time) for N in args.long]
     memory = {
         chart: {
             "engine_bytes_per_char": round(_engine(chart, 1000, kw).bytes_per_characteristic, 1),
@@ -217,6 +293,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "rounds": args.rounds,
         "malloc_env": MALLOC_ENV if tuned else None,
         "results": results,
+        "long_runs": long_runs,
         "memory": memory,
     }
 

@@ -3,9 +3,22 @@
 Configuration and state live in arrays indexed by characteristic; a
 micro-batch of samples (characteristic, value[, size]) goes in, one row per
 plotted point comes out (:class:`Points`). Nothing on the hot path is a Python
-object per characteristic or per sample: a batch is split into *rounds* by the
-rank of each sample within its characteristic, and each round is vectorised
-over the characteristics it touches (one group per chart kind).
+object per characteristic or per sample. How a batch is run:
+
+* Each characteristic at most once (a tick): one vectorised pass per chart
+  kind present. A tick that is characteristics ``lo..lo+B-1`` in order reads
+  and writes state through slices instead of gathers; for a whole tick the
+  kind groups are found at :meth:`Engine.add`. Limits that depend only on the
+  configuration (I-MR's four, EWMA's once its factor saturates) are computed at
+  ``add`` / ``set_limits`` / ``restore`` into a limits matrix and copied per
+  tick. The I-MR, EWMA and CUSUM kernels write their float columns straight
+  into one freshly allocated block (rows of ``_FROWS``) that the returned
+  Points is made of, one block for all kinds of the tick.
+* Several samples of a characteristic: split into *rounds* by the rank of each
+  sample within its characteristic, each round as a tick. A characteristic
+  with a long run in one call (a backfill) is instead run through the batch
+  functions with carries (``Engine._long``) when that is cheaper than the
+  rounds it would add.
 
 Streaming equals batch (``spc-semantics.md``): the engine computes subgroup
 statistics with :func:`~spc.charts.variables.subgroup_stats`, limits with the
@@ -443,15 +456,6 @@ _FROWS = (
     "cusum_lower",
 )
 _NF = len(_FROWS)
-_BLOCK_ROWS = {
-    _IMR: tuple(range(11)),
-    _EWMA: (0, 1, 2, 3, 6, 10, 11),
-    _CUSUM: (0, 1, 2, 3, 6, 10, 12, 13),
-}
-_BLOCK_UNUSED = {
-    k: np.array([r for r in range(_NF) if r not in rows], dtype=np.intp)
-    for k, rows in _BLOCK_ROWS.items()
-}
 # the float columns each kind leaves NaN (its kernels return the others)
 _NO_DISP = ("disp_statistic", "disp_center", "disp_lcl", "disp_ucl", "disp_sigma")
 _NO_PATHS = ("ewma", "cusum_upper", "cusum_lower")
@@ -459,23 +463,11 @@ _UNPLOTTED = dict.fromkeys(_ATTRIBUTE, (*_NO_DISP, *_NO_PATHS))
 _UNPLOTTED.update(dict.fromkeys(_DISPERSION, _NO_PATHS))
 _UNPLOTTED[_EWMA] = (*_NO_DISP, "cusum_upper", "cusum_lower")
 _UNPLOTTED[_CUSUM] = (*_NO_DISP, "ewma")
-
-_FLOAT_COLS = (
-    "statistic",
-    "center",
-    "lcl",
-    "ucl",
-    "sigma",
-    "n",
-    "disp_statistic",
-    "disp_center",
-    "disp_lcl",
-    "disp_ucl",
-    "disp_sigma",
-    "ewma",
-    "cusum_upper",
-    "cusum_lower",
-)
+# the rows of a block a block kernel (I-MR, EWMA and CUSUM fast paths) leaves unwritten
+_BLOCK_UNUSED = {
+    k: np.array([_FROWS.index(name) for name in _UNPLOTTED[k]], dtype=np.intp)
+    for k in (_IMR, _EWMA, _CUSUM)
+}
 
 
 class Engine:
@@ -1738,7 +1730,7 @@ class Engine:
             "disp_mask": np.zeros(P, dtype=np.uint32) if dmask is None else dmask,
             "limits": np.full(P, self._lid[i], dtype=np.int32),
         }
-        for name in _FLOAT_COLS:
+        for name in _FROWS:
             cols[name] = f.get(name, nan)
         return cols
 

@@ -16,6 +16,7 @@ import itertools
 import math
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -157,22 +158,48 @@ def _mixed_specs() -> list[Spec]:
     ]
 
 
-def test_whole_ticks_mixed_kinds_interleaved_and_contiguous() -> None:
+def _per_sample_specs() -> list[Spec]:
+    """Kinds that plot one point per sample: one float block for the whole tick."""
+    return [
+        Spec("imr", 10.0, 2.0),
+        Spec("ewma", 0.0, 1.0, ewma_lambda=0.5),
+        Spec("cusum", 1.0, 0.5, cusum_reset=True, cusum_h=2.0),
+        Spec("c", 2.0),
+        Spec("imr", -3.0, 0.5, rules="we"),
+        Spec("u", 1.5),
+        Spec("ewma", 5.0, 2.0, ewma_lambda=0.05),
+        Spec("cusum", 0.0, 2.0),
+        Spec("imr", 0.0, 1.0),
+    ]
+
+
+@pytest.mark.parametrize("missing", [0.0, 0.05])
+@pytest.mark.parametrize("make", [_mixed_specs, _per_sample_specs])
+def test_whole_ticks_mixed_kinds_interleaved_and_contiguous(make, missing: float) -> None:
     """Kind groups found at add(): contiguous (slices) and interleaved (index arrays);
-    whole ticks equal the batch reference column by column."""
-    base = _mixed_specs()
+    whole ticks, parts of them and permuted ticks equal the batch reference."""
+    base = make()
     rng = np.random.default_rng(17)
     for specs in (base, sorted(base, key=lambda s: CHARTS.index(s.chart))):
         K = len(specs)
         eng = Engine(specs)
         T = 60
         x = rng.normal(0.5, 1.5, (T, K))
-        x[rng.random((T, K)) < 0.05] = NAN
         for j, sp in enumerate(specs):
             if sp.chart in ("c", "u"):
                 x[:, j] = rng.poisson(2.0, T)
+        x[rng.random((T, K)) < missing] = NAN
         sizes = np.tile(rng.choice([0.5, 1.0, 2.0], K), (T, 1))
-        parts = [eng.process(np.arange(K), x[t], sizes[t]) for t in range(T)]
+        parts = []
+        for t in range(T):
+            if t % 3 == 1:  # the characteristics in reverse: gathered
+                order = np.arange(K)[::-1].copy()
+            elif t % 3 == 2:  # all but the first: a run from 1
+                order = np.arange(1, K)
+                parts.append(eng.process([0], x[t, :1], sizes[t, :1]))
+            else:
+                order = np.arange(K)
+            parts.append(eng.process(order, x[t, order], sizes[t, order]))
         pts = Points.concat(parts)
         for j, sp in enumerate(specs):
             est = Segment(x[:, j], _estimate(sp), sizes[:, j] if sp.chart == "u" else None)
