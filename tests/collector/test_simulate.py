@@ -44,6 +44,7 @@ def test_demo_config_parses_and_matches_the_stations() -> None:
         "gauge": "modbus",
         "vision": "mqtt",
     }
+    assert {sec.kind for sec in cfg.sinks.values()} == {"localstore"}  # no external server
     assert len(cfg.characteristics) >= 7
     for ch in cfg.characteristics:
         assert ch.path.count("/") == 4
