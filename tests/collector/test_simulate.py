@@ -214,3 +214,40 @@ async def test_without_mosquitto_the_mqtt_station_is_skipped_with_a_log_line(
     assert [type(s).__name__ for s in stations] == ["OpcuaStation", "ModbusStation"]
     assert any("mosquitto is not installed" in r.getMessage() for r in caplog.records)
     assert any(line.startswith("skipped  mqtt") for line in lines)
+
+
+@pytest.mark.integration
+def test_cli_stops_cleanly_on_sigterm_and_stops_its_broker(tmp_path: Path) -> None:
+    import re
+    import signal
+    import time
+
+    require_binary("mosquitto")
+    ports = {k: free_port() for k in PORTS}
+    conf = tmp_path / "demo.yaml"
+    conf.write_text(demo_text(ports), encoding="utf-8")
+    out = tmp_path / "out.txt"
+    with out.open("w") as sink:
+        proc = subprocess.Popen(
+            [*SHOPSPC, "simulate", "--config", str(conf), "--rate", "20"],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+    try:
+        for _ in range(600):
+            if "station  mqtt" in out.read_text() or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, out.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    text = out.read_text()
+    assert "stopped:" in text
+    broker = re.search(r"mosquitto \(pid (\d+)\)", text)
+    assert broker is not None, text
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(broker.group(1)), 0)
