@@ -37,6 +37,12 @@ class LocalStoreConfig(BaseModel):
         description="The file may not grow beyond this many MiB; a write that would is refused "
         "(retryable: prune frees space for new points).",
     )
+    when_full: Literal["refuse", "drop_oldest"] = Field(
+        default="refuse",
+        description="refuse: a write that does not fit fails (retryable) until prune makes room; "
+        "drop_oldest: the oldest tenth of the stored time span is deleted (repeatedly, up to "
+        "8 times) to fit it, so the store keeps the newest points.",
+    )
     prune_interval_s: float = Field(
         default=3600.0,
         gt=0,

@@ -8,7 +8,9 @@ and gets the same :class:`~connectors.influxdb.sink.WriteResult` back:
   parser's message and column) for the dead-letter store; the rest is written;
 * a full store (``max_size_mb``) or a busy/failing disk raises
   :class:`~connectors.base.ConnectorError` ``retryable=True``: nothing of the
-  batch was written, the caller keeps it and retries with backoff;
+  batch was written, the caller keeps it and retries with backoff. With
+  ``when_full: drop_oldest`` the oldest points are deleted instead until the
+  batch fits (a tenth of the stored time span at a time, at most 8 times);
 * a file that cannot be opened or is not a store raises ``retryable=False``.
 
 Points older than ``retention_days`` are pruned before a write at most every
@@ -28,24 +30,34 @@ from connectors.base import ConnectorError, ConnectorStats, register_sink
 from connectors.influxdb.lineprotocol import Precision
 from connectors.influxdb.sink import RejectedLines, WriteResult
 from connectors.localstore.config import LocalStoreConfig
-from connectors.localstore.store import LinesWritten, PruneResult, SeriesStore
+from connectors.localstore.store import (
+    LinesWritten,
+    PruneResult,
+    SeriesStore,
+    StoreFullError,
+    iso_us,
+    parse_batch,
+)
 
 __all__ = ["LocalStoreSink", "LocalStoreSinkStats"]
 
 log = logging.getLogger(__name__)
 
 _MALFORMED = 400
+_MAX_DROPS = 8
 
 
 @dataclass
 class LocalStoreSinkStats(ConnectorStats):
     """Sink counters: ``samples``/``lines_written`` items stored, ``bad_samples``/``lines_rejected``
-    items refused as malformed, ``transactions`` batches committed, ``points_pruned``."""
+    items refused as malformed, ``transactions`` batches committed, ``points_pruned`` by
+    retention, ``points_dropped`` to make room (``when_full: drop_oldest``)."""
 
     lines_written: int = 0
     lines_rejected: int = 0
     transactions: int = 0
     points_pruned: int = 0
+    points_dropped: int = 0
 
 
 @register_sink("localstore")
@@ -100,12 +112,32 @@ class LocalStoreSink:
     def _write_sync(self, batch: Sequence[str | bytes]) -> tuple[LinesWritten, PruneResult | None]:
         if self._store is None:
             self._store = self._open()
+        store = self._store
         pruned = None
         now = self._clock()
         if self._last_prune is None or now - self._last_prune >= self.config.prune_interval_s:
-            pruned = self._store.prune(int(now * 1_000_000))
+            pruned = store.prune(int(now * 1_000_000))
             self._last_prune = now
-        return self._store.write_lines(batch, self.config.precision), pruned
+        parsed = parse_batch(batch, self.config.precision)
+        for attempt in range(_MAX_DROPS + 1):
+            try:
+                if parsed.points:
+                    store.write(parsed.points)
+                break
+            except StoreFullError:
+                if self.config.when_full != "drop_oldest" or attempt == _MAX_DROPS:
+                    raise
+                dropped = store.drop_oldest(0.1)
+                if not dropped.points:
+                    raise
+                self.stats.points_dropped += dropped.points
+                log.warning(
+                    "%s: full: dropped the %d oldest point(s) (before %s) to make room",
+                    self._where,
+                    dropped.points,
+                    iso_us(dropped.cutoff_us or 0),
+                )
+        return LinesWritten(parsed.accepted, len(parsed.points), parsed.errors), pruned
 
     async def write(self, batch: Sequence[str | bytes]) -> WriteResult:
         """Store lines (one item per entry; an item may hold several lines) in one transaction.

@@ -35,7 +35,7 @@ import json
 import math
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -50,12 +50,14 @@ __all__ = [
     "ExportFormat",
     "LineError",
     "LinesWritten",
+    "ParsedBatch",
     "PruneResult",
     "Row",
     "SeriesStore",
     "StoreFullError",
     "StoreStats",
     "iso_us",
+    "parse_batch",
 ]
 
 SCHEMA_VERSION = 1
@@ -340,37 +342,56 @@ class SeriesStore:
         An item with any malformed line is refused whole and reported in
         ``errors``; the others are stored in one transaction.
         """
-        points: list[ParsedPoint] = []
-        errors: list[LineError] = []
-        accepted = 0
-        for index, item in enumerate(batch):
-            try:
-                parsed = [
-                    _parse_numbered(line, n, precision)
-                    for n, line in enumerate(split_lines(item), 1)
-                ]
-            except LineProtocolError as exc:
-                text = item.decode("utf-8", "replace") if isinstance(item, bytes) else item
-                errors.append(LineError(index, text, str(exc)))
-                continue
-            points.extend(parsed)
-            accepted += 1
-        if points:
-            self.write(points)
-        return LinesWritten(accepted, len(points), tuple(errors))
+        parsed = parse_batch(batch, precision)
+        if parsed.points:
+            self.write(parsed.points)
+        return LinesWritten(parsed.accepted, len(parsed.points), parsed.errors)
 
     def prune(self, now_us: int) -> PruneResult:
         """Delete points older than ``retention_days`` before ``now_us``, and series left empty."""
         if self.retention_days is None:
             return PruneResult(0, 0, None)
+        cutoff = int(now_us) - int(self.retention_days * _US_PER_DAY)
+        return self._delete_before(lambda: cutoff, "prune")
+
+    def drop_oldest(self, fraction: float = 0.1) -> PruneResult:
+        """Make room: delete the oldest ``fraction`` of the stored time span (at least its oldest µs).
+
+        For a store that should keep the newest points when full instead of
+        refusing them; the span is taken from the oldest and newest points.
+        """
+        if not 0 < fraction <= 1:
+            raise ValueError("fraction must be in (0, 1]")
+
+        def cutoff() -> int | None:
+            oldest, newest = self._span()
+            if oldest is None or newest is None:
+                return None
+            return oldest + max(1, int((newest - oldest) * fraction))
+
+        return self._delete_before(cutoff, "drop oldest")
+
+    def _span(self) -> tuple[int | None, int | None]:
+        # per series by the primary key, then over the series: no full scan
+        oldest, newest = self._conn.execute(
+            "SELECT MIN((SELECT MIN(time_us) FROM points WHERE series_id = s.id)), "
+            "MAX((SELECT MAX(time_us) FROM points WHERE series_id = s.id)) "
+            "FROM series AS s"
+        ).fetchone()
+        return oldest, newest
+
+    def _delete_before(self, cutoff_of: Callable[[], int | None], doing: str) -> PruneResult:
         if self.readonly:
             raise ConnectorError(self._where, "opened read-only", retryable=False)
-        cutoff = int(now_us) - int(self.retention_days * _US_PER_DAY)
         with self._lock:
             conn = self._conn
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
+                    cutoff = cutoff_of()
+                    if cutoff is None:
+                        conn.execute("ROLLBACK")
+                        return PruneResult(0, 0, None)
                     before = conn.total_changes
                     ids = [r[0] for r in conn.execute("SELECT id FROM series")]
                     # per series by the primary key: no index on time alone is needed
@@ -390,7 +411,7 @@ class SeriesStore:
                         conn.execute("ROLLBACK")
                     raise
             except sqlite3.Error as exc:
-                raise self._translate(exc, "prune") from exc
+                raise self._translate(exc, doing) from exc
             finally:
                 self._series.clear()
         return PruneResult(n_points, n_series, cutoff)
@@ -608,12 +629,7 @@ class SeriesStore:
                     )
                 )
                 n_series = int(conn.execute("SELECT COUNT(*) FROM series").fetchone()[0])
-                # per series by the primary key, then over the series: no full sort
-                oldest, newest = conn.execute(
-                    "SELECT MIN((SELECT MIN(time_us) FROM points WHERE series_id = s.id)), "
-                    "MAX((SELECT MAX(time_us) FROM points WHERE series_id = s.id)) "
-                    "FROM series AS s"
-                ).fetchone()
+                oldest, newest = self._span()
                 return StoreStats(
                     path=str(self.path),
                     size_bytes=self._size_bytes(),
@@ -627,6 +643,34 @@ class SeriesStore:
                 )
             except sqlite3.Error as exc:
                 raise self._translate(exc, "stats") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedBatch:
+    """A batch of line protocol parsed: the points of the good items, their count, the bad items."""
+
+    points: list[ParsedPoint]
+    accepted: int
+    errors: tuple[LineError, ...]
+
+
+def parse_batch(batch: Sequence[str | bytes], precision: Precision = "us") -> ParsedBatch:
+    """Parse batch items (an item may hold several lines); an item with a bad line is an error whole."""
+    points: list[ParsedPoint] = []
+    errors: list[LineError] = []
+    accepted = 0
+    for index, item in enumerate(batch):
+        try:
+            parsed = [
+                _parse_numbered(line, n, precision) for n, line in enumerate(split_lines(item), 1)
+            ]
+        except LineProtocolError as exc:
+            text = item.decode("utf-8", "replace") if isinstance(item, bytes) else item
+            errors.append(LineError(index, text, str(exc)))
+            continue
+        points.extend(parsed)
+        accepted += 1
+    return ParsedBatch(points, accepted, tuple(errors))
 
 
 def _parse_numbered(line: str, number: int, precision: Precision) -> ParsedPoint:

@@ -217,3 +217,28 @@ async def test_close_is_idempotent_and_waits_for_a_cancelled_write(tmp_path: Pat
     if (tmp_path / "s.sqlite").exists():
         with SeriesStore(tmp_path / "s.sqlite", readonly=True) as store:
             assert store.stats().points in (0, 2000)
+
+
+async def test_when_full_drop_oldest_keeps_the_newest(tmp_path: Path, caplog) -> None:
+    config = LocalStoreConfig(
+        path=str(tmp_path / "s.sqlite"), max_size_mb=1, retention_days=None, when_full="drop_oldest"
+    )
+    sink = LocalStoreSink(config)
+    caplog.set_level(logging.WARNING, logger="connectors.localstore.sink")
+    try:
+        t = T0
+        for _ in range(15):  # bounded: about 3 MiB of points into a 1 MiB store
+            result = await sink.write([line(t + i, f"c{i % 13}") for i in range(2000)])
+            assert result.accepted == 2000
+            t += 2000
+        assert sink.stats.points_dropped > 0
+        assert sink.stats.state == "connected" and sink.stats.errors == 0
+        assert any("dropped" in r.getMessage() for r in caplog.records)
+    finally:
+        await sink.close()
+    with SeriesStore(tmp_path / "s.sqlite", readonly=True) as store:
+        stats = store.stats()
+        assert stats.newest_us == t - 1
+        assert stats.oldest_us is not None and stats.oldest_us > T0
+        assert stats.size_bytes <= 1024 * 1024
+        assert stats.points == 15 * 2000 - sink.stats.points_dropped

@@ -314,3 +314,17 @@ def test_parse_line_precision_used_by_write_lines(store: SeriesStore) -> None:
     store.write_lines(["m v=1 1500"], precision="ns")
     assert store.query("m")[0].time_us == 1
     assert parse_line("m v=1 2", "s").time_us == 2_000_000
+
+
+def test_drop_oldest_deletes_the_oldest_part_of_the_span(store: SeriesStore) -> None:
+    assert store.drop_oldest().points == 0  # empty: nothing to do
+    store.write_lines([spc("bore", T0 + i * 100, float(i)) for i in range(10)])
+    store.write_lines([spc("depth", T0 + 50, 0.0)])
+    result = store.drop_oldest(0.1)  # span T0..T0+900: before T0+90
+    assert (result.points, result.series, result.cutoff_us) == (2, 1, T0 + 90)
+    assert store.query("spc", limit=1)[0].time_us == T0 + 100
+    store.write_lines([spc("one", T0 + 500, 0.0)])
+    assert store.drop_oldest(1.0).points == 9  # everything before the newest
+    assert [r.time_us for r in store.query("spc", limit=None)] == [T0 + 900]
+    with pytest.raises(ValueError, match="fraction"):
+        store.drop_oldest(0)
