@@ -15,7 +15,8 @@ of the contract and any later one fits without a migration)::
 ``points`` is clustered on (series, time): a query for one characteristic
 over a time range finds its few series in the small ``series`` table (indexed
 on (measurement, characteristic)) and reads each as one contiguous range of
-the B-tree. Retention deletes per series by the same key, so no index on time
+the B-tree (in time order, stopped at the limit; several series are merged).
+Retention deletes per series by the same key, so no index on time
 alone is kept (it would cost every write).
 
 Writes follow InfluxDB: the same series key and timestamp is one point, a
@@ -31,6 +32,8 @@ grow the file beyond it is rolled back whole and raises :class:`StoreFullError`
 from __future__ import annotations
 
 import csv
+import heapq
+import itertools
 import json
 import math
 import sqlite3
@@ -485,17 +488,30 @@ class SeriesStore:
                 series = self._select_series(measurement, tags)
                 if not series:
                     return []
+                if limit == 0:
+                    return []
                 direction = "DESC" if newest_first else "ASC"
-                cur = self._points(
-                    list(series),
-                    since_us,
-                    until_us,
-                    f"time_us {direction}, series_id {direction}",
-                    limit,
+                sql = (
+                    "SELECT time_us, ?, fields FROM points WHERE series_id = ? "
+                    f"AND time_us >= ? AND time_us < ? ORDER BY time_us {direction} LIMIT ?"
+                )
+                lo = _MIN_US if since_us is None else int(since_us)
+                hi = _MAX_US if until_us is None else int(until_us)
+                # one primary-key range per series, read in order and stopped at the
+                # limit, then merged: no sort of every point in the range
+                ordered = sorted(series, reverse=newest_first)
+                per_series = [
+                    self._conn.execute(sql, (sid, sid, lo, hi, -1 if limit is None else limit))
+                    for sid in ordered
+                ]
+                merged = (
+                    heapq.merge(*per_series, key=_time_and_series, reverse=newest_first)
+                    if len(per_series) > 1
+                    else per_series[0]
                 )
                 return [
                     Row(time_us, dict(series[sid][1]), json.loads(fields))
-                    for sid, time_us, fields in cur
+                    for time_us, sid, fields in itertools.islice(merged, limit)
                 ]
             except sqlite3.Error as exc:
                 raise self._translate(exc, "query") from exc
@@ -671,6 +687,10 @@ def parse_batch(batch: Sequence[str | bytes], precision: Precision = "us") -> Pa
         points.extend(parsed)
         accepted += 1
     return ParsedBatch(points, accepted, tuple(errors))
+
+
+def _time_and_series(row: tuple[int, int, str]) -> tuple[int, int]:
+    return row[0], row[1]
 
 
 def _parse_numbered(line: str, number: int, precision: Precision) -> ParsedPoint:

@@ -78,6 +78,19 @@ def test_query_filters_range_limit_order(store: SeriesStore) -> None:
     )
     assert [r.time_us for r in rows] == [T0 + 9, T0 + 8, T0 + 7]
     assert store.query("spc", tags={"chart": "r"}, limit=None).__len__() == 20
+    rows = store.query("spc", tags={"characteristic": "bore"}, limit=3, newest_first=True)
+    assert [(r.time_us, r.tags["chart"]) for r in rows] == [
+        (T0 + 9, "r"),
+        (T0 + 9, "xbar"),
+        (T0 + 8, "r"),
+    ]
+    rows = store.query("spc", since_us=T0 + 9, limit=None)
+    assert [(r.tags["characteristic"], r.tags["chart"]) for r in rows] == [
+        ("bore", "xbar"),
+        ("bore", "r"),
+        ("depth", "xbar"),
+        ("depth", "r"),
+    ]  # the same time: in series order (first written first)
     assert store.query("spc", tags={"characteristic": "nope"}) == []
     assert store.query("alarm") == []
     assert store.query("spc", limit=0) == []
