@@ -443,29 +443,6 @@ class SeriesStore:
             out[sid] = (meas, series_tags)
         return out
 
-    def _points(
-        self,
-        ids: Sequence[int],
-        since_us: int | None,
-        until_us: int | None,
-        order: str,
-        limit: int | None,
-    ) -> sqlite3.Cursor:
-        sql = (
-            "SELECT series_id, time_us, fields FROM points "
-            "WHERE series_id IN (SELECT value FROM json_each(?)) "
-            "AND time_us >= ? AND time_us < ? ORDER BY " + order
-        )
-        args: list[Any] = [
-            json.dumps(sorted(ids)),
-            _MIN_US if since_us is None else int(since_us),
-            _MAX_US if until_us is None else int(until_us),
-        ]
-        if limit is not None:
-            sql += " LIMIT ?"
-            args.append(int(limit))
-        return self._conn.execute(sql, args)
-
     def query(
         self,
         measurement: str,
@@ -535,10 +512,18 @@ class SeriesStore:
         since_us: int | None,
         until_us: int | None,
     ) -> Iterator[tuple[str, dict[str, str], int, dict[str, Any]]]:
-        cur = self._points(list(series), since_us, until_us, "series_id, time_us", None)
-        for sid, time_us, fields in cur:
+        lo = _MIN_US if since_us is None else int(since_us)
+        hi = _MAX_US if until_us is None else int(until_us)
+        # series by series, each one primary-key range: streams without a sort
+        for sid in sorted(series):
             meas, tags = series[sid]
-            yield meas, tags, time_us, json.loads(fields)
+            cur = self._conn.execute(
+                "SELECT time_us, fields FROM points WHERE series_id = ? "
+                "AND time_us >= ? AND time_us < ? ORDER BY time_us",
+                (sid, lo, hi),
+            )
+            for time_us, fields in cur:
+                yield meas, tags, time_us, json.loads(fields)
 
     def export(
         self,
