@@ -6,9 +6,12 @@
     points flagged; drifting, ~12 % flagged) and two input forms: per-point
     arrays for centre, σ and limits (what ``analyze`` passes) and scalars.
 (b) Streaming: :class:`spc.rules.RuleBank` with K = 100, 1 000, 10 000
-    characteristics, one point each per tick (``idx = 0..K-1``; also the
-    ``slice(None)`` form), against K :class:`~benchmarks.naive_rules.NaiveRules`
-    objects; a ``mixed`` run gives the characteristics three different configs.
+    characteristics, one point each per tick (``idx = 0..K-1``, which the bank
+    takes as a slice; also ``slice(None)``, a random permutation of the indices,
+    which gathers and scatters, and ``slice(None)`` with per-characteristic
+    arrays for centre, σ and limits, as the engine calls it), against K
+    :class:`~benchmarks.naive_rules.NaiveRules` objects; a ``mixed`` run gives
+    the characteristics three different configs.
 
 Every pairing is first checked to produce identical masks. Rounds alternate
 (vectorised, naive, vectorised, naive, …) and the reported ratio is the
@@ -182,28 +185,47 @@ def _configs(run: str, K: int) -> list[rules.RuleConfig]:
 
 
 def bench_stream(run: str, K: int, rounds: int, min_time: float) -> dict[str, Any]:
-    """(b): one RuleBank step per tick for K characteristics vs K naive objects."""
+    """(b): one RuleBank step per tick for K characteristics vs K naive objects.
+
+    Four call forms: ``idx = 0..K-1`` (an ascending run, which the bank takes as a
+    slice), ``slice(None)``, a fixed random permutation of 0..K-1 (the gathering
+    path), and ``slice(None)`` with per-characteristic arrays for centre, σ and
+    limits (what the engine passes).
+    """
     cfgs = _configs(run, K)
-    # same masks first (on up to 200 characteristics, 60 ticks)
+    # same masks first (on up to 200 characteristics, 60 ticks), also through a permutation
     k = min(K, 200)
     check = _tick_data(k, 60, seed=7)
     bank = rules.RuleBank(cfgs[:k])
+    permuted = rules.RuleBank(cfgs[:k])
+    perm_k = np.random.default_rng(11).permutation(k)
     objs = [NaiveRules(c) for c in cfgs[:k]]
     for row in check:
         got = bank.step(np.arange(k), row, 0.0, 1.0, -3.0, 3.0)
-        if got.tolist() != _naive_tick(objs, row.tolist()):
+        want = _naive_tick(objs, row.tolist())
+        if got.tolist() != want:
             raise AssertionError(f"RuleBank and the naive engine disagree ({run})")
+        got = permuted.step(perm_k, row[perm_k], 0.0, 1.0, -3.0, 3.0)
+        if got.tolist() != [want[i] for i in perm_k]:
+            raise AssertionError(f"RuleBank (permuted) and the naive engine disagree ({run})")
     x = _tick_data(K, 64, seed=1)
     rows = x.tolist()
     idx = np.arange(K)
+    perm = np.random.default_rng(5).permutation(K)
+    xp = np.ascontiguousarray(x[:, perm])
+    arrays = (np.zeros(K), np.ones(K), np.full(K, -3.0), np.full(K, 3.0))
     bank = rules.RuleBank(cfgs)
     by_slice = rules.RuleBank(cfgs)
+    by_perm = rules.RuleBank(cfgs)
+    by_arrays = rules.RuleBank(cfgs)
     objs = [NaiveRules(c) for c in cfgs]
     for t in range(WARMUP_TICKS):
         bank.step(idx, x[t], 0.0, 1.0, -3.0, 3.0)
         by_slice.step(slice(None), x[t], 0.0, 1.0, -3.0, 3.0)
+        by_perm.step(perm, xp[t], 0.0, 1.0, -3.0, 3.0)
+        by_arrays.step(slice(None), x[t], *arrays)
         _naive_tick(objs, rows[t])
-    tick = [0, 0, 0]
+    tick = [0, 0, 0, 0, 0]
 
     def bank_tick() -> None:
         bank.step(idx, x[tick[0] % 64], 0.0, 1.0, -3.0, 3.0)
@@ -213,20 +235,34 @@ def bench_stream(run: str, K: int, rounds: int, min_time: float) -> dict[str, An
         by_slice.step(slice(None), x[tick[1] % 64], 0.0, 1.0, -3.0, 3.0)
         tick[1] += 1
 
+    def perm_tick() -> None:
+        by_perm.step(perm, xp[tick[3] % 64], 0.0, 1.0, -3.0, 3.0)
+        tick[3] += 1
+
+    def arrays_tick() -> None:
+        by_arrays.step(slice(None), x[tick[4] % 64], *arrays)
+        tick[4] += 1
+
     def naive() -> None:
         _naive_tick(objs, rows[tick[2] % 64])
         tick[2] += 1
 
-    bank_s, slice_s, naive_s, ratios = [], [], [], []
+    bank_s, slice_s, perm_s, arrays_s, naive_s, ratios = [], [], [], [], [], []
     for _ in range(rounds):
         b = _timed(bank_tick, min_time)
         s = _timed(slice_tick, min_time)
+        p = _timed(perm_tick, min_time)
+        a = _timed(arrays_tick, min_time)
         n = _timed(naive, min_time)
         bank_s.append(b)
         slice_s.append(s)
+        perm_s.append(p)
+        arrays_s.append(a)
         naive_s.append(n)
         ratios.append(n / b)
-    b_med, s_med, n_med = (statistics.median(v) for v in (bank_s, slice_s, naive_s))
+    b_med, s_med, p_med, a_med, n_med = (
+        statistics.median(v) for v in (bank_s, slice_s, perm_s, arrays_s, naive_s)
+    )
     return {
         "run": run,
         "K": K,
@@ -234,6 +270,8 @@ def bench_stream(run: str, K: int, rounds: int, min_time: float) -> dict[str, An
         "bank_points_per_s": round(K / b_med),
         "bank_slice_us_per_tick": round(s_med * 1e6, 1),
         "bank_slice_points_per_s": round(K / s_med),
+        "bank_permuted_us_per_tick": round(p_med * 1e6, 1),
+        "bank_arrays_us_per_tick": round(a_med * 1e6, 1),
         "naive_us_per_tick": round(n_med * 1e6, 1),
         "naive_points_per_s": round(K / n_med),
         "ratio_median": round(statistics.median(ratios), 1),

@@ -28,9 +28,13 @@ subtraction and division. Violations are then read back per rule: sparse
 bits by position, dense ones in one masked pass.
 
 The streaming bank keeps the same bits as 64-bit shift registers per
-characteristic (bit 0 = newest point); each config is compiled into register
-tests (``bitwise_count(register & mask) >= k``) so one step is a handful of
-array operations for all characteristics with that config.
+characteristic (bit 0 = newest point). All its configs are compiled together
+into one straight-line program of fused array operations over the low bits of
+those registers (``uint16`` when no window exceeds 16 points): one masked
+comparison for every run test, one bit count for the k-of-m tests, one
+weighted OR for the masks, each config keeping its own tests. A step costs
+the same few dozen numpy calls whatever the mix of configs, on scratch
+buffers allocated once.
 """
 
 from __future__ import annotations
@@ -1073,149 +1077,502 @@ def evaluate_with_carry(
 _STATE_FORMAT = "shopspc.rules.RuleBank"
 _STATE_VERSION = 1
 
+_ONE = np.uint64(1)
+_U8_ONE = np.uint8(1)
+_U8_CAP = np.uint8(MAX_WINDOW)
+
+# A bank keeps a history at every σ level any of its configs uses (one slot
+# per level, so the flags of a step are one comparison with constants) unless
+# that needs more than this many slots beyond the largest config's own count;
+# then slot j holds each config's own j-th level, compared per characteristic.
+_UNION_SLACK = 1
+
+# steps of up to this many characteristics get their constant columns spelled out (a
+# same-shape operand is cheaper than a broadcast one for short rows, dearer for long)
+_SPELL_MAX = 4096
+
+# an operand of a compiled instruction: (buffer, row) or ("k", value), a per-row constant
+_Operand = tuple[str, int]
+
 
 @dataclass(frozen=True)
-class _Program:
-    """The configs of a bank compiled into register tests ("terms").
+class _Ins:
+    """One array operation of a compiled rule program, on single rows of the scratch buffers.
 
-    A rule fires when one of its (at most 2) alternatives holds, an
-    alternative when all its (at most 3) terms do. A term tests one register
-    (a 64-bit history, bit 0 = newest point) under a mask: ``eq`` all masked
-    bits set, ``any`` some set, ``count`` at least k set. Registers are the
-    bank's histories (``U, D, P0, N0, P1, N1, …``) followed by derived ones
-    (``NZ = U|D``; ``X = U ^ (U >> 1)``, alternation; ``B_l = P_l|N_l``;
-    ``W_l = ~B_l`` over the plotted points, within level l) when some rule
-    needs them. The term layout is the same for every config (one block per
-    code any config uses, eq terms first, then any, then count); per config
-    only the register row, the mask and k change, and a config without a code
-    has that code's bit cleared at the end.
+    Buffers: ``st`` the register stack (gathered copies, histories, derived
+    registers), ``hb`` boolean hits, ``cb`` bit counts. ``fn`` is a ufunc
+    (inputs, then the output) or ``np.copyto`` (output, then input).
+    Consecutive instructions whose rows step evenly are merged into one call.
     """
 
-    nslots: int
-    levels: np.ndarray  # (T, S) float64, NaN where a config has fewer levels
-    bits: np.ndarray  # (T,) uint32 codes each config enables
-    limit_bits: np.ndarray  # (T,) uint32 N1/WE1 bits each config enables
-    any_limit: bool
-    derived: tuple[str, ...]  # derived registers, in stack order after the histories
-    rows: np.ndarray  # (J, T) register row of each term, per config
-    masks: np.ndarray  # (J, T) uint64
-    ks: np.ndarray  # (J, T) uint8 (count terms)
-    n_eq: int  # terms [0, n_eq) are eq, [n_eq, n_any) any, [n_any, J) count
-    n_any: int
-    alt_terms: np.ndarray  # (A + 1, 3) term rows per alternative; J = true, J + 1 = false
-    rule_alts: np.ndarray  # (rules, 2) alternatives per rule; A = the always-false one
-    rule_bits: np.ndarray  # (rules, 1) uint32
-    static_rows: bool  # every config uses the same register rows
+    fn: Any
+    out: _Operand
+    ins: tuple[_Operand, ...]
+    kdtype: str = "D"  # dtype of constants: "D" (the stack's) or "u8"
 
 
-# terms of each kind of rule: alternatives of (register, mask, test)
-_SHAPES: dict[str, list[list[tuple[str, str, str]]]] = {
-    "side": [[("P", "run", "eq")], [("N", "run", "eq")]],
-    "trend": [[("U", "run-1", "eq")], [("D", "run-1", "eq")]],
-    "alternate": [[("NZ", "run-1", "eq"), ("X", "run-2", "eq")]],
-    "k_of_m": [
-        [("P", "newest", "eq"), ("P", "m", "count")],
-        [("N", "newest", "eq"), ("N", "m", "count")],
-    ],
-    "within": [[("W", "run", "eq")]],
-    "beyond_both": [[("B", "run", "eq"), ("P", "run", "any"), ("N", "run", "any")]],
-}
+@dataclass(frozen=True)
+class _Merged:
+    fn: Any
+    out: tuple[str, int, int, int]  # buffer, first row, step, count
+    ins: tuple[tuple[str, int, int, int] | np.ndarray, ...]
 
 
-def _compile(configs: list[RuleConfig], nslots: int) -> _Program:
-    T = len(configs)
-    S = nslots
-    R = 2 + 2 * S
-    levels = np.full((T, S), np.nan)
-    bits = np.zeros(T, dtype=np.uint32)
-    limit_bits = np.zeros(T, dtype=np.uint32)
-    for t, cfg in enumerate(configs):
-        levels[t, : len(cfg.levels)] = cfg.levels
-        bits[t] = cfg.bits
-        for r in cfg.rules:
-            if r.kind == "limit":
-                limit_bits[t] |= np.uint32(1 << r.bit)
-    codes = [
-        c for c in _RULE_CODES if RULES[c].kind != "limit" and any(cfg.get(c) for cfg in configs)
+def _progression(rows: list[int]) -> tuple[int, int] | None:
+    """(first, step) if ``rows`` step evenly upwards (one row: step 1), else None."""
+    if len(rows) == 1:
+        return rows[0], 1
+    step = rows[1] - rows[0]
+    if step <= 0 or any(b - a != step for a, b in itertools.pairwise(rows)):
+        return None
+    return rows[0], step
+
+
+def _merge(seq: list[_Ins], dtype: np.dtype) -> list[_Merged]:
+    """Fuse runs of like instructions on evenly stepped rows into single calls."""
+    out: list[_Merged] = []
+    i = 0
+    while i < len(seq):
+        group = [seq[i]]
+        j = i + 1
+        while j < len(seq) and _mergeable(group, seq[j]):
+            group.append(seq[j])
+            j += 1
+        first = group[0]
+        cnt = len(group)
+        o0, ostep = _progression([g.out[1] for g in group])  # type: ignore[misc]
+        ins: list[tuple[str, int, int, int] | np.ndarray] = []
+        for p, op in enumerate(first.ins):
+            if op[0] == "k":
+                dt = dtype if first.kdtype == "D" else np.dtype(np.uint8)
+                ins.append(np.array([g.ins[p][1] for g in group], dtype=dt).reshape(cnt, 1))
+            else:
+                r0, st = _progression([g.ins[p][1] for g in group])  # type: ignore[misc]
+                ins.append((op[0], r0, st, cnt))
+        out.append(_Merged(first.fn, (first.out[0], o0, ostep, cnt), tuple(ins)))
+        i = j
+    return out
+
+
+def _mergeable(group: list[_Ins], nxt: _Ins) -> bool:
+    first = group[0]
+    if nxt.fn is not first.fn or nxt.kdtype != first.kdtype or nxt.out[0] != first.out[0]:
+        return False
+    if len(nxt.ins) != len(first.ins) or any(
+        a[0] != b[0] for a, b in zip(first.ins, nxt.ins, strict=True)
+    ):
+        return False
+    cand = [*group, nxt]
+    if _progression([g.out[1] for g in cand]) is None:
+        return False
+    for p, op in enumerate(first.ins):
+        if op[0] != "k" and _progression([g.ins[p][1] for g in cand]) is None:
+            return False
+    # one call reads every input before it writes: no member may read another's output
+    outs = [g.out for g in cand]
+    if len(set(outs)) != len(outs):
+        return False
+    return not any(op in outs and op != g.out for g in cand for op in g.ins if op[0] != "k")
+
+
+@dataclass
+class _BankProgram:
+    """The configs of a bank compiled into a straight-line array program.
+
+    Every distinct test (a rule kind with its parameters and σ slot) of any
+    config is evaluated for every characteristic of a step; each
+    characteristic then keeps the tests of its config. A test is one or two
+    alternatives (either side of the centre, up or down), an alternative one
+    to three register terms: ``eq`` (all masked bits set), ``cnt`` (at least
+    k masked bits set) or ``any`` (some masked bit set). The first ``eq``
+    mask of every stack row runs as one fused layer; the other terms are
+    gathered into one block. Each test ends in a row of the "fires" block of
+    ``hb``; the masks are a weighted OR of those rows (one byte lane per
+    ``lanes`` entry), per characteristic cut to its config's tests
+    (``entab``) and codes (``allowtab``), or, where that cannot separate the
+    configs, looked up per 8 rows in per-config tables (``groups``).
+    """
+
+    S: int
+    R: int
+    dtype: np.dtype
+    nrows: dict[str, int]
+    derive: list[_Merged]
+    w_rows: tuple[int, int] | None  # st rows of the within registers (they take the valid mask)
+    base: int  # st row of U (the gathered block comes first)
+    gather: np.ndarray | None  # st rows copied into the gathered block
+    tests: list[_Merged]
+    fires: tuple[int, int]  # hb rows
+    limit: int | None  # hb row of x > UCL (x < LCL in the next)
+    lanes: list[tuple[int, np.ndarray]]  # (byte of the mask, uint8 weights (F, 1))
+    entab: np.ndarray | None  # (F, T) bool: fires rows each config uses (where they clash)
+    allowtab: np.ndarray | None  # (T,) uint16 codes of each config
+    groups: list[tuple[int, int, np.ndarray, np.ndarray]]  # (hb a, b, weights, lut)
+    valid: np.ndarray  # (MAX_WINDOW + 1,) masks of the plotted points, in dtype
+    lv: np.ndarray | None  # (S, 1) levels when every config shares the slots
+    nlv: np.ndarray | None
+    lvtab: np.ndarray  # (S, T) each config's level per slot (NaN: none)
+    nlvtab: np.ndarray
+
+
+def _run_key(rule: RuleSpec, slot: int) -> tuple[Any, ...]:
+    kind = rule.kind
+    if kind == "side":
+        return ("run", int(rule.run), slot)  # type: ignore[arg-type]
+    if kind == "k_of_m":
+        k, m = int(rule.k), int(rule.m)  # type: ignore[arg-type]
+        if k == 1:
+            return ("run", 1, slot)  # the point itself beyond
+        if k == m:
+            return ("run", m, slot)  # m in a row on one side
+        return ("k_of_m", k, m, slot)
+    if kind in ("trend", "alternate"):
+        return (kind, int(rule.run))  # type: ignore[arg-type]
+    return (kind, int(rule.run), slot)  # type: ignore[arg-type]
+
+
+_Term = tuple[str, int, int, int]  # (eq | cnt | any, stack row, mask, k)
+
+
+def _test_terms(key: tuple[Any, ...], st_rows: Mapping[str, int]) -> list[list[_Term]]:
+    """The alternatives of one test, each a list of terms."""
+
+    def mask(n: int) -> int:
+        return (1 << n) - 1
+
+    kind = key[0]
+    if kind == "run":
+        n, p = key[1], 2 + 2 * key[2]
+        return [[("eq", p, mask(n), 0)], [("eq", p + 1, mask(n), 0)]]
+    if kind == "trend":
+        n = key[1]
+        return [[("eq", 0, mask(n - 1), 0)], [("eq", 1, mask(n - 1), 0)]]
+    if kind == "alternate":
+        n = key[1]
+        alt = [("eq", st_rows["NZ"], mask(n - 1), 0)]
+        if n > 2:
+            alt.append(("eq", st_rows["X"], mask(n - 2), 0))
+        return [alt]
+    if kind == "k_of_m":
+        k, m, p = key[1], key[2], 2 + 2 * key[3]
+        if k == 2:
+            # the point itself and any of the m − 1 before it: no bit count
+            older = mask(m) ^ 1
+            return [
+                [("eq", p, 1, 0), ("any", p, older, 0)],
+                [("eq", p + 1, 1, 0), ("any", p + 1, older, 0)],
+            ]
+        return [
+            [("eq", p, 1, 0), ("cnt", p, mask(m), k)],
+            [("eq", p + 1, 1, 0), ("cnt", p + 1, mask(m), k)],
+        ]
+    n, s = key[1], key[2]
+    if kind == "within":
+        return [[("eq", st_rows[f"W{s}"], mask(n), 0)]]
+    p = 2 + 2 * s
+    return [
+        [("eq", st_rows[f"B{s}"], mask(n), 0), ("any", p, mask(n), 0), ("any", p + 1, mask(n), 0)]
     ]
-    kinds = {RULES[c].kind for c in codes}
-    derived: list[str] = []
+
+
+def _compile_bank(
+    configs: Sequence[RuleConfig], slot_maps: Sequence[Mapping[float, int]], S: int, union: bool
+) -> _BankProgram:
+    T = len(configs)
+    R = 2 + 2 * S
+    keys: dict[tuple[Any, ...], int] = {}
+    weights: list[list[int]] = []  # per test, per config: code bits
+    limit_bits = [0] * T
+    window = 1
+    for t, cfg in enumerate(configs):
+        for r in cfg.rules:
+            window = max(window, r.window)
+            if r.kind == "limit":
+                limit_bits[t] |= 1 << r.bit
+                continue
+            slot = slot_maps[t][float(r.level)] if r.level is not None else -1
+            key = _run_key(r, slot)
+            if key not in keys:
+                keys[key] = len(keys)
+                weights.append([0] * T)
+            weights[keys[key]][t] |= 1 << r.bit
+    dtype = next(
+        np.dtype(d)
+        for d in (np.uint8, np.uint16, np.uint32, np.uint64)
+        if np.iinfo(d).bits >= window
+    )
+    kinds = {k[0] for k in keys}
+    b_slots = sorted({k[-1] for k in keys if k[0] in ("within", "beyond_both")})
+    w_slots = sorted({k[-1] for k in keys if k[0] == "within"})
+    # the register stack: U, D, (P, N) per slot, then derived registers, within ones last
+    st_rows: dict[str, int] = {}
+    nst = R
     if "alternate" in kinds:
-        derived += ["NZ", "X"]
-    if kinds & {"within", "beyond_both"}:
-        derived += [f"B{j}" for j in range(S)]
-    if "within" in kinds:
-        derived += [f"W{j}" for j in range(S)]
+        st_rows["NZ"] = nst
+        nst += 1
+        if any(k[0] == "alternate" and k[1] > 2 for k in keys):
+            st_rows["X"] = nst
+            nst += 1
+    for s in b_slots:
+        st_rows[f"B{s}"] = nst
+        nst += 1
+    for s in w_slots:
+        st_rows[f"W{s}"] = nst
+        nst += 1
+    alts = [_test_terms(key, st_rows) for key in keys]
 
-    def row(reg: str, slot: int) -> int:
-        fixed = {"U": 0, "D": 1, "P": 2 + 2 * slot, "N": 3 + 2 * slot}
-        if reg in fixed:
-            return fixed[reg]
-        return R + derived.index(reg if reg in ("NZ", "X") else f"{reg}{slot}")
+    # eq terms: the first mask on each stack row runs in the fused layer (hit row = stack
+    # row); the count, any and further eq terms are gathered into one block
+    layer: dict[int, int] = {}
+    terms: dict[_Term, None] = {}
+    uses: dict[_Term, int] = {}
+    for test in alts:
+        for alt in test:
+            for term in alt:
+                terms.setdefault(term)
+                uses[term] = uses.get(term, 0) + 1
+                if term[0] == "eq" and term[1] not in layer:
+                    layer[term[1]] = term[2]
+    in_layer = {term for term in terms if term[0] == "eq" and layer[term[1]] == term[2]}
 
-    # collect terms per test, each with (per-config rows, masks, ks) and its alternative slot
-    found: dict[str, list[tuple[list[int], list[int], list[int], int, int]]] = {
-        "eq": [],
-        "any": [],
-        "count": [],
-    }
-    alts: list[int] = []  # rule index of each alternative
-    for ri, code in enumerate(codes):
-        for alt in _SHAPES[RULES[code].kind]:
-            ai = len(alts)
-            alts.append(ri)
-            for ti, (reg, mask_name, test) in enumerate(alt):
-                rows_c, masks_c, ks_c = [], [], []
-                for cfg in configs:
-                    r = cfg.get(code)
-                    if r is None:
-                        rows_c.append(0)
-                        masks_c.append(0)
-                        ks_c.append(0)
-                        continue
-                    slot = cfg.levels.index(float(r.level)) if r.level is not None else 0
-                    run = r.run or 0
-                    width = {"run": run, "run-1": run - 1, "run-2": run - 2, "m": r.m or 0}
-                    mask = 1 if mask_name == "newest" else int(_MASKS[width[mask_name]])
-                    rows_c.append(row(reg, slot))
-                    masks_c.append(mask)
-                    ks_c.append((r.k or 1) if test == "count" else 0)
-                found[test].append((rows_c, masks_c, ks_c, ai, ti))
-    ordered = found["eq"] + found["any"] + found["count"]
-    J = len(ordered)
-    A = len(alts)
-    alt_terms = np.full((A + 1, 3), J, dtype=np.intp)  # J: the always-true row
-    alt_terms[A, 0] = J + 1  # the always-false alternative
-    for j, (_, _, _, ai, ti) in enumerate(ordered):
-        alt_terms[ai, ti] = j
-    rule_alts = np.full((len(codes), 2), A, dtype=np.intp)
-    taken = [0] * len(codes)
-    for ai, ri in enumerate(alts):
-        rule_alts[ri, taken[ri]] = ai
-        taken[ri] += 1
-    rows = np.array([o[0] for o in ordered], dtype=np.intp).reshape(J, T)
-    return _Program(
-        nslots=S,
-        levels=levels,
-        bits=bits,
-        limit_bits=limit_bits,
-        any_limit=bool(limit_bits.any()),
-        derived=tuple(derived),
-        rows=rows,
-        masks=np.array([o[1] for o in ordered], dtype=np.uint64).reshape(J, T),
-        ks=np.array([o[2] for o in ordered], dtype=np.uint8).reshape(J, T),
-        n_eq=len(found["eq"]),
-        n_any=len(found["eq"]) + len(found["any"]),
-        alt_terms=alt_terms,
-        rule_alts=rule_alts,
-        rule_bits=np.array([1 << BITS[c] for c in codes], dtype=np.uint32).reshape(-1, 1),
-        static_rows=bool((rows == rows[:, :1]).all()) if T else True,
+    # a gathered term second in an alternative goes in the order of the alternatives' first
+    # terms, so that the ANDs combining them step evenly and fuse
+    partner: dict[_Term, int] = {}
+    for test in alts:
+        for alt in test:
+            if len(alt) > 1 and alt[0] in in_layer:
+                partner[alt[1]] = min(partner.get(alt[1], nst), alt[0][1])
+
+    def order(kind: str) -> list[_Term]:
+        chosen = (t for t in terms if t[0] == kind and t not in in_layer)
+        return sorted(chosen, key=lambda t: (partner.get(t, nst), t[1:]))
+
+    # the stack: the gathered block (count, any, further eq terms: copies of history rows),
+    # then U, D, (P, N) per slot, then the derived registers; a hit lands in hb at its row
+    block = order("cnt") + order("any") + order("eq")
+    G = len(block)
+    ncnt = sum(1 for t in block if t[0] == "cnt")
+    nany = sum(1 for t in block if t[0] == "any")
+    hit: dict[_Term, int] = {term: G + term[1] for term in in_layer}
+    for j, term in enumerate(block):
+        hit[term] = j
+
+    # the fires block of hb: the within registers' layer rows (their tests' only term),
+    # then tests ending in an OR, then those ending in an AND, then copies, then limits
+    w_first = G + nst - len(w_slots)
+    fires_row: dict[int, int] = {}
+    for ti, (key, test) in enumerate(zip(keys, alts, strict=True)):
+        term = test[0][0]
+        if key[0] == "within" and term in in_layer:
+            fires_row[ti] = hit[term]
+    or_tests = [ti for ti, test in enumerate(alts) if len(test) == 2]
+    and_tests = [ti for ti, test in enumerate(alts) if len(test) == 1 and len(test[0]) > 1]
+    copy_tests = [
+        ti
+        for ti, test in enumerate(alts)
+        if len(test) == 1 and len(test[0]) == 1 and ti not in fires_row
+    ]
+    any_limit = any(limit_bits)
+    n_fires = len(w_slots) + len(or_tests) + len(and_tests) + len(copy_tests) + 2 * any_limit
+    fires0 = w_first
+    nhb = fires0 + n_fires
+
+    def st(row: str | int) -> _Operand:
+        return ("st", G + (row if isinstance(row, int) else st_rows[row]))
+
+    derive: list[_Ins] = []  # ORs first, so that they fuse
+    if "NZ" in st_rows:
+        derive.append(_Ins(np.bitwise_or, st("NZ"), (st(0), st(1))))
+    for s in b_slots:
+        derive.append(_Ins(np.bitwise_or, st(f"B{s}"), (st(2 + 2 * s), st(3 + 2 * s))))
+    if "X" in st_rows:
+        derive.append(_Ins(np.right_shift, st("X"), (st(0), ("k", 1))))
+        derive.append(_Ins(np.bitwise_xor, st("X"), (st("X"), st(0))))
+    for s in w_slots:
+        derive.append(_Ins(np.invert, st(f"W{s}"), (st(f"B{s}"),)))
+
+    seq: list[_Ins] = []
+    gather = np.array([G + t[1] for t in block], dtype=np.intp) if block else None
+    # one AND masks the whole stack (rows without a test: mask 0)
+    masks = [t[2] for t in block] + [layer.get(r, 0) for r in range(nst)]
+    top = G + max(layer) + 1 if layer else G
+    for r in range(top):
+        seq.append(_Ins(np.bitwise_and, ("st", r), (("st", r), ("k", masks[r]))))
+    for j in range(ncnt):
+        seq.append(_Ins(np.bitwise_count, ("cb", j), (("st", j),)))
+    for j in range(ncnt):
+        seq.append(_Ins(np.greater_equal, ("hb", j), (("cb", j), ("k", block[j][3])), "u8"))
+    for j in range(ncnt, ncnt + nany):
+        seq.append(_Ins(np.not_equal, ("hb", j), (("st", j), ("k", 0))))
+    for r in range(ncnt + nany, top):
+        seq.append(_Ins(np.equal, ("hb", r), (("st", r), ("k", masks[r]))))
+    nst += G
+
+    # terms into alternatives (AND), alternatives into tests (OR)
+    nxt = fires0 + len(w_slots)
+    first_and: list[_Ins] = []
+    second_and: list[_Ins] = []
+
+    def combine(alt: list[_Term], dest: int) -> int:
+        rows = [hit[t] for t in alt]
+        if len(rows) == 1:
+            return rows[0]
+        first_and.append(_Ins(np.bitwise_and, ("hb", dest), (("hb", rows[0]), ("hb", rows[1]))))
+        for r in rows[2:]:
+            second_and.append(_Ins(np.bitwise_and, ("hb", dest), (("hb", dest), ("hb", r))))
+        return dest
+
+    ors: list[tuple[int, int, int]] = []  # (alternative 0 row, alternative 1 row, test)
+    for ti in or_tests:
+        ends = []
+        for alt in alts[ti]:
+            if len(alt) > 1 and uses[alt[0]] > 1:
+                dest = nhb
+                nhb += 1
+            else:
+                dest = hit[alt[0]]
+            ends.append(combine(alt, dest))
+        ors.append((ends[0], ends[1], ti))
+    ors.sort()
+    for _, _, ti in ors:
+        fires_row[ti] = nxt
+        nxt += 1
+    for ti in and_tests:
+        fires_row[ti] = nxt
+        combine(alts[ti][0], nxt)
+        nxt += 1
+    copies = []
+    for ti in copy_tests:
+        fires_row[ti] = nxt
+        copies.append(_Ins(np.copyto, ("hb", nxt), (("hb", hit[alts[ti][0][0]]),)))
+        nxt += 1
+    limit = None
+    if any_limit:
+        limit = nxt
+        nxt += 2
+    assert nxt == fires0 + n_fires
+    first_and.sort(key=lambda ins: ins.out[1])
+    seq += first_and + second_and
+    seq += [_Ins(np.bitwise_or, ("hb", fires_row[ti]), (("hb", a), ("hb", b))) for a, b, ti in ors]
+    seq += copies
+
+    # code bits of the fires rows, per config; "every" is their union over the configs
+    W = [[0] * n_fires for _ in range(T)]
+    for ti, row in fires_row.items():
+        for t in range(T):
+            W[t][row - fires0] = weights[ti][t]
+    if limit is not None:
+        for t in range(T):
+            W[t][limit - fires0] = W[t][limit + 1 - fires0] = limit_bits[t]
+    every = [0] * n_fires
+    for t in range(T):
+        for r in range(n_fires):
+            every[r] |= W[t][r]
+    allowed = [_or_all(W[t]) for t in range(T)]
+    # a weighted OR with the union weights, cut to each config's codes, is exact if no
+    # row a config uses brings a code of the config that it gets from another row
+    clash = [r for r in range(n_fires) for t in range(T) if not W[t][r] and every[r] & allowed[t]]
+    exact = all(
+        every[r] & allowed[t] == W[t][r] for t in range(T) for r in range(n_fires) if W[t][r]
+    )
+    lanes: list[tuple[int, np.ndarray]] = []
+    groups: list[tuple[int, int, np.ndarray, np.ndarray]] = []
+    entab = allowtab = None
+    if n_fires and exact:
+        for byte in (0, 1):
+            w8 = [(w >> (8 * byte)) & 0xFF for w in every]
+            if any(w8):
+                lanes.append((byte, np.array(w8, dtype=np.uint8).reshape(-1, 1)))
+        if T > 1:
+            allowtab = np.array(allowed, dtype=np.uint16)
+            if clash:
+                entab = np.array([[bool(W[t][r]) for t in range(T)] for r in range(n_fires)])
+    elif n_fires:
+        for a in range(0, n_fires, 8):
+            b = min(a + 8, n_fires)
+            lut = np.zeros((T, 256), dtype=np.uint32)
+            p = np.arange(256)
+            for i in range(b - a):
+                on = (p >> i) & 1 == 1
+                for t in range(T):
+                    lut[t, on] |= np.uint32(W[t][a + i])
+            w8 = np.array([1 << i for i in range(b - a)], dtype=np.uint8).reshape(-1, 1)
+            groups.append((fires0 + a, fires0 + b, w8, lut.reshape(-1)))
+    lvtab = np.full((S, T), np.nan)
+    for t, cfg in enumerate(configs):
+        for level in cfg.levels:
+            lvtab[slot_maps[t][level], t] = level
+    lv = nlv = None
+    if union:
+        # every slot is one level, whichever configs use it
+        lv = np.array([row[row == row][0] for row in lvtab]).reshape(S, 1)
+        nlv = -lv
+    valid = np.array([(1 << c) - 1 for c in range(MAX_WINDOW + 1)], dtype=np.uint64).astype(dtype)
+    return _BankProgram(
+        S=S,
+        R=R,
+        dtype=dtype,
+        nrows={"st": nst, "hb": nhb, "cb": ncnt},
+        derive=_merge(derive, dtype),
+        w_rows=(w_first, nst) if w_slots else None,
+        base=G,
+        gather=gather,
+        tests=_merge(seq, dtype),
+        fires=(fires0, fires0 + n_fires),
+        limit=limit,
+        lanes=lanes,
+        entab=entab,
+        allowtab=allowtab,
+        groups=groups,
+        valid=valid,
+        lv=lv,
+        nlv=nlv,
+        lvtab=lvtab,
+        nlvtab=-lvtab,
     )
 
 
-# up to this many distinct configs, a step runs each config's own program on its
-# characteristics; beyond it, one program for all with per-characteristic tables
-_GROUP_MAX = 16
+def _or_all(values: Sequence[int]) -> int:
+    out = 0
+    for v in values:
+        out |= v
+    return out
+
+
+class _Bound:
+    """Views for one shape of call (a slice of the bank, or n gathered characteristics)."""
+
+    __slots__ = (
+        "EN",
+        "F",
+        "F0",
+        "F1",
+        "FN",
+        "FP",
+        "LH",
+        "LL",
+        "LV",
+        "NLV",
+        "W",
+        "allow",
+        "cfg",
+        "count",
+        "derive",
+        "fires",
+        "gather",
+        "groups",
+        "ix",
+        "lanes",
+        "last",
+        "o8",
+        "regs",
+        "stR",
+        "tables",
+        "tests",
+        "tmp32",
+        "valid",
+        "z",
+    )
 
 
 class RuleBank:
@@ -1224,26 +1581,35 @@ class RuleBank:
     Characteristic ``i`` is judged with ``configs[i]``; configs may differ in
     codes and parameters. The state is a few numpy arrays indexed by
     characteristic: a column of ``uint64`` bit histories (up, down, then
-    beyond +level / −level for each σ level of its config; bit 0 = newest
-    plotted point), the last plotted value and the count of plotted points
-    (capped at 64). Parameters live in a small per-config table (identical
-    configs share an entry), so a characteristic costs 8·(2 + 2·S) + 13 bytes,
-    S being the most σ levels any config uses (3 for ``nelson``: 77 bytes).
+    beyond +level / −level for each σ slot; bit 0 = newest plotted point),
+    the last plotted value and the count of plotted points (capped at 64).
+    Parameters live in small per-config tables (identical configs share an
+    entry), so a characteristic costs 8·(2 + 2·S) + 13 bytes: S is the number
+    of distinct σ levels of all configs (3 for ``nelson``: 77 bytes), or, if
+    that exceeds the largest config's own count by more than one, that count.
 
-    Feeding a series point by point, in any split, gives exactly the masks of
+    A step is one straight-line array program for all characteristics and
+    configs (see :class:`_BankProgram`), with preallocated scratch. Feeding a
+    series point by point, in any split, gives exactly the masks of
     :func:`evaluate` on the whole series.
     """
 
     def __init__(self, configs: Sequence[RuleConfig | str | Sequence[str]] = ()) -> None:
         self._configs: list[RuleConfig] = []
         self._config_ids: dict[RuleConfig, int] = {}
+        self._slot_maps: list[dict[float, int]] = []
+        self._S = 0
+        self._union = True
         self._cfg = np.zeros(0, dtype=np.uint32)
         self._regs = np.zeros((2, 0), dtype=np.uint64)  # (rows, characteristics)
         self._last = np.zeros(0, dtype=np.float64)
         self._count = np.zeros(0, dtype=np.uint8)
-        self._nslots = 0
-        self._progs: dict[int, _Program] = {}
-        self._union_prog: _Program | None = None
+        self._arange = np.zeros(0, dtype=np.intp)
+        self._prog: _BankProgram | None = None
+        self._sat = False  # every count is at the cap (counts then stay put)
+        self._bufs: dict[str, np.ndarray] = {}
+        self._cap = 0
+        self._bound: dict[tuple[Any, ...], _Bound] = {}
         self.extend(configs)
 
     # ------------------------------------------------------------------ shape
@@ -1260,6 +1626,14 @@ class RuleBank:
         """The rule config of characteristic ``i``."""
         return self._configs[int(self._cfg[i])]
 
+    def _rows(self, cid: int) -> list[int]:
+        """History rows of config ``cid``: U, D, then (P, N) per level of the config."""
+        slots = self._slot_maps[cid]
+        rows = [0, 1]
+        for level in self._configs[cid].levels:
+            rows += [2 + 2 * slots[level], 3 + 2 * slots[level]]
+        return rows
+
     def extend(
         self,
         configs: Sequence[RuleConfig | str | Sequence[str]],
@@ -1275,34 +1649,60 @@ class RuleBank:
             raise SpcInputError("carries", f"{len(carries)} carries for {len(resolved)} configs")
         start = len(self)
         ids = np.empty(len(resolved), dtype=np.uint32)
-        grew = False
+        old_configs = len(self._configs)
         for j, cfg in enumerate(resolved):
             cid = self._config_ids.get(cfg)
             if cid is None:
                 cid = len(self._configs)
                 self._configs.append(cfg)
                 self._config_ids[cfg] = cid
-                grew = True
             ids[j] = cid
-        nslots = max([self._nslots, *(len(c.levels) for c in resolved)])
-        if nslots > self._nslots:
-            wider = np.zeros((2 + 2 * nslots, len(self)), dtype=np.uint64)
-            wider[: self._regs.shape[0]] = self._regs
-            self._regs = wider
-            self._nslots = nslots
-            self._progs.clear()
-        if grew:
-            self._union_prog = None
+        if len(self._configs) > old_configs or not self._slot_maps:
+            self._relayout(old_configs)
         n = len(resolved)
         self._cfg = np.concatenate((self._cfg, ids))
         fresh = np.zeros((self._regs.shape[0], n), dtype=np.uint64)
         self._regs = np.concatenate((self._regs, fresh), axis=1)
         self._last = np.concatenate((self._last, np.full(n, np.nan)))
         self._count = np.concatenate((self._count, np.zeros(n, dtype=np.uint8)))
+        self._arange = np.arange(len(self), dtype=np.intp)
+        self._changed()
         for j, carry in enumerate(carries or ()):
             if carry is not None:
                 self._set_carry(start + j, carry, f"carries[{j}]")
         return np.arange(start, start + n, dtype=np.intp)
+
+    def _relayout(self, old_configs: int) -> None:
+        """Choose the σ slots for the configs now known; move the kept histories."""
+        levels = sorted({lv for cfg in self._configs for lv in cfg.levels})
+        most = max((len(cfg.levels) for cfg in self._configs), default=0)
+        if len(levels) <= most + _UNION_SLACK:
+            union = {lv: j for j, lv in enumerate(levels)}
+            maps = [union] * len(self._configs)
+            S, is_union = len(levels), True
+        else:
+            maps = [{lv: j for j, lv in enumerate(cfg.levels)} for cfg in self._configs]
+            S, is_union = most, False
+        old_rows = [self._rows(c) for c in range(old_configs)]
+        old_regs = self._regs
+        self._slot_maps = maps
+        self._S = S
+        self._union = is_union
+        self._prog = None
+        if (old_rows and any(self._rows(c) != old_rows[c] for c in range(old_configs))) or (
+            old_regs.shape[0] != 2 + 2 * S
+        ):
+            regs = np.zeros((2 + 2 * S, old_regs.shape[1]), dtype=np.uint64)
+            for c in range(old_configs):
+                chars = np.flatnonzero(self._cfg == c)
+                if chars.size:
+                    regs[np.ix_(self._rows(c), chars)] = old_regs[np.ix_(old_rows[c], chars)]
+            self._regs = regs
+
+    def _changed(self) -> None:
+        """State arrays were replaced or counts lowered: drop cached views, recheck the cap."""
+        self._bound.clear()
+        self._sat = False
 
     def reset(self, idx: Any) -> None:
         """Forget the history of characteristics ``idx`` (their windows start afresh)."""
@@ -1310,13 +1710,15 @@ class RuleBank:
         self._regs[:, idx] = 0
         self._last[idx] = np.nan
         self._count[idx] = 0
+        self._sat = False
 
     # ------------------------------------------------------------------ carry
 
     def carry(self, i: int) -> RuleCarry:
         """The history of characteristic ``i`` as a :class:`RuleCarry`."""
-        lv = self.config(i).levels
-        col = [int(v) for v in self._regs[:, i]]
+        cid = int(self._cfg[i])
+        lv = self._configs[cid].levels
+        col = [int(v) for v in self._regs[self._rows(cid), i]]
         return RuleCarry(
             lv,
             tuple(col[2 + 2 * j] for j in range(len(lv))),
@@ -1328,8 +1730,9 @@ class RuleBank:
         )
 
     def _set_carry(self, i: int, carry: RuleCarry, path: str) -> None:
-        lv = self.config(i).levels
-        col = np.zeros(self._regs.shape[0], dtype=np.uint64)
+        cid = int(self._cfg[i])
+        lv = self._configs[cid].levels
+        col = np.zeros(2 + 2 * len(lv), dtype=np.uint64)
         if carry.count:
             col[0], col[1] = carry.up, carry.down
             for j, level in enumerate(lv):
@@ -1337,11 +1740,166 @@ class RuleBank:
                     col[2 + 2 * j], col[3 + 2 * j] = carry.history(level)
                 except SpcInputError as e:
                     raise SpcInputError(path, e.message) from None
-        self._regs[:, i] = col
+        self._regs[:, i] = 0
+        self._regs[self._rows(cid), i] = col
         self._last[i] = carry.last_x if carry.count else np.nan
         self._count[i] = min(carry.count, MAX_WINDOW)
+        self._sat = False
 
     # ------------------------------------------------------------------ step
+
+    def _program(self) -> _BankProgram:
+        if self._prog is None:
+            self._prog = _compile_bank(self._configs, self._slot_maps, self._S, self._union)
+            self._bufs = {}
+            self._cap = 0
+            self._bound.clear()
+        return self._prog
+
+    def _buffers(self, n: int) -> None:
+        """Make room for steps of up to ``n`` characteristics (kept, grown geometrically)."""
+        if n <= self._cap:
+            return
+        self._program()
+        self._cap = max(n, 2 * self._cap, 64)
+        self._bufs = {}
+        self._bound.clear()
+
+    def _scratch(self, name: str, n: int) -> np.ndarray:
+        """Scratch ``name`` viewed as (rows, n): contiguous for every n, made on first use.
+
+        All shapes of call share the flat buffers (a step uses them one at a time).
+        """
+        pr = self._prog
+        assert pr is not None
+        rows, dt = {
+            "z": (1, np.float64),
+            "F": (pr.R, bool),
+            "G": (pr.R, np.uint64),
+            "last": (1, np.float64),
+            "count": (1, np.uint8),
+            "cfg": (1, np.uint32),
+            "st": (pr.nrows["st"], pr.dtype),
+            "hb": (pr.nrows["hb"], bool),
+            "cb": (pr.nrows["cb"], np.uint8),
+            "t8": (pr.fires[1] - pr.fires[0], np.uint8),
+            "o8": (1, np.uint8),
+            "ix": (1, np.intp),
+            "tmp32": (1, np.uint32),
+            "valid": (1, pr.dtype),
+            "LV": (pr.S, np.float64),
+            "NLV": (pr.S, np.float64),
+            "EN": (pr.fires[1] - pr.fires[0], bool),
+            "allow": (1, np.uint16),
+        }[name]
+        flat = self._bufs.get(name)
+        if flat is None:
+            flat = self._bufs[name] = np.empty(rows * self._cap, dtype=dt)
+        return flat[: rows * n].reshape(rows, n)
+
+    def _bind(self, key: tuple[Any, ...], n: int) -> _Bound:
+        """Views for calls of this shape; per-characteristic tables of a slice are gathered once."""
+        pr = self._program()
+        self._buffers(n)
+
+        def buf(name: str) -> np.ndarray:
+            return self._scratch(name, n)
+
+        b = _Bound()
+        sliced = key[0] == "s"
+        if sliced:
+            sl = slice(key[1], key[2], key[3])
+            b.regs = self._regs[:, sl]
+            b.last = self._last[sl]
+            b.count = self._count[sl]
+        else:
+            b.regs = buf("G")
+            b.last = buf("last")[0]
+            b.count = buf("count")[0]
+        b.cfg = buf("cfg")[0] if not sliced or pr.groups else None
+        b.z = buf("z")[0]
+        b.F = buf("F")
+        b.F0, b.F1 = b.F[0], b.F[1]
+        b.FP, b.FN = b.F[2::2], b.F[3::2]
+        G = pr.base
+        st = buf("st")
+        bufs = {"st": st, "hb": buf("hb"), "cb": buf("cb")}
+        b.stR = st[G : G + pr.R]
+        b.gather = (st[G:], pr.gather - G, st[:G]) if pr.gather is not None else None
+        b.W = st[pr.w_rows[0] : pr.w_rows[1]] if pr.w_rows else None
+        b.valid = buf("valid")[0] if pr.w_rows else None
+        b.o8 = buf("o8")[0]
+        b.ix = buf("ix")[0] if pr.groups else None
+        b.tmp32 = buf("tmp32")[0] if pr.groups else None
+        hb = bufs["hb"]
+        if pr.limit is not None:
+            b.LH, b.LL = hb[pr.limit], hb[pr.limit + 1]
+        else:
+            b.LH = b.LL = None
+        f0, f1 = pr.fires
+        b.fires = hb[f0:f1]
+        fires8 = b.fires.view(np.uint8)
+        t8 = buf("t8")
+        b.lanes = [(fires8, w8, t8, byte) for byte, w8 in reversed(pr.lanes)]
+        b.groups = [(hb[a:c].view(np.uint8), w8, t8[: c - a], lut) for a, c, w8, lut in pr.groups]
+        # per-characteristic tables: constant for a slice, gathered per call otherwise
+        b.LV = b.NLV = None
+        b.EN = b.allow = None
+        b.tables = not sliced and (
+            (pr.lv is None and pr.S > 0) or pr.entab is not None or pr.allowtab is not None
+        )
+        if b.tables:
+            if pr.lv is None and pr.S:
+                b.LV, b.NLV = buf("LV"), buf("NLV")
+            b.EN = buf("EN") if pr.entab is not None else None
+            b.allow = buf("allow")[0] if pr.allowtab is not None else None
+        if sliced:
+            cfg = self._cfg[sl]
+            if pr.lv is None and pr.S:
+                b.LV = np.take(pr.lvtab, cfg, axis=1)
+                b.NLV = -b.LV
+            if pr.entab is not None:
+                b.EN = np.take(pr.entab, cfg, axis=1)
+            if pr.allowtab is not None:
+                b.allow = np.take(pr.allowtab, cfg)
+        # constant columns: spelled out for small steps (no broadcasting), shared by equal ones
+        spelled: dict[bytes, np.ndarray] = {}
+
+        def const(col: np.ndarray) -> Any:
+            if (col == col[0, 0]).all():
+                return col[0, 0]  # a scalar broadcasts cheaply
+            if n > _SPELL_MAX:
+                return col
+            k = col.tobytes() + col.dtype.str.encode()
+            if k not in spelled:
+                spelled[k] = np.ascontiguousarray(np.broadcast_to(col, (col.shape[0], n)))
+            return spelled[k]
+
+        def bind(ops: list[_Merged]) -> list[tuple[Any, tuple[Any, ...]]]:
+            out = []
+            for m in ops:
+                views: list[Any] = []
+                for spec in (m.out, *m.ins):
+                    if isinstance(spec, np.ndarray):
+                        views.append(const(spec))
+                    else:
+                        name, r0, step, cnt = spec
+                        if cnt == 1:
+                            views.append(bufs[name][r0])
+                        else:
+                            views.append(bufs[name][r0 : r0 + (cnt - 1) * step + 1 : step])
+                if m.fn is np.copyto:
+                    out.append((m.fn, tuple(views)))
+                else:
+                    out.append((m.fn, (*views[1:], views[0])))
+            return out
+
+        b.derive = bind(pr.derive)
+        b.tests = bind(pr.tests)
+        if len(self._bound) > 16:
+            self._bound.clear()
+        self._bound[key] = b
+        return b
 
     def step(self, idx: Any, x: Any, center: Any, sigma: Any, lcl: Any, ucl: Any) -> np.ndarray:
         """Judge one new point for each characteristic in ``idx``; returns their ``uint32`` masks.
@@ -1349,159 +1907,171 @@ class RuleBank:
         ``idx`` holds characteristic indices, unique within one call (split a
         micro-batch with several points of one characteristic into rounds), or
         a ``slice`` (``slice(None)``: every characteristic, in order, without
-        gathering). ``x``, ``center``, ``sigma``, ``lcl``, ``ucl`` are aligned
-        with it (scalars are broadcast). A missing point (NaN x, center or
-        sigma) changes nothing and gets mask 0.
+        gathering; an ascending run of indices is taken as that slice). ``x``,
+        ``center``, ``sigma``, ``lcl``, ``ucl`` are aligned with it (scalars
+        are broadcast). A missing point (NaN x, center or sigma) changes
+        nothing and gets mask 0.
         """
-        K = len(self)
-        sel: Any
+        K = self._cfg.shape[0]
+        sel: np.ndarray | None = None
         if isinstance(idx, slice):
             start, stop, stride = idx.indices(K)
             n = len(range(start, stop, stride))
-            sel = slice(start, stop, stride)
         else:
-            sel = np.asarray(idx, dtype=np.intp).reshape(-1)
+            sel = np.asarray(idx, dtype=np.intp)
+            if sel.ndim != 1:
+                sel = sel.reshape(-1)
             n = sel.shape[0]
-        x = np.broadcast_to(np.asarray(x, dtype=np.float64), (n,))
-        z = np.broadcast_to(standardize(x, center, sigma), (n,))
+            if n:
+                a = int(sel[0])
+                if (
+                    a >= 0
+                    and int(sel[-1]) == a + n - 1
+                    and a + n <= K
+                    and (n < 3 or (sel == self._arange[a : a + n]).all())
+                ):
+                    start, stop, stride = a, a + n, 1
+                    sel = None
+        xa = np.asarray(x, dtype=np.float64)
+        if xa.shape != (n,):
+            xa = np.broadcast_to(xa, (n,))
         if n == 0:
             return np.zeros(0, dtype=np.uint32)
-        if len(self._configs) == 1:
-            return self._run(self._program(0), sel, x, z, lcl, ucl, None)
-        cfg = self._cfg[sel]
-        if len(self._configs) > _GROUP_MAX:
-            return self._run(self._union(), sel, x, z, lcl, ucl, cfg)
-        # one run per config present, on its own characteristics
-        order = np.argsort(cfg, kind="stable")
-        ordered = cfg[order]
-        cuts = [0, *(np.flatnonzero(ordered[1:] != ordered[:-1]) + 1).tolist(), n]
-        cols = np.arange(K)[sel] if isinstance(sel, slice) else sel
-        lo = np.broadcast_to(np.asarray(lcl, dtype=np.float64), (n,))
-        hi = np.broadcast_to(np.asarray(ucl, dtype=np.float64), (n,))
-        out = np.empty(n, dtype=np.uint32)
-        for a, b in itertools.pairwise(cuts):
-            part = order[a:b]
-            prog = self._program(int(ordered[a]))
-            out[part] = self._run(prog, cols[part], x[part], z[part], lo[part], hi[part], None)
-        return out
-
-    def _program(self, cid: int) -> _Program:
-        prog = self._progs.get(cid)
-        if prog is None:
-            prog = _compile([self._configs[cid]], self._nslots)
-            self._progs[cid] = prog
-        return prog
-
-    def _union(self) -> _Program:
-        if self._union_prog is None:
-            self._union_prog = _compile(self._configs, self._nslots)
-        return self._union_prog
-
-    def _run(
-        self,
-        pr: _Program,
-        sel: Any,
-        x: np.ndarray,
-        z: np.ndarray,
-        lcl: Any,
-        ucl: Any,
-        cfg: np.ndarray | None,
-    ) -> np.ndarray:
-        """Step the characteristics ``sel`` with program ``pr`` (per-config tables if ``cfg``)."""
-        n = x.shape[0]
-        R = self._regs.shape[0]
-        S = pr.nslots
-        out = np.zeros(n, dtype=np.uint32)
-
-        def per(table: np.ndarray) -> np.ndarray:
-            # a (…, T) table's column for each characteristic (T = 1: broadcast)
-            return table[..., :1] if cfg is None else table[..., cfg]
-
-        stack = np.empty((R + len(pr.derived), n), dtype=np.uint64)
-        new = stack[:R]
-        last = self._last[sel]
+        key = ("s", start, stop, stride) if sel is None else ("i", n)
+        b = self._bound.get(key)
+        if b is None:
+            b = self._bind(key, n)
+        pr = self._prog
+        assert pr is not None
+        z = b.z
         with np.errstate(all="ignore"):
-            flags = np.empty((R, n), dtype=bool)
-            np.greater(x, last, out=flags[0])
-            np.less(x, last, out=flags[1])
-            if S:
-                lv = per(pr.levels.T)
-                np.greater(z, lv, out=flags[2::2])
-                np.less(z, -lv, out=flags[3::2])
-            if isinstance(sel, slice):
-                np.left_shift(self._regs[:, sel], np.uint64(1), out=new)
+            np.subtract(xa, center, out=z)
+            np.divide(z, sigma, out=z)
+            if not _all_positive(sigma):
+                standardize(xa, center, sigma, out=z)
+            total = np.add.reduce(z)
+        bad = None
+        if total != total:  # NaN: a missing point (or ±inf of both signs)
+            ok = z == z
+            if not ok.all():
+                # missing points keep their state: saved here, put back at the end
+                bad = np.flatnonzero(~ok)
+                cols = start + bad * stride if sel is None else sel[bad]
+                saved = (self._regs[:, cols], self._last[cols], self._count[cols])
+        regs, last = b.regs, b.last
+        if sel is not None:
+            np.take(self._last, sel, out=last)  # checks the indices
+            np.take(self._regs, sel, axis=1, out=regs, mode="wrap")
+            if b.tables:
+                cfg = np.take(self._cfg, sel, out=b.cfg, mode="wrap")
+                if b.LV is not None:
+                    np.take(pr.lvtab, cfg, axis=1, out=b.LV, mode="clip")
+                    np.negative(b.LV, out=b.NLV)
+                if b.EN is not None:
+                    np.take(pr.entab, cfg, axis=1, out=b.EN, mode="clip")
+                if b.allow is not None:
+                    np.take(pr.allowtab, cfg, out=b.allow, mode="clip")
+        # the newest flags shifted into the histories
+        np.left_shift(regs, _ONE, out=regs)
+        np.greater(xa, last, out=b.F0)
+        np.less(xa, last, out=b.F1)
+        if pr.S:
+            if b.LV is None:
+                np.greater(z, pr.lv, out=b.FP)
+                np.less(z, pr.nlv, out=b.FN)
             else:
-                np.take(self._regs, sel, axis=1, out=new)
-                new <<= np.uint64(1)
-            new |= flags
-            count = np.minimum(self._count[sel] + np.uint8(1), np.uint8(MAX_WINDOW))
-            if pr.any_limit:
-                lim = np.greater(x, ucl)
-                lim |= np.less(x, lcl)
-                np.bitwise_or(out, per(pr.limit_bits), out=out, where=lim)
-            J = pr.rows.shape[0]
-            if J:
-                self._derive(pr, stack, count)
-                if cfg is None:
-                    t = stack[pr.rows[:, 0]]
-                else:
-                    t = stack[pr.rows[:, cfg], np.arange(n)]
-                masks = per(pr.masks)
-                t &= masks
-                tb = np.empty((J + 2, n), dtype=bool)
-                tb[J] = True
-                tb[J + 1] = False
-                e, na = pr.n_eq, pr.n_any
-                np.equal(t[:e], masks[:e], out=tb[:e])
-                np.not_equal(t[e:na], 0, out=tb[e:na])
-                if na < J:
-                    np.greater_equal(np.bitwise_count(t[na:]), per(pr.ks[na:]), out=tb[na:J])
-                alts = tb[pr.alt_terms].all(axis=1)
-                hits = alts[pr.rule_alts].any(axis=1)
-                out |= np.bitwise_or.reduce(hits * pr.rule_bits, axis=0)
-            if cfg is not None:
-                out &= pr.bits[cfg]
-        ok = z == z
-        if ok.all():
-            self._regs[:, sel] = new
-            self._last[sel] = x
-            self._count[sel] = count
+                np.greater(z, b.LV, out=b.FP)
+                np.less(z, b.NLV, out=b.FN)
+        np.bitwise_or(regs, b.F, out=regs)
+        np.copyto(b.stR, regs, casting="unsafe")
+        if sel is None:
+            np.copyto(last, xa)
         else:
-            out[~ok] = 0
-            rows = np.arange(len(self))[sel][ok]
-            self._regs[:, rows] = new[:, ok]
-            self._last[rows] = x[ok]
-            self._count[rows] = count[ok]
+            self._last[sel] = xa
+            self._regs[:, sel] = regs
+        for fn, args in b.derive:
+            fn(*args)
+        if not self._sat:
+            cnt = b.count
+            if sel is not None:
+                np.take(self._count, sel, out=cnt)
+            np.add(cnt, _U8_ONE, out=cnt)
+            np.minimum(cnt, _U8_CAP, out=cnt)
+            if sel is not None:
+                self._count[sel] = cnt
+            if b.W is not None:
+                np.take(pr.valid, cnt, out=b.valid)
+                np.bitwise_and(b.W, b.valid, out=b.W)
+        if b.gather is not None:
+            src, rows, dst = b.gather
+            src.take(rows, 0, dst, "clip")
+        for fn, args in b.tests:
+            fn(*args)
+        if b.LH is not None:
+            np.greater(xa, ucl, out=b.LH)
+            np.less(xa, lcl, out=b.LL)
+        out = np.empty(n, dtype=np.uint32)
+        if b.lanes:
+            if b.EN is not None:
+                np.bitwise_and(b.fires, b.EN, out=b.fires)
+            # a weighted OR of the fires rows, one byte of the masks at a time (high first)
+            o8 = b.o8
+            for k, (f8, w8, t8, byte) in enumerate(b.lanes):
+                np.multiply(f8, w8, out=t8)
+                np.bitwise_or.reduce(t8, axis=0, out=o8)
+                if k:
+                    np.bitwise_or(out, o8, out=out)
+                elif byte:
+                    np.left_shift(o8, 8, out=out, dtype=np.uint32)
+                else:
+                    np.copyto(out, o8)
+            if b.allow is not None:
+                np.bitwise_and(out, b.allow, out=out)
+        elif b.groups:
+            if len(self._configs) > 1:
+                if sel is None:
+                    np.copyto(b.cfg, self._cfg[start:stop:stride])
+                elif not b.tables:
+                    np.take(self._cfg, sel, out=b.cfg, mode="wrap")
+            for gi, (f8, w8, t8, lut) in enumerate(b.groups):
+                np.multiply(f8, w8, out=t8)
+                np.bitwise_or.reduce(t8, axis=0, out=b.o8)
+                ix = b.o8
+                if len(self._configs) > 1:
+                    ix = np.left_shift(b.cfg, 8, out=b.ix)
+                    np.add(ix, b.o8, out=ix)
+                if gi == 0:
+                    np.take(lut, ix, out=out, mode="clip")
+                else:
+                    np.take(lut, ix, out=b.tmp32, mode="clip")
+                    out |= b.tmp32
+        else:
+            out.fill(0)
+        if bad is not None:
+            out[bad] = 0
+            self._regs[:, cols], self._last[cols], self._count[cols] = saved
+        if not self._sat:
+            self._sat = bool(self._count.min() >= MAX_WINDOW)
         return out
-
-    @staticmethod
-    def _derive(pr: _Program, stack: np.ndarray, count: np.ndarray) -> None:
-        """Fill the derived registers (rows after the histories) the program asks for."""
-        d = pr.derived
-        S = pr.nslots
-        r = 2 + 2 * S
-        U, D = stack[0], stack[1]
-        if "NZ" in d:
-            np.bitwise_or(U, D, out=stack[r])
-            np.right_shift(U, np.uint64(1), out=stack[r + 1])
-            stack[r + 1] ^= U
-            r += 2
-        if S and "B0" in d:
-            B = stack[r : r + S]
-            np.bitwise_or(stack[2 : 2 + 2 * S : 2], stack[3 : 3 + 2 * S : 2], out=B)
-            r += S
-            if "W0" in d:
-                W = stack[r : r + S]
-                np.invert(B, out=W)
-                W &= _MASKS[count]
 
     # ------------------------------------------------------------------ persistence
 
     def _levels_matrix(self) -> np.ndarray:
-        levels = np.full((len(self._configs), self._nslots), np.nan)
+        most = max((len(cfg.levels) for cfg in self._configs), default=0)
+        levels = np.full((len(self._configs), most), np.nan)
         for t, cfg in enumerate(self._configs):
             levels[t, : len(cfg.levels)] = cfg.levels
         return levels[self._cfg]
+
+    def _export_regs(self) -> np.ndarray:
+        """(K, 2 + 2·L) histories, each characteristic's in its config's level order."""
+        most = max((len(cfg.levels) for cfg in self._configs), default=0)
+        out = np.zeros((len(self), 2 + 2 * most), dtype=np.uint64)
+        for cid in range(len(self._configs)):
+            chars = np.flatnonzero(self._cfg == cid)
+            rows = self._rows(cid)
+            out[np.ix_(chars, np.arange(len(rows)))] = self._regs[np.ix_(rows, chars)].T
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         """The histories as plain JSON types (restore with :meth:`from_state`)."""
@@ -1510,7 +2080,7 @@ class RuleBank:
             "format": _STATE_FORMAT,
             "version": _STATE_VERSION,
             "levels": [[v for v in row if not math.isnan(v)] for row in lv.tolist()],
-            "regs": self._regs.T.tolist(),
+            "regs": self._export_regs().tolist(),
             "last_x": [None if math.isnan(v) else v for v in self._last.tolist()],
             "count": self._count.tolist(),
         }
@@ -1558,29 +2128,36 @@ class RuleBank:
     ) -> None:
         self._last[:] = last
         self._count[:] = np.clip(count, 0, MAX_WINDOW)
+        self._sat = False
+        # checked per characteristic (the first bad one is named), copied per group
+        groups: dict[tuple[tuple[float, ...], int], list[int]] = {}
+        fresh: list[int] = []
         for i, old in enumerate(levels):
-            new_lv = self.config(i).levels
-            row = regs[i]
-            width = 2 + 2 * len(old)
-            if len(row) < width:
+            if len(regs[i]) < 2 + 2 * len(old):
                 raise SpcInputError(f"state.regs[{i}]", "too few histories for its levels")
-            if tuple(old) == new_lv:
-                self._regs[:width, i] = row[:width]
-                continue
+            cid = int(self._cfg[i])
+            new_lv = self._configs[cid].levels
             if not set(new_lv) <= set(old):
                 if strict:
                     raise SpcInputError(
                         f"state.levels[{i}]",
                         f"saved history has levels {list(old)}, the config needs {list(new_lv)}",
                     )
-                self.reset([i])
+                fresh.append(i)
                 continue
-            self._regs[0, i] = row[0]
-            self._regs[1, i] = row[1]
-            for j, lv in enumerate(new_lv):
-                o = old.index(lv)
-                self._regs[2 + 2 * j, i] = row[2 + 2 * o]
-                self._regs[3 + 2 * j, i] = row[3 + 2 * o]
+            groups.setdefault((tuple(old), cid), []).append(i)
+        for (old, cid), chars in groups.items():
+            pos = [0, 1]
+            for level in self._configs[cid].levels:
+                o = old.index(level)
+                pos += [2 + 2 * o, 3 + 2 * o]
+            if isinstance(regs, np.ndarray):
+                block = regs[np.ix_(chars, pos)].astype(np.uint64)
+            else:
+                block = np.array([[regs[i][p] for p in pos] for i in chars], dtype=np.uint64)
+            self._regs[np.ix_(self._rows(cid), chars)] = block.T
+        if fresh:
+            self.reset(fresh)
 
     def to_bytes(self) -> bytes:
         """Compact binary state (an ``.npz`` without pickles); restore with :meth:`from_bytes`."""
@@ -1589,7 +2166,7 @@ class RuleBank:
             buf,
             version=np.array([_STATE_VERSION]),
             levels=self._levels_matrix(),
-            regs=self._regs.T,
+            regs=self._export_regs(),
             last=self._last,
             count=self._count,
         )
@@ -1620,3 +2197,13 @@ class RuleBank:
         levels = [tuple(v for v in row if not math.isnan(v)) for row in arrays["levels"].tolist()]
         bank._restore(levels, arrays["regs"], arrays["last"], arrays["count"], strict)
         return bank
+
+
+def _all_positive(sigma: Any) -> bool:
+    """Whether every σ is > 0, so z needs none of :func:`standardize`'s fixes."""
+    if type(sigma) is float:
+        return sigma > 0
+    s = np.asarray(sigma)
+    if s.ndim == 0:
+        return bool(s > 0)
+    return not s.size or bool(np.fmin.reduce(s, axis=None) > 0)

@@ -170,13 +170,13 @@ def _random_block(rng: np.random.Generator, T: int, K: int) -> np.ndarray:
 
 
 def test_many_distinct_configs_use_per_characteristic_tables():
-    """More distinct configs than the grouping limit: one program, per-characteristic tables."""
+    """Twenty distinct configs (levels differ per config: per-config σ slots, lookup tables)."""
     configs = [
         rules.resolve_rules(
             ["N1", "N2", "N4", "N5", "N7", "N8"] if i % 2 else ["N3", "N6", "WE4"],
             {"N2": {"run": 2 + i}, "N5": {"level": 1 + i / 10}, "N6": {"m": 3 + i % 5, "k": 2}},
         )
-        for i in range(rules._GROUP_MAX + 4)
+        for i in range(20)
     ]
     K = len(configs) * 3
     cfgs = configs * 3
@@ -228,3 +228,73 @@ def test_empty_step_and_empty_bank():
     assert bank.nbytes == 0 and bank.state_dict()["regs"] == []
     bank = rules.RuleBank([NELSON])
     assert bank.step(np.array([], dtype=int), [], 0.0, 1.0, -3.0, 3.0).shape == (0,)
+
+
+def test_ascending_runs_of_indices_and_permutations_agree():
+    """An ascending run of indices is stepped as a slice, anything else is gathered: same masks."""
+    rng = np.random.default_rng(13)
+    K, T = 30, 50
+    cfgs = [NELSON, WE, rules.resolve_rules("nelson", {"N2": {"run": 7}, "N7": {"run": 12}})] * 10
+    x = _random_block(rng, T, K)
+    centre = rng.choice([-1.0, 0.0, 1.0], (T, K))
+    sigma = rng.choice([0.5, 1.0, 2.0], (T, K))
+    banks = [rules.RuleBank(cfgs) for _ in range(3)]
+    got = np.zeros((3, T, K), dtype=np.uint32)
+    for t in range(T):
+        args = (x[t], centre[t], sigma[t], centre[t] - 3 * sigma[t], centre[t] + 3 * sigma[t])
+        got[0, t] = banks[0].step(np.arange(K), *args)
+        lo, hi = np.arange(0, 11), np.arange(11, K)
+        got[1, t, lo] = banks[1].step(lo, *(a[lo] for a in args))
+        got[1, t, hi] = banks[1].step(hi, *(a[hi] for a in args))
+        perm = rng.permutation(K)
+        got[2, t, perm] = banks[2].step(perm, *(a[perm] for a in args))
+    assert (got[0] == got[1]).all() and (got[0] == got[2]).all()
+    for k in range(K):
+        args = (x[:, k], centre[:, k], sigma[:, k], centre[:, k] - 3 * sigma[:, k])
+        want = rules.evaluate(*args, centre[:, k] + 3 * sigma[:, k], cfgs[k])
+        assert got[0, :, k].tolist() == want.tolist()
+
+
+def test_configs_a_weighted_or_cannot_separate_use_lookup_tables():
+    """A test that is WE3 for one config and N6 for another, which gets N6 elsewhere."""
+    other = rules.resolve_rules(["N6", "WE3"], {"N6": {"level": 1.5}})
+    cfgs = [NELSON, other] * 4
+    bank = rules.RuleBank(cfgs)
+    rng = np.random.default_rng(17)
+    x = _random_block(rng, 60, len(cfgs))
+    got = np.array([bank.step(slice(None), x[t], 0.0, 1.0, -3.0, 3.0) for t in range(60)])
+    assert bank._prog is not None and bank._prog.groups  # the table path ran
+    for k, cfg in enumerate(cfgs):
+        assert got[:, k].tolist() == rules.evaluate(x[:, k], 0.0, 1.0, -3.0, 3.0, cfg).tolist()
+
+
+def test_wide_steps_equal_batch():
+    """Steps wider than the spelled-out constants (broadcast columns instead)."""
+    K = rules._SPELL_MAX + 100
+    rng = np.random.default_rng(19)
+    cfgs = [NELSON, WE, rules.resolve_rules("nelson", {"N6": {"level": 1.5}})] * (K // 3 + 1)
+    cfgs = cfgs[:K]
+    x = _random_block(rng, 25, K)
+    bank = rules.RuleBank(cfgs)
+    perm = rng.permutation(K)
+    got = np.zeros((25, K), dtype=np.uint32)
+    for t in range(25):
+        if t % 2:
+            got[t] = bank.step(slice(None), x[t], 0.0, 1.0, -3.0, 3.0)
+        else:
+            got[t, perm] = bank.step(perm, x[t, perm], 0.0, 1.0, -3.0, 3.0)
+    for k in rng.choice(K, 150, replace=False).tolist():
+        assert got[:, k].tolist() == rules.evaluate(x[:, k], 0.0, 1.0, -3.0, 3.0, cfgs[k]).tolist()
+
+
+def test_reset_after_every_window_is_full():
+    """Counts saturate at 64 (the bank then skips them); a reset must still restart N7's window."""
+    n7 = rules.resolve_rules(["N7"])
+    bank = rules.RuleBank([n7, n7])
+    for _ in range(70):
+        bank.step(slice(None), [0.5, 0.5], 0.0, 1.0, -3.0, 3.0)
+    bank.reset([0])
+    out = [bank.step(slice(None), [0.5, 0.5], 0.0, 1.0, -3.0, 3.0).tolist() for _ in range(15)]
+    assert [o[0] for o in out] == [0] * 14 + [1 << 6]
+    assert [o[1] for o in out] == [1 << 6] * 15
+    assert bank.carry(0).count == 15 and bank.carry(1).count == 64
