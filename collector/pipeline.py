@@ -1,0 +1,1061 @@
+"""The live gateway pipeline: sources → queue → SPC engine → durable outbox → sinks.
+
+One :class:`Gateway` runs everything in one ``asyncio.TaskGroup``: a task per
+source connector, the processor, the sink drainer, the periodic state saver.
+
+* **Queue.** Sources hand batches to one bounded ``asyncio.Queue`` (``queue_size``
+  batches). Overflow policy: *back-pressure* — a source's ``emit`` waits until
+  there is room (its own bounded buffer then applies its own policy); every
+  wait is counted in ``queue_waits``. Nothing is dropped here.
+* **Mapping.** A binding index built once maps (source, binding id) to the
+  characteristics it feeds and to the context values it carries. Context
+  bindings keep the latest value per binding (also taken from ``Sample.fields``
+  when a source supplies context in the same message); each accepted sample's
+  context snapshot is written as *fields* of its ``measurement`` line.
+* **Judging.** Duplicates are dropped by (station, serial, characteristic) with a
+  bounded LRU, never by value. Only good-quality values are charted; bad and
+  uncertain samples are stored only. Subgroups are ``subgroup.size`` consecutive
+  parts (the engine's own subgrouping); a change of a ``close_on`` context or
+  an elapsed ``window_s`` closes the open subgroup early by padding it with
+  missing observations (NaN). A characteristic without configured limits starts
+  in Phase I: it collects ``limits.phase1_subgroups`` subgroups, estimates and
+  freezes a :class:`~spc.limits.LimitsRecord` (provenance ``phase1``), then the
+  collected values are judged against it and later ones stream through the
+  engine (Phase II). Configured ``center``/``sigma`` start in Phase II at once
+  (method ``known``).
+* **Outputs.** Every sample → a ``measurement`` line; every plotted point → an
+  ``spc`` line; every violated rule → a log line, an ``alarm`` line (event
+  ``raised``) and the ``on_alarm`` callback. Lines are appended to the outbox
+  stream ``series`` (``NORMAL`` durability) before they count as accepted; the
+  drainer writes them to every sink (a ``localstore`` at ``data_dir/series.db``
+  when none is configured), acks on success, retries later with ``Backoff`` on
+  a retryable :class:`~connectors.base.ConnectorError` and dead-letters lines
+  a sink rejects as malformed.
+* **State.** Limits records (``limits.json``) and the engine snapshot
+  (``engine.npz`` + ``state.json``) are saved every ``save_interval_s`` and at
+  shutdown; on start they are restored if the characteristics are unchanged.
+* **Shutdown.** Set the stop event (SIGTERM/SIGINT in ``shopspc run``): sources
+  are cancelled first, the queue is drained, the outbox is flushed to the sinks
+  within ``drain_deadline_s``, state is saved, sinks and outbox are closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel
+
+from collector.config import Binding, Characteristic, GatewayConfig
+from collector.outbox import Outbox, OutboxFull, StreamPolicy
+from connectors.base import Backoff, ConnectorError, Quality, Sample, sink_class, source_class
+from connectors.influxdb.lineprotocol import alarm_line, gateway_line, measurement_line, spc_line
+from spc.charts.attributes import estimate_c
+from spc.charts.variables import estimate_imr, estimate_xbar
+from spc.engine import Engine, Spec
+from spc.errors import SpcInputError
+from spc.limits import LimitsRecord
+from spc.rules import BITS
+
+__all__ = [
+    "AlarmEvent",
+    "BindingIndex",
+    "CharView",
+    "Gateway",
+    "GatewayStats",
+    "alarm_id",
+    "violation_codes",
+]
+
+log = logging.getLogger(__name__)
+
+STREAM = "series"
+WINDOW_M = 25  # subgroup width when only subgroup.window_s shapes an X̄ subgroup
+_UNCHARTED = ("p", "np", "u")  # need a sample size per subgroup the sources do not give yet
+_CODES = sorted(BITS.items(), key=lambda kv: kv[1])
+
+
+def violation_codes(mask: int) -> list[str]:
+    """Rule codes (``spc.rules.BITS``) set in a violation mask, in bit order."""
+    return [code for code, bit in _CODES if mask >> bit & 1]
+
+
+def alarm_id(path: str, rule: str, limits_id: str, time_us: int, serial: str | None) -> str:
+    """Deterministic alarm id from characteristic path, rule, limits id and the completing sample."""
+    body = f"{path}|{rule}|{limits_id}|{time_us}|{serial or ''}"
+    return "A-" + hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+def _rfc3339(time_us: int) -> str:
+    return datetime.fromtimestamp(time_us / 1e6, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+@dataclass
+class GatewayStats:
+    """The pipeline's self-metrics (counters since start, plus current depths)."""
+
+    samples_in: int = 0
+    unmapped: int = 0
+    context_samples: int = 0
+    bad: int = 0
+    duplicates: int = 0
+    charted: int = 0
+    points: int = 0
+    alarms: int = 0
+    phase1_frozen: int = 0
+    queue_waits: int = 0
+    queue_depth: int = 0
+    outbox_full_waits: int = 0
+    outbox_pending: int = 0
+    lines_appended: int = 0
+    lines_written: int = 0
+    lines_dead: int = 0
+    sink_errors: int = 0
+    source_failures: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """The counters as a plain dict (stable int types, for the ``gateway`` line)."""
+        return asdict(self)
+
+
+@dataclass
+class CharView:
+    """What the live table shows of one characteristic."""
+
+    path: str
+    id: str
+    unit: str
+    phase: str  # "phase1", "phase2" or "uncharted"
+    last_value: float = math.nan
+    n_samples: int = 0
+    n_points: int = 0
+    center: float = math.nan
+    lcl: float = math.nan
+    ucl: float = math.nan
+    in_control: bool = True
+    last_rule: str = ""
+    phase1_have: int = 0
+    phase1_need: int = 0
+
+
+@dataclass(frozen=True)
+class AlarmEvent:
+    """A raised alarm (the simple alarm output until the alarm lifecycle exists)."""
+
+    alarm_id: str
+    path: str
+    characteristic: str
+    rule: str
+    severity: str
+    value: float
+    center: float
+    lcl: float
+    ucl: float
+    limits_id: str
+    time_us: int
+    serial: str | None
+
+
+# --------------------------------------------------------------------------- bindings
+
+
+def _context_fields(ch: Characteristic) -> list[tuple[str, Binding]]:
+    """(field name, binding) of a characteristic's 5M1E context, in a stable order."""
+    c = ch.context
+    out: list[tuple[str, Binding]] = []
+    for name, b in (
+        ("operator", c.operator),
+        ("machine", c.machine),
+        ("lot", c.material_lot),
+        ("method", c.method),
+    ):
+        if b is not None:
+            out.append((name, b))
+    for name, b in c.environment.items():
+        out.append((f"env_{name}", b))
+    if c.gauge is not None:
+        out.append(("gauge_id", c.gauge.id))
+        if c.gauge.calibration_due is not None:
+            out.append(("gauge_calibration_due", c.gauge.calibration_due))
+    for name, b in c.extra.items():
+        key = name if name not in ("value", "quality", "serial", "status") else f"extra_{name}"
+        out.append((key, b))
+    return out
+
+
+# close_on names → context field names
+_CLOSE_FIELD = {
+    "operator": "operator",
+    "machine": "machine",
+    "material_lot": "lot",
+    "method": "method",
+    "gauge": "gauge_id",
+}
+
+
+def _static(value: Any) -> Any:
+    if isinstance(value, str | int | float | bool):
+        return value
+    return str(value)  # dates
+
+
+class BindingIndex:
+    """(source, binding) → characteristics and context, built once from the configuration.
+
+    ``values[(source, binding)]`` lists the indices of the characteristics whose
+    value the binding carries; ``context`` keeps the latest value of every
+    context (and serial) binding; :meth:`snapshot` gives a characteristic's
+    context fields at this moment.
+    """
+
+    def __init__(self, characteristics: Sequence[Characteristic]) -> None:
+        self.values: dict[tuple[str, str], list[int]] = {}
+        self.wanted: set[tuple[str, str]] = set()
+        self._ctx: list[list[tuple[str, Any, tuple[str, str] | None]]] = []
+        self._serial: list[tuple[str, str] | None] = []
+        self.latest: dict[tuple[str, str], Any] = {}
+        for i, ch in enumerate(characteristics):
+            self.values.setdefault((ch.value.source, ch.value.binding), []).append(i)  # type: ignore[arg-type]
+            row = []
+            for name, b in _context_fields(ch):
+                if b.source is not None:
+                    key = (b.source, b.binding)
+                    self.wanted.add(key)  # type: ignore[arg-type]
+                    row.append((name, None, key))
+                else:
+                    row.append((name, _static(b.static), None))
+            self._ctx.append(row)  # type: ignore[arg-type]
+            s = ch.serial
+            if s is not None and s.source is not None:
+                self.wanted.add((s.source, s.binding))  # type: ignore[arg-type]
+                self._serial.append((s.source, s.binding))  # type: ignore[arg-type]
+            else:
+                self._serial.append(None)
+        self._wanted_by_source: dict[str, set[str]] = {}
+        for src, b in self.wanted:
+            self._wanted_by_source.setdefault(src, set()).add(b)
+
+    def observe(self, source: str, samples: Sequence[Sample]) -> int:
+        """Take the context values a batch carries (bindings and ``fields``); returns how many samples were context."""
+        names = self._wanted_by_source.get(source)
+        if not names:
+            return 0
+        n = 0
+        for s in samples:
+            if s.fields:
+                for key, v in s.fields.items():
+                    if key in names and v is not None:
+                        self.latest[(source, key)] = v
+            if s.binding in names:
+                n += 1
+                if s.quality is Quality.GOOD and not math.isnan(s.value):
+                    v = s.value
+                    self.latest[(source, s.binding)] = int(v) if v.is_integer() else v
+                elif "raw" in s.fields:
+                    self.latest[(source, s.binding)] = s.fields["raw"]
+        return n
+
+    def snapshot(self, i: int) -> dict[str, Any]:
+        """Characteristic ``i``'s context fields now (missing values left out)."""
+        out: dict[str, Any] = {}
+        for name, static, key in self._ctx[i]:
+            v = static if key is None else self.latest.get(key)
+            if v is not None:
+                out[name] = v
+        return out
+
+    def serial(self, i: int, sample: Sample) -> str | None:
+        """The part serial of a sample of characteristic ``i`` (the sample's own, else its serial binding)."""
+        if sample.serial is not None:
+            return str(sample.serial)
+        key = self._serial[i]
+        if key is None:
+            return None
+        v = self.latest.get(key)
+        return None if v is None else str(v)
+
+
+class _Dedup:
+    """A bounded LRU of (station, serial, characteristic) keys already accepted."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._seen: OrderedDict[tuple[str, str, int], None] = OrderedDict()
+
+    def seen(self, key: tuple[str, str, int]) -> bool:
+        if key in self._seen:
+            self._seen.move_to_end(key)
+            return True
+        self._seen[key] = None
+        if len(self._seen) > self.size:
+            self._seen.popitem(last=False)
+        return False
+
+
+# --------------------------------------------------------------------------- per characteristic
+
+
+def _width(ch: Characteristic) -> int:
+    """Values per engine subgroup."""
+    if ch.chart in ("xbar-r", "xbar-s") and ch.subgroup.size < 2:
+        return WINDOW_M
+    if ch.chart in ("p", "np", "c", "u"):
+        return 1
+    return ch.subgroup.size
+
+
+def _params(ch: Characteristic) -> tuple[tuple[str, float], ...]:
+    return (("nsigmas", float(ch.nsigmas)),)
+
+
+def _known_record(ch: Characteristic) -> LimitsRecord | None:
+    lim = ch.limits
+    if lim.center is None:
+        return None
+    if ch.chart not in ("p", "np", "c", "u") and lim.sigma is None:
+        return None
+    sigma = math.nan if lim.sigma is None or ch.chart in ("p", "np", "c", "u") else lim.sigma
+    return LimitsRecord(
+        chart=ch.chart,
+        center=float(lim.center),
+        sigma=float(sigma),
+        method="known",
+        n_points=0,
+        params=_params(ch),
+        created_by="config",
+    )
+
+
+def _spec(ch: Characteristic, record: LimitsRecord | None) -> Spec:
+    kwargs: dict[str, Any] = {
+        "subgroup_size": _width(ch),
+        "nsigmas": float(ch.nsigmas),
+        "rules": ch.rules,
+        "rules_dispersion": ch.rules_dispersion,
+        "rule_params": ch.rule_params or None,
+    }
+    if record is not None:
+        return Spec.from_limits(ch.chart, record, **kwargs)
+    # a placeholder until Phase I freezes limits: never fed before set_limits
+    center = 0.5 if ch.chart in ("p", "np", "c", "u") else 0.0
+    return Spec(chart=ch.chart, center=center, sigma=1.0, **kwargs)
+
+
+def estimate_phase1(
+    ch: Characteristic, values: np.ndarray, times_us: Sequence[int], now_us: int
+) -> LimitsRecord:
+    """Freeze Phase I limits from ``values`` (NaN-padded subgroups of the engine's width)."""
+    m = _width(ch)
+    if ch.chart == "c":
+        est = estimate_c(values[~np.isnan(values)])
+    elif m == 1:
+        est = estimate_imr(values)
+    else:
+        method = "sbar" if ch.chart == "xbar-s" else "rbar"
+        est = estimate_xbar(values.reshape(-1, m), method=method)
+    n_points = values.size // m
+    return LimitsRecord(
+        chart=ch.chart,
+        center=float(est.center),
+        sigma=float(est.sigma),
+        method=est.method,
+        n_points=n_points,
+        window=(_rfc3339(times_us[0]), _rfc3339(times_us[-1])) if times_us else ("", ""),
+        params=_params(ch),
+        created_by="phase1",
+        created_at=_rfc3339(now_us),
+    )
+
+
+@dataclass
+class _Phase1:
+    values: list[float] = field(default_factory=list)
+    times: list[int] = field(default_factory=list)
+    serials: list[str | None] = field(default_factory=list)
+
+
+@dataclass
+class _Fed:
+    """One value fed to the engine, with what its point line needs if it completes a subgroup."""
+
+    char: int
+    value: float
+    time_us: int
+    serial: str | None
+
+
+# --------------------------------------------------------------------------- the gateway
+
+
+class Gateway:
+    """The running gateway (see the module docstring).
+
+    ``connector_models`` is what :func:`collector.config.load_config` returns
+    beside the config. ``data_dir`` defaults to ``cfg.gateway.data_dir``.
+    ``sources`` / ``sinks`` replace the configured connectors (tests).
+    ``on_alarm`` is called for every raised alarm.
+    """
+
+    def __init__(
+        self,
+        cfg: GatewayConfig,
+        connector_models: Mapping[str, BaseModel],
+        *,
+        data_dir: str | os.PathLike[str] | None = None,
+        sources: Sequence[Any] | None = None,
+        sinks: Sequence[Any] | None = None,
+        queue_size: int = 1000,
+        dedup_size: int = 100_000,
+        drain_deadline_s: float = 10.0,
+        save_interval_s: float = 5.0,
+        metrics_interval_s: float = 10.0,
+        outbox_max_entries: int = 2_000_000,
+        on_alarm: Callable[[AlarmEvent], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.gateway_id = cfg.gateway.id
+        self.data_dir = Path(data_dir if data_dir is not None else cfg.gateway.data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.chars = list(cfg.characteristics)
+        self.paths = [c.path for c in self.chars]
+        self.index = BindingIndex(self.chars)
+        self.stats = GatewayStats()
+        self.drain_deadline_s = drain_deadline_s
+        self.save_interval_s = save_interval_s
+        self.metrics_interval_s = metrics_interval_s
+        self.on_alarm = on_alarm
+        self._dedup = _Dedup(dedup_size)
+        self._queue: asyncio.Queue[tuple[str, list[Sample]]] = asyncio.Queue(queue_size)
+        self._kinds = {name: sec.kind for name, sec in cfg.sources.items()}
+        if sources is None:
+            sources = [
+                source_class(sec.kind)(connector_models[name], name)
+                for name, sec in cfg.sources.items()
+            ]
+        self.sources = list(sources)
+        for s in self.sources:
+            self._kinds.setdefault(s.name, getattr(s, "kind", "manual"))
+        if sinks is None:
+            sinks = [
+                sink_class(sec.kind)(connector_models[name], name)
+                for name, sec in cfg.sinks.items()
+            ]
+            if not sinks:
+                from connectors.localstore.config import LocalStoreConfig
+
+                sinks = [
+                    sink_class("localstore")(
+                        LocalStoreConfig(path=str(self.data_dir / "series.db")), "local"
+                    )
+                ]
+        self.sinks = list(sinks)
+        precisions = {getattr(s, "precision", "us") for s in self.sinks}
+        if len(precisions) > 1:
+            raise ValueError(f"sinks disagree on timestamp precision: {sorted(precisions)}")
+        self.precision = precisions.pop() if precisions else "us"
+        self.outbox = Outbox(
+            self.data_dir / "outbox.db",
+            streams={STREAM: StreamPolicy(synchronous="NORMAL", max_entries=outbox_max_entries)},
+        )
+        self._aio = self.outbox.aio
+        self._sink_backoff = Backoff(base=0.5, cap=30.0)
+        self._wake = asyncio.Event()
+        self._processor_done = asyncio.Event()
+        self._sources_done = False
+        self._last_metrics = 0.0
+        # per characteristic: engine width, fill of the open subgroup, open subgroup start
+        K = len(self.chars)
+        self._m = np.array([_width(c) for c in self.chars], dtype=np.int64)
+        self._fill = np.zeros(K, dtype=np.int64)
+        self._open_since = np.zeros(K, dtype=np.int64)
+        self._last_time = np.zeros(K, dtype=np.int64)
+        self._last_serial: list[str | None] = [None] * K
+        self._close_ctx: list[tuple[Any, ...] | None] = [None] * K
+        self.records: dict[int, LimitsRecord] = {}
+        self._phase1: dict[int, _Phase1] = {}
+        self.views = [
+            CharView(path=c.path, id=c.id, unit=c.unit, phase="phase2") for c in self.chars
+        ]
+        self._setup_limits()
+
+    # ------------------------------------------------------------------ limits and state
+
+    def _fingerprint(self) -> str:
+        body = json.dumps([c.model_dump(mode="json") for c in self.chars], sort_keys=True)
+        return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+    def _setup_limits(self) -> None:
+        stored = self._load_limits()
+        for i, ch in enumerate(self.chars):
+            view = self.views[i]
+            if ch.chart in _UNCHARTED:
+                view.phase = "uncharted"
+                log.warning(
+                    "%s: %s charts need a sample size per subgroup that sources do not supply yet; "
+                    "values are stored, not charted",
+                    ch.path,
+                    ch.chart,
+                )
+                continue
+            rec = _known_record(ch)
+            if rec is None:
+                old = stored.get(ch.path)
+                if old is not None and old.chart == ch.chart:
+                    rec = old
+            if rec is not None:
+                self.records[i] = rec
+            else:
+                self._phase1[i] = _Phase1()
+                view.phase = "phase1"
+                view.phase1_need = ch.limits.phase1_subgroups * int(self._m[i])
+        specs = [_spec(ch, self.records.get(i)) for i, ch in enumerate(self.chars)]
+        fresh = Engine(specs)
+        self.engine = fresh
+        self._restore_state(fresh)
+        # the engine's open-subgroup fill, beside _fill (which also counts Phase I values)
+        self._efill: dict[int, int] = {
+            i: int(self._fill[i]) for i in range(len(self.chars)) if i not in self._phase1
+        }
+        for i, rec in self.records.items():
+            self._show_limits(i, rec)
+
+    def _load_limits(self) -> dict[str, LimitsRecord]:
+        path = self.data_dir / "limits.json"
+        if not path.exists():
+            return {}
+        try:
+            data = json.loads(path.read_text())
+            return {p: LimitsRecord.from_json(d) for p, d in data.items()}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.error("%s: unreadable limits records, starting Phase I again: %s", path, exc)
+            return {}
+
+    def _restore_state(self, fresh: Engine) -> None:
+        state_path = self.data_dir / "state.json"
+        blob_path = self.data_dir / "engine.npz"
+        if not state_path.exists() or not blob_path.exists():
+            return
+        try:
+            state = json.loads(state_path.read_text())
+            if state.get("fingerprint") != self._fingerprint():
+                log.warning(
+                    "engine state in %s not restored: the characteristics changed since it was "
+                    "saved (run rules start afresh; frozen limits are kept)",
+                    self.data_dir,
+                )
+                return
+            eng = Engine.restore(blob_path.read_bytes())
+            if len(eng) != len(fresh):
+                raise ValueError(f"{len(eng)} characteristics in the snapshot, {len(fresh)} now")
+            for i in range(len(eng)):
+                if i in self.records and eng.limits_id(i) != self.records[i].id:
+                    raise ValueError(f"{self.paths[i]}: the snapshot judges another limits record")
+        except (OSError, ValueError, KeyError, SpcInputError) as exc:
+            log.warning("engine state in %s not restored (%s); starting afresh", self.data_dir, exc)
+            return
+        self.engine = eng
+        self._fill[:] = state["fill"]
+        for i, view in enumerate(self.views):
+            view.n_points = int(state["n_points"][i])
+        for key, p1 in state.get("phase1", {}).items():
+            i = int(key)
+            if i in self._phase1:
+                self._phase1[i] = _Phase1(p1["values"], p1["times"], p1["serials"])
+                self.views[i].phase1_have = len(p1["values"])
+        log.info("restored engine state and limits from %s", self.data_dir)
+
+    def save_state(self) -> None:
+        """Write limits records, the engine snapshot and the pipeline's own state (atomically)."""
+        limits = {self.paths[i]: rec.to_json() for i, rec in self.records.items()}
+        state = {
+            "fingerprint": self._fingerprint(),
+            "fill": self._fill.tolist(),
+            "n_points": [v.n_points for v in self.views],
+            "phase1": {
+                str(i): {"values": p.values, "times": p.times, "serials": p.serials}
+                for i, p in self._phase1.items()
+            },
+        }
+        self._atomic(
+            "limits.json", json.dumps(limits, indent=1, allow_nan=False, default=str).encode()
+        )
+        self._atomic("engine.npz", self.engine.snapshot())
+        # json cannot hold NaN: a padded Phase I slot is stored as null
+        for p in state["phase1"].values():
+            p["values"] = [None if math.isnan(v) else v for v in p["values"]]
+        self._atomic("state.json", json.dumps(state).encode())
+
+    def _atomic(self, name: str, data: bytes) -> None:
+        path = self.data_dir / name
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+
+    def _show_limits(self, i: int, rec: LimitsRecord) -> None:
+        view = self.views[i]
+        view.phase = "phase2"
+        view.center = rec.center
+        if math.isfinite(rec.sigma):
+            k = self.chars[i].nsigmas * rec.sigma / math.sqrt(int(self._m[i]))
+            view.lcl, view.ucl = rec.center - k, rec.center + k
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then shut down in order (see the module docstring)."""
+        try:
+            async with asyncio.TaskGroup() as tg:
+                src_tasks = [tg.create_task(self._run_source(s)) for s in self.sources]
+                proc = tg.create_task(self._process_loop())
+                drain = tg.create_task(self._drain_loop())
+                saver = tg.create_task(self._save_loop())
+                await stop.wait()
+                log.info("gateway %s stopping: sources first", self.gateway_id)
+                for t in src_tasks:
+                    t.cancel()
+                for t in src_tasks:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await t
+                self._sources_done = True
+                await proc
+                self._processor_done.set()
+                self._wake.set()
+                await drain
+                saver.cancel()
+        finally:
+            await self._close()
+
+    async def _close(self) -> None:
+        try:
+            self.save_state()
+        except (OSError, ValueError) as exc:
+            log.error("could not save state to %s: %s", self.data_dir, exc)
+        for sink in self.sinks:
+            try:
+                await sink.close()
+            except Exception as exc:  # a failing close must not keep the others open
+                log.error("closing sink %s: %s", sink.name, exc)
+        self.outbox.close()
+
+    async def _run_source(self, source: Any) -> None:
+        async def emit(samples: Sequence[Sample]) -> None:
+            if not samples:
+                return
+            if self._queue.full():
+                self.stats.queue_waits += 1
+            await self._queue.put((source.name, list(samples)))
+
+        try:
+            await source.run(emit)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # a source that gives up (a non-retryable error) is a state, not the end of the gateway
+            self.stats.source_failures += 1
+            log.error("source %s stopped: %s", source.name, exc)
+
+    async def _process_loop(self) -> None:
+        while True:
+            try:
+                first = await asyncio.wait_for(self._queue.get(), 0.2)
+            except TimeoutError:
+                if self._sources_done and self._queue.empty():
+                    return
+                await self._periodic()
+                continue
+            items = [first]
+            while len(items) < 500 and not self._queue.empty():
+                items.append(self._queue.get_nowait())
+            self.stats.queue_depth = self._queue.qsize()
+            lines = self.process(items)
+            await self._append(lines)
+            await self._periodic()
+
+    async def _periodic(self) -> None:
+        now = time.monotonic()
+        if now - self._last_metrics < self.metrics_interval_s:
+            return
+        self._last_metrics = now
+        self.stats.outbox_pending = self.outbox.counts().streams.get(STREAM, _NO_COUNTS).pending
+        line = gateway_line(
+            gateway=self.gateway_id,
+            component="pipeline",
+            time_us=_now_us(),
+            metrics=self.stats.as_dict(),
+            precision=self.precision,
+        )
+        if line:
+            await self._append([line])
+
+    async def _append(self, lines: list[str]) -> None:
+        if not lines:
+            return
+        payloads = [ln.encode() for ln in lines]
+        while True:
+            try:
+                await self._aio.append(STREAM, payloads)
+                break
+            except OutboxFull as exc:
+                # back-pressure: the queue fills and the sources wait; nothing accepted is dropped
+                self.stats.outbox_full_waits += 1
+                log.warning("outbox full, waiting for the sinks: %s", exc)
+                await asyncio.sleep(1.0)
+        self.stats.lines_appended += len(lines)
+        self._wake.set()
+
+    async def _save_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.save_interval_s)
+            try:
+                await asyncio.to_thread(self.save_state)
+            except (OSError, ValueError) as exc:
+                log.error("could not save state to %s: %s", self.data_dir, exc)
+
+    async def _drain_loop(self) -> None:
+        deadline: float | None = None
+        while True:
+            if self._processor_done.is_set() and deadline is None:
+                deadline = time.monotonic() + self.drain_deadline_s
+            entries = await self._aio.peek(STREAM, 5000)
+            if entries:
+                await self._deliver(entries)
+            else:
+                pending = self.outbox.counts().streams.get(STREAM, _NO_COUNTS).pending
+                self.stats.outbox_pending = pending
+                if deadline is not None and pending == 0:
+                    return
+            if deadline is not None and time.monotonic() > deadline:
+                pending = self.outbox.counts().streams.get(STREAM, _NO_COUNTS).pending
+                self.stats.outbox_pending = pending
+                if pending:
+                    log.warning(
+                        "shutdown: %d series lines left in the outbox %s (sent at next start)",
+                        pending,
+                        self.outbox.path,
+                    )
+                return
+            if not entries:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), 0.5)
+
+    async def _deliver(self, entries: list[Any]) -> None:
+        lines = [e.payload.decode() for e in entries]
+        seqs = [e.seq for e in entries]
+        rejected: dict[int, str] = {}
+        for sink in self.sinks:
+            try:
+                result = await sink.write(lines)
+            except ConnectorError as exc:
+                self.stats.sink_errors += 1
+                if exc.retryable:
+                    delay = self._sink_backoff.next_delay()
+                    log.warning("sink %s: %s (retry in %.1f s)", sink.name, exc.message, delay)
+                    await self._aio.retry_later(STREAM, seqs, delay, str(exc))
+                    if self._processor_done.is_set():
+                        await asyncio.sleep(min(delay, 1.0))
+                    return
+                log.error("sink %s refused the batch for good: %s", sink.name, exc)
+                await self._aio.dead_letter(STREAM, seqs, str(exc))
+                self.stats.lines_dead += len(seqs)
+                return
+            for rej in getattr(result, "rejected", ()) or ():
+                for j in rej.indices:
+                    rejected.setdefault(j, f"{sink.name}: {rej.message}")
+        self._sink_backoff.reset()
+        if rejected:
+            by_reason: dict[str, list[int]] = {}
+            for j, reason in rejected.items():
+                by_reason.setdefault(reason, []).append(seqs[j])
+            for reason, bad in by_reason.items():
+                await self._aio.dead_letter(STREAM, bad, reason)
+            self.stats.lines_dead += len(rejected)
+        good = [s for j, s in enumerate(seqs) if j not in rejected]
+        await self._aio.ack(STREAM, good)
+        self.stats.lines_written += len(good)
+
+    # ------------------------------------------------------------------ processing (sync, testable)
+
+    def process(self, items: Sequence[tuple[str, Sequence[Sample]]]) -> list[str]:
+        """Judge batches of (source name, samples); returns the line-protocol lines to store."""
+        lines: list[str] = []
+        fed: list[_Fed] = []
+        now = _now_us()
+        for source, samples in items:
+            self.stats.samples_in += len(samples)
+            # context first: a result block carries its part's context in the same batch
+            self.stats.context_samples += self.index.observe(source, samples)
+            kind = self._kinds.get(source, "manual")
+            for s in samples:
+                targets = self.index.values.get((source, s.binding))
+                if targets is None:
+                    if (source, s.binding) not in self.index.wanted:
+                        self.stats.unmapped += 1
+                    continue
+                for i in targets:
+                    self._accept(i, s, kind, lines, fed)
+        self._feed(fed, lines, now)
+        return lines
+
+    def _accept(self, i: int, s: Sample, kind: str, lines: list[str], fed: list[_Fed]) -> None:
+        ch = self.chars[i]
+        serial = self.index.serial(i, s)
+        if serial is not None and self._dedup.seen((ch.station, serial, i)):
+            self.stats.duplicates += 1
+            return
+        context = self.index.snapshot(i)
+        if s.status:
+            context["status"] = s.status
+        line = measurement_line(
+            gateway=self.gateway_id,
+            line=ch.line,
+            station=ch.station,
+            characteristic=ch.id,
+            source=kind,
+            value=s.value,
+            quality=str(s.quality),
+            time_us=s.time_us,
+            serial=serial,
+            context=context,
+            precision=self.precision,
+        )
+        if line:
+            lines.append(line)
+        view = self.views[i]
+        view.n_samples += 1
+        if s.quality is not Quality.GOOD or not math.isfinite(s.value):
+            self.stats.bad += 1
+            return
+        view.last_value = s.value
+        if view.phase == "uncharted":
+            return
+        self.stats.charted += 1
+        self._close_early(i, ch, context, s.time_us, fed)
+        if self._fill[i] == 0:
+            self._open_since[i] = s.time_us
+        self._fill[i] = (self._fill[i] + 1) % self._m[i]
+        self._last_time[i] = s.time_us
+        self._last_serial[i] = serial
+        fed.append(_Fed(i, s.value, s.time_us, serial))
+
+    def _close_early(
+        self, i: int, ch: Characteristic, context: dict[str, Any], t: int, fed: list[_Fed]
+    ) -> None:
+        """Pad the open subgroup with missing values when its context changed or its window passed."""
+        sg = ch.subgroup
+        if sg.close_on:
+            key = tuple(context.get(_CLOSE_FIELD[n]) for n in sg.close_on)
+            changed = self._close_ctx[i] is not None and key != self._close_ctx[i]
+            self._close_ctx[i] = key
+        else:
+            changed = False
+        if not changed and sg.window_s is not None and self._fill[i]:
+            changed = t - int(self._open_since[i]) > sg.window_s * 1e6
+        if not changed or self._fill[i] == 0:
+            return
+        pad = int(self._m[i] - self._fill[i])
+        for _ in range(pad):
+            fed.append(_Fed(i, math.nan, int(self._last_time[i]), self._last_serial[i]))
+        self._fill[i] = 0
+
+    def _feed(self, fed: list[_Fed], lines: list[str], now: int) -> None:
+        to_engine: list[_Fed] = []
+        for f in fed:
+            p1 = self._phase1.get(f.char)
+            if p1 is None:
+                to_engine.append(f)
+                continue
+            p1.values.append(f.value)
+            p1.times.append(f.time_us)
+            p1.serials.append(f.serial)
+            view = self.views[f.char]
+            view.phase1_have = len(p1.values)
+            if len(p1.values) >= view.phase1_need:
+                to_engine.extend(self._freeze(f.char, p1, now))
+        if to_engine:
+            self._judge(to_engine, lines)
+
+    def _freeze(self, i: int, p1: _Phase1, now: int) -> list[_Fed]:
+        ch = self.chars[i]
+        values = np.array(p1.values, dtype=np.float64)
+        try:
+            rec = estimate_phase1(ch, values, p1.times, now)
+            self.engine.set_limits(i, rec)
+        except (SpcInputError, ValueError) as exc:
+            # e.g. no variation at all: keep collecting, try again with more data
+            log.warning("%s: Phase I limits not frozen yet: %s", ch.path, exc)
+            self.views[i].phase1_need += ch.limits.phase1_subgroups * int(self._m[i])
+            return []
+        del self._phase1[i]
+        self.records[i] = rec
+        self.stats.phase1_frozen += 1
+        self._show_limits(i, rec)
+        log.info(
+            "%s: Phase I done, limits frozen (%s): centre %.6g, sigma %.6g from %d points",
+            ch.path,
+            rec.id,
+            rec.center,
+            rec.sigma,
+            rec.n_points,
+        )
+        with contextlib.suppress(OSError, ValueError):
+            self.save_state()
+        # the Phase I values are judged against their own frozen limits (retrospective Phase I)
+        return [_Fed(i, v, t, s) for v, t, s in zip(p1.values, p1.times, p1.serials, strict=True)]
+
+    def _judge(self, fed: list[_Fed], lines: list[str]) -> None:
+        idx = np.fromiter((f.char for f in fed), dtype=np.intp, count=len(fed))
+        val = np.fromiter((f.value for f in fed), dtype=np.float64, count=len(fed))
+        # which fed values complete a point: the engine returns rows in that order
+        done: list[_Fed] = []
+        count = self._efill
+        for f in fed:
+            c = count.get(f.char, 0) + 1
+            if c >= self._m[f.char]:
+                c = 0
+                done.append(f)
+            count[f.char] = c
+        pts = self.engine.process(idx, val)
+        if len(pts) != len(done):
+            log.error("engine returned %d points for %d completed subgroups", len(pts), len(done))
+            done = done[: len(pts)]
+        ids = self.engine.limits_ids
+        rows = zip(
+            pts.char.tolist(),
+            pts.statistic.tolist(),
+            pts.center.tolist(),
+            pts.lcl.tolist(),
+            pts.ucl.tolist(),
+            pts.sigma.tolist(),
+            pts.n.tolist(),
+            pts.mask.tolist(),
+            pts.disp_mask.tolist(),
+            pts.ewma.tolist(),
+            pts.cusum_upper.tolist(),
+            pts.cusum_lower.tolist(),
+            pts.limits.tolist(),
+            done,
+            strict=False,
+        )
+        for i, stat, center, lcl, ucl, sigma, n, mask, dmask, ew, cu, cl, lim, f in rows:
+            ch = self.chars[i]
+            codes = violation_codes(int(mask) | int(dmask))
+            limits_id = ids[lim]
+            line = spc_line(
+                gateway=self.gateway_id,
+                line=ch.line,
+                station=ch.station,
+                characteristic=ch.id,
+                chart=ch.chart,
+                time_us=f.time_us,
+                statistic=stat,
+                center=center,
+                lcl=lcl,
+                ucl=ucl,
+                sigma=sigma,
+                n=int(n),
+                ewma=ew,
+                cusum_upper=cu,
+                cusum_lower=cl,
+                violations=codes,
+                limits_id=limits_id,
+                precision=self.precision,
+            )
+            if line:
+                lines.append(line)
+            self.stats.points += 1
+            view = self.views[i]
+            view.n_points += 1
+            view.center = center
+            if math.isfinite(lcl) or math.isfinite(ucl):
+                view.lcl, view.ucl = lcl, ucl
+            view.in_control = not codes
+            for code in codes:
+                self._raise(i, ch, code, stat, center, lcl, ucl, limits_id, f, lines)
+
+    def _raise(
+        self,
+        i: int,
+        ch: Characteristic,
+        code: str,
+        stat: float,
+        center: float,
+        lcl: float,
+        ucl: float,
+        limits_id: str,
+        f: _Fed,
+        lines: list[str],
+    ) -> None:
+        sev_key = "CUSUM" if code.startswith("CUSUM") else code
+        severity = ch.severity.get(sev_key) or ch.severity.get("default", "major")
+        aid = alarm_id(ch.path, code, limits_id, f.time_us, f.serial)
+        line = alarm_line(
+            gateway=self.gateway_id,
+            line=ch.line,
+            station=ch.station,
+            characteristic=ch.id,
+            rule=code,
+            severity=severity,
+            time_us=f.time_us,
+            alarm_id=aid,
+            event="raised",
+            value=stat,
+            precision=self.precision,
+        )
+        if line:
+            lines.append(line)
+        self.stats.alarms += 1
+        self.views[i].last_rule = code
+        log.warning(
+            "ALARM %s %s %s (%s): value %.6g, limits [%.6g, %.6g], serial %s, limits %s",
+            ch.path,
+            code,
+            severity,
+            aid,
+            stat,
+            lcl,
+            ucl,
+            f.serial or "-",
+            limits_id,
+        )
+        if self.on_alarm is not None:
+            self.on_alarm(
+                AlarmEvent(
+                    aid,
+                    ch.path,
+                    ch.id,
+                    code,
+                    severity,
+                    stat,
+                    center,
+                    lcl,
+                    ucl,
+                    limits_id,
+                    f.time_us,
+                    f.serial,
+                )
+            )
+
+
+class _NoCounts:
+    pending = 0
+
+
+_NO_COUNTS: Any = _NoCounts()

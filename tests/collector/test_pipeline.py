@@ -1,0 +1,319 @@
+"""Unit tests of the gateway pipeline with a fake source and a recording sink (no servers)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+
+from collector.config import GatewayConfig
+from collector.pipeline import BindingIndex, Gateway, alarm_id, violation_codes
+from connectors.base import ConnectorStats, Quality, Sample
+from connectors.localstore.parse import parse_line
+from spc.rules import BITS
+
+T0 = 1_764_000_000_000_000
+
+
+def _char(cid: str, **over: Any) -> dict[str, Any]:
+    base = {
+        "id": cid,
+        "site": "s1",
+        "area": "a1",
+        "line": "l1",
+        "station": "st1",
+        "chart": "imr",
+        "value": {"source": "dev", "binding": cid},
+        "limits": {"center": 10.0, "sigma": 1.0},
+        "context": {
+            "operator": {"source": "dev", "binding": "operator"},
+            "machine": {"static": "M-1"},
+            "material_lot": {"source": "dev", "binding": "dev.lot"},
+            "environment": {"temperature": {"static": 20.5}},
+        },
+    }
+    base.update(over)
+    return base
+
+
+def _cfg(*chars: dict[str, Any]) -> GatewayConfig:
+    return GatewayConfig.model_validate(
+        {
+            "version": 1,
+            "gateway": {"id": "gw-t"},
+            "sources": {"dev": {"kind": "mqtt"}},
+            "characteristics": list(chars),
+        }
+    )
+
+
+class FakeSource:
+    """Emits the given batches once, then waits to be cancelled."""
+
+    def __init__(self, batches: Sequence[Sequence[Sample]], name: str = "dev") -> None:
+        self.name = name
+        self.stats = ConnectorStats()
+        self.batches = batches
+        self.done = asyncio.Event()
+
+    async def run(self, emit: Any) -> None:
+        for b in self.batches:
+            await emit(b)
+        self.done.set()
+        await asyncio.Event().wait()
+
+
+class RecordingSink:
+    """Keeps every line written."""
+
+    def __init__(self) -> None:
+        self.name = "rec"
+        self.stats = ConnectorStats()
+        self.precision = "us"
+        self.lines: list[str] = []
+        self.closed = False
+
+    async def write(self, batch: Sequence[str]) -> Any:
+        self.lines.extend(batch)
+        return None
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def _s(binding: str, value: float, k: int, *, serial: str | None = None, **kw: Any) -> Sample:
+    return Sample(
+        binding,
+        value,
+        kw.pop("quality", Quality.GOOD),
+        T0 + k * 1000,
+        T0 + k * 1000,
+        serial=serial,
+        **kw,
+    )
+
+
+def _gw(tmp_path, cfg: GatewayConfig, **kw: Any) -> Gateway:
+    return Gateway(cfg, {}, data_dir=tmp_path, sources=[], sinks=[RecordingSink()], **kw)
+
+
+def _parsed(lines: list[str], measurement: str) -> list[Any]:
+    return [p for p in map(parse_line, lines) if p.measurement == measurement]
+
+
+def test_binding_index_and_context_snapshot() -> None:
+    cfg = _cfg(_char("a"), _char("b", value={"source": "dev", "binding": "a"}))
+    idx = BindingIndex(cfg.characteristics)
+    assert idx.values[("dev", "a")] == [0, 1]
+    # context from a binding sample (string via fields['raw']) and from fields of a value sample
+    lot = Sample("dev.lot", math.nan, Quality.BAD, T0, fields={"raw": "LOT-7"}, status="NonNumeric")
+    val = Sample("a", 1.0, Quality.GOOD, T0, fields={"operator": "Ann"})
+    assert idx.observe("dev", [lot, val]) == 1
+    snap = idx.snapshot(0)
+    assert snap == {"operator": "Ann", "machine": "M-1", "lot": "LOT-7", "env_temperature": 20.5}
+
+
+def test_measurement_line_contract_and_context_as_fields(tmp_path) -> None:
+    gw = _gw(tmp_path, _cfg(_char("a")))
+    try:
+        lines = gw.process([("dev", [_s("a", 10.5, 1, serial="P1", fields={"operator": "Ann"})])])
+        (m,) = _parsed(lines, "measurement")
+        assert m.tags == {
+            "gateway": "gw-t",
+            "line": "l1",
+            "station": "st1",
+            "characteristic": "a",
+            "source": "mqtt",
+        }
+        assert m.fields["value"] == 10.5
+        assert m.fields["quality"] == "good"
+        assert m.fields["serial"] == "P1"
+        assert m.fields["operator"] == "Ann"
+        assert m.fields["machine"] == "M-1"
+        assert m.time_us == T0 + 1000
+        (p,) = _parsed(lines, "spc")
+        assert p.tags["chart"] == "imr"
+        assert p.fields["statistic"] == 10.5
+        assert p.fields["center"] == 10.0
+        assert p.fields["ucl"] == pytest.approx(13.0)
+        assert p.fields["violations"] == ""
+        assert p.fields["limits_id"].startswith("L-")
+    finally:
+        gw.outbox.close()
+
+
+def test_duplicates_dropped_by_serial_not_value(tmp_path) -> None:
+    gw = _gw(tmp_path, _cfg(_char("a")))
+    try:
+        gw.process([("dev", [_s("a", 10.0, 1, serial="P1"), _s("a", 10.0, 2, serial="P2")])])
+        gw.process([("dev", [_s("a", 11.0, 3, serial="P1")])])
+        assert gw.stats.duplicates == 1
+        assert gw.stats.points == 2
+    finally:
+        gw.outbox.close()
+
+
+def test_bad_samples_stored_not_charted(tmp_path) -> None:
+    gw = _gw(tmp_path, _cfg(_char("a")))
+    try:
+        bad = Sample("a", math.nan, Quality.BAD, T0, status="BadTimeout")
+        lines = gw.process([("dev", [bad])])
+        (m,) = _parsed(lines, "measurement")
+        assert m.fields["quality"] == "bad"
+        assert m.fields["status"] == "BadTimeout"
+        assert "value" not in m.fields
+        assert _parsed(lines, "spc") == []
+        assert gw.stats.bad == 1 and gw.stats.points == 0
+    finally:
+        gw.outbox.close()
+
+
+def test_alarm_line_for_a_violation(tmp_path) -> None:
+    seen = []
+    gw = Gateway(
+        _cfg(_char("a", severity={"default": "minor", "N1": "critical"})),
+        {},
+        data_dir=tmp_path,
+        sources=[],
+        sinks=[RecordingSink()],
+        on_alarm=seen.append,
+    )
+    try:
+        lines = gw.process([("dev", [_s("a", 10.0, 1), _s("a", 20.0, 2, serial="P9")])])
+        spc = _parsed(lines, "spc")
+        assert spc[1].fields["violations"] == "N1"
+        (a,) = _parsed(lines, "alarm")
+        assert a.tags["rule"] == "N1" and a.tags["severity"] == "critical"
+        assert a.fields["event"] == "raised"
+        lid = spc[1].fields["limits_id"]
+        assert a.fields["alarm_id"] == alarm_id("s1/a1/l1/st1/a", "N1", lid, T0 + 2000, "P9")
+        assert seen[0].rule == "N1" and seen[0].serial == "P9"
+    finally:
+        gw.outbox.close()
+
+
+def test_violation_codes() -> None:
+    assert violation_codes(0) == []
+    assert violation_codes(1 << BITS["N1"] | 1 << BITS["N5"]) == ["N1", "N5"]
+
+
+def test_phase1_freezes_then_phase2(tmp_path) -> None:
+    ch = _char("a", limits={"phase1_subgroups": 10})
+    gw = _gw(tmp_path, _cfg(ch))
+    try:
+        rng = np.random.default_rng(3)
+        vals = 10 + rng.normal(0, 1, 15)
+        lines = gw.process([("dev", [_s("a", float(v), k) for k, v in enumerate(vals[:9])])])
+        assert _parsed(lines, "spc") == [] and gw.views[0].phase == "phase1"
+        lines = gw.process([("dev", [_s("a", float(v), 9 + k) for k, v in enumerate(vals[9:])])])
+        rec = gw.records[0]
+        assert rec.created_by == "phase1" and rec.n_points == 10 and rec.method == "mr"
+        assert rec.center == pytest.approx(vals[:10].mean())
+        assert rec.window[0].startswith("2025-")
+        spc = _parsed(lines, "spc")
+        assert len(spc) == 15  # the 10 Phase I values judged retrospectively, then 5 live
+        assert {p.fields["limits_id"] for p in spc} == {rec.id}
+        assert (tmp_path / "limits.json").exists()
+    finally:
+        gw.outbox.close()
+
+
+def test_xbar_subgroups_and_context_close(tmp_path) -> None:
+    ch = _char(
+        "a",
+        chart="xbar-r",
+        subgroup={"size": 3, "close_on": ["material_lot"]},
+        limits={"center": 10.0, "sigma": 1.0},
+    )
+    gw = _gw(tmp_path, _cfg(ch))
+    try:
+
+        def lot(name: str, k: int) -> Sample:
+            return Sample("dev.lot", math.nan, Quality.BAD, T0 + k, fields={"raw": name})
+
+        lines = gw.process(
+            [("dev", [lot("L1", 0), _s("a", 10.0, 1), _s("a", 10.2, 2), _s("a", 9.9, 3)])]
+        )
+        assert len(_parsed(lines, "spc")) == 1
+        lines = gw.process([("dev", [_s("a", 10.1, 4)])])
+        assert _parsed(lines, "spc") == []
+        # a new lot closes the open subgroup of one part
+        lines = gw.process([("dev", [lot("L2", 5), _s("a", 10.3, 6)])])
+        (p,) = _parsed(lines, "spc")
+        assert p.fields["n"] == 1 and p.fields["statistic"] == pytest.approx(10.1)
+    finally:
+        gw.outbox.close()
+
+
+async def test_restart_restores_limits_and_engine_state(tmp_path) -> None:
+    ch = _char("a", limits={"phase1_subgroups": 5}, rules=["N2"])
+    cfg = _cfg(ch)
+    gw = _gw(tmp_path, cfg)
+    base = [10.0, 10.5, 9.5, 10.2, 9.8]
+    gw.process([("dev", [_s("a", v, k) for k, v in enumerate(base)])])
+    rec = gw.records[0]
+    # 9 above the centre make N2 (Nelson); 5 before the restart, 4 after
+    above = rec.center + 0.1
+    gw.process([("dev", [_s("a", above, 10 + k) for k in range(5)])])
+    assert gw.stats.alarms == 0
+    await gw._close()
+
+    gw2 = _gw(tmp_path, cfg)
+    try:
+        assert gw2.records[0].id == rec.id
+        lines = gw2.process([("dev", [_s("a", above, 20 + k) for k in range(4)])])
+        spc = _parsed(lines, "spc")
+        assert [p.fields["violations"] for p in spc] == ["", "", "", "N2"]
+        assert gw2.views[0].n_points == len(base) + 9
+    finally:
+        gw2.outbox.close()
+
+
+async def test_changed_characteristics_keep_limits_restart_engine(tmp_path, caplog) -> None:
+    ch = _char("a", limits={"phase1_subgroups": 5})
+    gw = _gw(tmp_path, _cfg(ch))
+    gw.process([("dev", [_s("a", v, k) for k, v in enumerate([10.0, 10.5, 9.5, 10.2, 9.8])])])
+    rec = gw.records[0]
+    await gw._close()
+    gw2 = _gw(tmp_path, _cfg(dict(ch, description="changed")))
+    try:
+        assert gw2.records[0].id == rec.id
+        assert "not restored" in caplog.text
+    finally:
+        gw2.outbox.close()
+
+
+async def test_run_drains_outbox_on_stop(tmp_path) -> None:
+    batches = [
+        [_s("a", 10.0 + 0.1 * (k % 3), k, serial=f"P{k}", fields={"operator": "Ann"})]
+        for k in range(50)
+    ]
+    src = FakeSource(batches)
+    sink = RecordingSink()
+    gw = Gateway(
+        _cfg(_char("a")),
+        {},
+        data_dir=tmp_path,
+        sources=[src],
+        sinks=[sink],
+        queue_size=4,
+        metrics_interval_s=0.0,
+    )
+    stop = asyncio.Event()
+
+    async def stopper() -> None:
+        await asyncio.wait_for(src.done.wait(), 20)
+        stop.set()
+
+    async with asyncio.timeout(30):
+        await asyncio.gather(gw.run(stop), stopper())
+    assert sink.closed
+    assert len(_parsed(sink.lines, "measurement")) == 50
+    assert len(_parsed(sink.lines, "spc")) == 50
+    assert _parsed(sink.lines, "gateway")
+    assert gw.stats.outbox_pending == 0
+    assert (tmp_path / "engine.npz").exists() and (tmp_path / "state.json").exists()
