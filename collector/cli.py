@@ -564,6 +564,64 @@ def simulate(
         raise typer.Exit(1) from None
 
 
+def _quiet_logs(level: int) -> None:
+    import logging
+
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # asyncua warns about the unencrypted endpoint the demo station offers on purpose.
+    for noisy in ("asyncua", "pymodbus"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Option(help="the gateway configuration (YAML)")] = Path(
+        "config/gateway.yaml"
+    ),
+    data_dir: Annotated[
+        Path | None, typer.Option(help="state directory (default: gateway.data_dir)")
+    ] = None,
+    drain_deadline: Annotated[
+        float, typer.Option(min=0.0, help="seconds to flush the outbox at shutdown")
+    ] = 10.0,
+) -> None:
+    """Run the gateway: read the sources, judge with SPC, write series and alarms (Ctrl-C stops)."""
+    import asyncio
+    import logging
+    import signal
+
+    from collector.config import ConfigError, load_config
+    from collector.pipeline import Gateway
+
+    _quiet_logs(logging.INFO)
+    try:
+        cfg, connectors = load_config(config)
+    except ConfigError as err:
+        for problem in err.problems:
+            sys.stderr.write(f"{problem}\n")
+        raise typer.Exit(EXIT_BAD_REQUEST) from None
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            gw = Gateway(cfg, connectors, data_dir=data_dir, drain_deadline_s=drain_deadline)
+            await gw.run(stop)
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+        sys.stdout.write(f"stopped: {gw.stats.as_dict()}\n")
+
+    try:
+        asyncio.run(main())
+    except* Exception as group:
+        for exc in group.exceptions:
+            sys.stderr.write(f"shopspc run: {exc}\n")
+        raise typer.Exit(1) from None
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -86,6 +86,20 @@ STREAM = "series"
 WINDOW_M = 25  # subgroup width when only subgroup.window_s shapes an X̄ subgroup
 _UNCHARTED = ("p", "np", "u")  # need a sample size per subgroup the sources do not give yet
 _CODES = sorted(BITS.items(), key=lambda kv: kv[1])
+# the alarm contract's chart names: centre chart and dispersion chart per configured chart
+_CENTRE_CHART = {
+    "imr": "x",
+    "xbar-r": "xbar",
+    "xbar-s": "xbar",
+    "p": "p",
+    "np": "np",
+    "c": "c",
+    "u": "u",
+    "ewma": "ewma",
+    "cusum": "cusum",
+}
+_DISP_CHART = {"imr": "mr", "xbar-r": "r", "xbar-s": "s"}
+_DISP_NAMES = frozenset(_DISP_CHART.values())
 
 
 def violation_codes(mask: int) -> list[str]:
@@ -93,9 +107,15 @@ def violation_codes(mask: int) -> list[str]:
     return [code for code, bit in _CODES if mask >> bit & 1]
 
 
-def alarm_id(path: str, rule: str, limits_id: str, time_us: int, serial: str | None) -> str:
-    """Deterministic alarm id from characteristic path, rule, limits id and the completing sample."""
-    body = f"{path}|{rule}|{limits_id}|{time_us}|{serial or ''}"
+def alarm_id(
+    path: str, rule: str, limits_id: str, time_us: int, serial: str | None, *, chart: str = ""
+) -> str:
+    """Deterministic alarm id from characteristic path, rule, limits id and the completing sample.
+
+    ``chart`` tells a dispersion-chart alarm (``mr``, ``r``, ``s``) from the centre chart's.
+    """
+    key = f"{chart}:{rule}" if chart in _DISP_NAMES else rule
+    body = f"{path}|{key}|{limits_id}|{time_us}|{serial or ''}"
     return "A-" + hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
@@ -162,6 +182,7 @@ class AlarmEvent:
     alarm_id: str
     path: str
     characteristic: str
+    chart: str
     rule: str
     severity: str
     value: float
@@ -937,26 +958,35 @@ class Gateway:
             log.error("engine returned %d points for %d completed subgroups", len(pts), len(done))
             done = done[: len(pts)]
         ids = self.engine.limits_ids
-        rows = zip(
-            pts.char.tolist(),
-            pts.statistic.tolist(),
-            pts.center.tolist(),
-            pts.lcl.tolist(),
-            pts.ucl.tolist(),
-            pts.sigma.tolist(),
-            pts.n.tolist(),
-            pts.mask.tolist(),
-            pts.disp_mask.tolist(),
-            pts.ewma.tolist(),
-            pts.cusum_upper.tolist(),
-            pts.cusum_lower.tolist(),
-            pts.limits.tolist(),
-            done,
-            strict=False,
-        )
-        for i, stat, center, lcl, ucl, sigma, n, mask, dmask, ew, cu, cl, lim, f in rows:
+        cols = [
+            getattr(pts, name).tolist()
+            for name in (
+                "char",
+                "statistic",
+                "center",
+                "lcl",
+                "ucl",
+                "sigma",
+                "n",
+                "mask",
+                "disp_statistic",
+                "disp_center",
+                "disp_lcl",
+                "disp_ucl",
+                "disp_mask",
+                "ewma",
+                "cusum_upper",
+                "cusum_lower",
+                "limits",
+            )
+        ]
+        for row, f in zip(zip(*cols, strict=True), done, strict=False):
+            i, stat, center, lcl, ucl, sigma, n, mask, dstat, dcen, dlcl, ducl, dmask = row[:13]
+            ew, cu, cl, lim = row[13:]
             ch = self.chars[i]
-            codes = violation_codes(int(mask) | int(dmask))
+            centre_codes = violation_codes(int(mask))
+            disp_codes = violation_codes(int(dmask))
+            codes = list(dict.fromkeys(centre_codes + disp_codes))
             limits_id = ids[lim]
             line = spc_line(
                 gateway=self.gateway_id,
@@ -987,25 +1017,30 @@ class Gateway:
             if math.isfinite(lcl) or math.isfinite(ucl):
                 view.lcl, view.ucl = lcl, ucl
             view.in_control = not codes
-            for code in codes:
-                self._raise(i, ch, code, stat, center, lcl, ucl, limits_id, f, lines)
+            centre_chart = _CENTRE_CHART[ch.chart]
+            for code in centre_codes:
+                self._raise(
+                    i, ch, centre_chart, code, (stat, center, lcl, ucl), limits_id, f, lines
+                )
+            for code in disp_codes:
+                disp_chart = _DISP_CHART[ch.chart]
+                self._raise(i, ch, disp_chart, code, (dstat, dcen, dlcl, ducl), limits_id, f, lines)
 
     def _raise(
         self,
         i: int,
         ch: Characteristic,
+        chart: str,
         code: str,
-        stat: float,
-        center: float,
-        lcl: float,
-        ucl: float,
+        point: tuple[float, float, float, float],
         limits_id: str,
         f: _Fed,
         lines: list[str],
     ) -> None:
+        stat, center, lcl, ucl = point
         sev_key = "CUSUM" if code.startswith("CUSUM") else code
         severity = ch.severity.get(sev_key) or ch.severity.get("default", "major")
-        aid = alarm_id(ch.path, code, limits_id, f.time_us, f.serial)
+        aid = alarm_id(ch.path, code, limits_id, f.time_us, f.serial, chart=chart)
         line = alarm_line(
             gateway=self.gateway_id,
             line=ch.line,
@@ -1022,11 +1057,12 @@ class Gateway:
         if line:
             lines.append(line)
         self.stats.alarms += 1
-        self.views[i].last_rule = code
+        self.views[i].last_rule = code if chart == _CENTRE_CHART[ch.chart] else f"{chart}:{code}"
         log.warning(
-            "ALARM %s %s %s (%s): value %.6g, limits [%.6g, %.6g], serial %s, limits %s",
+            "ALARM %s %s chart %s %s (%s): value %.6g, limits [%.6g, %.6g], serial %s, limits %s",
             ch.path,
             code,
+            chart,
             severity,
             aid,
             stat,
@@ -1041,6 +1077,7 @@ class Gateway:
                     aid,
                     ch.path,
                     ch.id,
+                    chart,
                     code,
                     severity,
                     stat,

@@ -186,11 +186,17 @@ def test_alarm_line_for_a_violation(tmp_path) -> None:
         lines = gw.process([("dev", [_s("a", 10.0, 1), _s("a", 20.0, 2, serial="P9")])])
         spc = _parsed(lines, "spc")
         assert spc[1].fields["violations"] == "N1"
-        (a,) = _parsed(lines, "alarm")
-        assert a.tags["rule"] == "N1" and a.tags["severity"] == "critical"
-        assert a.fields["event"] == "raised"
+        # the jump is beyond the X limits and its moving range beyond the MR limits
+        x_alarm, mr_alarm = _parsed(lines, "alarm")
+        assert x_alarm.tags["rule"] == "N1" and x_alarm.tags["severity"] == "critical"
+        assert x_alarm.fields["event"] == "raised"
+        assert x_alarm.fields["value"] == 20.0 and mr_alarm.fields["value"] == 10.0
         lid = spc[1].fields["limits_id"]
-        assert a.fields["alarm_id"] == alarm_id("s1/a1/l1/st1/a", "N1", lid, T0 + 2000, "P9")
+        path = "s1/a1/l1/st1/a"
+        assert x_alarm.fields["alarm_id"] == alarm_id(path, "N1", lid, T0 + 2000, "P9", chart="x")
+        assert mr_alarm.fields["alarm_id"] == alarm_id(path, "N1", lid, T0 + 2000, "P9", chart="mr")
+        assert x_alarm.fields["alarm_id"] != mr_alarm.fields["alarm_id"]
+        assert [a.chart for a in seen] == ["x", "mr"]
         assert seen[0].rule == "N1" and seen[0].serial == "P9"
     finally:
         gw.outbox.close()
