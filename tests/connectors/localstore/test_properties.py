@@ -42,7 +42,7 @@ def _dump(store: SeriesStore) -> dict[tuple[str, str, int], dict[str, Any]]:
     out = {}
     for meas in store.measurements():
         for row in store.query(meas, limit=None):
-            out[(meas, repr(sorted(row.tags.items())), row.time_us)] = row.fields
+            out[(meas, tuple(sorted(row.tags.items())), row.time_us)] = row.fields
     return out
 
 
@@ -51,7 +51,7 @@ def _model(batches: list[list[tuple[str, dict, dict, int]]]) -> dict:
     out: dict = {}
     for batch in batches:
         for meas, tags, fields, t in batch:
-            key = (meas, repr(sorted(tags.items())), t)
+            key = (meas, tuple(sorted(tags.items())), t)
             out.setdefault(key, {}).update(fields)
     return out
 
@@ -70,3 +70,41 @@ def test_writing_a_batch_twice_equals_writing_it_once(first, second) -> None:
             twice.write_lines(_lines(batch))
         assert _dump(once) == _dump(twice) == _model([first, second])
         assert once.stats().points == len(_model([first, second]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    batch=batches,
+    measurement=names,
+    want=st.dictionaries(st.sampled_from(["characteristic", "chart"]), tag_values, max_size=2),
+    since=st.one_of(st.none(), st.integers(min_value=0, max_value=5)),
+    until=st.one_of(st.none(), st.integers(min_value=0, max_value=6)),
+    limit=st.one_of(st.none(), st.integers(min_value=0, max_value=30)),
+    newest_first=st.booleans(),
+)
+def test_query_equals_filtering_and_sorting_the_model(
+    batch, measurement, want, since, until, limit, newest_first
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp, SeriesStore(Path(tmp) / "s.sqlite") as store:
+        store.write_lines(_lines(batch))
+        got = store.query(
+            measurement,
+            tags=want,
+            since_us=since,
+            until_us=until,
+            limit=limit,
+            newest_first=newest_first,
+        )
+        expected = [
+            (t, dict(tags), fields)
+            for (meas, tags, t), fields in _model([batch]).items()
+            if meas == measurement
+            and all(dict(tags).get(k) == v for k, v in want.items())
+            and (since is None or t >= since)
+            and (until is None or t < until)
+        ]
+        times = sorted((t for t, _, _ in expected), reverse=newest_first)
+        assert [r.time_us for r in got] == times[:limit]
+        rows = [(r.time_us, r.tags, r.fields) for r in got]
+        assert all(row in expected for row in rows)
+        assert len({(t, tuple(sorted(tags.items()))) for t, tags, _ in rows}) == len(rows)
