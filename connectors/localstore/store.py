@@ -198,6 +198,9 @@ class SeriesStore:
         self._where = f"localstore {self.path}"
         self._lock = threading.Lock()
         self._series: dict[tuple[str, str], int] = {}
+        # until the file tells (an error while opening is translated with these)
+        self._page_size = 4096
+        self.max_size_bytes = 2**62
         self._conn = self._connect(synchronous)
         try:
             self._page_size = int(self._conn.execute("PRAGMA page_size").fetchone()[0])
@@ -370,7 +373,7 @@ class SeriesStore:
             oldest, newest = self._span()
             if oldest is None or newest is None:
                 return None
-            return oldest + max(1, int((newest - oldest) * fraction))
+            return min(oldest + max(1, int((newest - oldest) * fraction)), _MAX_US)
 
         return self._delete_before(cutoff, "drop oldest")
 
