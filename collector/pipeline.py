@@ -62,7 +62,7 @@ from pydantic import BaseModel
 from collector.config import Binding, Characteristic, GatewayConfig
 from collector.outbox import Outbox, OutboxFull, StreamPolicy
 from connectors.base import Backoff, ConnectorError, Quality, Sample, sink_class, source_class
-from connectors.influxdb.lineprotocol import alarm_line, gateway_line, measurement_line, spc_line
+from connectors.influxdb.lineprotocol import encode_line, gateway_line, measurement_line, spc_line
 from spc.charts.attributes import estimate_c
 from spc.charts.variables import estimate_imr, estimate_xbar
 from spc.engine import Engine, Spec
@@ -1041,18 +1041,22 @@ class Gateway:
         sev_key = "CUSUM" if code.startswith("CUSUM") else code
         severity = ch.severity.get(sev_key) or ch.severity.get("default", "major")
         aid = alarm_id(ch.path, code, limits_id, f.time_us, f.serial, chart=chart)
-        line = alarm_line(
-            gateway=self.gateway_id,
-            line=ch.line,
-            station=ch.station,
-            characteristic=ch.id,
-            rule=code,
-            severity=severity,
-            time_us=f.time_us,
-            alarm_id=aid,
-            event="raised",
-            value=stat,
-            precision=self.precision,
+        # the contract's alarm tags plus `chart`: an X and an MR alarm of the same rule at the
+        # same sample would otherwise share a series key and timestamp and overwrite each other
+        line = encode_line(
+            "alarm",
+            {
+                "gateway": self.gateway_id,
+                "line": ch.line,
+                "station": ch.station,
+                "characteristic": ch.id,
+                "rule": code,
+                "severity": severity,
+                "chart": chart,
+            },
+            {"alarm_id": aid, "event": "raised", "value": float(stat)},
+            f.time_us,
+            self.precision,
         )
         if line:
             lines.append(line)

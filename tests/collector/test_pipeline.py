@@ -190,6 +190,7 @@ def test_alarm_line_for_a_violation(tmp_path) -> None:
         x_alarm, mr_alarm = _parsed(lines, "alarm")
         assert x_alarm.tags["rule"] == "N1" and x_alarm.tags["severity"] == "critical"
         assert x_alarm.fields["event"] == "raised"
+        assert (x_alarm.tags["chart"], mr_alarm.tags["chart"]) == ("x", "mr")
         assert x_alarm.fields["value"] == 20.0 and mr_alarm.fields["value"] == 10.0
         lid = spc[1].fields["limits_id"]
         path = "s1/a1/l1/st1/a"

@@ -1,0 +1,123 @@
+"""End to end: the simulated stations (real asyncua and pymodbus servers, a Debian mosquitto)
+and a Gateway on the demo configuration in one event loop, series into the embedded store."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from collector.config import parse_config
+from collector.pipeline import Gateway
+from collector.simulate import run_simulation
+from connectors.localstore.store import SeriesStore
+from tests.servers import free_port, require_binary
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "config" / "demo.yaml"
+PORTS = {"opcua": 48400, "modbus": 15020, "mqtt": 18830}
+
+
+def demo_text(tmp: Path) -> str:
+    """The demo configuration on free loopback ports, its state and series under ``tmp``."""
+    text = DEMO.read_text(encoding="utf-8")
+    for port in PORTS.values():
+        assert str(port) in text
+        text = text.replace(str(port), str(free_port()))
+    assert "var/shopspc-demo" in text
+    return text.replace("var/shopspc-demo", str(tmp / "demo"))
+
+
+async def test_stations_and_gateway_store_measurements_points_and_alarms(tmp_path) -> None:
+    require_binary("mosquitto")
+    cfg, connectors = parse_config(demo_text(tmp_path), DEMO)
+    alarms = []
+    gw = Gateway(cfg, connectors, on_alarm=alarms.append, metrics_interval_s=1.0)
+    stop_sim = asyncio.Event()
+    stop_gw = asyncio.Event()
+
+    async def watch() -> None:
+        try:
+            # bounded: at most 60 s of 0.2 s polls
+            for _ in range(300):
+                if alarms and all(v.n_points >= 3 for v in gw.views):
+                    break
+                await asyncio.sleep(0.2)
+        finally:
+            stop_gw.set()  # a SIGTERM-style stop: sources first, queue and outbox drained
+
+    async def gateway() -> None:
+        try:
+            await gw.run(stop_gw)
+        finally:
+            stop_sim.set()
+
+    async with asyncio.timeout(80):
+        await asyncio.gather(
+            run_simulation(
+                cfg, connectors, rate=20.0, start=5, stop=stop_sim, say=lambda _line: None
+            ),
+            gateway(),
+            watch(),
+        )
+
+    assert all(v.n_points >= 3 for v in gw.views), [(v.id, v.n_points) for v in gw.views]
+    assert alarms
+    assert gw.stats.outbox_pending == 0
+    assert gw.outbox.path.exists()
+    with SeriesStore(tmp_path / "demo" / "series.sqlite", readonly=True) as store:
+        for ch in cfg.characteristics:
+            tags = {"characteristic": ch.id, "station": ch.station}
+            ms = store.query("measurement", tags=tags, limit=None)
+            pts = store.query("spc", tags=tags, limit=None)
+            assert ms and pts, ch.id
+            m = ms[-1]
+            assert m.tags["gateway"] == "demo-gw" and m.tags["source"] in (
+                "opcua",
+                "modbus",
+                "mqtt",
+            )
+            assert m.fields["quality"] == "good" and "serial" in m.fields
+            assert "operator" in m.fields and "gauge_id" in m.fields  # context as fields
+            assert "operator" not in m.tags
+            assert pts[-1].fields["limits_id"].startswith("L-")
+        stored = store.query("alarm", limit=None)
+        assert len(stored) >= 1
+        assert {a.fields["alarm_id"] for a in stored} >= {alarms[0].alarm_id}
+        assert store.query("gateway", limit=None)
+
+
+def test_shopspc_run_stops_on_sigterm_with_the_outbox_drained(tmp_path) -> None:
+    """``shopspc run`` against stations that are not there: it starts, and SIGTERM stops it cleanly."""
+    path = tmp_path / "gw.yaml"
+    path.write_text(demo_text(tmp_path), encoding="utf-8")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "collector.cli", "run", "--config", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        # bounded: wait for the gateway's first log line, then stop it
+        for _ in range(100):
+            line = proc.stderr.readline()
+            if not line or "cannot connect" in line or "connected" in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "'outbox_pending': 0" in out
+    assert (tmp_path / "demo" / "engine.npz").exists()
