@@ -32,7 +32,7 @@ servers:
 	fi
 
 demo: $(STAMP)
-	$(VENV)/bin/shopspc demo
+	$(VENV)/bin/shopspc demo --live
 
 test: $(STAMP) servers
 	$(VENV)/bin/ruff check .

@@ -4,6 +4,7 @@ and a Gateway on the demo configuration in one event loop, series into the embed
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import signal
 import subprocess
@@ -11,8 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from collector.config import parse_config
+from collector.live import run_live_demo
 from collector.pipeline import Gateway
 from collector.simulate import run_simulation
 from connectors.localstore.store import SeriesStore
@@ -121,3 +124,18 @@ def test_shopspc_run_stops_on_sigterm_with_the_outbox_drained(tmp_path) -> None:
     assert proc.returncode == 0, err
     assert "'outbox_pending': 0" in out
     assert (tmp_path / "demo" / "engine.npz").exists()
+
+
+async def test_live_demo_shows_values_and_alarms(tmp_path) -> None:
+    require_binary("mosquitto")
+    cfg, connectors = parse_config(demo_text(tmp_path), DEMO)
+    out = io.StringIO()
+    console = Console(file=out, width=140, force_terminal=False)
+    async with asyncio.timeout(60):
+        gw = await run_live_demo(
+            cfg, connectors, rate=20.0, duration=4.0, pattern_start=5, console=console
+        )
+    text = out.getvalue()
+    assert "ALARM" in text
+    assert "cmm-1/bore-dia" in text and "vision-1/height" in text
+    assert "stopped:" in text and gw.stats.outbox_pending == 0

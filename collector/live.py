@@ -1,0 +1,186 @@
+"""``shopspc demo --live``: simulated stations and the gateway in one process, live in the terminal.
+
+The stations of :mod:`collector.simulate` and a :class:`~collector.pipeline.Gateway`
+on the same configuration run in one event loop; a ``rich`` table shows per
+characteristic the last value, the points plotted, the limits, whether it is in
+control and the last rule that fired, and alarm lines are printed above it as
+they happen. A rule that keeps firing on consecutive points is printed once
+(and counted); the series and every alarm line still go to the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import signal
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel
+from rich.console import Console
+from rich.table import Table
+
+from collector.config import GatewayConfig
+from collector.pipeline import AlarmEvent, Gateway
+from collector.simulate import run_simulation
+
+__all__ = ["run_live_demo", "status_table"]
+
+log = logging.getLogger(__name__)
+
+
+def _num(v: float) -> str:
+    return "–" if not math.isfinite(v) else f"{v:.5g}"
+
+
+def status_table(gw: Gateway) -> Table:
+    """The live table: one row per characteristic."""
+    t = Table(
+        title=f"shopspc gateway {gw.gateway_id} — {gw.stats.samples_in} samples, "
+        f"{gw.stats.points} points, {gw.stats.alarms} alarms, "
+        f"outbox {gw.stats.lines_written}/{gw.stats.lines_appended} written",
+        title_justify="left",
+    )
+    for col, just in (
+        ("station/characteristic", "left"),
+        ("last value", "right"),
+        ("points", "right"),
+        ("LCL", "right"),
+        ("centre", "right"),
+        ("UCL", "right"),
+        ("state", "left"),
+        ("last rule", "left"),
+    ):
+        t.add_column(col, justify=just, no_wrap=col.startswith("station"))  # type: ignore[arg-type]
+    for v in gw.views:
+        if v.phase == "phase1":
+            state = f"[cyan]Phase I {v.phase1_have}/{v.phase1_need}[/]"
+        elif v.phase == "uncharted":
+            state = "[dim]not charted[/]"
+        elif v.n_points == 0:
+            state = "[dim]no data[/]"
+        elif v.in_control:
+            state = "[green]in control[/]"
+        else:
+            state = "[bold red]OUT OF CONTROL[/]"
+        unit = f" {v.unit}" if v.unit else ""
+        t.add_row(
+            v.path.split("/", 3)[3],
+            _num(v.last_value) + unit,
+            str(v.n_points),
+            _num(v.lcl),
+            _num(v.center),
+            _num(v.ucl),
+            state,
+            v.last_rule or "",
+        )
+    return t
+
+
+class _AlarmPrinter:
+    """Prints an alarm line, once per run of consecutive firings of one rule."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.gw: Gateway | None = None
+        self._last: dict[tuple[str, str, str], int] = {}
+        self.printed = 0
+
+    def __call__(self, a: AlarmEvent) -> None:
+        assert self.gw is not None
+        n = next(v.n_points for v in self.gw.views if v.path == a.path)
+        key = (a.path, a.chart, a.rule)
+        prev = self._last.get(key)
+        self._last[key] = n
+        if prev is not None and n - prev <= 1:
+            return
+        self.printed += 1
+        when = datetime.fromtimestamp(a.time_us / 1e6, UTC).strftime("%H:%M:%S.%f")[:-3]
+        colour = {"critical": "bold red", "major": "red", "minor": "yellow"}.get(a.severity, "red")
+        self.console.print(
+            f"[{colour}]ALARM[/] {when} {a.path} [bold]{a.rule}[/] on {a.chart} ({a.severity}): "
+            f"{a.value:.5g} vs [{a.lcl:.5g}, {a.ucl:.5g}], part {a.serial or '-'}"
+        )
+
+
+async def run_live_demo(
+    cfg: GatewayConfig,
+    connectors: Mapping[str, BaseModel],
+    *,
+    rate: float = 5.0,
+    duration: float | None = None,
+    seed: int = 1,
+    pattern_start: int = 20,
+    console: Console | None = None,
+    refresh_s: float = 0.5,
+) -> Gateway:
+    """Run stations and gateway until Ctrl-C/SIGTERM or ``duration``; returns the stopped gateway."""
+    from rich.live import Live
+
+    console = console or Console()
+    printer = _AlarmPrinter(console)
+    gw = Gateway(cfg, dict(connectors), on_alarm=printer)
+    printer.gw = gw
+    stop = asyncio.Event()
+    stop_sim = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    def say(line: str) -> None:
+        console.print(f"[dim]{line}[/]")
+
+    async def gateway() -> None:
+        try:
+            await gw.run(stop)
+        finally:
+            stop_sim.set()
+
+    async def screen(live: Any) -> None:
+        try:
+            async with asyncio.timeout(duration):
+                while not stop.is_set():
+                    live.update(status_table(gw))
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), refresh_s)
+        except TimeoutError:
+            pass
+        finally:
+            stop.set()
+
+    try:
+        with Live(status_table(gw), console=console, refresh_per_second=4) as live:
+            await asyncio.gather(
+                run_simulation(
+                    cfg,
+                    dict(connectors),
+                    rate=rate,
+                    seed=seed,
+                    start=pattern_start,
+                    stop=stop_sim,
+                    say=say,
+                ),
+                gateway(),
+                screen(live),
+            )
+            live.update(status_table(gw))
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    console.print(
+        f"\nstopped: {gw.stats.points} points, {gw.stats.alarms} alarm lines "
+        f"({printer.printed} shown), outbox pending {gw.stats.outbox_pending}; "
+        f"series in {_store_hint(cfg, gw)}"
+    )
+    return gw
+
+
+def _store_hint(cfg: GatewayConfig, gw: Gateway) -> str:
+    for sink in gw.sinks:
+        path = getattr(getattr(sink, "config", None), "path", None)
+        if path:
+            return f"{path} (shopspc series query --db {path})"
+    return str(gw.data_dir)
