@@ -148,6 +148,7 @@ class GatewayStats:
     lines_written: int = 0
     lines_dead: int = 0
     sink_errors: int = 0
+    engine_errors: int = 0
     source_failures: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -598,30 +599,41 @@ class Gateway:
         for key, p1 in state.get("phase1", {}).items():
             i = int(key)
             if i in self._phase1:
-                self._phase1[i] = _Phase1(p1["values"], p1["times"], p1["serials"])
+                values = [math.nan if v is None else float(v) for v in p1["values"]]
+                self._phase1[i] = _Phase1(values, p1["times"], p1["serials"])
                 self.views[i].phase1_have = len(p1["values"])
         log.info("restored engine state and limits from %s", self.data_dir)
 
     def save_state(self) -> None:
         """Write limits records, the engine snapshot and the pipeline's own state (atomically)."""
+        self._write_state(self._state_files())
+
+    def _state_files(self) -> dict[str, bytes]:
+        """The state files' contents, taken on the event loop (the engine must not move meanwhile)."""
         limits = {self.paths[i]: rec.to_json() for i, rec in self.records.items()}
         state = {
             "fingerprint": self._fingerprint(),
             "fill": self._fill.tolist(),
             "n_points": [v.n_points for v in self.views],
             "phase1": {
-                str(i): {"values": p.values, "times": p.times, "serials": p.serials}
+                # json cannot hold NaN: a padded Phase I slot is stored as null
+                str(i): {
+                    "values": [None if math.isnan(v) else v for v in p.values],
+                    "times": p.times,
+                    "serials": p.serials,
+                }
                 for i, p in self._phase1.items()
             },
         }
-        self._atomic(
-            "limits.json", json.dumps(limits, indent=1, allow_nan=False, default=str).encode()
-        )
-        self._atomic("engine.npz", self.engine.snapshot())
-        # json cannot hold NaN: a padded Phase I slot is stored as null
-        for p in state["phase1"].values():
-            p["values"] = [None if math.isnan(v) else v for v in p["values"]]
-        self._atomic("state.json", json.dumps(state).encode())
+        return {
+            "limits.json": json.dumps(limits, indent=1, allow_nan=False, default=str).encode(),
+            "engine.npz": self.engine.snapshot(),
+            "state.json": json.dumps(state).encode(),
+        }
+
+    def _write_state(self, files: Mapping[str, bytes]) -> None:
+        for name, data in files.items():
+            self._atomic(name, data)
 
     def _atomic(self, name: str, data: bytes) -> None:
         path = self.data_dir / name
@@ -745,7 +757,7 @@ class Gateway:
         while True:
             await asyncio.sleep(self.save_interval_s)
             try:
-                await asyncio.to_thread(self.save_state)
+                await asyncio.to_thread(self._write_state, self._state_files())
             except (OSError, ValueError) as exc:
                 log.error("could not save state to %s: %s", self.data_dir, exc)
 
@@ -946,14 +958,21 @@ class Gateway:
         val = np.fromiter((f.value for f in fed), dtype=np.float64, count=len(fed))
         # which fed values complete a point: the engine returns rows in that order
         done: list[_Fed] = []
-        count = self._efill
+        count = dict(self._efill)
         for f in fed:
             c = count.get(f.char, 0) + 1
             if c >= self._m[f.char]:
                 c = 0
                 done.append(f)
             count[f.char] = c
-        pts = self.engine.process(idx, val)
+        try:
+            pts = self.engine.process(idx, val)
+        except SpcInputError as exc:
+            # the engine checks a whole batch before changing any state: skip it, keep running
+            self.stats.engine_errors += 1
+            log.error("SPC engine refused a batch of %d values: %s", len(fed), exc)
+            return
+        self._efill = count
         if len(pts) != len(done):
             log.error("engine returned %d points for %d completed subgroups", len(pts), len(done))
             done = done[: len(pts)]

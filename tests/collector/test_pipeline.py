@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 from collector.config import GatewayConfig
+from collector.outbox import Outbox
 from collector.pipeline import BindingIndex, Gateway, alarm_id, violation_codes
-from connectors.base import ConnectorStats, Quality, Sample
+from connectors.base import ConnectorError, ConnectorStats, Quality, Sample
+from connectors.influxdb.sink import RejectedLines, WriteResult
 from connectors.localstore.parse import parse_line
 from spc.rules import BITS
 
@@ -324,3 +326,72 @@ async def test_run_drains_outbox_on_stop(tmp_path) -> None:
     assert _parsed(sink.lines, "gateway")
     assert gw.stats.outbox_pending == 0
     assert (tmp_path / "engine.npz").exists() and (tmp_path / "state.json").exists()
+
+
+def test_phase1_xbar_subgroups(tmp_path) -> None:
+    ch = _char("a", chart="xbar-r", subgroup={"size": 4}, limits={"phase1_subgroups": 5})
+    gw = _gw(tmp_path, _cfg(ch))
+    try:
+        vals = 10 + np.random.default_rng(5).normal(0, 1, 24)
+        lines = gw.process([("dev", [_s("a", float(v), k) for k, v in enumerate(vals)])])
+        rec = gw.records[0]
+        assert (rec.chart, rec.method, rec.n_points) == ("xbar-r", "rbar", 5)
+        assert rec.center == pytest.approx(vals[:20].mean())
+        spc = _parsed(lines, "spc")
+        assert len(spc) == 6 and all(p.fields["n"] == 4 for p in spc)
+    finally:
+        gw.outbox.close()
+
+
+class FlakySink(RecordingSink):
+    """Fails the first write (retryable), rejects the first line of the second as malformed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    async def write(self, batch: Sequence[str]) -> Any:
+        self.calls += 1
+        if self.calls == 1:
+            raise ConnectorError("flaky", "connection refused", retryable=True)
+        if self.calls == 2:
+            self.lines.extend(batch[1:])
+            return WriteResult(len(batch) - 1, (RejectedLines((0,), (batch[0],), 400, "bad line"),))
+        self.lines.extend(batch)
+        return WriteResult(len(batch))
+
+
+async def test_sink_retry_and_dead_letter(tmp_path) -> None:
+    src = FakeSource([[_s("a", 10.0 + 0.01 * k, k, serial=f"P{k}")] for k in range(5)])
+    sink = FlakySink()
+    gw = Gateway(_cfg(_char("a")), {}, data_dir=tmp_path, sources=[src], sinks=[sink])
+    stop = asyncio.Event()
+
+    async def stopper() -> None:
+        await asyncio.wait_for(src.done.wait(), 20)
+        stop.set()
+
+    outbox_path = gw.outbox.path
+    async with asyncio.timeout(30):
+        await asyncio.gather(gw.run(stop), stopper())
+    assert gw.stats.sink_errors == 1 and gw.stats.lines_dead == 1
+    assert gw.stats.outbox_pending == 0
+    assert len(sink.lines) == gw.stats.lines_appended - 1
+    with Outbox(outbox_path) as ob:
+        (dead,) = ob.dead_letters("series")
+        assert "bad line" in dead.reason
+
+
+async def test_phase1_collection_survives_a_restart(tmp_path) -> None:
+    cfg = _cfg(_char("a", limits={"phase1_subgroups": 5}))
+    gw = _gw(tmp_path, cfg)
+    gw.process([("dev", [_s("a", v, k) for k, v in enumerate([10.0, 10.5, 9.5])])])
+    await gw._close()
+    gw2 = _gw(tmp_path, cfg)
+    try:
+        assert gw2.views[0].phase1_have == 3
+        lines = gw2.process([("dev", [_s("a", v, 3 + k) for k, v in enumerate([10.2, 9.8])])])
+        assert gw2.records[0].n_points == 5
+        assert len(_parsed(lines, "spc")) == 5
+    finally:
+        gw2.outbox.close()
