@@ -630,9 +630,7 @@ def _quiet_logs(level: int) -> None:
 
 @app.command()
 def run(
-    config: Annotated[Path, typer.Option(help="the gateway configuration (YAML)")] = Path(
-        "config/gateway.yaml"
-    ),
+    config: Annotated[Path, typer.Option(help="the gateway configuration (YAML)")],
     data_dir: Annotated[
         Path | None, typer.Option(help="state directory (default: gateway.data_dir)")
     ] = None,

@@ -727,15 +727,35 @@ class Gateway:
             return
         self._last_metrics = now
         self.stats.outbox_pending = self.outbox.counts().streams.get(STREAM, _NO_COUNTS).pending
-        line = gateway_line(
-            gateway=self.gateway_id,
-            component="pipeline",
-            time_us=_now_us(),
-            metrics=self.stats.as_dict(),
-            precision=self.precision,
-        )
-        if line:
-            await self._append([line])
+        now_us = _now_us()
+        lines = [
+            gateway_line(
+                gateway=self.gateway_id,
+                component="pipeline",
+                time_us=now_us,
+                metrics=self.stats.as_dict(),
+                precision=self.precision,
+            )
+        ]
+        for conn in (*self.sources, *self.sinks):
+            st = conn.stats
+            metrics = {
+                "state": str(st.state),
+                "samples": int(st.samples),
+                "bad_samples": int(st.bad_samples),
+                "errors": int(st.errors),
+                "reconnects": int(st.reconnects),
+            }
+            lines.append(
+                gateway_line(
+                    gateway=self.gateway_id,
+                    component=f"connector.{conn.name}",
+                    time_us=now_us,
+                    metrics=metrics,
+                    precision=self.precision,
+                )
+            )
+        await self._append([ln for ln in lines if ln])
 
     async def _append(self, lines: list[str]) -> None:
         if not lines:

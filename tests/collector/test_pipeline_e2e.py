@@ -94,7 +94,8 @@ async def test_stations_and_gateway_store_measurements_points_and_alarms(tmp_pat
         stored = store.query("alarm", limit=None)
         assert len(stored) >= 1
         assert {a.fields["alarm_id"] for a in stored} >= {alarms[0].alarm_id}
-        assert store.query("gateway", limit=None)
+        components = {r.tags["component"] for r in store.query("gateway", limit=None)}
+        assert components >= {"pipeline", "connector.cmm", "connector.gauge", "connector.local"}
 
 
 def test_shopspc_run_stops_on_sigterm_with_the_outbox_drained(tmp_path) -> None:
