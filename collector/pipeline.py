@@ -507,6 +507,12 @@ class Gateway:
         self._m = np.array([_width(c) for c in self.chars], dtype=np.int64)
         self._fill = np.zeros(K, dtype=np.int64)
         self._open_since = np.zeros(K, dtype=np.int64)
+        self._open_gw = np.zeros(K, dtype=np.int64)
+        self._windowed = [
+            (i, int(c.subgroup.window_s * 1e6))
+            for i, c in enumerate(self.chars)
+            if c.subgroup.window_s is not None and _width(c) > 1
+        ]
         self._last_time = np.zeros(K, dtype=np.int64)
         self._last_serial: list[str | None] = [None] * K
         self._close_ctx: list[tuple[Any, ...] | None] = [None] * K
@@ -711,6 +717,7 @@ class Gateway:
             except TimeoutError:
                 if self._sources_done and self._queue.empty():
                     return
+                await self._append(self.close_windows(_now_us()))
                 await self._periodic()
                 continue
             items = [first]
@@ -718,6 +725,7 @@ class Gateway:
                 items.append(self._queue.get_nowait())
             self.stats.queue_depth = self._queue.qsize()
             lines = self.process(items)
+            lines += self.close_windows(_now_us())
             await self._append(lines)
             await self._periodic()
 
@@ -903,10 +911,27 @@ class Gateway:
         self._close_early(i, ch, context, s.time_us, fed)
         if self._fill[i] == 0:
             self._open_since[i] = s.time_us
+            self._open_gw[i] = s.gateway_time_us
         self._fill[i] = (self._fill[i] + 1) % self._m[i]
         self._last_time[i] = s.time_us
         self._last_serial[i] = serial
         fed.append(_Fed(i, s.value, s.time_us, serial))
+
+    def close_windows(self, now_us: int) -> list[str]:
+        """Close open subgroups whose ``window_s`` has passed on the gateway clock; returns lines."""
+        fed: list[_Fed] = []
+        for i, window_us in self._windowed:
+            if self._fill[i] and now_us - int(self._open_gw[i]) > window_us:
+                self._pad(i, fed)
+        lines: list[str] = []
+        if fed:
+            self._feed(fed, lines, now_us)
+        return lines
+
+    def _pad(self, i: int, fed: list[_Fed]) -> None:
+        for _ in range(int(self._m[i] - self._fill[i])):
+            fed.append(_Fed(i, math.nan, int(self._last_time[i]), self._last_serial[i]))
+        self._fill[i] = 0
 
     def _close_early(
         self, i: int, ch: Characteristic, context: dict[str, Any], t: int, fed: list[_Fed]
@@ -921,12 +946,8 @@ class Gateway:
             changed = False
         if not changed and sg.window_s is not None and self._fill[i]:
             changed = t - int(self._open_since[i]) > sg.window_s * 1e6
-        if not changed or self._fill[i] == 0:
-            return
-        pad = int(self._m[i] - self._fill[i])
-        for _ in range(pad):
-            fed.append(_Fed(i, math.nan, int(self._last_time[i]), self._last_serial[i]))
-        self._fill[i] = 0
+        if changed and self._fill[i]:
+            self._pad(i, fed)
 
     def _feed(self, fed: list[_Fed], lines: list[str], now: int) -> None:
         to_engine: list[_Fed] = []

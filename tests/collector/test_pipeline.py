@@ -395,3 +395,20 @@ async def test_phase1_collection_survives_a_restart(tmp_path) -> None:
         assert len(_parsed(lines, "spc")) == 5
     finally:
         gw2.outbox.close()
+
+
+def test_time_window_closes_a_subgroup(tmp_path) -> None:
+    ch = _char("a", chart="xbar-r", subgroup={"size": 5, "window_s": 2.0})
+    gw = _gw(tmp_path, _cfg(ch))
+    try:
+        first = [_s("a", 10.0, 0), _s("a", 10.4, 1)]
+        assert _parsed(gw.process([("dev", first)]), "spc") == []
+        assert gw.close_windows(T0 + 1_000_000) == []  # window not over yet
+        (p,) = _parsed(gw.close_windows(T0 + 3_000_000), "spc")
+        assert p.fields["n"] == 2 and p.fields["statistic"] == pytest.approx(10.2)
+        # a late sample past the window closes the open subgroup before it is added
+        lines = gw.process([("dev", [_s("a", 10.0, 10), _s("a", 10.0, 3_000_000)])])
+        (p,) = _parsed(lines, "spc")
+        assert p.fields["n"] == 1
+    finally:
+        gw.outbox.close()
