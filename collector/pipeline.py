@@ -321,10 +321,12 @@ class _Dedup:
         self.size = size
         self._seen: OrderedDict[tuple[str, str, int], None] = OrderedDict()
 
-    def seen(self, key: tuple[str, str, int]) -> bool:
+    def seen(self, key: tuple[str, str, int], remember: bool = True) -> bool:
         if key in self._seen:
             self._seen.move_to_end(key)
             return True
+        if not remember:
+            return False
         self._seen[key] = None
         if len(self._seen) > self.size:
             self._seen.popitem(last=False)
@@ -878,7 +880,9 @@ class Gateway:
     def _accept(self, i: int, s: Sample, kind: str, lines: list[str], fed: list[_Fed]) -> None:
         ch = self.chars[i]
         serial = self.index.serial(i, s)
-        if serial is not None and self._dedup.seen((ch.station, serial, i)):
+        good = s.quality is Quality.GOOD and math.isfinite(s.value)
+        # a failed read of a part does not stop a later good read of the same part
+        if serial is not None and self._dedup.seen((ch.station, serial, i), remember=good):
             self.stats.duplicates += 1
             return
         context = self.index.snapshot(i)
@@ -901,7 +905,7 @@ class Gateway:
             lines.append(line)
         view = self.views[i]
         view.n_samples += 1
-        if s.quality is not Quality.GOOD or not math.isfinite(s.value):
+        if not good:
             self.stats.bad += 1
             return
         view.last_value = s.value

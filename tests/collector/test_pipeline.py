@@ -155,6 +155,10 @@ def test_duplicates_dropped_by_serial_not_value(tmp_path) -> None:
         gw.process([("dev", [_s("a", 11.0, 3, serial="P1")])])
         assert gw.stats.duplicates == 1
         assert gw.stats.points == 2
+        # a bad read of P3 does not hide the good re-read of P3
+        bad = Sample("a", math.nan, Quality.BAD, T0, serial="P3", status="BadTimeout")
+        gw.process([("dev", [bad, _s("a", 10.0, 4, serial="P3")])])
+        assert gw.stats.duplicates == 1 and gw.stats.points == 3
     finally:
         gw.outbox.close()
 
