@@ -409,3 +409,16 @@ def test_long_run_plan_keeps_rounds_when_many_characteristics_run_long() -> None
     length[8] = 4000
     assert eng._long_plan(np.arange(100), length).tolist() == [7, 8]
     assert eng._long_plan(np.arange(100), np.full(100, 127)).size == 0
+
+
+def test_rows_in_arrival_order_when_one_kind_mixes_subgroup_sizes() -> None:
+    """EWMA characteristics with m = 2 and m = 1 in one tick: the rows follow the arrival
+    order of the completing samples (the subgroup ones are not put first)."""
+    sizes = [2, 2, 1, 2, 1, 1]
+    eng = Engine([Spec("ewma", 0.0, 1.0, subgroup_size=m) for m in sizes])
+    idx = np.arange(6)
+    first = eng.process(idx, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    assert first.char.tolist() == [2, 4, 5]
+    second = eng.process(idx, [1.5, 2.5, 3.5, np.nan, 5.5, 6.5])
+    assert second.char.tolist() == [0, 1, 2, 3, 4, 5]
+    assert second.point.tolist() == [0, 0, 1, 0, 1, 1]
