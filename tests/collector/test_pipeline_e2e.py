@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -111,11 +112,13 @@ def test_shopspc_run_stops_on_sigterm_with_the_outbox_drained(tmp_path) -> None:
         env=env,
     )
     try:
-        # bounded: wait for the gateway's first log line, then stop it
-        for _ in range(100):
-            line = proc.stderr.readline()
-            if not line or "cannot connect" in line or "connected" in line:
+        # bounded: the outbox file appears once the gateway (and its signal handlers) is up
+        outbox = tmp_path / "demo" / "outbox.db"
+        for _ in range(300):
+            if outbox.exists() or proc.poll() is not None:
                 break
+            time.sleep(0.1)
+        assert outbox.exists(), proc.communicate(timeout=30)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
     finally:
