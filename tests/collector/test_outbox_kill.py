@@ -75,7 +75,7 @@ def _run_and_kill(path: Path, seed: int, stop_after: int, ledger: Ledger) -> Non
         try:
             for _ in range(stop_after):
                 line = proc.stdout.readline()
-                if not line:
+                if not line.endswith("\n"):
                     break
                 ledger.feed(line)
             os.kill(proc.pid, signal.SIGKILL)
@@ -84,8 +84,10 @@ def _run_and_kill(path: Path, seed: int, stop_after: int, ledger: Ledger) -> Non
                 proc.kill()
             # Lines already in the pipe were printed after their call returned: acknowledged too.
             rest, err = proc.communicate(timeout=30)
-        for line in rest.splitlines():
-            ledger.feed(line)
+        # A line cut by the kill (no newline yet) was never fully reported: not acknowledged.
+        for line in rest.splitlines(keepends=True):
+            if line.endswith("\n"):
+                ledger.feed(line)
         assert proc.returncode == -signal.SIGKILL, f"writer ended by itself: {err}"
 
 
