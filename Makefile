@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 SERVER_BINS := mosquitto influxd victoria-metrics
 SERVER_PKGS := mosquitto influxdb victoria-metrics
 
-.PHONY: demo test bench lint venv servers clean
+.PHONY: demo test bench lint venv servers broker clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,7 +31,16 @@ servers:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(SERVER_PKGS) >/dev/null; \
 	fi
 
-demo: $(STAMP)
+# The demo's MQTT station needs a broker: Debian mosquitto, started by the demo itself on a
+# loopback port (no system service). Installed here when missing.
+broker:
+	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || { \
+	  echo "installing mosquitto with apt-get (the demo's MQTT broker)"; \
+	  SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends mosquitto >/dev/null; }
+
+demo: $(STAMP) broker
 	$(VENV)/bin/shopspc demo --live
 
 test: $(STAMP) servers
