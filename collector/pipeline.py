@@ -128,6 +128,24 @@ def _now_us() -> int:
 
 
 @dataclass
+async def _cancel_all(tasks: Sequence[asyncio.Task], interval: float = 0.5) -> None:
+    """Cancel tasks and wait for them, cancelling again while any is still running.
+
+    Python 3.11's ``asyncio.wait_for`` (used inside protocol libraries) can
+    swallow a cancellation that arrives while the wrapped call finishes; the
+    source then sleeps and retries as if nothing happened. A repeated cancel
+    reaches it at its next await.
+    """
+    pending = set(tasks)
+    while pending:
+        for t in pending:
+            t.cancel()
+        _, pending = await asyncio.wait(pending, timeout=interval)
+    for t in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await t
+
+
 class GatewayStats:
     """The pipeline's self-metrics (counters since start, plus current depths)."""
 
@@ -669,11 +687,7 @@ class Gateway:
                 saver = tg.create_task(self._save_loop())
                 await stop.wait()
                 log.info("gateway %s stopping: sources first", self.gateway_id)
-                for t in src_tasks:
-                    t.cancel()
-                for t in src_tasks:
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await t
+                await _cancel_all(src_tasks)
                 self._sources_done = True
                 await proc
                 self._processor_done.set()
