@@ -128,24 +128,6 @@ def _now_us() -> int:
 
 
 @dataclass
-async def _cancel_all(tasks: Sequence[asyncio.Task], interval: float = 0.5) -> None:
-    """Cancel tasks and wait for them, cancelling again while any is still running.
-
-    Python 3.11's ``asyncio.wait_for`` (used inside protocol libraries) can
-    swallow a cancellation that arrives while the wrapped call finishes; the
-    source then sleeps and retries as if nothing happened. A repeated cancel
-    reaches it at its next await.
-    """
-    pending = set(tasks)
-    while pending:
-        for t in pending:
-            t.cancel()
-        _, pending = await asyncio.wait(pending, timeout=interval)
-    for t in tasks:
-        with contextlib.suppress(asyncio.CancelledError):
-            await t
-
-
 class GatewayStats:
     """The pipeline's self-metrics (counters since start, plus current depths)."""
 
@@ -444,6 +426,24 @@ class _Fed:
 
 
 # --------------------------------------------------------------------------- the gateway
+
+
+async def _cancel_all(tasks: Sequence[asyncio.Task], interval: float = 0.5) -> None:
+    """Cancel tasks and wait for them, cancelling again while any is still running.
+
+    Python 3.11's ``asyncio.wait_for`` (used inside protocol libraries) can
+    swallow a cancellation that arrives while the wrapped call finishes; the
+    source then sleeps and retries as if nothing happened. A repeated cancel
+    reaches it at its next await.
+    """
+    pending = set(tasks)
+    while pending:
+        for t in pending:
+            t.cancel()
+        _, pending = await asyncio.wait(pending, timeout=interval)
+    for t in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await t
 
 
 class Gateway:
