@@ -316,6 +316,23 @@ def _chunks(values: list[int]) -> Iterator[list[int]]:
         yield values[i : i + _CHUNK]
 
 
+def _delete_counted(
+    conn: sqlite3.Connection, table: str, sid: int, seqs: list[int]
+) -> tuple[int, int]:
+    """Delete ``seqs`` of stream ``sid`` from ``entries`` or ``dead``; (rows, payload bytes) removed."""
+    n_total = size_total = 0
+    for chunk in _chunks(seqs):
+        where = f"stream_id=? AND seq IN ({_marks(len(chunk))})"
+        n, size = conn.execute(
+            f"SELECT count(*), coalesce(sum(length(payload)), 0) FROM {table} WHERE {where}",
+            (sid, *chunk),
+        ).fetchone()
+        conn.execute(f"DELETE FROM {table} WHERE {where}", (sid, *chunk))
+        n_total += n
+        size_total += size
+    return n_total, size_total
+
+
 def _marks(n: int) -> str:
     return ",".join("?" * n)
 
@@ -726,16 +743,7 @@ class Outbox:
             sid = self._stream_id(conn, stream)
             if sid is None:
                 return 0
-            n_total = size_total = 0
-            for chunk in _chunks(wanted):
-                where = f"stream_id=? AND seq IN ({_marks(len(chunk))})"
-                n, size = conn.execute(
-                    f"SELECT count(*), coalesce(sum(length(payload)), 0) FROM entries WHERE {where}",
-                    (sid, *chunk),
-                ).fetchone()
-                conn.execute(f"DELETE FROM entries WHERE {where}", (sid, *chunk))
-                n_total += n
-                size_total += size
+            n_total, size_total = _delete_counted(conn, "entries", sid, wanted)
             conn.execute(
                 "UPDATE streams SET pending=pending-?, pending_bytes=pending_bytes-?, "
                 "acked=acked+? WHERE id=?",
@@ -898,16 +906,7 @@ class Outbox:
             sid = self._stream_id(conn, stream)
             if sid is None:
                 return 0
-            n_total = size_total = 0
-            for chunk in _chunks(wanted):
-                where = f"stream_id=? AND seq IN ({_marks(len(chunk))})"
-                n, size = conn.execute(
-                    f"SELECT count(*), coalesce(sum(length(payload)), 0) FROM dead WHERE {where}",
-                    (sid, *chunk),
-                ).fetchone()
-                conn.execute(f"DELETE FROM dead WHERE {where}", (sid, *chunk))
-                n_total += n
-                size_total += size
+            n_total, size_total = _delete_counted(conn, "dead", sid, wanted)
             conn.execute(
                 "UPDATE streams SET dead=dead-?, dead_bytes=dead_bytes-? WHERE id=?",
                 (n_total, size_total, sid),
