@@ -108,7 +108,9 @@ class Spec:
 
     ``chart`` is one of :data:`CHARTS`. ``center``/``sigma`` are the frozen
     limits (process centre and σ̂; for p/np/c/u the centre is p̄, c̄ or ū and
-    ``sigma`` is ignored). ``subgroup_size`` m: that many consecutive values
+    ``sigma`` is NaN — except that a finite ``sigma`` on a p or u chart is
+    Laney's σ_z, which widens the limits to σ_i·σ_z as a ``p-laney`` /
+    ``u-laney`` record from ``analyze`` freezes them). ``subgroup_size`` m: that many consecutive values
     form one subgroup (1 for imr and attribute charts, ≥ 2 for X̄-R/X̄-S, any
     m ≥ 1 for EWMA/CUSUM). ``rules`` (centre chart) and ``rules_dispersion``
     (R, S or MR chart) take what :func:`spc.rules.resolve_rules` takes;
@@ -158,7 +160,12 @@ class Spec:
 
 
 def _check_record_chart(chart: str, limits: Any, path: str) -> None:
-    if isinstance(limits, LimitsRecord) and limits.chart and limits.chart != chart:
+    # a Laney record ("p-laney", "u-laney") judges the p or u chart it adjusts
+    if (
+        isinstance(limits, LimitsRecord)
+        and limits.chart
+        and limits.chart not in (chart, f"{chart}-laney")
+    ):
         raise SpcInputError(
             f"{path}.chart", f"a {limits.chart!r} limits record cannot judge a {chart!r} chart"
         )
@@ -348,6 +355,13 @@ def _check_limits(kind: int, center: Any, sigma: Any, path: str) -> tuple[float,
         c = _finite(center, f"{path}.center", lo=0.0)
         if kind in (_P, _NP) and c > 1.0:
             raise SpcInputError(f"{path}.center", f"p̄ must lie in [0, 1], got {center!r}")
+        if (
+            kind in (_P, _U)
+            and sigma is not None
+            and not (isinstance(sigma, float) and math.isnan(sigma))
+        ):
+            # Laney p′/u′: σ carries σ_z, the overdispersion factor of the limits
+            return c, _finite(sigma, f"{path}.sigma", lo=0.0)
         return c, math.nan
     return _finite(center, f"{path}.center"), _finite(sigma, f"{path}.sigma", lo=0.0)
 
@@ -736,7 +750,8 @@ class Engine:
         odd_before = self._odd(uniq)
         attr = np.isin(self._kind[idx], _ATTRIBUTE)
         self._center[idx] = float(record.center)
-        self._sigma[idx] = np.where(attr, np.nan, float(record.sigma))
+        laney_ok = np.isin(self._kind[idx], (_P, _U))  # σ_z of a Laney record, NaN otherwise
+        self._sigma[idx] = np.where(attr & ~laney_ok, np.nan, float(record.sigma))
         if "nsigmas" in updates:
             self._nsig[idx] = updates["nsigmas"]
         ew = idx[self._kind[idx] == _EWMA]
@@ -1271,7 +1286,7 @@ class Engine:
         return f, mask, dmask
 
     @staticmethod
-    def _attribute_cols(kind, p, k, count, sz) -> dict:
+    def _attribute_cols(kind, p, k, count, sz, z) -> dict:
         """Float columns of attribute points; ``p`` (the caller's own array) and ``k`` per point.
 
         Mirrors the arithmetic of spc.charts.attributes (p_series & co. and their
@@ -1300,6 +1315,9 @@ class Engine:
             stat = count / n
             center = p
             sigma = np.sqrt(p / n)
+        if kind in (_P, _U) and not np.isnan(z).all():
+            # Laney p′/u′: σ_i·σ_z, as laney_p_series / laney_u_series compute it
+            sigma = np.where(z == z, sigma * z, sigma)
         lcl = np.maximum(center - k * sigma, 0.0)
         ucl = center + k * sigma
         if upper is not None:
@@ -1317,7 +1335,7 @@ class Engine:
         p = self._center[s]
         if isinstance(s, slice):
             p = p.copy()
-        f = self._attribute_cols(kind, p, self._nsig[s], count, sz)
+        f = self._attribute_cols(kind, p, self._nsig[s], count, sz, self._sigma[s])
         return f, self._centre_mask(s, f["statistic"], f["center"], f["sigma"], f["lcl"], f["ucl"])
 
     def _ewma_fast(self, s: np.ndarray | slice, x: np.ndarray, F: np.ndarray):
@@ -1574,7 +1592,12 @@ class Engine:
         if kind in _ATTRIBUTE:
             P = x.shape[0]
             f = self._attribute_cols(
-                kind, np.full(P, self._center[i]), np.full(P, self._nsig[i]), x, sz
+                kind,
+                np.full(P, self._center[i]),
+                np.full(P, self._nsig[i]),
+                x,
+                sz,
+                np.full(P, self._sigma[i]),
             )
             mask = self._long_mask(self._centre_bank, self._centre_limit_bits, i, f)
             return None, self._long_cols(i, f, mask, None)
