@@ -296,6 +296,23 @@ def _offline_demo() -> None:
     print_summary(analyze_json(imr), title="Same parts as individual values, EWMA λ=0.2")
 
 
+@app.command()
+def schema(
+    output: Annotated[
+        Path | None,
+        typer.Option(help="write here instead of stdout (e.g. config/shopspc.schema.json)"),
+    ] = None,
+) -> None:
+    """Print the JSON Schema of the configuration file (connector sections included), for editors."""
+    from collector.config import json_schema
+
+    text = json.dumps(json_schema(), indent=2, ensure_ascii=False, sort_keys=True) + "\n"
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text, encoding="utf-8")
+
+
 @app.command("check-config")
 def check_config(
     config: Annotated[Path, typer.Argument(help="the gateway configuration (YAML)")],

@@ -362,3 +362,43 @@ def load_config(path: str | Path) -> tuple[GatewayConfig, dict[str, BaseModel]]:
     except UnicodeDecodeError as exc:
         raise ConfigError([Problem(str(p), 0, "", f"not UTF-8 text: {exc.reason}")]) from None
     return parse_config(text, p)
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of the configuration file, connector sections included, for editors.
+
+    ``sources.*`` and ``sinks.*`` become a ``oneOf`` over the installed
+    connectors' own models, each with its ``kind`` as a constant.
+    """
+    import pkgutil
+
+    import connectors
+
+    schema = GatewayConfig.model_json_schema()
+    defs = schema.setdefault("$defs", {})
+    for role in ("source", "sink"):
+        choices = []
+        for mod in sorted(m.name for m in pkgutil.iter_modules(connectors.__path__) if m.ispkg):
+            model = _connector_model(mod, role)
+            if model is None:
+                continue
+            # connectors may reuse model names (TriggerConfig): keep their definitions apart
+            sub = model.model_json_schema(ref_template=f"#/$defs/{mod}.{{model}}")
+            defs.update({f"{mod}.{k}": v for k, v in sub.pop("$defs", {}).items()})
+            sub.setdefault("properties", {})["kind"] = {
+                "const": mod,
+                "description": f"the {mod} {role} connector",
+            }
+            sub["required"] = ["kind", *sub.get("required", [])]
+            name = f"{model.__name__}Section"
+            defs[name] = sub
+            choices.append({"$ref": f"#/$defs/{name}"})
+        schema["properties"][f"{role}s"] = {
+            "type": "object",
+            "description": f"named {role} connectors",
+            "additionalProperties": {"oneOf": choices},
+        }
+    defs.pop("ConnectorSection", None)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "shopspc gateway configuration (version 1)"
+    return schema

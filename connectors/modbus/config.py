@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
 __all__ = [
     "REGISTER_COUNT",
@@ -80,8 +80,17 @@ def _write_function(v: object) -> object:
     return v
 
 
-ReadFunction = Annotated[Literal[1, 2, 3, 4], BeforeValidator(_read_function)]
-WriteFunction = Annotated[Literal[5, 6], BeforeValidator(_write_function)]
+# The JSON Schema (editors) must accept the names too, which the before-validators map.
+ReadFunction = Annotated[
+    Literal[1, 2, 3, 4],
+    BeforeValidator(_read_function),
+    WithJsonSchema({"enum": [1, 2, 3, 4, *_READ_FUNCTIONS]}),
+]
+WriteFunction = Annotated[
+    Literal[5, 6],
+    BeforeValidator(_write_function),
+    WithJsonSchema({"enum": [5, 6, *_WRITE_FUNCTIONS]}),
+]
 Address = Annotated[int, Field(ge=0, le=65535)]
 
 

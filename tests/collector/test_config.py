@@ -141,3 +141,21 @@ def test_check_config_cli(tmp_path: Path) -> None:
     assert no.returncode == 2
     assert f"{bad}:10: characteristics[0].colour: unknown key" in no.stderr
     assert "Traceback" not in no.stderr
+
+
+def test_committed_json_schema_is_current() -> None:
+    """config/shopspc.schema.json is what `shopspc schema` generates now (regenerate it when models change)."""
+    import json
+
+    from collector.config import json_schema
+
+    root = Path(__file__).resolve().parents[2]
+    committed = json.loads((root / "config" / "shopspc.schema.json").read_text(encoding="utf-8"))
+    assert committed == json.loads(json.dumps(json_schema(), sort_keys=True))
+    sources = committed["properties"]["sources"]["additionalProperties"]["oneOf"]
+    kinds = {
+        committed["$defs"][ref["$ref"].rsplit("/", 1)[1]]["properties"]["kind"]["const"]
+        for ref in sources
+    }
+    assert kinds == {"modbus", "mqtt", "opcua"}
+    assert committed["$defs"]["Characteristic"]["additionalProperties"] is False
