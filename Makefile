@@ -47,7 +47,7 @@ test: $(STAMP) servers
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
-bench: $(STAMP)
+bench: $(STAMP) servers
 	$(PY) -m benchmarks
 
 lint: $(STAMP)
