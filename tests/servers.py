@@ -6,6 +6,7 @@ Under ``CI=true`` a missing server binary is a failure, never a skip
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -137,3 +138,19 @@ def mosquitto(tmp: Path) -> Iterator[Server]:
     )
     with run_server([binary, "-c", str(conf)], port, tmp) as server:
         yield server
+
+
+async def cancel_and_wait(task: asyncio.Task, interval: float = 0.5, attempts: int = 40) -> None:
+    """Cancel a task and wait for it, cancelling again while it still runs (bounded).
+
+    Python 3.11's ``asyncio.wait_for``, used inside asyncua and pymodbus, can
+    swallow a cancellation that arrives as the wrapped call finishes; a source
+    then retries as if nothing happened. The gateway re-cancels the same way.
+    """
+    for _ in range(attempts):
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=interval)
+        if done:
+            break
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

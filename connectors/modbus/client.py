@@ -74,6 +74,20 @@ class ModbusLinkError(ConnectorError):
         self.timeout = timeout
 
 
+def _raise_if_cancelling() -> None:
+    """Re-raise a cancellation pymodbus swallowed.
+
+    Python 3.11's ``asyncio.wait_for`` (inside pymodbus) loses a cancellation
+    that arrives while the wrapped call finishes (fixed in 3.12); the device
+    loop would then sleep and retry forever. These calls run in the per-device
+    leaf tasks, which host no TaskGroup, so ``Task.cancelling()`` is reliable
+    there (3.11's TaskGroup can leave its *parent's* count raised).
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class ModbusLine:
     """One TCP connection or serial port, used by one device or (RS-485) several units.
 
@@ -126,7 +140,9 @@ class ModbusLine:
                 ok = await self._client.connect()
             except (TimeoutError, ModbusException, OSError) as exc:
                 self._client.close()
+                _raise_if_cancelling()
                 raise ModbusLinkError(where, f"cannot connect to {self.endpoint}: {exc}") from exc
+            _raise_if_cancelling()
             if not ok:
                 self._client.close()
                 raise ModbusLinkError(where, f"cannot connect to {self.endpoint}")
@@ -175,7 +191,10 @@ class ModbusClient:
     async def _call(self, function: int, address: int, coro_factory):
         where = self._where(function, address)
         try:
-            response = await coro_factory()
+            try:
+                response = await coro_factory()
+            finally:
+                _raise_if_cancelling()
         except ConnectionException as exc:
             raise ModbusLinkError(where, f"not connected: {exc.string}") from exc
         except ModbusIOException as exc:

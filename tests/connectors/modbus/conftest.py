@@ -20,7 +20,7 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from connectors.base import Sample
-from tests.servers import HOST, free_port
+from tests.servers import HOST, cancel_and_wait, free_port
 
 UNIT = 1
 N_BITS = 64  # coils/discrete inputs 0..63
@@ -223,6 +223,4 @@ async def running(source) -> AsyncIterator[list[list[Sample]]]:
     try:
         yield batches
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)

@@ -15,7 +15,7 @@ from connectors.base import ConnectorError, Sample
 from connectors.modbus.config import ModbusSourceConfig
 from connectors.modbus.source import ModbusSource
 from connectors.modbus.station import ModbusStation, connector_config
-from tests.servers import free_port
+from tests.servers import cancel_and_wait, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -82,9 +82,7 @@ async def test_missing_ack_never_stalls_the_gauge() -> None:
                 break
             await asyncio.sleep(0.02)
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
     assert station.unacked >= 3
 
 
@@ -103,6 +101,4 @@ async def test_a_taken_port_is_a_clear_error() -> None:
             await ModbusStation(port, CHARS, parts()).run()
         assert not info.value.retryable
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)

@@ -8,7 +8,6 @@ and the password file with the Debian ``mosquitto_passwd``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import ipaddress
 import json
@@ -34,7 +33,7 @@ from connectors.base import ConnectorError
 from connectors.mqtt.config import MqttSourceConfig
 from connectors.mqtt.source import MqttSource
 from tests.connectors.mqtt.test_source_integration import Collector, running, until
-from tests.servers import HOST, Server, free_port, require_binary, run_server
+from tests.servers import HOST, Server, cancel_and_wait, free_port, require_binary, run_server
 
 pytestmark = pytest.mark.integration
 
@@ -248,6 +247,4 @@ async def test_plain_tcp_to_a_tls_listener_is_retried(secure_broker: SecureBroke
         assert not task.done()
         assert source.stats.state == "disconnected"
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)

@@ -26,7 +26,7 @@ from connectors.mqtt.client import MqttClient
 from connectors.mqtt.config import MqttSourceConfig
 from connectors.mqtt.source import MqttSource
 from tests.connectors.mqtt import spb
-from tests.servers import HOST, Server, free_port, mosquitto
+from tests.servers import HOST, Server, cancel_and_wait, free_port, mosquitto
 
 pytestmark = pytest.mark.integration
 
@@ -129,9 +129,7 @@ async def running(source: MqttSource, emit: Collector) -> AsyncIterator[asyncio.
             task.result()
         yield task
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
 
 
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
@@ -338,9 +336,7 @@ async def test_unreachable_broker_is_retried_not_raised() -> None:
         assert source.stats.state == "disconnected"
         assert "connect" in source.stats.last_error
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
 
 
 async def test_missing_password_variable_is_not_retryable(

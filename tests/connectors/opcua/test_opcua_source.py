@@ -22,6 +22,7 @@ from connectors.base import Backoff, ConnectorError, Quality, Sample
 from connectors.opcua import OpcuaSource, OpcuaSourceConfig
 from connectors.opcua.source import GAP_STATUS
 from tests.connectors.opcua.uaserver import NS_URI, PasswordUsers, UaServer, wait_until
+from tests.servers import cancel_and_wait
 
 pytestmark = pytest.mark.integration
 
@@ -69,9 +70,7 @@ async def running(source: OpcuaSource, emit: Collect) -> AsyncIterator[asyncio.T
     try:
         yield task
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
 
 
 def us(dt: datetime) -> int:

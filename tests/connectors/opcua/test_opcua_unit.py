@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import random
 from datetime import UTC, datetime
@@ -16,7 +15,7 @@ from connectors.base import Backoff, ConnectorError, Quality, Sample, source_cla
 from connectors.opcua import OpcuaSource, OpcuaSourceConfig
 from connectors.opcua.client import OpcuaClient, datavalue_to_sample, status_name, translate_error
 from connectors.opcua.config import TimestampChoice
-from tests.servers import free_port
+from tests.servers import cancel_and_wait, free_port
 
 T_SRC = datetime(2026, 5, 6, 7, 8, 9, 250000, tzinfo=UTC)
 T_SRV = datetime(2026, 5, 6, 7, 8, 10, tzinfo=UTC)
@@ -200,9 +199,7 @@ async def test_unreachable_server_is_retried_not_raised() -> None:
         assert source.stats.errors >= 3 and not task.done()
         assert source.stats.state == "disconnected"
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
     assert source.stats.state == "stopped"
 
 

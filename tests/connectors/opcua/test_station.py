@@ -15,7 +15,7 @@ from connectors.base import Backoff, ConnectorError, Sample
 from connectors.opcua.config import OpcuaSourceConfig
 from connectors.opcua.source import OpcuaSource
 from connectors.opcua.station import OpcuaStation, connector_config
-from tests.servers import free_port
+from tests.servers import cancel_and_wait, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -91,9 +91,7 @@ async def test_missing_ack_never_stalls_the_station() -> None:
                 break
             await asyncio.sleep(0.02)
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
     assert station.unacked >= 3
     assert station.acked == 0
 
@@ -108,6 +106,4 @@ async def test_a_taken_port_is_a_clear_error() -> None:
             await OpcuaStation(port, CHARS, parts()).run()
         assert not info.value.retryable
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
