@@ -610,7 +610,7 @@ def simulate(
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(sig, stop.set)
         try:
             stations = await run_simulation(
@@ -624,7 +624,7 @@ def simulate(
                 say=say,
             )
         finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
         say("stopped: " + ", ".join(f"{type(s).__name__} {s.parts} parts" for s in stations))
 
@@ -674,13 +674,13 @@ def run(
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(sig, stop.set)
         try:
             gw = Gateway(cfg, connectors, data_dir=data_dir, drain_deadline_s=drain_deadline)
             await gw.run(stop)
         finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
         sys.stdout.write(f"stopped: {gw.stats.as_dict()}\n")
 

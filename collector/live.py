@@ -127,7 +127,7 @@ async def run_live_demo(
     stop = asyncio.Event()
     stop_sim = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
 
     def say(line: str) -> None:
@@ -168,7 +168,7 @@ async def run_live_demo(
             )
             live.update(status_table(gw))
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
     console.print(
         f"\nstopped: {gw.stats.points} points, {gw.stats.alarms} alarm lines "
