@@ -134,6 +134,12 @@ def _join(c1, n1, c2, n2, *, bounded: bool, sized: bool = True):
     return np.concatenate([c1, c2]), np.concatenate([n1, n2])
 
 
+def _phases(counts, sizes, phase2_counts, phase2_sizes, *, bounded: bool):
+    """Validated Phase I then Phase II counts and sizes, as the sized ``*_chart`` functions plot them."""
+    c1, n1 = _counts(counts, sizes, bounded=bounded)
+    return _join(c1, n1, phase2_counts, phase2_sizes, bounded=bounded)
+
+
 def _series(name, stat, center, sigma, k, n, est, *, upper=None) -> ChartSeries:
     """Limits centre ± k·σ, LCL clipped at 0 and UCL at ``upper`` (scalar or per point)."""
     lcl = np.maximum(center - k * sigma, 0.0)
@@ -190,8 +196,7 @@ def p_chart(
 ) -> ChartSeries:
     """p chart over Phase I then Phase II points; p̄ from Phase I (or ``known_center``)."""
     est = estimate_p(counts, sizes, exclude=exclude, known_center=known_center)
-    c1, n1 = _counts(counts, sizes, bounded=True)
-    c, n = _join(c1, n1, phase2_counts, phase2_sizes, bounded=True)
+    c, n = _phases(counts, sizes, phase2_counts, phase2_sizes, bounded=True)
     return p_series(c, n, est, nsigmas)
 
 
@@ -216,8 +221,7 @@ def np_chart(
 ) -> ChartSeries:
     """np chart over Phase I then Phase II points; p̄ from Phase I (or ``known_center``)."""
     est = estimate_np(counts, sizes, exclude=exclude, known_center=known_center)
-    c1, n1 = _counts(counts, sizes, bounded=True)
-    c, n = _join(c1, n1, phase2_counts, phase2_sizes, bounded=True)
+    c, n = _phases(counts, sizes, phase2_counts, phase2_sizes, bounded=True)
     return np_series(c, n, est, nsigmas)
 
 
@@ -294,8 +298,7 @@ def u_chart(
 ) -> ChartSeries:
     """u chart over Phase I then Phase II points; ū from Phase I (or ``known_center``)."""
     est = estimate_u(counts, sizes, exclude=exclude, known_center=known_center)
-    c1, n1 = _counts(counts, sizes)
-    c, n = _join(c1, n1, phase2_counts, phase2_sizes, bounded=False)
+    c, n = _phases(counts, sizes, phase2_counts, phase2_sizes, bounded=False)
     return u_series(c, n, est, nsigmas)
 
 
@@ -386,8 +389,7 @@ def laney_p_chart(
     est = estimate_laney_p(
         counts, sizes, exclude=exclude, known_center=known_center, known_sigma_z=known_sigma_z
     )
-    c1, n1 = _counts(counts, sizes, bounded=True)
-    c, n = _join(c1, n1, phase2_counts, phase2_sizes, bounded=True)
+    c, n = _phases(counts, sizes, phase2_counts, phase2_sizes, bounded=True)
     return laney_p_series(c, n, est, nsigmas)
 
 
@@ -434,6 +436,5 @@ def laney_u_chart(
     est = estimate_laney_u(
         counts, sizes, exclude=exclude, known_center=known_center, known_sigma_z=known_sigma_z
     )
-    c1, n1 = _counts(counts, sizes)
-    c, n = _join(c1, n1, phase2_counts, phase2_sizes, bounded=False)
+    c, n = _phases(counts, sizes, phase2_counts, phase2_sizes, bounded=False)
     return laney_u_series(c, n, est, nsigmas)
