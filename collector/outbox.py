@@ -363,6 +363,25 @@ class OutboxTransaction:
         _check_stream(stream)
         return self._outbox._insert(self._live(), stream, _payloads(payloads), self._now)
 
+    def execute(
+        self, sql: str, params: Sequence[object] | Mapping[str, object] = ()
+    ) -> list[tuple]:
+        """Run one statement on the caller's own tables (see ``Outbox(tables=...)``); returns rows.
+
+        It commits or rolls back with the rest of the transaction.
+        """
+        try:
+            return self._live().execute(sql, params).fetchall()
+        except sqlite3.Error as e:
+            raise self._outbox._translate(e, f"execute {sql.split(None, 2)[:2]}") from e
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[object]]) -> None:
+        """Run one statement for each row of parameters, inside the transaction."""
+        try:
+            self._live().executemany(sql, rows)
+        except sqlite3.Error as e:
+            raise self._outbox._translate(e, f"execute {sql.split(None, 2)[:2]}") from e
+
 
 class Outbox:
     """A durable, bounded, multi-stream outbox in one SQLite file (WAL mode).
@@ -374,6 +393,10 @@ class Outbox:
     per-stream bound on dead letters (None: unbounded). ``streams``: per-stream
     overrides. ``max_file_bytes``: hard cap on the database file.
     ``busy_timeout``: seconds to wait for another process's lock.
+    ``tables``: the caller's own schema (``CREATE TABLE IF NOT EXISTS …;``
+    statements), created at open, so state that must commit together with
+    entries (alarm states beside their events) lives in the same file and is
+    written through :meth:`OutboxTransaction.execute`, read with :meth:`query`.
     """
 
     def __init__(
@@ -387,8 +410,10 @@ class Outbox:
         streams: Mapping[str, StreamPolicy] | None = None,
         max_file_bytes: int | None = None,
         busy_timeout: float = 5.0,
+        tables: str = "",
     ) -> None:
         self.path = Path(path)
+        self._tables = tables
         self._default_sync = _level(synchronous)
         _check_limit("max_entries", max_entries)
         _check_limit("max_bytes", max_bytes)
@@ -482,6 +507,12 @@ class Outbox:
                         conn.execute(statement)
                 conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                conn.execute("COMMIT")
+            if self._tables.strip():
+                conn.execute("BEGIN IMMEDIATE")
+                for statement in self._tables.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
                 conn.execute("COMMIT")
         except sqlite3.Error as e:
             if conn.in_transaction:
@@ -727,6 +758,11 @@ class Outbox:
         """
         with self._write(f"next_seq {name!r}", self._default_sync) as conn:
             return self._draw(conn, name, count)
+
+    def query(self, sql: str, params: Sequence[object] | Mapping[str, object] = ()) -> list[tuple]:
+        """Read rows of the caller's own tables (see ``tables``) or of the outbox's."""
+        with self._read(f"query {sql.split(None, 2)[:2]}") as conn:
+            return conn.execute(sql, params).fetchall()
 
     def counter(self, name: str) -> int:
         """The last value drawn from counter ``name`` (0 if never drawn)."""
@@ -1162,6 +1198,11 @@ class AsyncOutbox:
     async def next_due(self, stream: str, *, in_order: bool = False) -> float | None:
         """See :meth:`Outbox.next_due`."""
         return await asyncio.to_thread(self.outbox.next_due, stream, in_order=in_order)
+
+    async def query(
+        self, sql: str, params: Sequence[object] | Mapping[str, object] = ()
+    ) -> list[tuple]:
+        return await asyncio.to_thread(self.outbox.query, sql, params)
 
     async def counts(self) -> OutboxCounts:
         """See :meth:`Outbox.counts`."""

@@ -393,3 +393,44 @@ async def test_async_wrappers(outbox: Outbox) -> None:
     assert await aio.dead_letter("s", seqs[6:7], "bad again") == 1
     counts = await aio.counts()
     assert (counts.streams["s"].pending, counts.streams["s"].dead) == (24, 1)
+
+
+_TABLES = "CREATE TABLE IF NOT EXISTS states (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+
+
+def test_own_tables_commit_and_roll_back_with_the_entries(path: Path) -> None:
+    with Outbox(path, tables=_TABLES) as ob:
+        with ob.transaction() as tx:
+            tx.execute("INSERT INTO states VALUES (?, ?)", ("a", "raised"))
+            tx.append("mqtt", [b"event-a"])
+
+        def crash() -> None:
+            with ob.transaction() as tx:
+                tx.executemany(
+                    "INSERT OR REPLACE INTO states VALUES (?, ?)", [("a", "x"), ("b", "y")]
+                )
+                tx.append("mqtt", [b"event-b"])
+                raise RuntimeError("crash before commit")
+
+        with pytest.raises(RuntimeError):
+            crash()
+        assert ob.query("SELECT key, value FROM states ORDER BY key") == [("a", "raised")]
+        assert [e.payload for e in ob.peek("mqtt", 10)] == [b"event-a"]
+    # reopening an existing outbox keeps the rows and does not recreate the table
+    with Outbox(path, tables=_TABLES) as ob:
+        assert ob.query("SELECT value FROM states WHERE key=?", ("a",)) == [("raised",)]
+
+
+def test_execute_errors_name_the_file(path: Path) -> None:
+    with Outbox(path, tables=_TABLES) as ob:
+        with pytest.raises(OutboxError, match=str(path)), ob.transaction() as tx:
+            tx.execute("INSERT INTO nowhere VALUES (1)")
+        with pytest.raises(OutboxError, match="no such table"):
+            ob.query("SELECT * FROM nowhere")
+
+
+async def test_async_query(path: Path) -> None:
+    with Outbox(path, tables=_TABLES) as ob:
+        with ob.transaction() as tx:
+            tx.execute("INSERT INTO states VALUES ('k', 'v')")
+        assert await ob.aio.query("SELECT value FROM states") == [("v",)]
