@@ -21,7 +21,7 @@ SPC_FORBIDDEN = {
     "selectors",
 }
 SPC_ALLOWED_THIRD_PARTY = {"numpy", "scipy"}
-PROTOCOL_LIBS = ("asyncua", "pymodbus", "paho", "influxdb_client")
+PROTOCOL_LIBS = ("asyncua", "pymodbus", "paho", "influxdb_client", "httpx")
 
 
 def _modules(package: str) -> list[Path]:
