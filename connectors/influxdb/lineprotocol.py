@@ -43,14 +43,17 @@ __all__ = [
     "alarm_line",
     "encode_columns",
     "encode_line",
+    "encode_rows",
     "escape_key",
     "escape_measurement",
     "escape_string",
+    "fields_text",
     "format_field_value",
     "format_timestamp",
     "gateway_line",
     "measurement_line",
     "sample_line",
+    "series_prefix",
     "spc_line",
 ]
 
@@ -399,6 +402,91 @@ def _tag_column(key: str, value: Any, n: int) -> list[str]:
     return texts
 
 
+def _stamps(time_us: Any, precision: str) -> list[int]:
+    ts = np.asarray(time_us)
+    if ts.ndim != 1:
+        raise ValueError("time_us must be one-dimensional")
+    if ts.dtype.kind not in "iu":
+        raise ValueError(f"time_us must be integer microseconds, got dtype {ts.dtype}")
+    if precision == "ns":
+        return (ts.astype(np.int64) * 1000).tolist()
+    if precision in _DIVISORS:
+        return (ts.astype(np.int64) // _DIVISORS[precision]).tolist()
+    raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
+
+
+def series_prefix(measurement: str, tags: Mapping[str, Any]) -> str:
+    """The measurement and its sorted, escaped tags: the start of a line, encoded once and reused.
+
+    Feed it to :func:`encode_rows` (one per row) for a series written many times.
+    """
+    return escape_measurement(measurement) + _tag_part(tags)
+
+
+def fields_text(fields: Mapping[str, Any]) -> str:
+    """Fields encoded as ``k=v,k2=v2`` (None, NaN, ±inf left out): a block shared by many rows."""
+    parts = []
+    for key, value in fields.items():
+        text = format_field_value(value)
+        if text is None:
+            continue
+        if not key:
+            raise ValueError("empty field key")
+        parts.append(f"{key.translate(_ESCAPE_KEY)}={text}")
+    return ",".join(parts)
+
+
+def encode_rows(
+    prefixes: Sequence[str],
+    fields: Mapping[str, Any],
+    time_us: Any,
+    precision: Precision = "us",
+    *,
+    extra: Sequence[str] | None = None,
+) -> EncodedLines:
+    """Lines from per-row series prefixes (:func:`series_prefix`) and field columns.
+
+    ``fields`` as in :func:`encode_columns`; ``extra[j]``, when given, is an
+    already encoded field block (:func:`fields_text`, "" for none) appended
+    after row j's fields. A column whose values are all missing is left out at
+    no cost. The lines are exactly those :func:`encode_line` writes row by row.
+    """
+    stamps = _stamps(time_us, precision)
+    n = len(stamps)
+    if len(prefixes) != n:
+        raise ValueError(f"{len(prefixes)} prefixes for {n} rows")
+    if any(not key for key in fields):
+        raise ValueError("empty field key")
+    encoded = []
+    for key, col in fields.items():
+        texts, missing = _column_texts(key, col, n)
+        if missing and all(t is None for t in texts):
+            continue
+        encoded.append((texts, missing))
+    columns = [texts for texts, _ in encoded]
+    if extra is not None:
+        if len(extra) != n:
+            raise ValueError(f"{len(extra)} extra field blocks for {n} rows")
+        columns.append([e or None for e in extra])
+        encoded.append((columns[-1], True))
+    if columns and not any(missing for _, missing in encoded):
+        bodies = (
+            columns[0] if len(columns) == 1 else list(map(",".join, zip(*columns, strict=True)))
+        )
+        return EncodedLines(
+            [f"{p} {b} {t}" for p, b, t in zip(prefixes, bodies, stamps, strict=True)], 0
+        )  # type: ignore[arg-type]
+    lines = []
+    skipped = 0
+    for prefix, stamp, *parts in zip(prefixes, stamps, *columns, strict=True):
+        body = ",".join([p for p in parts if p is not None])
+        if not body:
+            skipped += 1
+            continue
+        lines.append(f"{prefix} {body} {stamp}")
+    return EncodedLines(lines, skipped)
+
+
 def encode_columns(
     measurement: str,
     tags: Mapping[str, Any],
@@ -415,19 +503,7 @@ def encode_columns(
     out; a row left with no field is skipped and counted in ``skipped``.
     The lines are exactly those :func:`encode_line` writes row by row.
     """
-    ts = np.asarray(time_us)
-    if ts.ndim != 1:
-        raise ValueError("time_us must be one-dimensional")
-    if ts.dtype.kind not in "iu":
-        raise ValueError(f"time_us must be integer microseconds, got dtype {ts.dtype}")
-    n = ts.shape[0]
-    if precision == "ns":
-        stamps = (ts.astype(np.int64) * 1000).tolist()
-    elif precision in _DIVISORS:
-        stamps = (ts.astype(np.int64) // _DIVISORS[precision]).tolist()
-    else:
-        raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
-
+    n = len(_stamps(time_us, precision))
     # tag segments in key order; neighbouring constant tags merged into one string
     segments: list[str | list[str]] = [escape_measurement(measurement)]
     for key in sorted(tags):
@@ -449,23 +525,4 @@ def encode_columns(
     else:
         columns_ = [[s] * n if isinstance(s, str) else s for s in segments]
         prefixes = ["".join(row) for row in zip(*columns_, strict=True)]
-
-    if any(not key for key in fields):
-        raise ValueError("empty field key")
-    encoded = [_column_texts(key, col, n) for key, col in fields.items()]
-    columns = [texts for texts, _ in encoded]
-    if columns and not any(missing for _, missing in encoded):
-        bodies = (
-            columns[0] if len(columns) == 1 else list(map(",".join, zip(*columns, strict=True)))
-        )
-        lines = [f"{p} {b} {t}" for p, b, t in zip(prefixes, bodies, stamps, strict=True)]
-        return EncodedLines(lines, 0)  # type: ignore[arg-type]
-    lines = []
-    skipped = 0
-    for prefix, stamp, *parts in zip(prefixes, stamps, *columns, strict=True):
-        body = ",".join([p for p in parts if p is not None])
-        if not body:
-            skipped += 1
-            continue
-        lines.append(f"{prefix} {body} {stamp}")
-    return EncodedLines(lines, skipped)
+    return encode_rows(prefixes, fields, time_us, precision)

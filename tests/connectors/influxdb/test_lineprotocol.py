@@ -14,14 +14,17 @@ from connectors.influxdb.lineprotocol import (
     alarm_line,
     encode_columns,
     encode_line,
+    encode_rows,
     escape_key,
     escape_measurement,
     escape_string,
+    fields_text,
     format_field_value,
     format_timestamp,
     gateway_line,
     measurement_line,
     sample_line,
+    series_prefix,
     spc_line,
 )
 from tests.connectors.influxdb.lp_parser import parse_line
@@ -466,3 +469,43 @@ def test_sample_line() -> None:
         "lot": "L7",
         "status": "BadCommunicationError",
     }
+
+
+_texts = st.text(alphabet=st.sampled_from('ab ,="\\\n\t中x'), max_size=6)
+_floats = st.floats(allow_nan=True, allow_infinity=True, width=64)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b,c", "d e"]),
+            _floats,
+            st.one_of(st.none(), _texts),
+            st.dictionaries(
+                st.sampled_from(["lot", "op x", "t=1"]),
+                st.one_of(_texts, st.integers(-5, 5), _floats, st.booleans()),
+                max_size=3,
+            ),
+            st.integers(0, 2**52),
+        ),
+        max_size=12,
+    ),
+    st.sampled_from(["ns", "us", "ms", "s"]),
+)
+@settings(max_examples=150, deadline=None)
+def test_rows_with_prefixes_and_extra_blocks_match_single_lines(rows, precision) -> None:
+    prefixes = [series_prefix("m", {"char": c, "gw": "g 1"}) for c, *_ in rows]
+    values = np.array([v for _, v, *_ in rows], dtype=np.float64)
+    serials = [s for _, _, s, _, _ in rows]
+    extra = [fields_text(ctx) for *_, ctx, _ in rows]
+    times = np.array([t for *_, t in rows], dtype=np.int64)
+    enc = encode_rows(prefixes, {"value": values, "serial": serials}, times, precision, extra=extra)
+    expected = []
+    for c, v, s, ctx, t in rows:
+        line = encode_line(
+            "m", {"char": c, "gw": "g 1"}, {"value": v, "serial": s, **ctx}, t, precision
+        )
+        if line is not None:
+            expected.append(line)
+    assert enc.lines == expected
+    assert enc.skipped == len(rows) - len(expected)
