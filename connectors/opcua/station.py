@@ -19,14 +19,26 @@ that reads it exactly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import logging
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from connectors.base import ConnectorError
 from connectors.opcua.client import StationServer
 
-__all__ = ["CONTEXT_NODES", "NAMESPACE_URI", "OpcuaStation", "Part", "connector_config"]
+__all__ = [
+    "CONTEXT_NODES",
+    "NAMESPACE_URI",
+    "OpcuaStation",
+    "Part",
+    "check_listening",
+    "check_port_free",
+    "connector_config",
+]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +47,7 @@ CONTEXT_NODES = {"operator": "Operator", "program": "Program", "lot": "Lot", "ga
 """Context key of a part → node name under ``<name>.Context``."""
 
 _POLL_S = 0.01
+_CONNECT_CHECK_S = 5.0
 
 
 class Part(Protocol):
@@ -82,6 +95,58 @@ def connector_config(
     }
 
 
+def _probe(host: str, port: int) -> OSError | None:
+    """Bind and listen on host:port as a server would; the error when that is not possible."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        return exc
+    for family, kind, proto, _, addr in infos:
+        with contextlib.closing(socket.socket(family, kind, proto)) as s:
+            # As the servers do: a connection of an earlier run in TIME_WAIT is no conflict,
+            # while another program's listener is one (Linux refuses that bind even so).
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(addr)
+                s.listen(1)
+            except OSError as exc:
+                return exc
+    return None
+
+
+def check_port_free(where: str, host: str, port: int, hint: str) -> None:
+    """Raise a non-retryable :class:`ConnectorError` when the station could not listen on host:port.
+
+    ``hint`` says where the port is chosen (``the source's endpoint``); a port
+    another program listens on is named as such.
+    """
+    exc = _probe(host, port)
+    if exc is None:
+        return
+    if exc.errno == errno.EADDRINUSE:
+        message = (
+            f"cannot listen: port {port} is already in use by another program; "
+            f"stop it or choose another port ({hint})"
+        )
+    else:
+        message = f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    raise ConnectorError(where, message, retryable=False) from exc
+
+
+async def check_listening(where: str, host: str, port: int) -> None:
+    """Raise a non-retryable :class:`ConnectorError` unless host:port accepts a connection now."""
+    try:
+        async with asyncio.timeout(_CONNECT_CHECK_S):
+            _, writer = await asyncio.open_connection(host, port)
+    except (OSError, TimeoutError) as exc:
+        raise ConnectorError(
+            where, f"the server started but does not accept connections: {exc}", retryable=False
+        ) from exc
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+
+
 class OpcuaStation:
     """The simulated OPC UA inspection station (see the module docstring).
 
@@ -106,7 +171,9 @@ class OpcuaStation:
         self.rate = rate
         self.name = name
         self.ack_timeout_s = ack_timeout_s
+        self.host = host
         self.url = f"opc.tcp://{host}:{port}/"
+        self.where = f"opcua station {host}:{port}"
         self.parts = 0
         self.acked = 0
         self.unacked = 0
@@ -117,7 +184,13 @@ class OpcuaStation:
         return f"{self.name}.{leaf}"
 
     async def run(self) -> None:
-        """Serve parts until cancelled; the server is stopped on the way out."""
+        """Serve parts until cancelled; the server is stopped on the way out.
+
+        Raises a non-retryable :class:`ConnectorError` naming the port when it
+        cannot listen (another program holds the port) or, once started, the
+        port does not accept connections; ``started`` is set only after both checks.
+        """
+        check_port_free(self.where, self.host, self.port, "the source's endpoint")
         variables: dict[str, bool | int | float | str] = {
             self._n(f"Result.{c}"): 0.0 for c in self.characteristics
         }
@@ -126,8 +199,9 @@ class OpcuaStation:
         variables[self._n("Result.Ready")] = False
         variables[self._n("Result.Ack")] = False
         await self._server.start(self.name, variables, writable=[self._n("Result.Ack")])
-        self.started.set()
         try:
+            await check_listening(self.where, self.host, self.port)
+            self.started.set()
             await self._serve()
         finally:
             await self._server.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -14,7 +15,7 @@ import pytest
 from connectors.base import ConnectorError, Sample
 from connectors.modbus.config import ModbusSourceConfig
 from connectors.modbus.source import ModbusSource
-from connectors.modbus.station import ModbusStation, connector_config
+from connectors.modbus.station import ModbusStation, check_port_free, connector_config
 from tests.servers import cancel_and_wait, free_port
 
 pytestmark = pytest.mark.integration
@@ -102,3 +103,30 @@ async def test_a_taken_port_is_a_clear_error() -> None:
         assert not info.value.retryable
     finally:
         await cancel_and_wait(task)
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "0.0.0.0"])
+async def test_a_port_held_by_another_program_is_named_before_the_server_starts(
+    address: str,
+) -> None:
+    # A plain listening socket stands for "another program" (a second demo, a real server).
+    with socket.create_server((address, 0)) as holder:
+        port = holder.getsockname()[1]
+        station = ModbusStation(port, CHARS, parts())
+        with pytest.raises(ConnectorError) as info:
+            await asyncio.wait_for(station.run(), 20)
+    assert info.value.where == f"modbus station 127.0.0.1:{port}"
+    assert f"port {port} is already in use by another program" in info.value.message
+    assert not info.value.retryable
+    assert not station.started.is_set()
+
+
+def test_a_port_left_in_time_wait_is_no_conflict() -> None:
+    # A connection of an earlier run closed by the server side lingers in TIME_WAIT.
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        conn, _ = server.accept()
+        conn.close()
+        client.close()
+    check_port_free("modbus station", "127.0.0.1", port, "test")

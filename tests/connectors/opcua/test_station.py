@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -105,5 +106,34 @@ async def test_a_taken_port_is_a_clear_error() -> None:
         with pytest.raises(ConnectorError, match="cannot listen") as info:
             await OpcuaStation(port, CHARS, parts()).run()
         assert not info.value.retryable
+    finally:
+        await cancel_and_wait(task)
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "0.0.0.0"])
+async def test_a_port_held_by_another_program_is_named_before_the_server_starts(
+    address: str,
+) -> None:
+    # A plain listening socket stands for "another program" (a second demo, a real server).
+    with socket.create_server((address, 0)) as holder:
+        port = holder.getsockname()[1]
+        station = OpcuaStation(port, CHARS, parts())
+        with pytest.raises(ConnectorError) as info:
+            await asyncio.wait_for(station.run(), 20)
+    assert info.value.where == f"opcua station 127.0.0.1:{port}"
+    assert f"port {port} is already in use by another program" in info.value.message
+    assert not info.value.retryable
+    assert not station.started.is_set()
+
+
+async def test_started_means_the_port_accepts_connections() -> None:
+    port = free_port()
+    station = OpcuaStation(port, CHARS, parts(), rate=10.0, ack_timeout_s=0.05)
+    task = asyncio.create_task(station.run())
+    try:
+        await asyncio.wait_for(station.started.wait(), 10)
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.close()
+        await writer.wait_closed()
     finally:
         await cancel_and_wait(task)
