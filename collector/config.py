@@ -122,6 +122,43 @@ class Limits(_Model):
     )
 
 
+class PartTarget(_Model):
+    """A part number's (or program's) target for short-run charts."""
+
+    nominal: float = Field(description="target value of this part's characteristic")
+    sigma: float | None = Field(
+        None,
+        gt=0,
+        description="this part's process σ (required for Z-MR: values are divided by it)",
+    )
+
+
+class ShortRun(_Model):
+    """Short-run charting: many part numbers on one chart, each value taken against its part's target.
+
+    ``dnom``: the chart shows deviations from nominal (x − nominal); ``zmr``: standardised
+    values (x − nominal) / σ_part, judged against centre 0 and σ 1.
+    """
+
+    kind: Literal["dnom", "zmr"] = "dnom"
+    by: str = Field(
+        "method",
+        description="context field that names the part: operator, machine, lot, method, "
+        "gauge_id, or an extra/environment field name",
+    )
+    targets: dict[str, PartTarget] = Field(
+        min_length=1, description="part (context value) → nominal (and σ for zmr)"
+    )
+
+    @model_validator(mode="after")
+    def _zmr_sigmas(self) -> ShortRun:
+        if self.kind == "zmr":
+            missing = [k for k, t in self.targets.items() if t.sigma is None]
+            if missing:
+                raise ValueError(f"zmr needs a sigma for every target; missing for {missing}")
+        return self
+
+
 class Characteristic(_Model):
     """One measured characteristic: where it is, how it is charted and where its values come from."""
 
@@ -146,8 +183,20 @@ class Characteristic(_Model):
     nsigmas: float = Field(3.0, gt=0)
     limits: Limits = Limits()
     value: Binding
+    sample_size: Binding | None = Field(
+        None,
+        description="p/np: parts inspected per sample; u: inspection units (a binding or static)",
+    )
     serial: Binding | None = None
     context: Context = Context()
+    shortrun: ShortRun | None = Field(
+        None, description="short-run (DNOM / Z-MR) charting across part numbers"
+    )
+    klass: str | None = Field(
+        None,
+        alias="class",
+        description="characteristic class (e.g. critical, major): selects alarm severities",
+    )
 
     _check_segments = field_validator("id", "site", "area", "line", "station")(_segment)
 
@@ -180,6 +229,15 @@ class Characteristic(_Model):
             and self.subgroup.window_s is None
         ):
             raise ValueError(f"a {self.chart} chart needs subgroup.size ≥ 2 or a subgroup.window_s")
+        if self.chart in ("p", "np", "u") and self.sample_size is None:
+            raise ValueError(
+                f"a {self.chart} chart needs sample_size (parts inspected, or inspection units "
+                "for u): a static number or a binding"
+            )
+        if self.shortrun is not None and self.chart not in ("imr", "ewma", "cusum"):
+            raise ValueError(
+                f"shortrun works on individual values (chart imr, ewma or cusum), not {self.chart}"
+            )
         return self
 
     @property

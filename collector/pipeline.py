@@ -51,7 +51,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -62,10 +62,16 @@ from pydantic import BaseModel
 from collector.config import Binding, Characteristic, GatewayConfig
 from collector.outbox import Outbox, OutboxFull, StreamPolicy
 from connectors.base import Backoff, ConnectorError, Quality, Sample, sink_class, source_class
-from connectors.influxdb.lineprotocol import encode_line, gateway_line, measurement_line, spc_line
-from spc.charts.attributes import estimate_c
+from connectors.influxdb.lineprotocol import (
+    encode_line,
+    encode_rows,
+    fields_text,
+    gateway_line,
+    series_prefix,
+)
+from spc.charts.attributes import estimate_c, estimate_np, estimate_p, estimate_u
 from spc.charts.variables import estimate_imr, estimate_xbar
-from spc.engine import Engine, Spec
+from spc.engine import Engine, Points, Spec
 from spc.errors import SpcInputError
 from spc.limits import LimitsRecord
 from spc.rules import BITS
@@ -84,7 +90,7 @@ log = logging.getLogger(__name__)
 
 STREAM = "series"
 WINDOW_M = 25  # subgroup width when only subgroup.window_s shapes an X̄ subgroup
-_UNCHARTED = ("p", "np", "u")  # need a sample size per subgroup the sources do not give yet
+_SIZED = ("p", "np", "u")  # charts that need a sample size with each count
 _CODES = sorted(BITS.items(), key=lambda kv: kv[1])
 # the alarm contract's chart names: centre chart and dispersion chart per configured chart
 _CENTRE_CHART = {
@@ -150,6 +156,8 @@ class GatewayStats:
     sink_errors: int = 0
     engine_errors: int = 0
     source_failures: int = 0
+    no_size: int = 0
+    unknown_part: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """The counters as a plain dict (stable int types, for the ``gateway`` line)."""
@@ -232,6 +240,11 @@ _CLOSE_FIELD = {
 }
 
 
+def _context_key(by: str) -> str:
+    """The context field a short-run ``by`` names (config names → measurement field names)."""
+    return _CLOSE_FIELD.get(by, by)
+
+
 def _static(value: Any) -> Any:
     if isinstance(value, str | int | float | bool):
         return value
@@ -252,6 +265,7 @@ class BindingIndex:
         self.wanted: set[tuple[str, str]] = set()
         self._ctx: list[list[tuple[str, Any, tuple[str, str] | None]]] = []
         self._serial: list[tuple[str, str] | None] = []
+        self._size: list[tuple[str, str] | float | None] = []
         self.latest: dict[tuple[str, str], Any] = {}
         for i, ch in enumerate(characteristics):
             self.values.setdefault((ch.value.source, ch.value.binding), []).append(i)  # type: ignore[arg-type]
@@ -270,6 +284,14 @@ class BindingIndex:
                 self._serial.append((s.source, s.binding))  # type: ignore[arg-type]
             else:
                 self._serial.append(None)
+            z = ch.sample_size
+            if z is not None and z.source is not None:
+                self.wanted.add((z.source, z.binding))  # type: ignore[arg-type]
+                self._size.append((z.source, z.binding))  # type: ignore[arg-type]
+            elif z is not None:
+                self._size.append(_number(z.static))
+            else:
+                self._size.append(None)
         self._wanted_by_source: dict[str, set[str]] = {}
         for src, b in self.wanted:
             self._wanted_by_source.setdefault(src, set()).add(b)
@@ -313,6 +335,21 @@ class BindingIndex:
         v = self.latest.get(key)
         return None if v is None else str(v)
 
+    def size(self, i: int) -> float:
+        """Characteristic ``i``'s sample size now (static or the latest bound value); NaN if unknown."""
+        key = self._size[i]
+        if key is None or isinstance(key, float):
+            return math.nan if key is None else key
+        return _number(self.latest.get(key))
+
+
+def _number(v: Any) -> float:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return math.nan
+    return x if math.isfinite(x) else math.nan
+
 
 class _Dedup:
     """A bounded LRU of (station, serial, characteristic) keys already accepted."""
@@ -351,6 +388,17 @@ def _params(ch: Characteristic) -> tuple[tuple[str, float], ...]:
 
 def _known_record(ch: Characteristic) -> LimitsRecord | None:
     lim = ch.limits
+    if lim.center is None and ch.shortrun is not None and ch.shortrun.kind == "zmr":
+        # standardised by each part's own σ: the chart's standards are 0 and 1 by construction
+        return LimitsRecord(
+            chart=ch.chart,
+            center=0.0,
+            sigma=1.0,
+            method="known",
+            n_points=0,
+            params=_params(ch),
+            created_by="config",
+        )
     if lim.center is None:
         return None
     if ch.chart not in ("p", "np", "c", "u") and lim.sigma is None:
@@ -383,11 +431,25 @@ def _spec(ch: Characteristic, record: LimitsRecord | None) -> Spec:
 
 
 def estimate_phase1(
-    ch: Characteristic, values: np.ndarray, times_us: Sequence[int], now_us: int
+    ch: Characteristic,
+    values: np.ndarray,
+    times_us: Sequence[int],
+    now_us: int,
+    *,
+    sizes: np.ndarray | None = None,
 ) -> LimitsRecord:
-    """Freeze Phase I limits from ``values`` (NaN-padded subgroups of the engine's width)."""
+    """Freeze Phase I limits from ``values`` (NaN-padded subgroups of the engine's width).
+
+    ``sizes``: the sample size of each count (p, np and u charts).
+    """
     m = _width(ch)
-    if ch.chart == "c":
+    if ch.chart in _SIZED:
+        if sizes is None:
+            raise ValueError(f"a {ch.chart} chart needs the sample sizes of its counts")
+        keep = ~np.isnan(values)
+        estimator = {"p": estimate_p, "np": estimate_np, "u": estimate_u}[ch.chart]
+        est = estimator(values[keep], np.asarray(sizes, dtype=np.float64)[keep])
+    elif ch.chart == "c":
         est = estimate_c(values[~np.isnan(values)])
     elif m == 1:
         est = estimate_imr(values)
@@ -408,21 +470,55 @@ def estimate_phase1(
     )
 
 
-@dataclass
-class _Phase1:
-    values: list[float] = field(default_factory=list)
-    times: list[int] = field(default_factory=list)
-    serials: list[str | None] = field(default_factory=list)
-
-
-@dataclass
 class _Fed:
-    """One value fed to the engine, with what its point line needs if it completes a subgroup."""
+    """Columns of good values on their way to Phase I or the engine (also a Phase I buffer)."""
 
-    char: int
-    value: float
-    time_us: int
-    serial: str | None
+    __slots__ = ("idx", "serial", "size", "time", "val")
+
+    def __init__(self) -> None:
+        self.idx: list[int] = []
+        self.val: list[float] = []
+        self.size: list[float] = []
+        self.time: list[int] = []
+        self.serial: list[str | None] = []
+
+    def add(self, i: int, value: float, size: float, time_us: int, serial: str | None) -> None:
+        self.idx.append(i)
+        self.val.append(value)
+        self.size.append(size)
+        self.time.append(time_us)
+        self.serial.append(serial)
+
+    def extend(self, other: _Fed) -> None:
+        self.idx += other.idx
+        self.val += other.val
+        self.size += other.size
+        self.time += other.time
+        self.serial += other.serial
+
+
+class _Rows:
+    """Columns of accepted samples for their ``measurement`` lines."""
+
+    __slots__ = ("extra", "prefix", "quality", "serial", "time", "value")
+
+    def __init__(self) -> None:
+        self.prefix: list[str] = []
+        self.value: list[float] = []
+        self.quality: list[str] = []
+        self.serial: list[str | None] = []
+        self.extra: list[str] = []
+        self.time: list[int] = []
+
+    def add(
+        self, prefix: str, value: float, quality: str, serial: str | None, extra: str, t: int
+    ) -> None:
+        self.prefix.append(prefix)
+        self.value.append(value)
+        self.quality.append(quality)
+        self.serial.append(serial)
+        self.extra.append(extra)
+        self.time.append(t)
 
 
 # --------------------------------------------------------------------------- the gateway
@@ -536,8 +632,36 @@ class Gateway:
         self._last_time = np.zeros(K, dtype=np.int64)
         self._last_serial: list[str | None] = [None] * K
         self._close_ctx: list[tuple[Any, ...] | None] = [None] * K
+        self._closing = [bool(c.subgroup.close_on or c.subgroup.window_s) for c in self.chars]
+        self._sized = [c.chart in _SIZED for c in self.chars]
+        self._any_sized = any(self._sized)
+        self._shortrun: list[tuple[str, str, dict[str, tuple[float, float]]] | None] = [
+            None
+            if c.shortrun is None
+            else (
+                c.shortrun.kind,
+                _context_key(c.shortrun.by),
+                {k: (t.nominal, t.sigma or math.nan) for k, t in c.shortrun.targets.items()},
+            )
+            for c in self.chars
+        ]
+        self._warned: set[tuple[int, str]] = set()
+        self._mprefix: dict[tuple[int, str], str] = {}
+        self._sprefix = [
+            series_prefix(
+                "spc",
+                {
+                    "gateway": self.gateway_id,
+                    "line": c.line,
+                    "station": c.station,
+                    "characteristic": c.id,
+                    "chart": c.chart,
+                },
+            )
+            for c in self.chars
+        ]
         self.records: dict[int, LimitsRecord] = {}
-        self._phase1: dict[int, _Phase1] = {}
+        self._phase1: dict[int, _Fed] = {}
         self.views = [
             CharView(path=c.path, id=c.id, unit=c.unit, phase="phase2") for c in self.chars
         ]
@@ -546,22 +670,15 @@ class Gateway:
     # ------------------------------------------------------------------ limits and state
 
     def _fingerprint(self) -> str:
-        body = json.dumps([c.model_dump(mode="json") for c in self.chars], sort_keys=True)
+        body = json.dumps(
+            [c.model_dump(mode="json", exclude_defaults=True) for c in self.chars], sort_keys=True
+        )
         return hashlib.sha256(body.encode()).hexdigest()[:16]
 
     def _setup_limits(self) -> None:
         stored = self._load_limits()
         for i, ch in enumerate(self.chars):
             view = self.views[i]
-            if ch.chart in _UNCHARTED:
-                view.phase = "uncharted"
-                log.warning(
-                    "%s: %s charts need a sample size per subgroup that sources do not supply yet; "
-                    "values are stored, not charted",
-                    ch.path,
-                    ch.chart,
-                )
-                continue
             rec = _known_record(ch)
             if rec is None:
                 old = stored.get(ch.path)
@@ -570,7 +687,7 @@ class Gateway:
             if rec is not None:
                 self.records[i] = rec
             else:
-                self._phase1[i] = _Phase1()
+                self._phase1[i] = _Fed()
                 view.phase = "phase1"
                 view.phase1_need = ch.limits.phase1_subgroups * int(self._m[i])
         specs = [_spec(ch, self.records.get(i)) for i, ch in enumerate(self.chars)]
@@ -578,9 +695,9 @@ class Gateway:
         self.engine = fresh
         self._restore_state(fresh)
         # the engine's open-subgroup fill, beside _fill (which also counts Phase I values)
-        self._efill: dict[int, int] = {
-            i: int(self._fill[i]) for i in range(len(self.chars)) if i not in self._phase1
-        }
+        self._efill = self._fill.copy()
+        for i in self._phase1:
+            self._efill[i] = 0
         for i, rec in self.records.items():
             self._show_limits(i, rec)
 
@@ -626,8 +743,12 @@ class Gateway:
             i = int(key)
             if i in self._phase1:
                 values = [math.nan if v is None else float(v) for v in p1["values"]]
-                self._phase1[i] = _Phase1(values, p1["times"], p1["serials"])
-                self.views[i].phase1_have = len(p1["values"])
+                sizes = p1.get("sizes") or [None] * len(values)
+                buf = _Fed()
+                for v, z, t, ser in zip(values, sizes, p1["times"], p1["serials"], strict=True):
+                    buf.add(i, v, math.nan if z is None else float(z), t, ser)
+                self._phase1[i] = buf
+                self.views[i].phase1_have = len(values)
         log.info("restored engine state and limits from %s", self.data_dir)
 
     def save_state(self) -> None:
@@ -644,9 +765,10 @@ class Gateway:
             "phase1": {
                 # json cannot hold NaN: a padded Phase I slot is stored as null
                 str(i): {
-                    "values": [None if math.isnan(v) else v for v in p.values],
-                    "times": p.times,
-                    "serials": p.serials,
+                    "values": [None if math.isnan(v) else v for v in p.val],
+                    "sizes": [None if math.isnan(z) else z for z in p.size],
+                    "times": p.time,
+                    "serials": p.serial,
                 }
                 for i, p in self._phase1.items()
             },
@@ -871,88 +993,140 @@ class Gateway:
     # ------------------------------------------------------------------ processing (sync, testable)
 
     def process(self, items: Sequence[tuple[str, Sequence[Sample]]]) -> list[str]:
-        """Judge batches of (source name, samples); returns the line-protocol lines to store."""
-        lines: list[str] = []
-        fed: list[_Fed] = []
+        """Judge batches of (source name, samples); returns the line-protocol lines to store.
+
+        Per sample only the mapping, de-duplication and subgroup bookkeeping run in
+        Python; line encoding and judging work on whole columns.
+        """
+        rows = _Rows()
+        fed = _Fed()
         now = _now_us()
+        values = self.index.values
         for source, samples in items:
             self.stats.samples_in += len(samples)
             # context first: a result block carries its part's context in the same batch
             self.stats.context_samples += self.index.observe(source, samples)
             kind = self._kinds.get(source, "manual")
+            ctx: dict[int, tuple[dict[str, Any], str]] = {}  # per characteristic, this batch
             for s in samples:
-                targets = self.index.values.get((source, s.binding))
+                targets = values.get((source, s.binding))
                 if targets is None:
                     if (source, s.binding) not in self.index.wanted:
                         self.stats.unmapped += 1
                     continue
                 for i in targets:
-                    self._accept(i, s, kind, lines, fed)
+                    self._accept(i, s, kind, ctx, rows, fed)
+        lines = self._measurement_lines(rows)
         self._feed(fed, lines, now)
         return lines
 
-    def _accept(self, i: int, s: Sample, kind: str, lines: list[str], fed: list[_Fed]) -> None:
+    def _accept(
+        self,
+        i: int,
+        s: Sample,
+        kind: str,
+        ctx: dict[int, tuple[dict[str, Any], str]],
+        rows: _Rows,
+        fed: _Fed,
+    ) -> None:
         ch = self.chars[i]
         serial = self.index.serial(i, s)
-        good = s.quality is Quality.GOOD and math.isfinite(s.value)
+        v = s.value
+        good = s.quality is Quality.GOOD and v - v == 0  # finite
         # a failed read of a part does not stop a later good read of the same part
         if serial is not None and self._dedup.seen((ch.station, serial, i), remember=good):
             self.stats.duplicates += 1
             return
-        context = self.index.snapshot(i)
+        snap = ctx.get(i)
+        if snap is None:
+            context = self.index.snapshot(i)
+            snap = ctx[i] = (context, fields_text(context))
+        context, extra = snap
         if s.status:
-            context["status"] = s.status
-        line = measurement_line(
-            gateway=self.gateway_id,
-            line=ch.line,
-            station=ch.station,
-            characteristic=ch.id,
-            source=kind,
-            value=s.value,
-            quality=str(s.quality),
-            time_us=s.time_us,
-            serial=serial,
-            context=context,
-            precision=self.precision,
-        )
-        if line:
-            lines.append(line)
+            extra = fields_text({**context, "status": s.status})
+        prefix = self._mprefix.get((i, kind))
+        if prefix is None:
+            prefix = self._mprefix[(i, kind)] = series_prefix(
+                "measurement",
+                {
+                    "gateway": self.gateway_id,
+                    "line": ch.line,
+                    "station": ch.station,
+                    "characteristic": ch.id,
+                    "source": kind,
+                },
+            )
+        rows.add(prefix, v, str(s.quality), serial, extra, s.time_us)
         view = self.views[i]
         view.n_samples += 1
         if not good:
             self.stats.bad += 1
             return
-        view.last_value = s.value
-        if view.phase == "uncharted":
-            return
+        view.last_value = v
+        size = math.nan
+        if self._sized[i]:
+            size = self.index.size(i)
+            if not size > 0:  # also NaN: no sample size known yet
+                self.stats.no_size += 1
+                return
+        target = self._shortrun[i]
+        if target is not None:
+            kind_, by, table = target
+            t = table.get(str(context.get(by)))
+            if t is None:
+                self.stats.unknown_part += 1
+                key = (i, str(context.get(by)))
+                if key not in self._warned:
+                    self._warned.add(key)
+                    log.warning(
+                        "%s: no short-run target for %s=%r; its values are stored, not charted",
+                        ch.path,
+                        by,
+                        context.get(by),
+                    )
+                return
+            v = v - t[0] if kind_ == "dnom" else (v - t[0]) / t[1]
         self.stats.charted += 1
-        self._close_early(i, ch, context, s.time_us, fed)
+        if self._closing[i]:
+            self._close_early(i, ch, context, s.time_us, fed)
         if self._fill[i] == 0:
             self._open_since[i] = s.time_us
             self._open_gw[i] = s.gateway_time_us
         self._fill[i] = (self._fill[i] + 1) % self._m[i]
         self._last_time[i] = s.time_us
         self._last_serial[i] = serial
-        fed.append(_Fed(i, s.value, s.time_us, serial))
+        fed.add(i, v, size, s.time_us, serial)
+
+    def _measurement_lines(self, rows: _Rows) -> list[str]:
+        if not rows.prefix:
+            return []
+        enc = encode_rows(
+            rows.prefix,
+            {"value": np.array(rows.value), "quality": rows.quality, "serial": rows.serial},
+            np.array(rows.time, dtype=np.int64),
+            self.precision,
+            extra=rows.extra,
+        )
+        return enc.lines
 
     def close_windows(self, now_us: int) -> list[str]:
         """Close open subgroups whose ``window_s`` has passed on the gateway clock; returns lines."""
-        fed: list[_Fed] = []
+        fed = _Fed()
         for i, window_us in self._windowed:
             if self._fill[i] and now_us - int(self._open_gw[i]) > window_us:
                 self._pad(i, fed)
         lines: list[str] = []
-        if fed:
+        if fed.idx:
             self._feed(fed, lines, now_us)
         return lines
 
-    def _pad(self, i: int, fed: list[_Fed]) -> None:
+    def _pad(self, i: int, fed: _Fed) -> None:
         for _ in range(int(self._m[i] - self._fill[i])):
-            fed.append(_Fed(i, math.nan, int(self._last_time[i]), self._last_serial[i]))
+            fed.add(i, math.nan, math.nan, int(self._last_time[i]), self._last_serial[i])
         self._fill[i] = 0
 
     def _close_early(
-        self, i: int, ch: Characteristic, context: dict[str, Any], t: int, fed: list[_Fed]
+        self, i: int, ch: Characteristic, context: dict[str, Any], t: int, fed: _Fed
     ) -> None:
         """Pad the open subgroup with missing values when its context changed or its window passed."""
         sg = ch.subgroup
@@ -967,34 +1141,36 @@ class Gateway:
         if changed and self._fill[i]:
             self._pad(i, fed)
 
-    def _feed(self, fed: list[_Fed], lines: list[str], now: int) -> None:
-        to_engine: list[_Fed] = []
-        for f in fed:
-            p1 = self._phase1.get(f.char)
+    def _feed(self, fed: _Fed, lines: list[str], now: int) -> None:
+        if not self._phase1:
+            self._judge(fed, lines)
+            return
+        to_engine = _Fed()
+        for j, i in enumerate(fed.idx):
+            p1 = self._phase1.get(i)
             if p1 is None:
-                to_engine.append(f)
+                to_engine.add(i, fed.val[j], fed.size[j], fed.time[j], fed.serial[j])
                 continue
-            p1.values.append(f.value)
-            p1.times.append(f.time_us)
-            p1.serials.append(f.serial)
-            view = self.views[f.char]
-            view.phase1_have = len(p1.values)
-            if len(p1.values) >= view.phase1_need:
-                to_engine.extend(self._freeze(f.char, p1, now))
-        if to_engine:
-            self._judge(to_engine, lines)
+            p1.add(i, fed.val[j], fed.size[j], fed.time[j], fed.serial[j])
+            view = self.views[i]
+            view.phase1_have = len(p1.val)
+            if len(p1.val) >= view.phase1_need:
+                frozen = self._freeze(i, p1, now)
+                if frozen is not None:
+                    to_engine.extend(frozen)
+        self._judge(to_engine, lines)
 
-    def _freeze(self, i: int, p1: _Phase1, now: int) -> list[_Fed]:
+    def _freeze(self, i: int, p1: _Fed, now: int) -> _Fed | None:
         ch = self.chars[i]
-        values = np.array(p1.values, dtype=np.float64)
+        values = np.array(p1.val, dtype=np.float64)
         try:
-            rec = estimate_phase1(ch, values, p1.times, now)
+            rec = estimate_phase1(ch, values, p1.time, now, sizes=np.array(p1.size))
             self.engine.set_limits(i, rec)
         except (SpcInputError, ValueError) as exc:
             # e.g. no variation at all: keep collecting, try again with more data
             log.warning("%s: Phase I limits not frozen yet: %s", ch.path, exc)
             self.views[i].phase1_need += ch.limits.phase1_subgroups * int(self._m[i])
-            return []
+            return None
         del self._phase1[i]
         self.records[i] = rec
         self.stats.phase1_frozen += 1
@@ -1010,99 +1186,118 @@ class Gateway:
         with contextlib.suppress(OSError, ValueError):
             self.save_state()
         # the Phase I values are judged against their own frozen limits (retrospective Phase I)
-        return [_Fed(i, v, t, s) for v, t, s in zip(p1.values, p1.times, p1.serials, strict=True)]
+        return p1
 
-    def _judge(self, fed: list[_Fed], lines: list[str]) -> None:
-        idx = np.fromiter((f.char for f in fed), dtype=np.intp, count=len(fed))
-        val = np.fromiter((f.value for f in fed), dtype=np.float64, count=len(fed))
-        # which fed values complete a point: the engine returns rows in that order
-        done: list[_Fed] = []
-        count = dict(self._efill)
-        for f in fed:
-            c = count.get(f.char, 0) + 1
-            if c >= self._m[f.char]:
-                c = 0
-                done.append(f)
-            count[f.char] = c
+    def _completions(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Rows of ``idx`` whose value completes an engine subgroup, and the new fills.
+
+        The engine returns one point per completed subgroup, in arrival order of the
+        completing value: the same rows, found here without a loop.
+        """
+        m = self._m[idx]
+        B = idx.shape[0]
+        if (m == 1).all():
+            return np.arange(B), None
+        order = np.argsort(idx, kind="stable")
+        si = idx[order]
+        first = np.empty(B, dtype=bool)
+        first[0] = True
+        np.not_equal(si[1:], si[:-1], out=first[1:])
+        start = np.maximum.accumulate(np.where(first, np.arange(B), 0))
+        pos = self._efill[si] + (np.arange(B) - start) + 1
+        done = np.empty(B, dtype=bool)
+        done[order] = pos % self._m[si] == 0
+        last = np.empty(B, dtype=bool)
+        last[-1] = True
+        np.not_equal(si[1:], si[:-1], out=last[:-1])
+        fill = self._efill.copy()
+        fill[si[last]] = pos[last] % self._m[si[last]]
+        return np.flatnonzero(done), fill
+
+    def _judge(self, fed: _Fed, lines: list[str]) -> None:
+        if not fed.idx:
+            return
+        idx = np.array(fed.idx, dtype=np.intp)
+        val = np.array(fed.val, dtype=np.float64)
+        size = np.array(fed.size, dtype=np.float64) if self._any_sized else None
+        done, fill = self._completions(idx)
         try:
-            pts = self.engine.process(idx, val)
+            pts = self.engine.process(idx, val, size)
         except SpcInputError as exc:
             # the engine checks a whole batch before changing any state: skip it, keep running
             self.stats.engine_errors += 1
-            log.error("SPC engine refused a batch of %d values: %s", len(fed), exc)
+            log.error("SPC engine refused a batch of %d values: %s", len(fed.idx), exc)
             return
-        self._efill = count
-        if len(pts) != len(done):
-            log.error("engine returned %d points for %d completed subgroups", len(pts), len(done))
-            done = done[: len(pts)]
-        ids = self.engine.limits_ids
-        cols = [
-            getattr(pts, name).tolist()
-            for name in (
-                "char",
-                "statistic",
-                "center",
-                "lcl",
-                "ucl",
-                "sigma",
-                "n",
-                "mask",
-                "disp_statistic",
-                "disp_center",
-                "disp_lcl",
-                "disp_ucl",
-                "disp_mask",
-                "ewma",
-                "cusum_upper",
-                "cusum_lower",
-                "limits",
-            )
-        ]
-        for row, f in zip(zip(*cols, strict=True), done, strict=False):
-            i, stat, center, lcl, ucl, sigma, n, mask, dstat, dcen, dlcl, ducl, dmask = row[:13]
-            ew, cu, cl, lim = row[13:]
+        if fill is not None:
+            self._efill = fill
+        n = len(pts)
+        if n != done.shape[0]:
+            log.error("engine returned %d points for %d completed subgroups", n, done.shape[0])
+            done = done[:n]
+            n = done.shape[0]
+        if n == 0:
+            return
+        chars = pts.char[:n]
+        times = np.array(fed.time, dtype=np.int64)[done]
+        serials = [fed.serial[j] for j in done.tolist()]
+        limits_ids = np.array(self.engine.limits_ids, dtype=object)[pts.limits[:n]].tolist()
+        flagged = np.flatnonzero((pts.mask[:n] | pts.disp_mask[:n]) != 0).tolist()
+        violations = [""] * n
+        for j in flagged:
+            codes = violation_codes(int(pts.mask[j])) + violation_codes(int(pts.disp_mask[j]))
+            violations[j] = ",".join(dict.fromkeys(codes))
+        char_list = chars.tolist()
+        enc = encode_rows(
+            [self._sprefix[i] for i in char_list],
+            {
+                "statistic": pts.statistic[:n],
+                "center": pts.center[:n],
+                "lcl": pts.lcl[:n],
+                "ucl": pts.ucl[:n],
+                "sigma": pts.sigma[:n],
+                "ewma": pts.ewma[:n],
+                "cusum_upper": pts.cusum_upper[:n],
+                "cusum_lower": pts.cusum_lower[:n],
+                "n": pts.n[:n].astype(np.int64),
+                "violations": violations,
+                "limits_id": limits_ids,
+            },
+            times,
+            self.precision,
+        )
+        lines.extend(enc.lines)
+        self.stats.points += n
+        self._update_views(pts, chars)
+        for j in flagged:
+            i = char_list[j]
             ch = self.chars[i]
-            centre_codes = violation_codes(int(mask))
-            disp_codes = violation_codes(int(dmask))
-            codes = list(dict.fromkeys(centre_codes + disp_codes))
-            limits_id = ids[lim]
-            line = spc_line(
-                gateway=self.gateway_id,
-                line=ch.line,
-                station=ch.station,
-                characteristic=ch.id,
-                chart=ch.chart,
-                time_us=f.time_us,
-                statistic=stat,
-                center=center,
-                lcl=lcl,
-                ucl=ucl,
-                sigma=sigma,
-                n=int(n),
-                ewma=ew,
-                cusum_upper=cu,
-                cusum_lower=cl,
-                violations=codes,
-                limits_id=limits_id,
-                precision=self.precision,
-            )
-            if line:
-                lines.append(line)
-            self.stats.points += 1
+            t, serial, lid = int(times[j]), serials[j], limits_ids[j]
+            for code in violation_codes(int(pts.mask[j])):
+                point = (pts.statistic[j], pts.center[j], pts.lcl[j], pts.ucl[j])
+                self._raise(i, ch, _CENTRE_CHART[ch.chart], code, point, lid, t, serial, lines)
+            for code in violation_codes(int(pts.disp_mask[j])):
+                point = (
+                    pts.disp_statistic[j],
+                    pts.disp_center[j],
+                    pts.disp_lcl[j],
+                    pts.disp_ucl[j],
+                )
+                self._raise(i, ch, _DISP_CHART[ch.chart], code, point, lid, t, serial, lines)
+
+    def _update_views(self, pts: Points, chars: np.ndarray) -> None:
+        """The live table's view of each characteristic: its newest point of the batch."""
+        n = chars.shape[0]
+        last_rev = np.unique(chars[::-1], return_index=True)
+        counts = np.bincount(chars, minlength=len(self.chars))
+        for i, r in zip(last_rev[0].tolist(), last_rev[1].tolist(), strict=True):
+            j = n - 1 - r
             view = self.views[i]
-            view.n_points += 1
-            view.center = center
+            view.n_points += int(counts[i])
+            view.center = float(pts.center[j])
+            lcl, ucl = float(pts.lcl[j]), float(pts.ucl[j])
             if math.isfinite(lcl) or math.isfinite(ucl):
                 view.lcl, view.ucl = lcl, ucl
-            view.in_control = not codes
-            centre_chart = _CENTRE_CHART[ch.chart]
-            for code in centre_codes:
-                self._raise(
-                    i, ch, centre_chart, code, (stat, center, lcl, ucl), limits_id, f, lines
-                )
-            for code in disp_codes:
-                disp_chart = _DISP_CHART[ch.chart]
-                self._raise(i, ch, disp_chart, code, (dstat, dcen, dlcl, ducl), limits_id, f, lines)
+            view.in_control = not (pts.mask[j] or pts.disp_mask[j])
 
     def _raise(
         self,
@@ -1112,13 +1307,14 @@ class Gateway:
         code: str,
         point: tuple[float, float, float, float],
         limits_id: str,
-        f: _Fed,
+        time_us: int,
+        serial: str | None,
         lines: list[str],
     ) -> None:
-        stat, center, lcl, ucl = point
+        stat, center, lcl, ucl = (float(x) for x in point)
         sev_key = "CUSUM" if code.startswith("CUSUM") else code
         severity = ch.severity.get(sev_key) or ch.severity.get("default", "major")
-        aid = alarm_id(ch.path, code, limits_id, f.time_us, f.serial, chart=chart)
+        aid = alarm_id(ch.path, code, limits_id, time_us, serial, chart=chart)
         # the contract's alarm tags plus `chart`: an X and an MR alarm of the same rule at the
         # same sample would otherwise share a series key and timestamp and overwrite each other
         line = encode_line(
@@ -1132,8 +1328,8 @@ class Gateway:
                 "severity": severity,
                 "chart": chart,
             },
-            {"alarm_id": aid, "event": "raised", "value": float(stat)},
-            f.time_us,
+            {"alarm_id": aid, "event": "raised", "value": stat},
+            time_us,
             self.precision,
         )
         if line:
@@ -1150,7 +1346,7 @@ class Gateway:
             stat,
             lcl,
             ucl,
-            f.serial or "-",
+            serial or "-",
             limits_id,
         )
         if self.on_alarm is not None:
@@ -1167,8 +1363,8 @@ class Gateway:
                     lcl,
                     ucl,
                     limits_id,
-                    f.time_us,
-                    f.serial,
+                    time_us,
+                    serial,
                 )
             )
 

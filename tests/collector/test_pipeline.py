@@ -416,3 +416,182 @@ def test_time_window_closes_a_subgroup(tmp_path) -> None:
         assert p.fields["n"] == 1
     finally:
         gw.outbox.close()
+
+
+# ---------------------------------------------------------------- columnar path and new charts
+
+
+def test_columnar_lines_equal_the_single_line_encoders(tmp_path) -> None:
+    from connectors.influxdb.lineprotocol import measurement_line, spc_line
+
+    cfg = _cfg(_char("a"), _char("b", chart="xbar-r", subgroup={"size": 3}))
+    gw = _gw(tmp_path, cfg)
+    rng = np.random.default_rng(3)
+    batch = [_s("operator", math.nan, 0, quality=Quality.BAD, fields={"raw": "Li, Wei"})]
+    for k in range(1, 40):
+        batch.append(_s("a" if k % 3 else "b", float(rng.normal(10, 1)), k, serial=f"P {k}"))
+    batch.append(_s("a", math.nan, 50, quality=Quality.BAD, status='timeout "x"'))
+    lines = gw.process([("dev", batch)])
+    expected_m = []
+    for s in batch[1:]:
+        ch = next(c for c in cfg.characteristics if c.id == s.binding)
+        ctx = {"operator": "Li, Wei", "machine": "M-1", "env_temperature": 20.5}
+        if s.status:
+            ctx["status"] = s.status
+        expected_m.append(
+            measurement_line(
+                gateway="gw-t",
+                line="l1",
+                station="st1",
+                characteristic=ch.id,
+                source="mqtt",
+                value=s.value,
+                quality=str(s.quality),
+                time_us=s.time_us,
+                serial=s.serial,
+                context=ctx,
+            )
+        )
+    assert [ln for ln in lines if ln.startswith("measurement,")] == expected_m
+    # every spc line re-encoded by spc_line from its parsed fields is the same text
+    spc = [ln for ln in lines if ln.startswith("spc,")]
+    assert len(spc) == 26 + 4  # 26 individuals of a, 13 values of b → 4 subgroups of 3
+    for ln in spc:
+        p = parse_line(ln)
+        f = p.fields
+        again = spc_line(
+            gateway=p.tags["gateway"],
+            line=p.tags["line"],
+            station=p.tags["station"],
+            characteristic=p.tags["characteristic"],
+            chart=p.tags["chart"],
+            time_us=p.time_us,
+            statistic=f.get("statistic"),
+            center=f.get("center"),
+            lcl=f.get("lcl"),
+            ucl=f.get("ucl"),
+            sigma=f.get("sigma"),
+            n=f.get("n"),
+            violations=f["violations"],
+            limits_id=f["limits_id"],
+        )
+        assert again == ln
+
+
+def test_xbar_completions_interleaved_across_batches(tmp_path) -> None:
+    # subgroups of 4 and 3 interleaved and split over calls: each spc point carries the
+    # time of the value that completed it
+    cfg = _cfg(
+        _char("a", chart="xbar-r", subgroup={"size": 4}),
+        _char("b", chart="xbar-s", subgroup={"size": 3}),
+    )
+    gw = _gw(tmp_path, cfg)
+    seq = [("a" if k % 2 else "b", k) for k in range(1, 50)]
+    times: dict[str, list[int]] = {"a": [], "b": []}
+    count = {"a": 0, "b": 0}
+    out: list[str] = []
+    for lo in range(0, len(seq), 7):
+        batch = [_s(b, 10.0 + (k % 5) * 0.1, k) for b, k in seq[lo : lo + 7]]
+        for b, k in seq[lo : lo + 7]:
+            count[b] += 1
+            if count[b] % (4 if b == "a" else 3) == 0:
+                times[b].append(T0 + k * 1000)
+        out += gw.process([("dev", batch)])
+    for cid in ("a", "b"):
+        got = [p.time_us for p in _parsed(out, "spc") if p.tags["characteristic"] == cid]
+        assert got == times[cid]
+
+
+@pytest.mark.parametrize("chart", ["p", "np", "u"])
+def test_attribute_charts_take_the_sample_size_binding(tmp_path, chart) -> None:
+    from spc.charts.attributes import np_chart, p_chart, u_chart
+
+    size = {"source": "dev", "binding": "n"} if chart != "u" else {"static": 2.5}
+    cfg = _cfg(
+        _char("d", chart=chart, sample_size=size, limits={"phase1_subgroups": 20}, context={})
+    )
+    gw = _gw(tmp_path, cfg)
+    rng = np.random.default_rng(5)
+    counts = rng.poisson(4, 30).astype(float)
+    counts[25] = 25  # an out-of-control sample after Phase I
+    sizes = rng.integers(80, 120, 30).astype(float) if chart != "u" else np.full(30, 2.5)
+    lines: list[str] = []
+    # without a known size nothing is charted
+    lines += gw.process([("dev", [_s("d", 3.0, 0)])])
+    assert gw.stats.no_size == (1 if chart != "u" else 0)
+    gw = _gw(tmp_path / "fresh", cfg)
+    lines = []
+    for k in range(30):
+        batch = [_s("d", counts[k], k)]
+        if chart != "u":
+            batch.insert(0, _s("n", sizes[k], k))
+        lines += gw.process([("dev", batch)])
+    spc = _parsed(lines, "spc")
+    assert len(spc) == 30
+    fn = {"p": p_chart, "np": np_chart, "u": u_chart}[chart]
+    ref = fn(counts[:20], sizes[:20], phase2_counts=counts[20:], phase2_sizes=sizes[20:])
+    stat = np.array([p.fields["statistic"] for p in spc])
+    np.testing.assert_allclose(stat, ref.statistics, rtol=1e-12)
+    np.testing.assert_allclose([p.fields["ucl"] for p in spc], ref.ucl, rtol=1e-12)
+    assert "N1" in spc[25].fields["violations"]
+    assert gw.views[0].phase == "phase2"
+
+
+def test_shortrun_dnom_and_zmr_chart_against_each_parts_target(tmp_path) -> None:
+    targets = {"P-10": {"nominal": 10.0, "sigma": 0.5}, "P-20": {"nominal": 20.0, "sigma": 2.0}}
+    ctx = {"method": {"source": "dev", "binding": "program"}}
+    cfg = _cfg(
+        _char("dn", context=ctx, limits={}, shortrun={"kind": "dnom", "targets": targets}),
+        _char(
+            "z",
+            value={"source": "dev", "binding": "dn"},
+            context=ctx,
+            limits={},
+            shortrun={"kind": "zmr", "targets": targets},
+        ),
+    )
+    gw = _gw(tmp_path, cfg)
+    rng = np.random.default_rng(9)
+    lines: list[str] = []
+    expect_dev, expect_z = [], []
+    for k in range(60):
+        part = "P-10" if (k // 10) % 2 == 0 else "P-20"
+        sd = 0.5 if part == "P-10" else 2.0
+        nominal = 10.0 if part == "P-10" else 20.0
+        x = float(nominal + rng.normal(0, sd))
+        expect_dev.append(x - nominal)
+        expect_z.append((x - nominal) / sd)
+        batch = [_s("program", math.nan, k, quality=Quality.BAD, fields={"raw": part})]
+        batch.append(_s("dn", x, k))
+        lines += gw.process([("dev", batch)])
+    # an unknown part is stored, not charted
+    unknown = [_s("program", math.nan, 99, quality=Quality.BAD, fields={"raw": "P-99"})]
+    lines += gw.process([("dev", [*unknown, _s("dn", 5.0, 99)])])
+    assert gw.stats.unknown_part == 2
+    spc = _parsed(lines, "spc")
+    dn = [p.fields["statistic"] for p in spc if p.tags["characteristic"] == "dn"]
+    z = [p for p in spc if p.tags["characteristic"] == "z"]
+    np.testing.assert_allclose(dn, expect_dev, rtol=1e-12)  # Phase I then Phase II on deviations
+    np.testing.assert_allclose([p.fields["statistic"] for p in z], expect_z, rtol=1e-12)
+    assert {p.fields["center"] for p in z} == {0.0}
+    assert {p.fields["ucl"] for p in z} == {3.0}  # standards 0 and 1 by construction
+    meas = [p for p in _parsed(lines, "measurement") if p.tags["characteristic"] == "dn"]
+    assert meas[0].fields["method"] == "P-10"  # the raw value is stored, not the deviation
+
+
+def test_shortrun_and_sample_size_config_errors() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="needs sample_size"):
+        _cfg(_char("p1", chart="p"))
+    with pytest.raises(ValidationError, match="zmr needs a sigma"):
+        _cfg(_char("z", shortrun={"kind": "zmr", "targets": {"A": {"nominal": 1.0}}}))
+    with pytest.raises(ValidationError, match="individual values"):
+        _cfg(
+            _char(
+                "x",
+                chart="xbar-r",
+                subgroup={"size": 3},
+                shortrun={"targets": {"A": {"nominal": 1.0}}},
+            )
+        )
