@@ -35,9 +35,9 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -46,9 +46,9 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from connectors.base import ConnectorError
-from connectors.mqtt.config import MqttSourceConfig
+from connectors.mqtt.config import MqttPublisherConfig, MqttSourceConfig, TlsConfig
 
-__all__ = ["Message", "MqttClient", "MqttPublisher"]
+__all__ = ["Message", "MqttClient", "MqttLink", "MqttPublisher", "Outgoing", "PublishRefusedError"]
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,33 @@ class _PahoLog:
             log.error("paho: " + fmt, *args)
         elif log.isEnabledFor(logging.DEBUG):
             log.debug("paho: " + fmt, *args)
+
+
+def _set_tls(client: paho.Client, tls: TlsConfig, where: str) -> None:
+    """Configure TLS on a paho client; a bad file or setting is not retryable."""
+    try:
+        ctx = ssl.create_default_context(
+            ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca_file) if tls.ca_file else None
+        )
+        if tls.cert_file is not None and tls.key_file is not None:
+            ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+        if tls.insecure:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        ctx.sslsocket_class = _ClosingSSLSocket
+        client.tls_set_context(ctx)
+        if tls.insecure:
+            client.tls_insecure_set(True)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise ConnectorError(where, f"TLS setup: {exc}", retryable=False) from exc
+
+
+def _nodelay(sock: Any, where: str) -> None:
+    # Messages are small and latency matters more than packet count.
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):
+        log.debug("%s: could not set TCP_NODELAY", where)
 
 
 class _Lost:
@@ -156,23 +183,8 @@ class MqttClient:
             self._set_tls()
 
     def _set_tls(self) -> None:
-        tls = self.cfg.tls
-        assert tls is not None
-        try:
-            ctx = ssl.create_default_context(
-                ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca_file) if tls.ca_file else None
-            )
-            if tls.cert_file is not None and tls.key_file is not None:
-                ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-            if tls.insecure:
-                ctx.check_hostname = False
-                ctx.verify_mode = ssl.CERT_NONE
-            ctx.sslsocket_class = _ClosingSSLSocket
-            self._client.tls_set_context(ctx)
-            if tls.insecure:
-                self._client.tls_insecure_set(True)
-        except (OSError, ssl.SSLError, ValueError) as exc:
-            raise ConnectorError(self.where, f"TLS setup: {exc}", retryable=False) from exc
+        assert self.cfg.tls is not None
+        _set_tls(self._client, self.cfg.tls, self.where)
 
     # -- paho thread ---------------------------------------------------------
 
@@ -185,11 +197,7 @@ class MqttClient:
             loop.call_soon_threadsafe(fn, *args)
 
     def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
-        # Samples are small and latency matters more than packet count.
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except (OSError, AttributeError):
-            log.debug("%s: could not set TCP_NODELAY", self.where)
+        _nodelay(sock, self.where)
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
         self._call(self._set_connack, bool(flags.session_present), int(rc.value), str(rc))
@@ -429,3 +437,318 @@ class MqttPublisher:
             self._client.loop_stop()
 
         await asyncio.to_thread(stop)
+
+
+# -- alarm delivery to MES (collector/notify.py) ------------------------------------------
+
+
+class Outgoing(NamedTuple):
+    """One message to publish: a plain ``(topic, payload, qos, retain)`` tuple works too."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = False
+
+
+class PublishRefusedError(ConnectorError):
+    """The broker refused some messages of a batch (PUBACK reason code ≥ 0x80), e.g. an ACL.
+
+    ``refused`` maps the index of each refused message in the batch to the
+    broker's reason; every other message of the batch was acknowledged.
+    Not retryable: sending the same message again gets the same answer.
+    """
+
+    def __init__(self, where: str, refused: dict[int, str], topics: Sequence[str]) -> None:
+        first = min(refused)
+        super().__init__(
+            where,
+            f"broker refused {len(refused)} message(s); first #{first} "
+            f"on {topics[first]!r}: {refused[first]}",
+            retryable=False,
+        )
+        self.refused = refused
+
+
+class MqttLink:
+    """One publishing connection with confirmation, a Last Will and a persistent session.
+
+    :meth:`publish_many` returns only when the broker acknowledged (PUBACK) every
+    message, so the caller may then remove them from its durable outbox. The
+    ``will`` is set before connecting: the broker publishes it when the
+    connection ends without a clean DISCONNECT (crash, power or network loss);
+    :meth:`close` disconnects cleanly, which discards it.
+
+    Received messages (of :meth:`subscribe`) are handed to ``on_message(topic,
+    payload)`` in the event loop; paho acknowledges them on receipt. When the
+    connection ends, ``on_lost(reason)`` is called once (not after :meth:`close`)
+    and every later call raises a retryable :class:`ConnectorError`; reconnecting
+    is the caller's (a new :class:`MqttLink`, with ``Backoff``).
+    """
+
+    def __init__(
+        self,
+        cfg: MqttPublisherConfig,
+        client_id: str,
+        *,
+        password: str | None = None,
+        will: Outgoing | None = None,
+        on_message: Callable[[str, bytes], None] | None = None,
+        on_lost: Callable[[str], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.where = f"mqtt publisher {cfg.host}:{cfg.port}"
+        self.session_present = False
+        self._will = will
+        self._on_message_cb = on_message
+        self._on_lost_cb = on_lost
+        self._v5 = cfg.protocol == "5"
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._connack: asyncio.Future[tuple[bool, int, str]] | None = None
+        self._subacks: dict[int, asyncio.Future[list[Any]]] = {}
+        self._pubacks: dict[int, asyncio.Future[tuple[int, str]]] = {}
+        self._opening: asyncio.Future[None] | None = None
+        self._lost: str | None = None
+        self._closed = False
+        self._client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=None if self._v5 else False,
+            protocol=paho.MQTTv5 if self._v5 else paho.MQTTv311,
+            reconnect_on_failure=False,
+        )
+        self._client.connect_timeout = cfg.connect_timeout_s
+        self._client.suppress_exceptions = True
+        self._client.enable_logger(_PahoLog())  # type: ignore[arg-type]
+        self._client.max_inflight_messages_set(cfg.max_inflight)
+        self._client.on_socket_open = lambda c, u, sock: _nodelay(sock, self.where)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_publish = self._on_publish
+        self._client.on_message = self._on_message
+        if cfg.username is not None:
+            self._client.username_pw_set(cfg.username, password)
+        if cfg.tls is not None:
+            _set_tls(self._client, cfg.tls, self.where)
+        if will is not None:
+            props = None
+            if self._v5:
+                props = Properties(PacketTypes.WILLMESSAGE)
+                props.ContentType = "application/json"
+            self._client.will_set(will.topic, will.payload, will.qos, will.retain, props)
+
+    # -- paho thread ---------------------------------------------------------
+
+    def _call(self, fn: Any, *args: Any) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+            loop.call_soon_threadsafe(fn, *args)
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        self._call(self._set_connack, bool(flags.session_present), int(rc.value), str(rc))
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        self._call(self._set_lost, f"connection lost ({rc})")
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, codes: Any, props: Any) -> None:
+        self._call(_resolve, self._subacks, mid, list(codes))
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, rc: Any, props: Any) -> None:
+        self._call(_resolve, self._pubacks, mid, (int(rc.value), str(rc)))
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        self._call(self._deliver, msg.topic, bytes(msg.payload))
+
+    # -- event loop side -----------------------------------------------------
+
+    def _set_connack(self, session_present: bool, code: int, text: str) -> None:
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_result((session_present, code, text))
+
+    def _set_lost(self, reason: str) -> None:
+        if self._lost is not None:
+            return
+        self._lost = reason
+        for fut in [self._connack, *self._subacks.values(), *self._pubacks.values()]:
+            if fut is not None and not fut.done():
+                fut.set_exception(ConnectorError(self.where, reason, retryable=True))
+        if self._on_lost_cb is not None and not self._closed:
+            self._on_lost_cb(reason)
+
+    def _deliver(self, topic: str, payload: bytes) -> None:
+        if self._on_message_cb is None:
+            return
+        try:
+            self._on_message_cb(topic, payload)
+        except Exception:
+            log.exception("%s: message handler failed on %r", self.where, topic)
+
+    def _check(self) -> None:
+        if self._lost is not None:
+            raise ConnectorError(self.where, self._lost, retryable=True)
+        if self._closed:
+            raise ConnectorError(self.where, "closed", retryable=True)
+
+    # -- public API ----------------------------------------------------------
+
+    async def connect(self) -> bool:
+        """Open the connection and wait for CONNACK; True when the broker kept our session."""
+        self._loop = asyncio.get_running_loop()
+        self._connack = self._loop.create_future()
+        cfg = self.cfg
+        kwargs: dict[str, Any] = {}
+        if self._v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = cfg.session_expiry_s
+            kwargs = {"clean_start": False, "properties": props}
+
+        def open_() -> None:
+            self._client.connect(cfg.host, cfg.port, cfg.keepalive_s, **kwargs)
+            self._client.loop_start()
+
+        # Shielded so that close() can wait for a connect the caller gave up on.
+        self._opening = asyncio.ensure_future(asyncio.to_thread(open_))
+        try:
+            await asyncio.shield(self._opening)
+        except ssl.SSLCertVerificationError as exc:
+            raise ConnectorError(self.where, f"TLS: {exc}", retryable=False) from exc
+        except (OSError, ssl.SSLError) as exc:
+            raise ConnectorError(self.where, f"connect: {exc}", retryable=True) from exc
+        except ValueError as exc:
+            raise ConnectorError(self.where, f"connect: {exc}", retryable=False) from exc
+        try:
+            session_present, code, text = await asyncio.wait_for(
+                self._connack, cfg.connect_timeout_s
+            )
+        except TimeoutError:
+            raise ConnectorError(
+                self.where, f"no CONNACK within {cfg.connect_timeout_s} s", retryable=True
+            ) from None
+        if code >= 0x80:
+            raise ConnectorError(
+                self.where,
+                f"broker refused the connection: {text}",
+                retryable=code not in _FATAL_CONNACK,
+            )
+        self.session_present = session_present
+        return session_present
+
+    async def subscribe(self, topic_filter: str, qos: int = 1) -> int:
+        """Subscribe and wait for SUBACK; returns the granted QoS (refused: not retryable)."""
+        self._check()
+        assert self._loop is not None
+        rc, mid = self._client.subscribe(topic_filter, qos)
+        if rc != paho.MQTT_ERR_SUCCESS or mid is None:
+            raise ConnectorError(self.where, f"subscribe: {paho.error_string(rc)}", retryable=True)
+        fut = self._loop.create_future()
+        self._subacks[mid] = fut
+        try:
+            (code,) = await asyncio.wait_for(fut, self.cfg.connect_timeout_s)
+        except TimeoutError:
+            raise ConnectorError(self.where, "no SUBACK in time", retryable=True) from None
+        finally:
+            self._subacks.pop(mid, None)
+        value = int(code.value) if hasattr(code, "value") else int(code)
+        if value >= 0x80:
+            raise ConnectorError(
+                self.where, f"subscribe {topic_filter!r} refused: {code}", retryable=False
+            )
+        return value
+
+    async def publish_many(
+        self,
+        msgs: Sequence[Outgoing | tuple[str, bytes, int, bool]],
+        *,
+        content_type: str | None = "application/json",
+    ) -> None:
+        """Publish ``msgs`` in order (up to ``max_inflight`` unacknowledged) and wait for every PUBACK.
+
+        ``content_type`` is sent as the MQTT 5 property (ignored on 3.1.1).
+        Raises a retryable :class:`ConnectorError` when the connection is lost or
+        not every PUBACK came within ``publish_timeout_s`` (the link is then
+        unusable: reconnect), and :class:`PublishRefusedError` when the broker refused
+        some messages (all others were acknowledged).
+        """
+        self._check()
+        assert self._loop is not None
+        if not msgs:
+            return
+        props = None
+        if self._v5 and content_type:
+            props = Properties(PacketTypes.PUBLISH)
+            props.ContentType = content_type
+        topics: list[str] = []
+        waiting: list[asyncio.Future[tuple[int, str]]] = []
+        mids: list[int] = []
+        try:
+            for i, (topic, payload, qos, retain) in enumerate(msgs):
+                info = self._client.publish(
+                    topic, payload, qos=qos, retain=retain, properties=props
+                )
+                if info.rc != paho.MQTT_ERR_SUCCESS:
+                    self._check()
+                    raise ConnectorError(
+                        self.where,
+                        f"publish #{i} on {topic!r}: {paho.error_string(info.rc)}",
+                        retryable=True,
+                    )
+                # paho reports the PUBACK through the event loop, so it cannot overtake this.
+                fut = self._loop.create_future()
+                self._pubacks[info.mid] = fut
+                topics.append(topic)
+                waiting.append(fut)
+                mids.append(info.mid)
+            try:
+                results = await asyncio.wait_for(
+                    asyncio.gather(*waiting), self.cfg.publish_timeout_s
+                )
+            except TimeoutError:
+                missing = sum(not f.done() for f in waiting)
+                reason = (
+                    f"no PUBACK for {missing} of {len(waiting)} messages within "
+                    f"{self.cfg.publish_timeout_s} s"
+                )
+                self._set_lost(reason)
+                raise ConnectorError(self.where, reason, retryable=True) from None
+        finally:
+            for mid in mids:
+                self._pubacks.pop(mid, None)
+            for fut in waiting:
+                if fut.done() and not fut.cancelled():
+                    fut.exception()  # retrieved: a lost link fails them all, we raise once
+        refused = {i: text for i, (code, text) in enumerate(results) if code >= 0x80}
+        if refused:
+            raise PublishRefusedError(self.where, refused, topics)
+
+    async def close(self, graceful_payload: bytes | None = None) -> None:
+        """Publish ``graceful_payload`` retained on the Will's topic if given, then disconnect cleanly.
+
+        A clean DISCONNECT makes the broker discard the Will. Idempotent; a
+        failure of the final publish is logged, not raised.
+        """
+        if self._closed:
+            return
+        if graceful_payload is not None and self._will is not None and self._lost is None:
+            try:
+                await self.publish_many([Outgoing(self._will.topic, graceful_payload, 1, True)])
+            except ConnectorError as exc:
+                log.warning("%s: final status not published: %s", self.where, exc.message)
+        self._closed = True
+        if self._opening is not None:
+            with contextlib.suppress(Exception):
+                await self._opening
+
+        def stop() -> None:
+            self._client.disconnect()
+            self._client.loop_stop()
+
+        await asyncio.to_thread(stop)
+
+
+def _resolve(futures: dict[int, asyncio.Future[Any]], mid: int, value: Any) -> None:
+    fut = futures.get(mid)
+    if fut is not None and not fut.done():
+        fut.set_result(value)

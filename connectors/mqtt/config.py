@@ -25,6 +25,7 @@ __all__ = [
     "SOURCE_CONFIG",
     "BatchLayout",
     "FieldBinding",
+    "MqttPublisherConfig",
     "MqttSourceConfig",
     "Subscription",
     "TlsConfig",
@@ -302,6 +303,67 @@ class MqttSourceConfig(_Strict):
             if s.topic in seen:
                 raise ValueError(f"topic filter {s.topic!r} is subscribed twice")
             seen.add(s.topic)
+        return self
+
+
+class MqttPublisherConfig(_Strict):
+    """The broker connection that delivers alarms, states and gateway status to MES.
+
+    The connection keeps a persistent session (MQTT 5: clean start off and a
+    session expiry interval; 3.1.1: clean session off) so acknowledgement
+    commands sent while the gateway is away are queued by the broker.
+    """
+
+    host: str = Field("127.0.0.1", min_length=1, description="broker host name or address")
+    port: int = Field(1883, ge=1, le=65535, description="broker port (8883 is usual for TLS)")
+    client_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        description="stable client id (the broker keeps the session under it); "
+        "absent: shopspc-{gateway_id}",
+    )
+    protocol: Literal["5", "3.1.1"] = Field("5", description="MQTT protocol version")
+    keepalive_s: int = Field(
+        30,
+        ge=1,
+        le=65535,
+        description="MQTT keepalive (seconds); the broker publishes the Last Will "
+        "(status offline) about 1.5 keepalives after the gateway vanished",
+    )
+    username: str | None = Field(None, description="user name, if the broker wants one")
+    password_env: str | None = Field(
+        None, description="name of the environment variable holding the password"
+    )
+    tls: TlsConfig | None = Field(None, description="TLS settings; absent = plain TCP")
+    session_expiry_s: int = Field(
+        86400,
+        ge=0,
+        le=0xFFFFFFFF,
+        description="MQTT 5: how long the broker keeps the session after a disconnect",
+    )
+    max_inflight: int = Field(
+        100, ge=1, le=65535, description="QoS 1 messages sent but not yet acknowledged (PUBACK)"
+    )
+    batch_size: int = Field(
+        500, ge=1, description="outbox entries published (and acknowledged) per batch"
+    )
+    connect_timeout_s: float = Field(10.0, gt=0, description="TCP connect and CONNACK timeout")
+    publish_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="a batch without all its PUBACKs after this long counts as a lost connection",
+    )
+    stop_drain_s: float = Field(
+        5.0, ge=0, description="on stop, how long pending alarms may still be published"
+    )
+    reconnect_base_s: float = Field(0.5, gt=0, description="first reconnect delay ceiling")
+    reconnect_cap_s: float = Field(30.0, gt=0, description="largest reconnect delay")
+
+    @model_validator(mode="after")
+    def _checks(self) -> MqttPublisherConfig:
+        if self.password_env is not None and self.username is None:
+            raise ValueError("password_env needs a username")
         return self
 
 
