@@ -1,0 +1,1698 @@
+"""The alarm lifecycle: one active alarm per (characteristic, chart, rule), persisted with its events.
+
+:class:`AlarmManager` turns judged points into alarm events for MES
+(``contracts/alarms-mqtt.md``) and ``alarm`` lines for InfluxDB
+(``contracts/timeseries.md``). It does no I/O besides its own SQLite file and
+reads no clock: the wall time ``now_us`` (Unix µs) is passed in.
+
+Lifecycle
+    A violation of rule R on chart C of characteristic X raises an alarm
+    unless one is active for (X, C, R); then the active one is *updated*
+    (``count``, last sample and value; a journal row ``updated``, no MQTT
+    event: the retained state message already names it). An alarm clears
+    after ``clear_after`` consecutive points of (X, C) without R (event
+    ``cleared``). Statuses: ``active`` (raised, unacknowledged) →
+    ``acknowledged`` → ``closed`` at clear; or ``active`` → ``cleared_unacked``
+    (still listed) → ``closed`` at ack. A later violation after the clear
+    raises a new alarm with a new id. Acknowledging twice is idempotent
+    (:meth:`AlarmManager.ack` returns ``None``, no event).
+
+Identity and replay
+    ``alarm_id`` is deterministic (path, chart for dispersion charts, rule,
+    limits id, completing sample time and serial). A completing sample whose
+    id exists already (active, or closed within ``retention_days``) is
+    ignored: replaying points after a ``kill -9`` never raises an alarm twice.
+
+Durability
+    Every state change, journal row, ``seq`` draw (counter ``alarm-seq``) and
+    stream entry of one call commits in one outbox transaction (one fsync per
+    call, ``durability: full``). Streams: ``mqtt`` (envelopes
+    ``{"topic", "qos": 1, "retain", "payload"}`` in publish order: alarm
+    events and retained state messages) and ``webhook`` (alarm event payloads,
+    only with ``webhook=True``). ``seq`` numbers published alarm events only,
+    so an alarm-topic subscriber sees no gaps; state messages carry no seq.
+    If a commit fails the in-memory state is reloaded from the file and the
+    error propagates (nothing of that call happened).
+
+Suppression, out of service, shelving, flood (what MES sees)
+    * Out of service (per characteristic) and suppressing process states
+      (``idle``/``changeover``/``setup`` of a configured line/station tag):
+      violations raise nothing; one journal row ``suppressed`` per
+      (characteristic, chart, rule, suppression period) counts them; the
+      state topic shows ``suspended`` with the reason. Alarms active before
+      still update and clear.
+    * Shelving is per (characteristic, chart, rule) until a wall time: the
+      shelved alarm's ``shelved`` and ``unshelved`` events are published, its
+      ``cleared`` is published, its acks are not. New alarms raised at a
+      shelved point are recorded but held; one still active at unshelve (or
+      expiry, :meth:`AlarmManager.tick`) is published then as ``raised``.
+      A wall clock set back delays expiry accordingly.
+    * Flood: more than ``flood.max_alarms`` raises on one line within
+      ``flood.window_s`` raise one flood alarm (rule ``FLOOD``, chart ``x``,
+      path ``{site}/{area}/{line}/_line/_flood``, ``value`` = raises in the
+      window, ``ucl`` = the limit, extension field ``held``). While it is
+      active every new alarm on that line is recorded with all its detail
+      but held (never published, journal only, queryable); the flood alarm
+      clears once the rate stayed at or below the limit for a whole window.
+    * Held alarms still appear in the state topic's ``active_alarms``.
+
+Payload extensions beyond the contract (subscribers ignore unknown keys):
+``count``, ``last_sample_time``, ``last_value`` on every event but
+``raised``; ``clear_sample_time`` on ``cleared``; ``cause``, ``action``,
+``source`` on ``acknowledged``; ``shelved_until`` on ``shelved``; ``held``
+on flood events. The ``alarm`` InfluxDB line keeps ``chart`` as a tag (an X
+and an MR alarm of one rule at one sample would overwrite each other) and
+is stamped with the sample time for ``raised``, the event time otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from collector.alarmconfig import CATEGORIES, AlarmsConfig, resolve_severity
+from collector.outbox import Outbox, OutboxTransaction
+from connectors.influxdb.lineprotocol import Precision, encode_line
+from spc.rules import BITS, MAX_WINDOW, RULE_TEXT, RULES
+
+__all__ = [
+    "ALARM_SCHEMA",
+    "CHARTS",
+    "SEQ_COUNTER",
+    "STATE_SCHEMA",
+    "AlarmChar",
+    "AlarmError",
+    "AlarmManager",
+    "Outcome",
+    "PointBatch",
+    "alarm_id",
+    "rfc3339",
+]
+
+log = logging.getLogger(__name__)
+
+ALARM_SCHEMA = "shopspc.alarm/1"
+STATE_SCHEMA = "shopspc.state/1"
+SEQ_COUNTER = "alarm-seq"
+#: Chart names of the alarm contract.
+CHARTS: tuple[str, ...] = ("x", "mr", "xbar", "r", "s", "p", "np", "c", "u", "ewma", "cusum")
+_DISP_NAMES = frozenset({"mr", "r", "s"})
+_DISP_LIST = sorted(_DISP_NAMES)
+_CODES = sorted(BITS.items(), key=lambda kv: kv[1])
+_ALL_BITS = sum(1 << bit for _, bit in _CODES)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_OPEN = ("active", "acknowledged", "cleared_unacked")
+_LIVE = ("active", "acknowledged")
+_STATE_CODES = {"no_data": 0, "in_control": 1, "out_of_control": 2, "suspended": 3}
+FLOOD_RULE = "FLOOD"
+_PURGE_EVERY_US = 3_600_000_000
+
+_TABLES = """
+CREATE TABLE IF NOT EXISTS alarms (
+    alarm_id TEXT PRIMARY KEY,
+    path TEXT NOT NULL,
+    site TEXT NOT NULL,
+    area TEXT NOT NULL,
+    line TEXT NOT NULL,
+    station TEXT NOT NULL,
+    characteristic TEXT NOT NULL,
+    chart TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    status TEXT NOT NULL,
+    published INTEGER NOT NULL,
+    held TEXT,
+    raised_us INTEGER NOT NULL,
+    cleared_us INTEGER,
+    acked_us INTEGER,
+    closed_us INTEGER,
+    count INTEGER NOT NULL,
+    last_time INTEGER NOT NULL,
+    last_value REAL,
+    last_serial TEXT,
+    streak INTEGER NOT NULL,
+    ack_user TEXT,
+    ack_comment TEXT,
+    ack_source TEXT,
+    cause_category TEXT,
+    cause_code TEXT,
+    action_code TEXT,
+    payload TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alarms_by_status ON alarms (status);
+CREATE INDEX IF NOT EXISTS alarms_by_ack ON alarms (acked_us);
+CREATE TABLE IF NOT EXISTS journal (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time_us INTEGER NOT NULL,
+    event TEXT NOT NULL,
+    alarm_id TEXT,
+    path TEXT,
+    chart TEXT,
+    rule TEXT,
+    seq INTEGER,
+    published INTEGER NOT NULL,
+    count INTEGER,
+    user TEXT,
+    comment TEXT,
+    reason TEXT,
+    cause_category TEXT,
+    cause_code TEXT,
+    action_code TEXT,
+    payload TEXT
+);
+CREATE INDEX IF NOT EXISTS journal_by_time ON journal (time_us);
+CREATE INDEX IF NOT EXISTS journal_by_alarm ON journal (alarm_id);
+CREATE TABLE IF NOT EXISTS oos (
+    path TEXT PRIMARY KEY,
+    since_us INTEGER NOT NULL,
+    user TEXT,
+    comment TEXT
+);
+CREATE TABLE IF NOT EXISTS process_state (
+    scope TEXT PRIMARY KEY,
+    value TEXT,
+    state TEXT NOT NULL,
+    time_us INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS shelves (
+    point TEXT PRIMARY KEY,
+    until_us INTEGER NOT NULL,
+    alarm_id TEXT NOT NULL,
+    user TEXT,
+    comment TEXT
+);
+"""
+
+
+def alarm_id(
+    path: str, rule: str, limits_id: str, time_us: int, serial: str | None, *, chart: str = ""
+) -> str:
+    """Deterministic alarm id from characteristic path, rule, limits id and the completing sample.
+
+    ``chart`` tells a dispersion-chart alarm (``mr``, ``r``, ``s``) from the centre chart's.
+    The formula is ``collector.pipeline.alarm_id``'s, so ids stay the same.
+    """
+    key = f"{chart}:{rule}" if chart in _DISP_NAMES else rule
+    body = f"{path}|{key}|{limits_id}|{time_us}|{serial or ''}"
+    return "A-" + hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+def rfc3339(time_us: int) -> str:
+    """RFC 3339 UTC with microseconds (``2026-11-26T09:30:00.123456Z``), exact for integer µs."""
+    return (_EPOCH + timedelta(microseconds=int(time_us))).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _num(x: Any) -> float | None:
+    if x is None:
+        return None
+    f = float(x)
+    return f if math.isfinite(f) else None
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(
+        obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=str
+    ).encode()
+
+
+class AlarmError(Exception):
+    """A refused alarm operation: ``what`` names the argument or object, ``message`` says why."""
+
+    def __init__(self, what: str, message: str) -> None:
+        self.what = what
+        self.message = message
+        super().__init__(f"{what}: {message}")
+
+
+@dataclass(frozen=True)
+class AlarmChar:
+    """One characteristic as the alarm manager needs it (index = position in the sequence).
+
+    ``severity``: the characteristic's own map (rule code, ``CUSUM`` or
+    ``default`` → severity; pass only what the user set, so class maps apply).
+    ``windows``: points forming each rule's pattern when ``rule_params`` changed
+    them (default: ``spc.rules.RULES[code].window``). ``rule_text``: wording
+    when ``rule_params`` changed it (default: ``spc.rules.RULE_TEXT``).
+    """
+
+    path: str
+    site: str
+    area: str
+    line: str
+    station: str
+    id: str
+    klass: str | None = None
+    severity: Mapping[str, str] = field(default_factory=dict)
+    windows: Mapping[str, int] = field(default_factory=dict)
+    rule_text: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class PointBatch:
+    """Plotted points of a micro-batch, one row per point (violating or not), columnar.
+
+    ``char`` indexes the manager's characteristics; ``chart`` is a contract
+    chart name; ``mask`` the violation bits (``spc.rules.BITS``); ``time_us``
+    the source time; ``context`` the 5M1E snapshot (read for violating rows only).
+    """
+
+    char: Any
+    chart: Any
+    mask: Any
+    value: Any
+    center: Any
+    lcl: Any
+    ucl: Any
+    sigma: Any
+    limits_id: Sequence[str]
+    time_us: Any
+    serial: Sequence[str | None]
+    context: Sequence[Mapping[str, Any] | None]
+
+    def __len__(self) -> int:
+        return len(self.char)
+
+
+@dataclass
+class Outcome:
+    """What one call did: published ``events`` (with seq), ``states`` messages, InfluxDB ``lines``.
+
+    Counters: ``raised`` new alarms (published or held), ``held`` of those not
+    published (flood or shelved point), ``updated``, ``cleared``,
+    ``suppressed`` violations (out of service or process state) and
+    ``duplicates`` (completing samples whose alarm exists already: replays).
+    """
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    states: list[dict[str, Any]] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+    raised: int = 0
+    held: int = 0
+    updated: int = 0
+    cleared: int = 0
+    suppressed: int = 0
+    duplicates: int = 0
+
+
+@dataclass
+class _Alarm:
+    """One alarm's row (the ``alarms`` table); ``payload`` holds the raise-time fields."""
+
+    alarm_id: str
+    path: str
+    site: str
+    area: str
+    line: str
+    station: str
+    characteristic: str
+    chart: str
+    rule: str
+    severity: str
+    status: str
+    published: int
+    held: str | None
+    raised_us: int
+    cleared_us: int | None
+    acked_us: int | None
+    closed_us: int | None
+    count: int
+    last_time: int
+    last_value: float | None
+    last_serial: str | None
+    streak: int
+    ack_user: str | None
+    ack_comment: str | None
+    ack_source: str | None
+    cause_category: str | None
+    cause_code: str | None
+    action_code: str | None
+    payload: dict[str, Any]
+
+    @property
+    def point(self) -> str:
+        return f"{self.path}|{self.chart}|{self.rule}"
+
+
+_COLUMNS = tuple(f.name for f in fields(_Alarm))
+_UPSERT = f"INSERT OR REPLACE INTO alarms ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+
+
+def _row(a: _Alarm) -> tuple:
+    return tuple(_dumps(a.payload).decode() if c == "payload" else getattr(a, c) for c in _COLUMNS)
+
+
+def _from_row(row: Sequence[Any]) -> _Alarm:
+    values = dict(zip(_COLUMNS, row, strict=True))
+    values["payload"] = json.loads(values["payload"])
+    return _Alarm(**values)
+
+
+def _public(a: _Alarm, shelved_until: int | None = None) -> dict[str, Any]:
+    out = {c: getattr(a, c) for c in _COLUMNS if c != "payload"}
+    out["limits_id"] = a.payload.get("limits_id")
+    out["shelved_until"] = shelved_until
+    return out
+
+
+@dataclass
+class _Flood:
+    alarm: _Alarm | None = None
+    times: deque[int] = field(default_factory=deque)
+    calm_since: int | None = None
+
+
+class _Work:
+    """Everything one call will commit, collected before the transaction opens."""
+
+    def __init__(self, now_us: int) -> None:
+        self.now_us = now_us
+        self.dirty: dict[str, _Alarm] = {}
+        self.journal: list[dict[str, Any]] = []
+        self.messages: list[tuple[str, str, bool, dict[str, Any]]] = []  # kind, topic, retain, p
+        self.lines: list[tuple[_Alarm, str, int, dict[str, Any]]] = []
+        self.sql: list[tuple[str, tuple]] = []
+        self.state_chars: set[int] = set()
+        self.supp_new: dict[tuple[int, str, str], dict[str, Any]] = {}
+        self.out = Outcome()
+
+    def empty(self) -> bool:
+        return not (self.dirty or self.journal or self.messages or self.sql)
+
+
+class AlarmManager:
+    """Alarm lifecycle, persistence and payloads for a set of characteristics (see the module text).
+
+    ``path``: the SQLite file (``data_dir/alarms.db``), created if missing;
+    ``chars``: the characteristics, index = position; ``config``: the
+    ``alarms:`` section; ``gateway_id``: named in every payload;
+    ``webhook``: also fill the ``webhook`` stream; ``precision``: of the
+    InfluxDB lines. Not thread-safe: call it from one thread (the pipeline).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        chars: Sequence[AlarmChar],
+        config: AlarmsConfig | None = None,
+        *,
+        gateway_id: str,
+        webhook: bool = False,
+        precision: Precision = "us",
+    ) -> None:
+        self.config = config or AlarmsConfig()
+        self.chars = list(chars)
+        self.gateway_id = gateway_id
+        self.webhook = webhook
+        self.precision = precision
+        self._prefix = self.config.prefix
+        n = len(self.chars)
+        self._index = {c.path: i for i, c in enumerate(self.chars)}
+        if len(self._index) != n:
+            raise ValueError("two characteristics share a path")
+        overrides = self.config.clear_overrides
+        self._clear_after = [
+            overrides.get(c.id, overrides.get(c.path, self.config.clear_after)) for c in self.chars
+        ]
+        self._severity: dict[tuple[int, str], str] = {}
+        self._windows = [
+            {
+                code: min(MAX_WINDOW, max(1, int(c.windows.get(code, RULES[code].window))))
+                if code in RULES
+                else 1
+                for code in BITS
+            }
+            for c in self.chars
+        ]
+        self._scopes = list(self.config.process_state)
+        self._scope_index = {b.key: k for k, b in enumerate(self._scopes)}
+        self._char_scopes = [
+            [k for k, b in enumerate(self._scopes) if b.matches(c.site, c.area, c.line, c.station)]
+            for c in self.chars
+        ]
+        self._causes = {
+            item.code: (category, item)
+            for category, items in self.config.causes.items()
+            for item in items
+        }
+        self._actions = {item.code: item for item in self.config.actions}
+        # per (char, slot) arrays: slot 0 = centre chart, 1 = dispersion chart
+        self._count = np.zeros(2 * n, dtype=np.int64)
+        self._ring_t = np.zeros((2 * n, MAX_WINDOW), dtype=np.int64)
+        self._ring_s = np.full((2 * n, MAX_WINDOW), None, dtype=object)
+        self._has_active = np.zeros(2 * n, dtype=bool)
+        # per char
+        self._seen = np.zeros(n, dtype=bool)
+        self._suspended = np.zeros(n, dtype=bool)
+        self._state_code = np.zeros(n, dtype=np.int8)
+        self._limits = np.full(n, None, dtype=object)
+        self._last_state: list[tuple | None] = [None] * n
+        self._last_purge: int | None = None
+        self._spare_lines: list[str] = []
+        self._outbox = Outbox(
+            path,
+            synchronous="FULL" if self.config.durability == "full" else "NORMAL",
+            tables=_TABLES,
+        )
+        self._load()
+
+    # -- state loading -------------------------------------------------------------
+
+    def _load(self) -> None:
+        """(Re)build the in-memory state from the file: at open and after a failed commit."""
+        n = len(self.chars)
+        self._open: dict[str, _Alarm] = {}
+        self._active: dict[int, dict[str, _Alarm]] = {}
+        self._floods: dict[str, _Flood] = getattr(self, "_floods", {})
+        for fl in self._floods.values():
+            fl.alarm = None
+        self._has_active[:] = False
+        rows = self._outbox.query(
+            f"SELECT {', '.join(_COLUMNS)} FROM alarms WHERE status IN (?, ?, ?)", _OPEN
+        )
+        for row in rows:
+            a = _from_row(row)
+            self._open[a.alarm_id] = a
+            if a.status not in _LIVE:
+                continue
+            if a.rule == FLOOD_RULE:
+                self._floods.setdefault(self._line_key_of(a), _Flood()).alarm = a
+                continue
+            i = self._index.get(a.path)
+            if i is None:
+                continue  # characteristic no longer configured: listed and ackable only
+            key = 2 * i + (a.chart in _DISP_NAMES)
+            self._active.setdefault(key, {})[a.rule] = a
+            self._has_active[key] = True
+        # newest completing sample time per ((char, slot), rule) of any stored alarm
+        self._hw: dict[tuple[int, str], int] = {}
+        for path, chart, rule, last in self._outbox.query(
+            "SELECT path, chart, rule, max(last_time) FROM alarms GROUP BY path, chart, rule"
+        ):
+            i = self._index.get(path)
+            if i is not None and rule != FLOOD_RULE:
+                self._hw[(2 * i + (chart in _DISP_NAMES), rule)] = last
+        self._oos: dict[int, tuple[int, str | None, str | None]] = {}
+        for path, since, user, comment in self._outbox.query(
+            "SELECT path, since_us, user, comment FROM oos"
+        ):
+            if path in self._index:
+                self._oos[self._index[path]] = (since, user, comment)
+        self._proc: dict[int, str] = {}
+        for scope, state in self._outbox.query("SELECT scope, state FROM process_state"):
+            if scope in self._scope_index:
+                self._proc[self._scope_index[scope]] = state
+        self._shelves: dict[str, tuple[int, str, str | None, str | None]] = {
+            point: (until, aid, user, comment)
+            for point, until, aid, user, comment in self._outbox.query(
+                "SELECT point, until_us, alarm_id, user, comment FROM shelves"
+            )
+        }
+        self._supp_rows: dict[tuple[int, str, str], int] = {}
+        self._suspended[:] = [self._reason(i) is not None for i in range(n)]
+
+    @staticmethod
+    def _line_key_of(a: _Alarm) -> str:
+        return f"{a.site}/{a.area}/{a.line}"
+
+    def _line_key(self, i: int) -> str:
+        c = self.chars[i]
+        return f"{c.site}/{c.area}/{c.line}"
+
+    def close(self) -> None:
+        """Close the file (idempotent)."""
+        self._outbox.close()
+
+    def __enter__(self) -> AlarmManager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def outbox(self) -> Outbox:
+        """The outbox holding the ``mqtt`` (and ``webhook``) streams the publishers drain."""
+        return self._outbox
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _reason(self, i: int) -> str | None:
+        if i in self._oos:
+            comment = self._oos[i][2]
+            return "out_of_service" + (f": {comment}" if comment else "")
+        for k in self._char_scopes[i]:
+            state = self._proc.get(k)
+            if state is not None and state in self._scopes[k].suppress:
+                return f"process_state: {state} ({self._scopes[k].key})"
+        return None
+
+    def _sev(self, i: int, rule: str) -> str:
+        key = (i, rule)
+        sev = self._severity.get(key)
+        if sev is None:
+            c = self.chars[i]
+            sev = resolve_severity(rule, dict(c.severity), c.klass, self.config)
+            self._severity[key] = sev
+        return sev
+
+    def _topic(self, kind: str, path: str) -> str:
+        return f"{self._prefix}/{kind}/{path}"
+
+    def _payload(
+        self,
+        a: _Alarm,
+        event: str,
+        now_us: int,
+        *,
+        user: str | None = None,
+        comment: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        p: dict[str, Any] = {
+            "schema": ALARM_SCHEMA,
+            "alarm_id": a.alarm_id,
+            "event": event,
+            "seq": None,
+        }
+        p.update(a.payload)
+        p["event_time"] = rfc3339(now_us)
+        if event in ("acknowledged", "shelved", "unshelved") or user is not None:
+            p["user"] = user
+            p["comment"] = comment or ""
+        if event != "raised":
+            p["count"] = a.count
+            p["last_sample_time"] = rfc3339(a.last_time)
+            p["last_value"] = _num(a.last_value)
+        if extra:
+            p.update(extra)
+        return p
+
+    def _event(
+        self,
+        w: _Work,
+        a: _Alarm,
+        event: str,
+        *,
+        publish: bool,
+        user: str | None = None,
+        comment: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+        reason: str | None = None,
+        line_time: int | None = None,
+    ) -> dict[str, Any]:
+        p = self._payload(a, event, w.now_us, user=user, comment=comment, extra=extra)
+        w.journal.append(
+            {
+                "time_us": w.now_us,
+                "event": event,
+                "alarm_id": a.alarm_id,
+                "path": a.path,
+                "chart": a.chart,
+                "rule": a.rule,
+                "published": int(publish),
+                "count": a.count,
+                "user": user,
+                "comment": comment,
+                "reason": reason,
+                "cause_category": a.cause_category if event == "acknowledged" else None,
+                "cause_code": a.cause_code if event == "acknowledged" else None,
+                "action_code": a.action_code if event == "acknowledged" else None,
+                "payload": p,
+            }
+        )
+        if publish:
+            w.messages.append(("alarm", self._topic("alarm", a.path), False, p))
+            w.out.events.append(p)
+        w.lines.append((a, event, w.now_us if line_time is None else line_time, p))
+        w.dirty[a.alarm_id] = a
+        return p
+
+    def _note(
+        self,
+        w: _Work,
+        event: str,
+        *,
+        path: str | None = None,
+        alarm: _Alarm | None = None,
+        chart: str | None = None,
+        rule: str | None = None,
+        count: int | None = None,
+        user: str | None = None,
+        comment: str | None = None,
+        reason: str | None = None,
+        time_us: int | None = None,
+    ) -> None:
+        """A journal row that is not a published event (updated, suppressed, out_of_service, …)."""
+        w.journal.append(
+            {
+                "time_us": w.now_us if time_us is None else time_us,
+                "event": event,
+                "alarm_id": alarm.alarm_id if alarm else None,
+                "path": alarm.path if alarm else path,
+                "chart": alarm.chart if alarm else chart,
+                "rule": alarm.rule if alarm else rule,
+                "published": 0,
+                "count": alarm.count if alarm else count,
+                "user": user,
+                "comment": comment,
+                "reason": reason,
+                "cause_category": None,
+                "cause_code": None,
+                "action_code": None,
+                "payload": None,
+            }
+        )
+
+    def _set_live(self, a: _Alarm, live: bool) -> None:
+        i = self._index.get(a.path)
+        if a.rule == FLOOD_RULE or i is None:
+            return
+        key = 2 * i + (a.chart in _DISP_NAMES)
+        bucket = self._active.setdefault(key, {})
+        if live:
+            bucket[a.rule] = a
+        else:
+            bucket.pop(a.rule, None)
+        self._has_active[key] = bool(bucket)
+
+    def _char_active_ids(self, i: int) -> list[str]:
+        ids = []
+        for key in (2 * i, 2 * i + 1):
+            ids.extend(a.alarm_id for a in self._active.get(key, {}).values())
+        return sorted(ids)
+
+    def _state_message(self, i: int, now_us: int) -> tuple[tuple, dict[str, Any]]:
+        reason = self._reason(i)
+        ids = self._char_active_ids(i)
+        if reason is not None:
+            state = "suspended"
+        elif ids:
+            state = "out_of_control"
+        elif not self._seen[i]:
+            state = "no_data"
+        else:
+            state = "in_control"
+        limits = self._limits[i]
+        content = (state, tuple(ids), reason, limits)
+        msg = {
+            "schema": STATE_SCHEMA,
+            "state": state,
+            "active_alarms": ids,
+            "reason": reason,
+            "limits_id": limits,
+            "time": rfc3339(now_us),
+        }
+        return content, msg
+
+    def _states(self, w: _Work, chars: Iterable[int], force: bool = False) -> None:
+        for i in sorted(set(chars)):
+            content, msg = self._state_message(i, w.now_us)
+            self._state_code[i] = _STATE_CODES[content[0]]
+            if force or content != self._last_state[i]:
+                self._last_state[i] = content
+                w.messages.append(("state", self._topic("state", self.chars[i].path), True, msg))
+                w.out.states.append(msg)
+
+    # -- committing ----------------------------------------------------------------
+
+    def _commit(self, w: _Work) -> Outcome:
+        if w.empty():
+            return w.out
+        try:
+            with self._outbox.transaction() as tx:
+                self._write(tx, w)
+        except BaseException:
+            # nothing of this call is stored: forget its in-memory effects too
+            self._load()
+            self._last_state = [None] * len(self.chars)
+            raise
+        return w.out
+
+    def _write(self, tx: OutboxTransaction, w: _Work) -> None:
+        n_events = sum(1 for kind, *_ in w.messages if kind == "alarm")
+        if n_events:
+            seqs = iter(tx.next_seq(SEQ_COUNTER, n_events))
+            for kind, _, _, p in w.messages:
+                if kind == "alarm":
+                    p["seq"] = next(seqs)
+        if w.dirty:
+            tx.executemany(_UPSERT, [_row(a) for a in w.dirty.values()])
+        for sql, params in w.sql:
+            tx.execute(sql, params)
+        if w.journal:
+            tx.executemany(
+                "INSERT INTO journal (time_us, event, alarm_id, path, chart, rule, seq, published, "
+                "count, user, comment, reason, cause_category, cause_code, action_code, payload) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        j["time_us"],
+                        j["event"],
+                        j["alarm_id"],
+                        j["path"],
+                        j["chart"],
+                        j["rule"],
+                        j["payload"]["seq"] if j["payload"] is not None else None,
+                        j["published"],
+                        j["count"],
+                        j["user"],
+                        j["comment"],
+                        j["reason"],
+                        j["cause_category"],
+                        j["cause_code"],
+                        j["action_code"],
+                        None if j["payload"] is None else _dumps(j["payload"]).decode(),
+                    )
+                    for j in w.journal
+                ],
+            )
+        if w.messages:
+            tx.append(
+                "mqtt",
+                [
+                    _dumps({"topic": topic, "qos": 1, "retain": retain, "payload": p})
+                    for _, topic, retain, p in w.messages
+                ],
+            )
+            if self.webhook:
+                hooks = [_dumps(p) for kind, _, _, p in w.messages if kind == "alarm"]
+                if hooks:
+                    tx.append("webhook", hooks)
+        for a, event, time_us, p in w.lines:
+            line = encode_line(
+                "alarm",
+                {
+                    "gateway": self.gateway_id,
+                    "line": a.line,
+                    "station": a.station,
+                    "characteristic": a.characteristic,
+                    "rule": a.rule,
+                    "severity": a.severity,
+                    "chart": a.chart,
+                },
+                {
+                    "alarm_id": a.alarm_id,
+                    "event": event,
+                    "value": p.get("value") if event == "raised" else p.get("last_value"),
+                    "seq": p["seq"],
+                    "user": p.get("user"),
+                    "comment": p.get("comment"),
+                },
+                time_us,
+                self.precision,
+            )
+            if line:
+                w.out.lines.append(line)
+
+    # -- the hot path --------------------------------------------------------------
+
+    def judge(self, batch: PointBatch, now_us: int) -> Outcome:
+        """Judge a micro-batch of plotted points (all of them: in-control points clear alarms).
+
+        Raises, updates and clears alarms, records suppressed violations,
+        appends events and changed state messages to the streams and returns
+        them with the InfluxDB ``alarm`` lines, all committed in one transaction.
+        """
+        w = _Work(now_us)
+        n = len(batch.char)
+        if n == 0:
+            self._floods_check(w)
+            return self._commit(w)
+        char = np.asarray(batch.char, dtype=np.intp)
+        mask = np.asarray(batch.mask, dtype=np.int64)
+        times = np.asarray(batch.time_us, dtype=np.int64)
+        chart_arr = np.asarray(batch.chart)
+        for name, arr in (("mask", mask), ("time_us", times), ("chart", chart_arr)):
+            if len(arr) != n:
+                raise ValueError(f"PointBatch.{name} has {len(arr)} rows, char has {n}")
+        for name in ("value", "center", "lcl", "ucl", "sigma", "limits_id", "serial", "context"):
+            if len(getattr(batch, name)) != n:
+                raise ValueError(
+                    f"PointBatch.{name} has {len(getattr(batch, name))} rows, char has {n}"
+                )
+        if char.min() < 0 or char.max() >= len(self.chars):
+            raise ValueError(f"PointBatch.char outside 0..{len(self.chars) - 1}")
+        known = np.isin(chart_arr, CHARTS)
+        if not known.all():
+            bad = sorted({str(x) for x in chart_arr[~known]})
+            raise ValueError(f"unknown chart names {bad} (expected one of {', '.join(CHARTS)})")
+        slot = np.isin(chart_arr, _DISP_LIST).astype(np.intp)
+        key = 2 * char + slot
+        serial = np.fromiter(batch.serial, dtype=object, count=n)
+        # rank of each row within its (char, slot) group, in batch order
+        order = np.argsort(key, kind="stable")
+        sk = key[order]
+        starts = np.flatnonzero(np.r_[True, sk[1:] != sk[:-1]])
+        sizes = np.diff(np.r_[starts, n])
+        rank_sorted = np.arange(n) - np.repeat(starts, sizes)
+        pos = np.empty(n, dtype=np.intp)
+        pos[order] = np.arange(n)
+        before = self._count[key]
+
+        interesting = np.flatnonzero(((mask & _ALL_BITS) != 0) | self._has_active[key])
+        if len(interesting):
+            self._judge_rows(
+                w,
+                batch,
+                interesting,
+                char,
+                key,
+                mask,
+                times,
+                chart_arr,
+                serial,
+                order,
+                pos,
+                rank_sorted,
+                before,
+            )
+
+        # rings: the last MAX_WINDOW rows of each group (no duplicate index in one assignment)
+        group_size = np.repeat(sizes, sizes)[pos]
+        rank = rank_sorted[pos]
+        keep = rank >= group_size - MAX_WINDOW
+        col = (before[keep] + rank[keep]) % MAX_WINDOW
+        self._ring_t[key[keep], col] = times[keep]
+        self._ring_s[key[keep], col] = serial[keep]
+        np.add.at(self._count, key, 1)
+
+        # state topic: chars whose state code or limits changed, plus those touched above
+        uniq, first_rev = np.unique(char[::-1], return_index=True)
+        last_rows = n - 1 - first_rev
+        lims = np.asarray(batch.limits_id, dtype=object)[last_rows]
+        self._seen[uniq] = True
+        live_char = self._has_active.reshape(-1, 2).any(axis=1)[uniq]
+        code = np.where(self._suspended[uniq], 3, np.where(live_char, 2, 1)).astype(np.int8)
+        changed = (code != self._state_code[uniq]) | (self._limits[uniq] != lims)
+        self._limits[uniq] = lims
+        w.state_chars.update(uniq[changed].tolist())
+        self._floods_check(w)
+        if w.state_chars:
+            self._states(w, w.state_chars)
+        return self._commit(w)
+
+    def _judge_rows(
+        self,
+        w: _Work,
+        batch: PointBatch,
+        rows: np.ndarray,
+        char: np.ndarray,
+        key: np.ndarray,
+        mask: np.ndarray,
+        times: np.ndarray,
+        chart_arr: np.ndarray,
+        serial: np.ndarray,
+        order: np.ndarray,
+        pos: np.ndarray,
+        rank_sorted: np.ndarray,
+        before: np.ndarray,
+    ) -> None:
+        now_us = w.now_us
+        # ids of every completing sample first, then one look-up for those already known
+        ids: dict[tuple[int, str], str] = {}
+        for r in rows.tolist():
+            m = int(mask[r])
+            if not m:
+                continue
+            path = self.chars[int(char[r])].path
+            chart = str(chart_arr[r])
+            for code, bit in _CODES:
+                if m >> bit & 1:
+                    ids[(r, code)] = alarm_id(
+                        path, code, str(batch.limits_id[r]), int(times[r]), serial[r], chart=chart
+                    )
+        existing = self._existing(set(ids.values()))
+        for r in rows.tolist():
+            i = int(char[r])
+            k = int(key[r])
+            m = int(mask[r])
+            chart = str(chart_arr[r])
+            bucket = self._active.get(k)
+            if bucket:
+                for rule, a in list(bucket.items()):
+                    if m >> BITS[rule] & 1:
+                        continue
+                    a.streak += 1
+                    w.dirty[a.alarm_id] = a
+                    if a.streak >= self._clear_after[i]:
+                        self._clear(w, a, int(times[r]))
+                        w.state_chars.add(i)
+            if not m:
+                continue
+            for code, bit in _CODES:
+                if not m >> bit & 1:
+                    continue
+                aid = ids[(r, code)]
+                t = int(times[r])
+                hw = self._hw.get((k, code))
+                if aid in existing or (hw is not None and t <= hw):
+                    # a replayed completing sample (its alarm exists, or a later one does)
+                    w.out.duplicates += 1
+                    continue
+                self._hw[(k, code)] = t
+                a = bucket.get(code) if bucket else None
+                if a is not None:
+                    a.count += 1
+                    a.streak = 0
+                    a.last_time = int(times[r])
+                    a.last_value = _num(batch.value[r])
+                    a.last_serial = serial[r]
+                    w.dirty[a.alarm_id] = a
+                    self._note(w, "updated", alarm=a, time_us=now_us)
+                    w.out.updated += 1
+                    continue
+                existing.add(aid)
+                if self._suspended[i]:
+                    self._suppress(w, i, chart, code)
+                    continue
+                self._raise(
+                    w,
+                    batch,
+                    r,
+                    i,
+                    chart,
+                    code,
+                    aid,
+                    key,
+                    times,
+                    serial,
+                    order,
+                    pos,
+                    rank_sorted,
+                    before,
+                )
+                bucket = self._active.get(k)
+                w.state_chars.add(i)
+
+    def _existing(self, ids: set[str]) -> set[str]:
+        found: set[str] = set()
+        wanted = sorted(ids)
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            found.update(
+                r[0]
+                for r in self._outbox.query(
+                    f"SELECT alarm_id FROM alarms WHERE alarm_id IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                )
+            )
+        return found
+
+    def _samples(
+        self,
+        r: int,
+        k: int,
+        window: int,
+        times: np.ndarray,
+        serial: np.ndarray,
+        order: np.ndarray,
+        pos: np.ndarray,
+        rank_sorted: np.ndarray,
+        before: np.ndarray,
+    ) -> list[str]:
+        p = int(pos[r])
+        rank = int(rank_sorted[p])
+        inside = min(rank + 1, window)
+        rows = order[p - inside + 1 : p + 1]
+        pts = [(int(times[j]), serial[j]) for j in rows.tolist()]
+        need = min(window - inside, int(before[r]), MAX_WINDOW)
+        if need > 0:
+            b = int(before[r])
+            cols = [(b - need + j) % MAX_WINDOW for j in range(need)]
+            pts = [(int(self._ring_t[k, c]), self._ring_s[k, c]) for c in cols] + pts
+        if all(s is not None for _, s in pts):
+            return [str(s) for _, s in pts]
+        return [rfc3339(t) for t, _ in pts]
+
+    def _raise(
+        self,
+        w: _Work,
+        batch: PointBatch,
+        r: int,
+        i: int,
+        chart: str,
+        code: str,
+        aid: str,
+        key: np.ndarray,
+        times: np.ndarray,
+        serial: np.ndarray,
+        order: np.ndarray,
+        pos: np.ndarray,
+        rank_sorted: np.ndarray,
+        before: np.ndarray,
+    ) -> None:
+        c = self.chars[i]
+        now_us = w.now_us
+        serial_r = serial[r]
+        samples = self._samples(
+            r,
+            int(key[r]),
+            self._windows[i].get(code, 1),
+            times,
+            serial,
+            order,
+            pos,
+            rank_sorted,
+            before,
+        )
+        context = {k_: v for k_, v in (batch.context[r] or {}).items() if v is not None}
+        severity = self._sev(i, code)
+        t = int(times[r])
+        base: dict[str, Any] = {
+            "gateway_id": self.gateway_id,
+            "site": c.site,
+            "area": c.area,
+            "line": c.line,
+            "station": c.station,
+            "characteristic": c.id,
+            "chart": chart,
+            "rule": code,
+            "rule_text": c.rule_text.get(code) or RULE_TEXT.get(code, code),
+            "severity": severity,
+            "value": _num(batch.value[r]),
+            "center": _num(batch.center[r]),
+            "lcl": _num(batch.lcl[r]),
+            "ucl": _num(batch.ucl[r]),
+            "sigma": _num(batch.sigma[r]),
+            "limits_id": str(batch.limits_id[r]),
+            "sample_time": rfc3339(t),
+            "samples": samples,
+            "context": context,
+        }
+        if serial_r is not None:
+            base["part_serial"] = str(serial_r)
+        a = _Alarm(
+            alarm_id=aid,
+            path=c.path,
+            site=c.site,
+            area=c.area,
+            line=c.line,
+            station=c.station,
+            characteristic=c.id,
+            chart=chart,
+            rule=code,
+            severity=severity,
+            status="active",
+            published=1,
+            held=None,
+            raised_us=now_us,
+            cleared_us=None,
+            acked_us=None,
+            closed_us=None,
+            count=1,
+            last_time=t,
+            last_value=base["value"],
+            last_serial=None if serial_r is None else str(serial_r),
+            streak=0,
+            ack_user=None,
+            ack_comment=None,
+            ack_source=None,
+            cause_category=None,
+            cause_code=None,
+            action_code=None,
+            payload=base,
+        )
+        flood = self._flood_rate(w, i, t)
+        if flood is not None:
+            a.published, a.held = 0, f"flood:{flood.alarm.alarm_id}"  # type: ignore[union-attr]
+            flood.alarm.count += 1  # type: ignore[union-attr]
+            w.dirty[flood.alarm.alarm_id] = flood.alarm  # type: ignore[union-attr]
+            w.out.held += 1
+        elif a.point in self._shelves:
+            a.published, a.held = 0, "shelved"
+            w.out.held += 1
+        self._open[aid] = a
+        self._set_live(a, True)
+        self._event(w, a, "raised", publish=bool(a.published), reason=a.held, line_time=t)
+        w.out.raised += 1
+        log.warning(
+            "ALARM %s %s chart %s %s (%s): value %s, limits [%s, %s], limits id %s%s",
+            c.path,
+            code,
+            chart,
+            severity,
+            aid,
+            base["value"],
+            base["lcl"],
+            base["ucl"],
+            base["limits_id"],
+            f", held ({a.held})" if a.held else "",
+        )
+
+    def _clear(self, w: _Work, a: _Alarm, sample_time: int) -> None:
+        a.cleared_us = w.now_us
+        if a.status == "acknowledged":
+            a.status, a.closed_us = "closed", w.now_us
+        else:
+            a.status = "cleared_unacked"
+        self._set_live(a, False)
+        if a.status == "closed":
+            self._open.pop(a.alarm_id, None)
+        # a shelved alarm's clear is published: MES saw it raised and must see it gone
+        self._event(
+            w,
+            a,
+            "cleared",
+            publish=bool(a.published),
+            extra={"clear_sample_time": rfc3339(sample_time)},
+        )
+        w.out.cleared += 1
+
+    def _suppress(self, w: _Work, i: int, chart: str, code: str) -> None:
+        w.out.suppressed += 1
+        skey = (i, chart, code)
+        first = self._supp_rows.get(skey)
+        path = self.chars[i].path
+        if first is None:
+            self._supp_rows[skey] = w.now_us
+            self._note(
+                w, "suppressed", path=path, chart=chart, rule=code, count=1, reason=self._reason(i)
+            )
+            w.supp_new[skey] = w.journal[-1]
+        elif skey in w.supp_new:
+            w.supp_new[skey]["count"] += 1
+        else:
+            w.sql.append(
+                (
+                    "UPDATE journal SET count = count + 1 WHERE event = 'suppressed' AND path = ? "
+                    "AND chart = ? AND rule = ? AND time_us = ?",
+                    (path, chart, code, first),
+                )
+            )
+
+    # -- flood ---------------------------------------------------------------------
+
+    def _flood_rate(self, w: _Work, i: int, sample_time: int) -> _Flood | None:
+        """Count a raise on the characteristic's line; the active flood if this one is held."""
+        lk = self._line_key(i)
+        fl = self._floods.setdefault(lk, _Flood())
+        now = w.now_us
+        window = int(self.config.flood.window_s * 1e6)
+        if fl.times and fl.times[-1] > now:
+            fl.times.clear()  # the wall clock went back: start counting afresh
+        while fl.times and fl.times[0] <= now - window:
+            fl.times.popleft()
+        fl.times.append(now)
+        limit = self.config.flood.max_alarms
+        if len(fl.times) > limit:
+            fl.calm_since = None
+            if fl.alarm is None:
+                self._start_flood(w, i, fl, sample_time)
+        return fl if fl.alarm is not None else None
+
+    def _start_flood(self, w: _Work, i: int, fl: _Flood, sample_time: int) -> None:
+        c = self.chars[i]
+        cfg = self.config.flood
+        path = f"{c.site}/{c.area}/{c.line}/_line/_flood"
+        limits_id = f"flood:{cfg.max_alarms}/{cfg.window_s:g}s"
+        aid = alarm_id(path, FLOOD_RULE, limits_id, w.now_us, None)
+        base = {
+            "gateway_id": self.gateway_id,
+            "site": c.site,
+            "area": c.area,
+            "line": c.line,
+            "station": "_line",
+            "characteristic": "_flood",
+            "chart": "x",
+            "rule": FLOOD_RULE,
+            "rule_text": f"more than {cfg.max_alarms} alarms within {cfg.window_s:g} s on line "
+            f"{c.line}; further alarms on this line are held",
+            "severity": cfg.severity,
+            "value": float(len(fl.times)),
+            "center": None,
+            "lcl": None,
+            "ucl": float(cfg.max_alarms),
+            "sigma": None,
+            "limits_id": limits_id,
+            "sample_time": rfc3339(sample_time),
+            "samples": [],
+            "context": {},
+        }
+        a = _Alarm(
+            aid, path, c.site, c.area, c.line, "_line", "_flood", "x", FLOOD_RULE,
+            cfg.severity, "active", 1, None, w.now_us, None, None, None, 0, sample_time,
+            float(len(fl.times)), None, 0, None, None, None, None, None, None, base,
+        )  # fmt: skip
+        fl.alarm = a
+        self._open[aid] = a
+        self._event(w, a, "raised", publish=True, extra={"held": 0}, line_time=sample_time)
+        w.out.raised += 1
+        log.warning(
+            "alarm flood on line %s: more than %d alarms within %g s; holding further alarms (%s)",
+            self._line_key(i),
+            cfg.max_alarms,
+            cfg.window_s,
+            aid,
+        )
+
+    def _floods_check(self, w: _Work) -> None:
+        now = w.now_us
+        window = int(self.config.flood.window_s * 1e6)
+        for lk, fl in self._floods.items():
+            if fl.alarm is None:
+                continue
+            if fl.times and fl.times[-1] > now:
+                fl.times.clear()
+            while fl.times and fl.times[0] <= now - window:
+                fl.times.popleft()
+            if len(fl.times) > self.config.flood.max_alarms:
+                fl.calm_since = None
+                continue
+            if fl.calm_since is None or fl.calm_since > now:
+                fl.calm_since = now
+                continue
+            if now - fl.calm_since >= window:
+                a = fl.alarm
+                fl.alarm, fl.calm_since = None, None
+                a.cleared_us = now
+                if a.status == "acknowledged":
+                    a.status, a.closed_us = "closed", now
+                    self._open.pop(a.alarm_id, None)
+                else:
+                    a.status = "cleared_unacked"
+                self._event(w, a, "cleared", publish=True, extra={"held": a.count})
+                w.out.cleared += 1
+                log.warning("alarm flood on line %s is over (%d alarms held)", lk, a.count)
+
+    # -- operator actions ----------------------------------------------------------
+
+    def _lookup(self, alarm_id_: str) -> _Alarm | None:
+        a = self._open.get(alarm_id_)
+        if a is not None:
+            return a
+        rows = self._outbox.query(
+            f"SELECT {', '.join(_COLUMNS)} FROM alarms WHERE alarm_id = ?", (alarm_id_,)
+        )
+        return _from_row(rows[0]) if rows else None
+
+    def _resolve_cause(self, cause: str | None) -> tuple[str, str] | None:
+        if cause is None or cause == "":
+            return None
+        category, sep, code = cause.rpartition(":")
+        found = self._causes.get(code)
+        if found is None or (sep and found[0] != category):
+            listed = ", ".join(f"{cat}:{code_}" for code_, (cat, _) in sorted(self._causes.items()))
+            raise AlarmError(
+                "cause", f"unknown assignable cause {cause!r}; configured causes: {listed}"
+            )
+        return found[0], code
+
+    def _resolve_action(self, action: str | None) -> str | None:
+        if action is None or action == "":
+            return None
+        if action not in self._actions:
+            raise AlarmError(
+                "action",
+                f"unknown corrective action {action!r}; configured actions: "
+                f"{', '.join(sorted(self._actions))}",
+            )
+        return action
+
+    def ack(
+        self,
+        alarm_id: str,
+        user: str,
+        comment: str = "",
+        cause: str | None = None,
+        action: str | None = None,
+        *,
+        now_us: int,
+        source: Literal["mqtt", "api", "cli"] = "api",
+    ) -> dict[str, Any] | None:
+        """Acknowledge an alarm; returns the ``acknowledged`` event, or None if it was acknowledged already.
+
+        ``cause`` is ``category:code`` or a bare ``code`` from the configured
+        5M1E lists, ``action`` a configured action code. Raises
+        :class:`AlarmError` for an unknown alarm, cause or action, or an empty user.
+        The event is published unless the alarm is held or its point is shelved.
+        """
+        if not user or not str(user).strip():
+            raise AlarmError("user", "an acknowledgement needs the user's name")
+        if source not in ("mqtt", "api", "cli"):
+            raise AlarmError("source", f"must be mqtt, api or cli, not {source!r}")
+        found = self._resolve_cause(cause)
+        act = self._resolve_action(action)
+        a = self._lookup(alarm_id)
+        if a is None:
+            raise AlarmError("alarm_id", f"no alarm {alarm_id!r} (unknown or purged)")
+        if a.acked_us is not None:
+            return None
+        w = _Work(now_us)
+        a.acked_us, a.ack_user, a.ack_comment, a.ack_source = now_us, user, comment, source
+        a.cause_category, a.cause_code = found if found else (None, None)
+        a.action_code = act
+        if a.status == "cleared_unacked":
+            a.status, a.closed_us = "closed", now_us
+            self._open.pop(a.alarm_id, None)
+        else:
+            a.status = "acknowledged"
+        extra: dict[str, Any] = {"source": source}
+        if found:
+            cat, code = found
+            item = self._causes[code][1]
+            extra["cause"] = {
+                "category": cat,
+                "code": code,
+                "text": item.text,
+                "text_zh": item.text_zh,
+            }
+        if act:
+            item = self._actions[act]
+            extra["action"] = {"code": act, "text": item.text, "text_zh": item.text_zh}
+        publish = bool(a.published) and a.point not in self._shelves
+        p = self._event(
+            w, a, "acknowledged", publish=publish, user=user, comment=comment, extra=extra
+        )
+        self._spare_lines += self._commit(w).lines
+        log.info("alarm %s acknowledged by %s (%s)", alarm_id, user, source)
+        return p
+
+    def shelve(
+        self, alarm_id: str, user: str, comment: str, until_us: int, *, now_us: int
+    ) -> dict[str, Any]:
+        """Shelve the alarm's (characteristic, chart, rule) until ``until_us``; returns the event.
+
+        Shelving again moves the expiry. Raises :class:`AlarmError` for an
+        unknown or closed alarm, an empty user or an expiry not after ``now_us``.
+        """
+        if not user or not str(user).strip():
+            raise AlarmError("user", "shelving needs the user's name")
+        a = self._open.get(alarm_id)
+        if a is None:
+            known = self._lookup(alarm_id)
+            raise AlarmError(
+                "alarm_id",
+                f"alarm {alarm_id!r} is closed" if known else f"no open alarm {alarm_id!r}",
+            )
+        if until_us <= now_us:
+            raise AlarmError("until", f"shelve expiry {rfc3339(until_us)} is not in the future")
+        w = _Work(now_us)
+        self._shelves[a.point] = (until_us, alarm_id, user, comment)
+        w.sql.append(
+            (
+                "INSERT OR REPLACE INTO shelves (point, until_us, alarm_id, user, comment) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (a.point, until_us, alarm_id, user, comment),
+            )
+        )
+        p = self._event(
+            w,
+            a,
+            "shelved",
+            publish=bool(a.published),
+            user=user,
+            comment=comment,
+            extra={"shelved_until": rfc3339(until_us)},
+        )
+        self._spare_lines += self._commit(w).lines
+        return p
+
+    def unshelve(self, alarm_id: str, user: str, comment: str = "", *, now_us: int) -> Outcome:
+        """End the shelving of the alarm's point (idempotent: nothing if not shelved).
+
+        The ``unshelved`` event names the alarm that was shelved; alarms raised
+        at the point meanwhile and still active are published as ``raised`` now.
+        """
+        a = self._lookup(alarm_id)
+        if a is None:
+            raise AlarmError("alarm_id", f"no alarm {alarm_id!r} (unknown or purged)")
+        w = _Work(now_us)
+        self._unshelve(w, a.point, user, comment)
+        return self._commit(w)
+
+    def _unshelve(self, w: _Work, point: str, user: str, comment: str) -> None:
+        entry = self._shelves.pop(point, None)
+        if entry is None:
+            return
+        _, shelved_id, _, _ = entry
+        w.sql.append(("DELETE FROM shelves WHERE point = ?", (point,)))
+        a = self._lookup(shelved_id)
+        if a is not None:
+            self._event(w, a, "unshelved", publish=bool(a.published), user=user, comment=comment)
+        for b in list(self._open.values()):
+            if b.point == point and b.held == "shelved" and b.status in _LIVE:
+                b.published, b.held = 1, None
+                self._event(w, b, "raised", publish=True, line_time=b.last_time)
+
+    def expire_shelves(self, now_us: int) -> Outcome:
+        """Unshelve every point whose expiry is at or before ``now_us`` (user ``system``)."""
+        w = _Work(now_us)
+        self._expire(w)
+        return self._commit(w)
+
+    def _expire(self, w: _Work) -> None:
+        for point, (until, *_rest) in list(self._shelves.items()):
+            if until <= w.now_us:
+                self._unshelve(w, point, "system", "shelve expired")
+
+    def tick(self, now_us: int) -> Outcome:
+        """Periodic work (call every second or so): shelve expiry, flood end, retention purge."""
+        w = _Work(now_us)
+        self._expire(w)
+        self._floods_check(w)
+        if self._last_purge is None or not 0 <= now_us - self._last_purge < _PURGE_EVERY_US:
+            self._last_purge = now_us
+            cutoff = now_us - self.config.retention_days * 86_400_000_000
+            w.sql.append(
+                ("DELETE FROM alarms WHERE status = 'closed' AND closed_us < ?", (cutoff,))
+            )
+            w.sql.append(
+                (
+                    "DELETE FROM journal WHERE time_us < ? AND (alarm_id IS NULL OR alarm_id NOT IN "
+                    "(SELECT alarm_id FROM alarms WHERE status != 'closed'))",
+                    (cutoff,),
+                )
+            )
+        return self._commit(w)
+
+    def set_out_of_service(
+        self, char: int, out_of_service: bool, user: str, comment: str = "", *, now_us: int
+    ) -> Outcome:
+        """Take a characteristic out of service (no raises, state ``suspended``) or back."""
+        if not 0 <= char < len(self.chars):
+            raise AlarmError("char", f"no characteristic with index {char}")
+        if out_of_service == (char in self._oos):
+            return Outcome()
+        w = _Work(now_us)
+        path = self.chars[char].path
+        if out_of_service:
+            self._oos[char] = (now_us, user, comment)
+            w.sql.append(
+                (
+                    "INSERT OR REPLACE INTO oos (path, since_us, user, comment) VALUES (?, ?, ?, ?)",
+                    (path, now_us, user, comment),
+                )
+            )
+        else:
+            del self._oos[char]
+            w.sql.append(("DELETE FROM oos WHERE path = ?", (path,)))
+        self._note(
+            w,
+            "out_of_service" if out_of_service else "in_service",
+            path=path,
+            user=user,
+            comment=comment,
+        )
+        self._refresh_suspension(w, [char])
+        log.info(
+            "%s %s by %s", path, "out of service" if out_of_service else "back in service", user
+        )
+        return self._commit(w)
+
+    def _refresh_suspension(self, w: _Work, chars: Iterable[int]) -> None:
+        for i in chars:
+            now_suspended = self._reason(i) is not None
+            if not now_suspended:
+                for skey in [s for s in self._supp_rows if s[0] == i]:
+                    del self._supp_rows[skey]
+            self._suspended[i] = now_suspended
+            w.state_chars.add(i)
+        self._states(w, w.state_chars)
+
+    def set_process_state(self, scope: str | int, value: Any, time_us: int) -> Outcome:
+        """A new value of a process-state tag (scope = the binding's ``key`` or its index).
+
+        The value is mapped to a state name (``map``; unmapped values are the
+        state). Entering or leaving a suppressing state is journaled and
+        changes the state topic of the characteristics in the scope.
+        """
+        k = scope if isinstance(scope, int) else self._scope_index.get(scope)
+        if k is None or not 0 <= k < len(self._scopes):
+            known = ", ".join(self._scope_index) or "none configured"
+            raise AlarmError("scope", f"no process_state binding {scope!r} ({known})")
+        binding = self._scopes[k]
+        if isinstance(value, bool):
+            raw = "true" if value else "false"
+        elif isinstance(value, float) and value.is_integer():
+            raw = str(int(value))
+        else:
+            raw = str(value)
+        state = binding.map.get(raw, raw)
+        if self._proc.get(k) == state:
+            return Outcome()
+        w = _Work(time_us)
+        was = self._proc.get(k)
+        self._proc[k] = state
+        w.sql.append(
+            (
+                "INSERT OR REPLACE INTO process_state (scope, value, state, time_us) "
+                "VALUES (?, ?, ?, ?)",
+                (binding.key, raw, state, time_us),
+            )
+        )
+        self._note(w, "process_state", path=binding.key, reason=state, comment=f"value {raw}")
+        if (was in binding.suppress) != (state in binding.suppress):
+            log.info(
+                "process state of %s is %s: alarms %s",
+                binding.key,
+                state,
+                "suppressed" if state in binding.suppress else "raised again",
+            )
+        chars = [i for i, scopes in enumerate(self._char_scopes) if k in scopes]
+        self._refresh_suspension(w, chars)
+        return self._commit(w)
+
+    def initial_states(self, now_us: int) -> list[dict[str, Any]]:
+        """State messages for every characteristic, appended to the ``mqtt`` stream (at start).
+
+        ``no_data`` until a characteristic's first point, unless out of
+        service/suppressed (``suspended``) or with active alarms restored from
+        the file (``out_of_control``).
+        """
+        w = _Work(now_us)
+        self._states(w, range(len(self.chars)), force=True)
+        return self._commit(w).states
+
+    def take_lines(self) -> list[str]:
+        """InfluxDB lines of :meth:`ack` and :meth:`shelve` (they return the event), once."""
+        lines, self._spare_lines = self._spare_lines, []
+        return lines
+
+    # -- queries -------------------------------------------------------------------
+
+    def active(self, path: str | None = None) -> list[dict[str, Any]]:
+        """Open alarms (active, acknowledged, cleared_unacked), oldest first, optionally of one path."""
+        out = []
+        for a in sorted(self._open.values(), key=lambda a: (a.raised_us, a.alarm_id)):
+            if path is None or a.path == path:
+                shelf = self._shelves.get(a.point)
+                out.append(_public(a, shelf[0] if shelf else None))
+        return out
+
+    def get(self, alarm_id: str) -> dict[str, Any] | None:
+        """One alarm (open or closed within retention) with its raise payload fields, or None."""
+        a = self._lookup(alarm_id)
+        if a is None:
+            return None
+        shelf = self._shelves.get(a.point)
+        out = _public(a, shelf[0] if shelf else None)
+        out["payload"] = a.payload
+        return out
+
+    def journal(
+        self,
+        since_us: int | None = None,
+        until_us: int | None = None,
+        path: str | None = None,
+        limit: int = 1000,
+    ) -> list[dict[str, Any]]:
+        """Journal rows (every event, update, suppression, held alarm) in time order."""
+        where, params = ["1=1"], []
+        if since_us is not None:
+            where.append("time_us >= ?")
+            params.append(since_us)
+        if until_us is not None:
+            where.append("time_us < ?")
+            params.append(until_us)
+        if path is not None:
+            where.append("path = ?")
+            params.append(path)
+        cols = (
+            "id, time_us, event, alarm_id, path, chart, rule, seq, published, count, user, "
+            "comment, reason, cause_category, cause_code, action_code, payload"
+        )
+        rows = self._outbox.query(
+            f"SELECT {cols} FROM journal WHERE {' AND '.join(where)} ORDER BY id LIMIT ?",
+            (*params, int(limit)),
+        )
+        names = [c.strip() for c in cols.split(",")]
+        out = []
+        for row in rows:
+            d = dict(zip(names, row, strict=True))
+            d["payload"] = None if d["payload"] is None else json.loads(d["payload"])
+            out.append(d)
+        return out
+
+    def pareto(
+        self,
+        since_us: int | None = None,
+        until_us: int | None = None,
+        line: str | None = None,
+        characteristic: str | None = None,
+        by: Literal["cause", "category"] = "cause",
+    ) -> list[tuple[str, str, str, int]]:
+        """Acknowledged alarms counted by assignable cause (or 5M1E category), most frequent first.
+
+        Rows are ``(category, code, text, count)``; by category ``code`` is ``""``
+        and ``text`` the category. The window applies to the ack time; ``line``
+        is a line id or ``site/area/line``; ``characteristic`` an id or a path.
+        """
+        if by not in ("cause", "category"):
+            raise AlarmError("by", f"must be 'cause' or 'category', not {by!r}")
+        where, params = ["cause_code IS NOT NULL"], []
+        if since_us is not None:
+            where.append("acked_us >= ?")
+            params.append(since_us)
+        if until_us is not None:
+            where.append("acked_us < ?")
+            params.append(until_us)
+        if line is not None:
+            where.append("(line = ? OR site || '/' || area || '/' || line = ?)")
+            params += [line, line]
+        if characteristic is not None:
+            where.append("(characteristic = ? OR path = ?)")
+            params += [characteristic, characteristic]
+        group = "cause_category, cause_code" if by == "cause" else "cause_category"
+        code_col = "cause_code" if by == "cause" else "''"
+        rows = self._outbox.query(
+            f"SELECT cause_category, {code_col}, count(*) "
+            f"FROM alarms WHERE {' AND '.join(where)} GROUP BY {group}",
+            params,
+        )
+        out = []
+        for cat, code, count in rows:
+            if by == "cause":
+                item = self._causes.get(code)
+                text = item[1].text if item else code
+            else:
+                text = cat
+            out.append((cat, code, text, int(count)))
+        out.sort(key=lambda r: (-r[3], CATEGORIES.index(r[0]) if r[0] in CATEGORIES else 99, r[1]))
+        return out
+
+    def counts(self) -> dict[str, int]:
+        """Self-metrics: open alarms by status, shelved points, out-of-service and suspended
+        characteristics, active floods, held alarms and the last seq drawn."""
+        by_status = dict.fromkeys(_OPEN, 0)
+        held = 0
+        for a in self._open.values():
+            by_status[a.status] += 1
+            held += bool(a.held and a.status in _LIVE)
+        return {
+            **by_status,
+            "held": held,
+            "shelved": len(self._shelves),
+            "out_of_service": len(self._oos),
+            "suspended": int(self._suspended.sum()),
+            "floods": sum(1 for f in self._floods.values() if f.alarm is not None),
+            "seq": self._outbox.counter(SEQ_COUNTER),
+        }
