@@ -4,7 +4,9 @@ The stations of :mod:`collector.simulate` and a :class:`~collector.pipeline.Gate
 on the same configuration run in one event loop; a ``rich`` table shows per
 characteristic the last value, the points plotted, the limits, whether it is in
 control and the last rule that fired, and alarm lines are printed above it as
-they happen. A rule that keeps firing on consecutive points is printed once
+they happen. A station or broker port another program holds (a second demo,
+a real server) is moved to a free loopback port first, with one line saying so
+(:func:`collector.simulate.prepare_demo`). A rule that keeps firing on consecutive points is printed once
 (and counted); the series and every alarm line still go to the store.
 """
 
@@ -25,7 +27,7 @@ from rich.table import Table
 
 from collector.config import GatewayConfig
 from collector.pipeline import AlarmEvent, Gateway
-from collector.simulate import run_simulation
+from collector.simulate import prepare_demo, run_simulation
 
 __all__ = ["run_live_demo", "status_table"]
 
@@ -117,10 +119,18 @@ async def run_live_demo(
     console: Console | None = None,
     refresh_s: float = 0.5,
 ) -> Gateway:
-    """Run stations and gateway until Ctrl-C/SIGTERM or ``duration``; returns the stopped gateway."""
+    """Run stations and gateway until Ctrl-C/SIGTERM or ``duration``; returns the stopped gateway.
+
+    Taken station/broker ports are moved first (one line each on the console);
+    the gateway reads the stations where they then listen.
+    """
     from rich.live import Live
 
     console = console or Console()
+    setup = prepare_demo(cfg, dict(connectors))
+    for move in setup.moves:
+        console.print(str(move))
+    cfg, connectors = setup.cfg, setup.connectors
     printer = _AlarmPrinter(console)
     gw = Gateway(cfg, dict(connectors), on_alarm=printer)
     printer.gw = gw

@@ -12,6 +12,12 @@ started that this source reads exactly as configured:
   source's port (or one already listening there); without mosquitto the MQTT
   station is skipped with a log line.
 
+A port a station (or the broker started for it) should listen on but another
+program holds is an error naming the port and the configuration key, raised
+before anything starts (:func:`check_ports`). The demo instead moves such
+ports to free loopback ports and rewrites the sources to match
+(:func:`prepare_demo`), saying so in one line each.
+
 The station's characteristics are the ``value`` bindings of the configured
 characteristics that name the source. Each gets a planted pattern
 (:mod:`collector.patterns`: shift, trend, mixture, outliers in turn) around the
@@ -37,28 +43,35 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel
 
-from collector.config import Characteristic, GatewayConfig
+from collector.config import Characteristic, ConnectorSection, GatewayConfig
 from collector.patterns import Pattern, PatternStream
+from connectors.base import ConnectorError
 from connectors.modbus.config import ModbusSourceConfig, TcpTransport
 from connectors.modbus.station import ModbusStation
+from connectors.modbus.station import check_port_free as modbus_check_port
 from connectors.modbus.station import connector_config as modbus_layout
 from connectors.mqtt.config import MqttSourceConfig
 from connectors.mqtt.station import MqttStation
 from connectors.mqtt.station import connector_config as mqtt_layout
 from connectors.opcua.config import OpcuaSourceConfig
 from connectors.opcua.station import OpcuaStation
+from connectors.opcua.station import check_port_free as opcua_check_port
 from connectors.opcua.station import connector_config as opcua_layout
 
 __all__ = [
     "PLANTED",
+    "DemoSetup",
     "PartGenerator",
+    "PortMove",
     "SimPart",
     "StationPlan",
+    "check_ports",
     "plan_stations",
+    "prepare_demo",
     "run_simulation",
 ]
 
@@ -138,6 +151,15 @@ class StationPlan:
     topic: str = ""
     name: str = ""
     skip: str = ""
+
+    @property
+    def port_key(self) -> str:
+        """The dotted configuration key that sets the port."""
+        if self.kind == "opcua":
+            return f"sources.{self.source}.endpoint"
+        if self.kind == "modbus":
+            return f"sources.{self.source}.devices[0].transport.port"
+        return f"sources.{self.source}.port"
 
     @property
     def where(self) -> str:
@@ -306,6 +328,133 @@ async def _broker(host: str, port: int, binary: str) -> AsyncIterator[str]:
                     await asyncio.to_thread(proc.wait, 10)
 
 
+_LABEL = {"opcua": "OPC UA station", "modbus": "Modbus station", "mqtt": "MQTT broker"}
+_NEAR = 50
+"""The demo tries this many ports above a taken one before it takes any free port."""
+
+
+@dataclass(frozen=True, slots=True)
+class PortMove:
+    """A port the demo found taken by another program, and the free port it uses instead."""
+
+    source: str
+    kind: str
+    host: str
+    busy: int
+    port: int
+
+    def __str__(self) -> str:
+        return f"{_LABEL[self.kind]}: port {self.busy} busy, using {self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class DemoSetup:
+    """The demo's configuration with every taken port moved (sources and stations agree)."""
+
+    cfg: GatewayConfig
+    connectors: dict[str, BaseModel]
+    moves: list[PortMove]
+
+
+def _port_error(kind: str, host: str, port: int, hint: str) -> ConnectorError | None:
+    # The broker's port is probed like the gauge's: a plain TCP listen, nothing protocol-specific.
+    check = opcua_check_port if kind == "opcua" else modbus_check_port
+    where = f"{kind} station {host}:{port}" if kind != "mqtt" else f"mqtt broker {host}:{port}"
+    try:
+        check(where, host, port, hint)
+    except ConnectorError as err:
+        return err
+    return None
+
+
+def check_ports(plans: list[StationPlan]) -> None:
+    """Raise an ``ExceptionGroup`` of non-retryable :class:`ConnectorError`, one per taken port.
+
+    Only the ports the stations listen on are checked (OPC UA, Modbus); an MQTT
+    station publishes to whatever broker listens on its port. Each error names
+    the port and the configuration key that sets it.
+    """
+    errors = [
+        err
+        for plan in plans
+        if not plan.skip and plan.kind in ("opcua", "modbus")
+        for err in [
+            _port_error(plan.kind, plan.host, plan.port, f"{plan.port_key} in the configuration")
+        ]
+        if err is not None
+    ]
+    if errors:
+        raise ExceptionGroup("ports taken by another program", errors)
+
+
+def _free_port_near(kind: str, host: str, port: int, taken: set[tuple[str, int]]) -> int:
+    for candidate in range(port + 1, min(port + 1 + _NEAR, 65536)):
+        if (host, candidate) not in taken and _port_error(kind, host, candidate, "") is None:
+            return candidate
+    with contextlib.closing(socket.socket()) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _moved(kind: str, data: dict[str, Any], moved: dict[tuple[str, int], int]) -> dict[str, Any]:
+    """The source section ``data`` (a model dump) with every moved port rewritten."""
+    if kind == "opcua":
+        url = urlsplit(data["endpoint"])
+        host = url.hostname or ""
+        new = moved.get((host, url.port or 4840))
+        if new is not None:
+            netloc = f"[{host}]:{new}" if ":" in host else f"{host}:{new}"
+            data["endpoint"] = urlunsplit(url._replace(netloc=netloc))
+    elif kind == "modbus":
+        for dev in data["devices"]:
+            t = dev["transport"]
+            if t.get("type") == "tcp" and (t["host"], t["port"]) in moved:
+                t["port"] = moved[(t["host"], t["port"])]
+    elif kind == "mqtt" and (data["host"], data["port"]) in moved:
+        data["port"] = moved[(data["host"], data["port"])]
+    return data
+
+
+def prepare_demo(cfg: GatewayConfig, connectors: dict[str, BaseModel]) -> DemoSetup:
+    """The demo's configuration with each taken station or broker port moved to a free one.
+
+    A port another program holds (a second demo, a real server) moves to the
+    next free loopback port above it (else any free one); the sources' endpoints
+    are rewritten to match, so the gateway reads the stations where they listen.
+    The MQTT broker's port moves only when the demo can start its own mosquitto.
+    Nothing else changes; without a taken port the configuration is returned as is.
+    """
+    plans = [p for p in plan_stations(cfg, connectors) if not p.skip]
+    taken = {(p.host, p.port) for p in plans}
+    moved: dict[tuple[str, int], int] = {}
+    moves: list[PortMove] = []
+    for plan in plans:
+        key = (plan.host, plan.port)
+        if key in moved:
+            continue
+        if plan.kind == "mqtt" and _mosquitto_binary() is None:
+            continue
+        if _port_error(plan.kind, plan.host, plan.port, "") is None:
+            continue
+        new = _free_port_near(plan.kind, plan.host, plan.port, taken)
+        taken.add((plan.host, new))
+        moved[key] = new
+        moves.append(PortMove(plan.source, plan.kind, plan.host, plan.port, new))
+    if not moves:
+        return DemoSetup(cfg, dict(connectors), [])
+    models = dict(connectors)
+    sources = dict(cfg.sources)
+    for name, section in cfg.sources.items():
+        if section.kind not in _LABEL or name not in models:
+            continue
+        model = models[name]
+        models[name] = type(model).model_validate(_moved(section.kind, model.model_dump(), moved))
+        sources[name] = ConnectorSection.model_validate(
+            {"kind": section.kind, **models[name].model_dump(mode="json")}
+        )
+    return DemoSetup(cfg.model_copy(update={"sources": sources}), models, moves)
+
+
 def _station(plan: StationPlan, rate: float, seed: int) -> Any:
     streams = {
         c: PatternStream(plan.patterns[c], seed * 1000 + i)
@@ -340,9 +489,12 @@ async def run_simulation(
     """Start the stations (and a broker where needed) and run them until ``stop`` or ``duration``.
 
     Returns the station objects (with their counters) after a clean shutdown.
+    A station port another program holds raises (:func:`check_ports`) before
+    anything starts.
     """
     stop = stop or asyncio.Event()
     plans = plan_stations(cfg, connectors, start=start)
+    check_ports(plans)
     stations: list[Any] = []
     async with contextlib.AsyncExitStack() as stack:
         brokers: dict[tuple[str, int], str] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -13,15 +14,21 @@ from pathlib import Path
 import pytest
 
 from collector.config import parse_config
-from collector.simulate import PLANTED, PartGenerator, plan_stations, run_simulation
-from connectors.base import Backoff, Sample
+from collector.simulate import (
+    PLANTED,
+    PartGenerator,
+    plan_stations,
+    prepare_demo,
+    run_simulation,
+)
+from connectors.base import Backoff, ConnectorError, Sample
 from connectors.modbus.source import ModbusSource
 from connectors.modbus.station import connector_config as modbus_layout
 from connectors.mqtt.source import MqttSource
 from connectors.mqtt.station import connector_config as mqtt_layout
 from connectors.opcua.source import OpcuaSource
 from connectors.opcua.station import connector_config as opcua_layout
-from tests.servers import free_port, require_binary
+from tests.servers import cancel_and_wait, free_port, require_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "config" / "demo.yaml"
@@ -251,3 +258,112 @@ def test_cli_stops_cleanly_on_sigterm_and_stops_its_broker(tmp_path: Path) -> No
     assert broker is not None, text
     with pytest.raises(ProcessLookupError):
         os.kill(int(broker.group(1)), 0)
+
+
+def _hold(n: int) -> list[socket.socket]:
+    """Plain listening sockets on free loopback ports: "another program" holding them."""
+    return [socket.create_server(("127.0.0.1", 0)) for _ in range(n)]
+
+
+def _port(s: socket.socket) -> int:
+    return int(s.getsockname()[1])
+
+
+@pytest.mark.integration
+async def test_simulate_names_every_taken_station_port_before_anything_starts() -> None:
+    held = _hold(2)
+    try:
+        ports = {"opcua": _port(held[0]), "modbus": _port(held[1]), "mqtt": free_port()}
+        cfg, connectors = parse_config(demo_text(ports), DEMO)
+        lines: list[str] = []
+        with pytest.raises(ExceptionGroup) as info:
+            await asyncio.wait_for(run_simulation(cfg, connectors, say=lines.append), 20)
+    finally:
+        for s in held:
+            s.close()
+    errors = info.value.exceptions
+    assert all(isinstance(e, ConnectorError) and not e.retryable for e in errors)
+    assert [e.where for e in errors] == [
+        f"opcua station 127.0.0.1:{ports['opcua']}",
+        f"modbus station 127.0.0.1:{ports['modbus']}",
+    ]
+    opcua, modbus = (str(e) for e in errors)
+    assert f"port {ports['opcua']} is already in use by another program" in opcua
+    assert "sources.cmm.endpoint" in opcua
+    assert f"port {ports['modbus']} is already in use by another program" in modbus
+    assert "sources.gauge.devices[0].transport.port" in modbus
+    assert lines == []  # no broker, no station was started
+
+
+def test_the_demo_keeps_free_ports() -> None:
+    ports = {k: free_port() for k in PORTS}
+    cfg, connectors = parse_config(demo_text(ports), DEMO)
+    setup = prepare_demo(cfg, connectors)
+    assert setup.moves == []
+    assert setup.cfg is cfg and setup.connectors == connectors
+
+
+@pytest.mark.integration
+async def test_the_demo_moves_taken_ports_and_the_gateway_reads_the_stations_there() -> None:
+    require_binary("mosquitto")
+    held = _hold(3)
+    try:
+        ports = dict(zip(PORTS, map(_port, held), strict=True))
+        cfg, connectors = parse_config(demo_text(ports), DEMO)
+        setup = prepare_demo(cfg, connectors)
+        moved = {m.kind: m for m in setup.moves}
+        assert sorted(moved) == ["modbus", "mqtt", "opcua"]
+        for kind, m in moved.items():
+            assert m.busy == ports[kind] and m.port not in ports.values()
+        assert str(moved["opcua"]) == (
+            f"OPC UA station: port {ports['opcua']} busy, using {moved['opcua'].port}"
+        )
+        assert str(moved["mqtt"]).startswith(f"MQTT broker: port {ports['mqtt']} busy, using ")
+        # Sources and stations agree on the moved ports.
+        new = setup.connectors
+        assert new["cmm"].endpoint == f"opc.tcp://127.0.0.1:{moved['opcua'].port}/"
+        assert new["gauge"].devices[0].transport.port == moved["modbus"].port
+        assert new["vision"].port == moved["mqtt"].port
+        assert setup.cfg.sources["cmm"].model_dump()["endpoint"] == new["cmm"].endpoint
+        assert setup.cfg.sources["vision"].model_dump()["port"] == moved["mqtt"].port
+        assert new["local"] == connectors["local"]
+        assert setup.cfg.characteristics == cfg.characteristics
+        plans = plan_stations(setup.cfg, new)
+        assert [p.port for p in plans] == [moved[k].port for k in PORTS]
+
+        sources = [
+            OpcuaSource(new["cmm"], "cmm", backoff=Backoff(base=0.05, cap=0.2)),
+            ModbusSource(new["gauge"], "gauge"),
+            MqttSource(new["vision"], "vision"),
+        ]
+        got: dict[str, list[Sample]] = {s.name: [] for s in sources}
+
+        def emitter(name: str):
+            async def emit(batch: Sequence[Sample]) -> None:
+                got[name].extend(batch)
+
+            return emit
+
+        stop = asyncio.Event()
+        lines: list[str] = []
+        sim = asyncio.create_task(
+            run_simulation(setup.cfg, new, rate=50.0, stop=stop, say=lines.append)
+        )
+        readers = [asyncio.create_task(s.run(emitter(s.name))) for s in sources]
+        try:
+            for _ in range(1000):
+                if all(any(s.serial for s in got[n]) for n in got) or sim.done():
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            for r in readers:
+                await cancel_and_wait(r)
+            stop.set()
+            stations = await asyncio.wait_for(sim, 20)
+    finally:
+        for s in held:
+            s.close()
+    assert len(stations) == 3, lines
+    assert any("mosquitto (pid" in line and f":{moved['mqtt'].port}" in line for line in lines)
+    for name in got:
+        assert any(s.serial for s in got[name]), (name, lines)
