@@ -225,7 +225,8 @@ class _Drainer:
         graceful = False
         try:
             await self._serve(stop)
-            if self._up:
+            # HTTP has no connection to prove: try the pending events unless the last try failed.
+            if self._up or (self._up is None and not self.transport.proves_link):
                 try:
                     async with asyncio.timeout(self.stop_drain_s):
                         await self._drain(stop, until_empty=True)
