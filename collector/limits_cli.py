@@ -54,6 +54,7 @@ EXIT_BAD = 2
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _UNIT_US = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _UNCHARTED = ("p", "np", "u")
+_WHOLE = frozenset({"characteristic", "limits id", "since", "at", "effective from", "effective"})
 
 limits_app = typer.Typer(
     no_args_is_help=True,
@@ -96,10 +97,17 @@ def _iso(us: int | None) -> str:
     return (_EPOCH + timedelta(microseconds=int(us))).isoformat().replace("+00:00", "Z")
 
 
+def _when(us: int | None) -> str:
+    """A time for a table: to the second (JSON output keeps the µs)."""
+    if us is None:
+        return "—"
+    return (_EPOCH + timedelta(seconds=int(us) // 1_000_000)).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
 def _num(v: float | None) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "—"
-    return f"{v:.6g}"
+    return f"{v:.8g}"
 
 
 def _now_us() -> int:
@@ -207,7 +215,8 @@ def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
 
     table = Table(title=title, title_justify="left")
     for c in columns:
-        table.add_column(c, overflow="fold")
+        # paths and ids stay whole; free text wraps
+        table.add_column(c, overflow="fold", no_wrap=c in _WHOLE)
     for r in rows:
         table.add_row(*r)
     _console().print(table)
@@ -348,13 +357,13 @@ def list_(config: ConfigOpt, data_dir: DataDirOpt = None, as_json: JsonOpt = Fal
                 _num(lim["ucl"]),
                 _num(lim["sigma"]),
                 lim["method"],
-                a["effective_from"],
+                _when(a["effective_from_us"]),
                 f"{a['user']} ({a['source']})",
                 str(item["pending"] or ""),
             ]
         )
     _table(
-        f"Limits in force at {_iso(now)}",
+        f"Limits in force at {_when(now)}",
         [
             "characteristic",
             "chart",
@@ -414,8 +423,8 @@ def show(
             ["window", " … ".join(rec.window)],
             ["params", ", ".join(f"{k}={v:g}" for k, v in rec.params)],
             ["record made by", f"{rec.created_by} at {rec.created_at}: {rec.reason}"],
-            ["in force since", _iso(a.effective_from_us)],
-            ["assigned by", f"{a.user} ({a.source}) at {_iso(a.assigned_at_us)}: {a.reason}"],
+            ["in force since", _when(a.effective_from_us)],
+            ["assigned by", f"{a.user} ({a.source}) at {_when(a.assigned_at_us)}: {a.reason}"],
         ]
         rows += [[f"excluded #{e.index}", e.reason] for e in rec.exclusions]
         _table(ch.path, ["", ""], rows)
@@ -465,7 +474,7 @@ def history(
     rows = [
         [
             str(x["seq"]),
-            x["effective_from"],
+            _when(x["effective_from_us"]),
             x["status"],
             x["limits_id"],
             _num((x["limits"] or {}).get("center")),
@@ -513,12 +522,12 @@ def audit(
     rows = [
         [
             str(e.seq),
-            _iso(e.at_us),
+            _when(e.at_us),
             f"{e.user}@{e.host}",
             e.action,
             e.path,
             f"{brief(e.old, e.old_limits_id)} → {brief(e.new, e.new_limits_id)}",
-            _iso(e.effective_from_us),
+            _when(e.effective_from_us),
             e.why,
         ]
         for e in entries
@@ -1046,6 +1055,14 @@ def recompute(
     in the record), estimates with the chart's method (I-MR: mean and MR̄/d2;
     X̄-R: R̄; X̄-S: S̄; c: c̄), shows old vs new and, unless --dry-run, assigns
     the new record.
+
+    Exclusions: index:N (plotted point, 0-based), serial:S, time:T or
+    time:T1..T2 ([T1, T2)), each optionally =REASON (default: --reason). An
+    unprefixed integer is an index, a timestamp a time, anything else a serial.
+    On X̄ charts a serial or time excludes its whole subgroup. An exclusion that
+    matches nothing is an error.
+
+    Times: RFC 3339 (UTC if no zone), 'now', -2h (ago), +30m (ahead).
     """
     import numpy as np
 

@@ -8,6 +8,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from collector.limitstore import (
     BACKDATE_TOLERANCE_US,
@@ -285,3 +287,37 @@ def test_control_limits_per_chart() -> None:
     assert control_limits(c) == (0.0, 10.0)
     p = LimitsRecord("p", 0.1, math.nan, "pbar", 20)
     assert control_limits(p) == (None, None)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    plan=st.lists(
+        st.tuples(st.integers(0, 6), st.integers(0, 3), st.booleans()), min_size=1, max_size=12
+    ),
+    probes=st.lists(st.integers(-1, 7), min_size=1, max_size=8),
+)
+def test_effective_equals_a_naive_model(
+    tmp_path_factory: pytest.TempPathFactory,
+    plan: list[tuple[int, int, bool]],
+    probes: list[int],
+) -> None:
+    """effective(t) is the latest (effective_from, seq) at or before t among those not cancelled."""
+    records = [rec(float(i)) for i in range(4)]
+    path = tmp_path_factory.mktemp("prop") / "limits.db"
+    live: list[tuple[int, int, LimitsRecord]] = []
+    with LimitsStore(path) as s:
+        for hour, which, cancel in plan:
+            ch = put(s, P, records[which], T0 + hour * H, now=T0 - H)
+            if cancel:
+                s.cancel(ch.assignment.seq, user="u", reason="r", now_us=T0 - H)
+            else:
+                live.append((T0 + hour * H, ch.assignment.seq, records[which]))
+        for hour in probes:
+            t = T0 + hour * H
+            due = [x for x in live if x[0] <= t]
+            want = max(due, key=lambda x: (x[0], x[1]))[2] if due else None
+            assert s.effective(P, t) == want
+            assert s.current_all(t).get(P) == want
+        assert s.verify() == []
