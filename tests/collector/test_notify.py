@@ -26,12 +26,14 @@ from collector.notify import (
     verify_signature,
 )
 from collector.outbox import Outbox
+from connectors.base import ConnectorError
 from connectors.mqtt.client import MqttLink, Outgoing
 from connectors.mqtt.config import MqttPublisherConfig
 from connectors.webhook.config import WebhookConfig
 from tests.connectors.mqtt.test_publisher import Subscriber, subscriber
+from tests.connectors.mqtt.test_secure_integration import PASSWORD, USER, make_certs
 from tests.connectors.webhook.test_client import SECRET, HookServer
-from tests.servers import HOST, Server, mosquitto, require_binary, run_server
+from tests.servers import HOST, Server, free_port, mosquitto, require_binary, run_server
 
 ROOT = Path(__file__).resolve().parents[2]
 WAIT_S = 20.0
@@ -290,8 +292,6 @@ async def test_commands_reach_on_command_and_bad_ones_are_counted(
 def acl_broker(tmp_path: Path) -> Iterator[Server]:
     """mosquitto that lets anonymous clients publish and subscribe below ``shopspc/`` only."""
     binary = require_binary("mosquitto")
-    from tests.servers import free_port
-
     port = free_port()
     (tmp_path / "acl").write_text("topic readwrite shopspc/#\n")
     conf = tmp_path / "mosquitto.conf"
@@ -318,6 +318,44 @@ async def test_refused_and_unreadable_entries_are_dead_lettered(
     assert "Not authorized" in dead[0].reason and "forbidden/x" not in dead[1].reason
     assert "not JSON" in dead[1].reason
     assert (pub.stats.published, pub.stats.dead_lettered) == (2, 2)
+
+
+@pytest.fixture
+def tls_broker(tmp_path: Path) -> Iterator[tuple[Server, Path]]:
+    """mosquitto with TLS (our own CA) and a password file; yields the server and the CA file."""
+    binary = require_binary("mosquitto")
+    passwd = require_binary("mosquitto_passwd")
+    ca, cert, key = make_certs(tmp_path)
+    pwfile = tmp_path / "passwd"
+    subprocess.run([passwd, "-c", "-b", str(pwfile), USER, PASSWORD], check=True, timeout=30)
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(
+        f"per_listener_settings false\nallow_anonymous false\npassword_file {pwfile}\n"
+        f"listener {port} {HOST}\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n"
+        "log_dest stdout\n" + ("user root\n" if os.geteuid() == 0 else "")
+    )
+    with run_server([binary, "-c", str(conf)], port, tmp_path) as server:
+        yield server, ca
+
+
+@pytest.mark.integration
+async def test_tls_and_password_from_the_environment(
+    tls_broker: tuple[Server, Path], outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, ca = tls_broker
+    monkeypatch.setenv("SHOPSPC_TEST_PUB_PW", PASSWORD)
+    secure = {"username": USER, "password_env": "SHOPSPC_TEST_PUB_PW", "tls": {"ca_file": ca}}
+    append_alarms(outbox, range(3))
+    pub = publisher(server.port, outbox, **secure)
+    async with running(pub):
+        await until(lambda: pending(outbox) == 0, "drained over TLS")
+    assert pub.stats.published == 3
+
+    monkeypatch.setenv("SHOPSPC_TEST_PUB_PW", "wrong")
+    with pytest.raises(ConnectorError) as err:
+        await asyncio.wait_for(publisher(server.port, outbox, **secure).run(asyncio.Event()), 20)
+    assert not err.value.retryable and "refused" in err.value.message
 
 
 # -- webhook ----------------------------------------------------------------------------------
