@@ -59,7 +59,7 @@ _WHOLE = frozenset({"characteristic", "limits id", "since", "at", "effective fro
 limits_app = typer.Typer(
     no_args_is_help=True,
     help=(
-        "Control limits: list, show, history, audit, recompute, set, revert, cancel, verify. "
+        "Control limits: list, show, history, audit, recompute, set, revert, cancel, import, verify. "
         "Times: RFC 3339 (UTC if no zone), 'now', or -2h / +30m relative to now."
     ),
 )
@@ -338,6 +338,20 @@ def list_(config: ConfigOpt, data_dir: DataDirOpt = None, as_json: JsonOpt = Fal
                         "pending": sum(1 for p in pending if p.path == ch.path),
                     }
                 )
+            configured = {ch.path for ch in setup.cfg.characteristics}
+            # limits of characteristics removed from the configuration stay visible
+            for path, a in current.items():
+                if path not in configured and store is not None:
+                    rec = store.record(a.limits_id, path)
+                    out.append(
+                        {
+                            "path": path,
+                            "chart": "not configured",
+                            "limits": _record_json(rec, 1),
+                            "assignment": _assignment_json(a),
+                            "pending": sum(1 for p in pending if p.path == path),
+                        }
+                    )
     if as_json:
         _print(out)
         return
@@ -537,6 +551,31 @@ def audit(
         ["#", "at", "who", "action", "characteristic", "old → new", "effective", "why"],
         rows,
     )
+
+
+@limits_app.command("import")
+def import_(
+    config: ConfigOpt,
+    user: UserOpt,
+    file: Annotated[
+        Path | None,
+        typer.Option("--file", help="the legacy limits.json (default: data_dir/limits.json)"),
+    ] = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Adopt the gateway's legacy limits.json into the audited store (characteristics not yet managed)."""
+    with _errors("import"):
+        _who(user, "import")
+        setup = _setup(config, data_dir)
+        src = file if file is not None else setup.data_dir / "limits.json"
+        if not src.is_file():
+            raise _UsageError(f"--file {src}: no such file")
+        with _store(setup, write=True) as store:
+            assert store is not None
+            changes = store.import_json(src, user=user)
+    for c in changes:
+        sys.stdout.write(f"imported {c.record.id} for {c.assignment.path} (audit #{c.audit.seq})\n")
+    sys.stdout.write(f"{len(changes)} record(s) imported from {src} into {setup.db}\n")
 
 
 @limits_app.command("verify")

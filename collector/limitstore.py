@@ -469,7 +469,18 @@ class LimitsStore:
         self, conn: sqlite3.Connection, path: str, at_us: int, without: int = 0
     ) -> LimitsRecord | None:
         row = self._effective_row(conn, path, at_us, without)
-        return None if row is None else self._load(conn, path, row[2])
+        return None if row is None else self._assigned(conn, path, row[2], row[0])
+
+    def _assigned(
+        self, conn: sqlite3.Connection, path: str, limits_id: str, seq: int
+    ) -> LimitsRecord:
+        """The record an assignment names; its absence is damage, never "no limits"."""
+        rec = self._load(conn, path, limits_id)
+        if rec is None:
+            raise TamperedRecordError(
+                self.path, limits_id, f"assignment #{seq} of {path} names it but it is missing"
+            )
+        return rec
 
     def _append_audit(self, conn: sqlite3.Connection, **fields: Any) -> AuditEntry:
         last = conn.execute("SELECT hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
@@ -671,6 +682,37 @@ class LimitsStore:
             )
         return entry
 
+    def import_json(
+        self, file: str | Path, *, user: str = "import", now_us: int | None = None
+    ) -> list[Change]:
+        """Adopt the records of a legacy ``limits.json`` (path → record JSON) as in force now.
+
+        Only characteristics without any assignment yet are imported (source and
+        action ``import``, audited); running it again imports nothing. Raises
+        :class:`LimitsStoreError` naming the file when it cannot be read or a
+        record does not match its id.
+        """
+        src = Path(file)
+        try:
+            data = json.loads(src.read_text(encoding="utf-8"))
+            records = {str(p): LimitsRecord.from_json(d) for p, d in data.items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise LimitsStoreError(src, f"cannot import limits records: {e}") from None
+        known = set(self.paths())
+        return [
+            self.assign(
+                path,
+                rec,
+                user=user,
+                reason=f"imported from {src}",
+                source="import",
+                now_us=now_us,
+                action="import",
+            )
+            for path, rec in sorted(records.items())
+            if path not in known
+        ]
+
     # -- reading -----------------------------------------------------------------
 
     def effective(self, path: str, at_us: int) -> LimitsRecord | None:
@@ -702,9 +744,7 @@ class LimitsStore:
         with self._read("current records") as conn:
             out: dict[str, LimitsRecord] = {}
             for path, a in current.items():
-                rec = self._load(conn, path, a.limits_id)
-                if rec is not None:
-                    out[path] = rec
+                out[path] = self._assigned(conn, path, a.limits_id, a.seq)
             return out
 
     def history(self, path: str) -> list[Assignment]:

@@ -359,3 +359,22 @@ def test_subgroups_close_like_the_gateway() -> None:
     ]
     assert left == 1  # S9: an open subgroup, not used
     assert [p.group for p in points] == [0, 0, 0, 1, 2, 2, 3, 3, 3, -1]
+
+
+def test_import_legacy_and_list_unconfigured(plant: dict[str, Any]) -> None:
+    from spc.limits import LimitsRecord
+
+    a = LimitsRecord("imr", 25.0, 0.01, "mr", 25, params=(("nsigmas", 3.0),))
+    gone = "sz/machining/L9/OP99/old"
+    (plant["data"] / "limits.json").write_text(json.dumps({BORE: a.to_json(), gone: a.to_json()}))
+    cfg = ["--config", str(plant["cfg"])]
+    res = limits("import", *cfg, "--user", "migration")
+    assert res.exit_code == 0, res.stderr
+    assert "2 record(s) imported" in res.stdout
+    again = limits("import", *cfg, "--user", "migration")
+    assert again.exit_code == 0 and "0 record(s) imported" in again.stdout
+    listed = json.loads(limits("list", *cfg, "--json").stdout)
+    assert listed[0]["limits"]["id"] == a.id
+    assert listed[-1]["path"] == gone and listed[-1]["chart"] == "not configured"
+    trail = json.loads(limits("audit", BORE, *cfg, "--json").stdout)
+    assert [(e["action"], e["user"]) for e in trail] == [("import", "migration")]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -321,3 +322,65 @@ def test_effective_equals_a_naive_model(
             assert s.effective(P, t) == want
             assert s.current_all(t).get(P) == want
         assert s.verify() == []
+
+
+def test_a_missing_record_is_damage_not_no_limits(tmp_path: Path) -> None:
+    path = tmp_path / "limits.db"
+    a = rec(25.0)
+    with LimitsStore(path) as s:
+        put(s, P, a, T0)
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TRIGGER records_kept")
+    conn.execute("DELETE FROM records")
+    conn.commit()
+    conn.close()
+    with LimitsStore(path) as s:
+        with pytest.raises(TamperedRecordError, match=f"{a.id}.*assignment #1 .* missing"):
+            s.effective(P, T0)
+        with pytest.raises(TamperedRecordError):
+            s.current_all(T0)
+
+
+def test_two_writers_keep_one_chain(tmp_path: Path) -> None:
+    """Two store objects (as the CLI and the gateway) writing at once: every change lands, chained."""
+    path = tmp_path / "limits.db"
+    stores = [LimitsStore(path), LimitsStore(path)]
+    errors: list[BaseException] = []
+
+    def work(k: int) -> None:
+        try:
+            for i in range(15):
+                put(stores[k], f"{P}{k}", rec(k * 100.0 + i), T0 + i * H, user=f"writer{k}")
+        except BaseException as e:  # reported below, in the test thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    try:
+        assert errors == []
+        assert not any(t.is_alive() for t in threads)
+        assert [e.seq for e in stores[0].audit()] == list(range(1, 31))
+        assert stores[1].verify() == []
+        assert len(stores[0].history(f"{P}1")) == 15
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_import_legacy_limits_json(tmp_path: Path) -> None:
+    a, b = rec(25.0), rec(3.0, chart="xbar-r", method="rbar")
+    legacy = tmp_path / "limits.json"
+    legacy.write_text(json.dumps({P: a.to_json(), Q: b.to_json()}))
+    with LimitsStore(tmp_path / "limits.db") as s:
+        put(s, Q, rec(3.1), T0 - H, now=T0 - H)  # already managed: not overwritten
+        changes = s.import_json(legacy, now_us=T0)
+        assert [c.assignment.path for c in changes] == [P]
+        assert s.effective(P, T0) == a and s.effective(Q, T0) == rec(3.1)
+        assert s.audit(P)[0].action == "import" and s.audit(P)[0].source == "import"
+        assert s.import_json(legacy, now_us=T0 + H) == []
+        legacy.write_text("{not json")
+        with pytest.raises(LimitsStoreError, match=r"limits\.json: cannot import"):
+            s.import_json(legacy)
