@@ -444,3 +444,30 @@ async def test_webhook_without_its_secret_variable_stops_with_an_error(
     )
     with pytest.raises(Exception, match="SHOPSPC_TEST_MISSING"):
         await notifier.run(asyncio.Event())
+
+
+# -- pure helpers -----------------------------------------------------------------------------
+
+
+def test_rfc3339_us_and_envelope_round_trip() -> None:
+    from collector.notify import _decode
+    from collector.outbox import Entry
+
+    assert rfc3339_us(0) == "1970-01-01T00:00:00.000000Z"
+    assert rfc3339_us(1_000_001) == "1970-01-01T00:00:01.000001Z"
+    raw = encode_envelope("a/b", {"k": "é"}, retain=True)
+    env = _decode(Entry(7, "mqtt", 0.0, 0, 0.0, None, raw))
+    assert (env.seq, env.topic, env.qos, env.retain) == (7, "a/b", 1, True)
+    assert env.body == '{"k":"é"}'.encode()
+    bad = [
+        (b"\xff", "not JSON"),
+        (b"[]", "not a JSON object"),
+        (b'{"topic":"a/+","qos":1,"retain":false,"payload":{}}', "topic"),
+        (b'{"topic":"a","qos":3,"retain":false,"payload":{}}', "qos"),
+        (b'{"topic":"a","qos":true,"retain":false,"payload":{}}', "qos"),
+        (b'{"topic":"a","qos":1,"retain":"no","payload":{}}', "retain"),
+        (b'{"topic":"a","qos":1,"retain":false,"payload":[1]}', "payload"),
+    ]
+    for payload, what in bad:
+        with pytest.raises(ValueError, match=what):
+            _decode(Entry(1, "mqtt", 0.0, 0, 0.0, None, payload))
