@@ -242,3 +242,33 @@ def test_publisher_config_defaults_and_checks() -> None:
         MqttPublisherConfig(password_env="X")
     with pytest.raises(ValueError, match="extra"):
         MqttPublisherConfig.model_validate({"hots": "x"})
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_session_persists_and_queues_commands_while_away(
+    broker: Server, protocol: str
+) -> None:
+    c = cfg(broker.port, protocol=protocol)
+    first = MqttLink(c, "pub-persist")
+    try:
+        assert await first.connect() is False
+        await first.subscribe("cmd/#", 1)
+    finally:
+        await first.close()
+    sender = MqttLink(cfg(broker.port), "sender")
+    try:
+        await sender.connect()
+        await sender.publish_many([Outgoing("cmd/x", b'{"alarm_id":"A"}', 1, False)])
+    finally:
+        await sender.close()
+    seen: list[tuple[str, bytes]] = []
+    second = MqttLink(c, "pub-persist", on_message=lambda t, p: seen.append((t, p)))
+    try:
+        assert await second.connect() is True
+        for _ in range(200):
+            if seen:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await second.close()
+    assert seen == [("cmd/x", b'{"alarm_id":"A"}')]
