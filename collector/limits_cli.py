@@ -123,11 +123,11 @@ def _errors(command: str) -> Iterator[None]:
 
     try:
         yield
-    except (_UsageError, LimitsStoreError, ConnectorError, ValueError) as exc:
-        sys.stderr.write(f"shopspc limits {command}: {exc}\n")
-        raise typer.Exit(EXIT_BAD) from None
-    except SpcInputError as exc:
+    except SpcInputError as exc:  # a ValueError: first
         sys.stderr.write(f"shopspc limits {command}: cannot estimate: {exc.message}\n")
+        raise typer.Exit(EXIT_BAD) from None
+    except (_UsageError, LimitsStoreError, ConnectorError, ValueError, OSError) as exc:
+        sys.stderr.write(f"shopspc limits {command}: {exc}\n")
         raise typer.Exit(EXIT_BAD) from None
 
 
@@ -207,18 +207,20 @@ def _print(obj: Any) -> None:
 def _console() -> Any:
     from rich.console import Console
 
-    return Console(highlight=False)
+    # user text (reasons, serials) is shown as typed: no rich markup, no highlighting
+    return Console(highlight=False, markup=False, emoji=False)
 
 
 def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=title, title_justify="left")
+    table = Table(title=Text(title), title_justify="left")
     for c in columns:
         # paths and ids stay whole; free text wraps
-        table.add_column(c, overflow="fold", no_wrap=c in _WHOLE)
+        table.add_column(Text(c), overflow="fold", no_wrap=c in _WHOLE)
     for r in rows:
-        table.add_row(*r)
+        table.add_row(*(Text(cell) for cell in r))
     _console().print(table)
 
 
@@ -1161,6 +1163,13 @@ def recompute(
         else:
             method = "sbar" if ch.chart == "xbar-s" else "rbar"
             est = estimate_xbar(values, method=method, exclude=mask)
+        spread = est.center if ch.chart == "c" else est.sigma
+        if not (math.isfinite(spread) and spread > 0):
+            what = "c̄" if ch.chart == "c" else "σ̂"
+            raise _UsageError(
+                f"{ch.path}: no variation in {where} ({what} = {spread:g}); "
+                "limits would flag every point"
+            )
         if since_us is not None or until_us is not None:
             window = (_iso(since_us), _iso(until_us))
         else:

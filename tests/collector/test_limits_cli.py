@@ -222,7 +222,7 @@ def test_csv_export_gives_the_same_record(plant: dict[str, Any], tmp_path: Path)
 
 def test_change_history_set_revert_pending_cancel(plant: dict[str, Any]) -> None:
     cfg = ["--config", str(plant["cfg"])]
-    who = ["--user", "qe.bob", "--reason", "gauge R&R"]
+    who = ["--user", "qe.bob", "--reason", "gauge R&R [red]study[/red] :smile:"]
     first = json.loads(recompute(plant, BORE, *window()).stdout)
     res = limits("set", BORE, *cfg, *who, "--center", "25.0", "--sigma", "0.02", "--json")
     assert res.exit_code == 0, res.stderr
@@ -252,7 +252,7 @@ def test_change_history_set_revert_pending_cancel(plant: dict[str, Any]) -> None
     assert table.exit_code == 0, table.stderr
     assert listed[0]["limits"]["id"] in table.stdout and "qe.bob (cli)" in table.stdout
     text = limits("audit", *cfg)
-    assert text.exit_code == 0 and "gauge R&R" in text.stdout
+    assert text.exit_code == 0 and "gauge R&R [red]study[/red] :smile:" in text.stdout
     ok = limits("verify", *cfg)
     assert ok.exit_code == 0 and "intact (4 audit rows)" in ok.stdout
 
@@ -378,3 +378,36 @@ def test_import_legacy_and_list_unconfigured(plant: dict[str, Any]) -> None:
     assert listed[-1]["path"] == gone and listed[-1]["chart"] == "not configured"
     trail = json.loads(limits("audit", BORE, *cfg, "--json").stdout)
     assert [(e["action"], e["user"]) for e in trail] == [("import", "migration")]
+
+
+@pytest.mark.parametrize(
+    ("values", "more", "message"),
+    [
+        ([1.0] * 6, [], "no variation"),
+        ([1.0, 2.0, 1.5, 1.2], ["--exclude", "1", "--exclude", "3"], "cannot estimate: needs"),
+        ([1.0, "x"], [], "plain.csv:3:value: not a number: 'x'"),
+        ([1.0, 2.0], ["--from", "-1h", "--to", "now"], "no time or time_us column"),
+        ([1.0, 2.0], ["--column", "bore_mm"], "no column 'bore_mm'"),
+    ],
+)
+def test_csv_without_times_and_its_errors(
+    plant: dict[str, Any], tmp_path: Path, values: list[Any], more: list[str], message: str
+) -> None:
+    csv_path = tmp_path / "plain.csv"
+    csv_path.write_text("value\n" + "".join(f"{v}\n" for v in values))
+    res = recompute(plant, BORE, "--csv", str(csv_path), "--min-points", "2", *more)
+    assert res.exit_code == 2, res.stdout
+    assert message in res.stderr and res.stderr.count("\n") == 1
+
+
+def test_csv_without_times_is_indexed(plant: dict[str, Any], tmp_path: Path) -> None:
+    x = np.array([1.0, 1.4, 0.8, 1.1, 5.0, 1.2, 0.9, 1.3])
+    csv_path = tmp_path / "plain.csv"
+    csv_path.write_text("value\n" + "".join(f"{v}\n" for v in x))
+    res = recompute(plant, BORE, "--csv", str(csv_path), "--min-points", "5", "--exclude", "4")
+    assert res.exit_code == 0, res.stderr
+    out = json.loads(res.stdout)
+    center, sigma = imr_expected(x, {4})
+    assert out["new"]["center"] == pytest.approx(center, rel=1e-12)
+    assert out["new"]["sigma"] == pytest.approx(sigma, rel=1e-12)
+    assert out["record"]["window"] == [str(csv_path), ""]
