@@ -184,6 +184,10 @@ CREATE TABLE IF NOT EXISTS process_state (
     state TEXT NOT NULL,
     time_us INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS marks (
+    point TEXT PRIMARY KEY,
+    last_time INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS shelves (
     point TEXT PRIMARY KEY,
     until_us INTEGER NOT NULL,
@@ -382,11 +386,12 @@ class _Work:
         self.lines: list[tuple[_Alarm, str, int, dict[str, Any]]] = []
         self.sql: list[tuple[str, tuple]] = []
         self.state_chars: set[int] = set()
+        self.marks: dict[str, int] = {}
         self.supp_new: dict[tuple[int, str, str], dict[str, Any]] = {}
         self.out = Outcome()
 
     def empty(self) -> bool:
-        return not (self.dirty or self.journal or self.messages or self.sql)
+        return not (self.dirty or self.journal or self.messages or self.sql or self.marks)
 
 
 class AlarmManager:
@@ -493,14 +498,13 @@ class AlarmManager:
             key = 2 * i + (a.chart in _DISP_NAMES)
             self._active.setdefault(key, {})[a.rule] = a
             self._has_active[key] = True
-        # newest completing sample time per ((char, slot), rule) of any stored alarm
+        # newest violating sample time per ((char, slot), rule): raised, updated or suppressed
         self._hw: dict[tuple[int, str], int] = {}
-        for path, chart, rule, last in self._outbox.query(
-            "SELECT path, chart, rule, max(last_time) FROM alarms GROUP BY path, chart, rule"
-        ):
+        for point, last in self._outbox.query("SELECT point, last_time FROM marks"):
+            path, slot, rule = point.rsplit("|", 2)
             i = self._index.get(path)
-            if i is not None and rule != FLOOD_RULE:
-                self._hw[(2 * i + (chart in _DISP_NAMES), rule)] = last
+            if i is not None:
+                self._hw[(2 * i + int(slot), rule)] = last
         self._oos: dict[int, tuple[int, str | None, str | None]] = {}
         for path, since, user, comment in self._outbox.query(
             "SELECT path, since_us, user, comment FROM oos"
@@ -748,6 +752,12 @@ class AlarmManager:
             tx.executemany(_UPSERT, [_row(a) for a in w.dirty.values()])
         for sql, params in w.sql:
             tx.execute(sql, params)
+        if w.marks:
+            tx.executemany(
+                "INSERT INTO marks (point, last_time) VALUES (?, ?) ON CONFLICT (point) "
+                "DO UPDATE SET last_time = max(last_time, excluded.last_time)",
+                list(w.marks.items()),
+            )
         if w.journal:
             tx.executemany(
                 "INSERT INTO journal (time_us, event, alarm_id, path, chart, rule, seq, published, "
@@ -858,7 +868,10 @@ class AlarmManager:
         pos[order] = np.arange(n)
         before = self._count[key]
 
-        interesting = np.flatnonzero(((mask & _ALL_BITS) != 0) | self._has_active[key])
+        # Python looks only at groups with an alarm now or a violation in this batch
+        hot = self._has_active.copy()
+        hot[key[(mask & _ALL_BITS) != 0]] = True
+        interesting = np.flatnonzero(hot[key])
         if len(interesting):
             self._judge_rows(
                 w,
@@ -959,6 +972,7 @@ class AlarmManager:
                     w.out.duplicates += 1
                     continue
                 self._hw[(k, code)] = t
+                w.marks[f"{self.chars[i].path}|{k & 1}|{code}"] = t
                 a = bucket.get(code) if bucket else None
                 if a is not None:
                     a.count += 1
