@@ -13,8 +13,9 @@ Entries are JSON envelopes::
     {"topic": "shopspc/v1/alarm/s/a/l/st/c", "qos": 1, "retain": false,
      "payload": {"schema": "shopspc.alarm/1", "alarm_id": "...", "event": "raised", ...}}
 
-The payload is sent compactly serialised (UTF-8). The webhook ignores topic,
-qos and retain. An envelope that cannot be read, and a message the far side
+The payload is sent compactly serialised (UTF-8). The webhook stream may hold
+such envelopes (topic, qos and retain are then ignored) or the bare payload
+objects (what ``collector.alarms`` appends there). An envelope that cannot be read, and a message the far side
 refuses for good (MQTT PUBACK reason ≥ 0x80 such as "not authorised"; HTTP 4xx
 other than 408/429), is moved to the outbox's dead letters with the reason;
 delivery goes on with the next entry.
@@ -108,14 +109,19 @@ def encode_envelope(
     return _compact({"topic": topic, "qos": qos, "retain": retain, "payload": payload})
 
 
-def _decode(entry: Entry) -> Envelope:
-    """Decode an envelope; ValueError says what is wrong with it."""
+def _json_object(entry: Entry) -> dict[str, Any]:
     try:
         doc = json.loads(entry.payload)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"envelope is not JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise ValueError("envelope is not a JSON object")
+    return doc
+
+
+def _decode(entry: Entry) -> Envelope:
+    """Decode an envelope; ValueError says what is wrong with it."""
+    doc = _json_object(entry)
     topic, qos, retain, payload = (doc.get(k) for k in ("topic", "qos", "retain", "payload"))
     if not isinstance(topic, str) or not topic or "+" in topic or "#" in topic:
         raise ValueError(f"envelope topic {topic!r} is not a topic name")
@@ -126,6 +132,15 @@ def _decode(entry: Entry) -> Envelope:
     if not isinstance(payload, dict):
         raise ValueError("envelope payload is not a JSON object")
     return Envelope(entry.seq, topic, qos, retain, _compact(payload), payload)
+
+
+def _decode_payload(entry: Entry) -> Envelope:
+    """For the webhook: an envelope's payload, or the entry itself when it is a bare payload."""
+    doc = _json_object(entry)
+    inner = doc.get("payload")
+    if isinstance(inner, dict) and isinstance(doc.get("topic"), str):
+        doc = inner
+    return Envelope(entry.seq, "", 1, False, _compact(doc), doc)
 
 
 def rfc3339_us(time_us: int) -> str:
@@ -188,7 +203,9 @@ class _Drainer:
         batch: int,
         backoff: Backoff,
         stop_drain_s: float,
+        decode: Callable[[Entry], Envelope] = _decode,
     ) -> None:
+        self.decode = decode
         self.outbox = outbox
         self.stream = stream
         self.transport = transport
@@ -293,7 +310,7 @@ class _Drainer:
         bad: dict[int, str] = {}
         for e in entries:
             try:
-                envelopes.append(_decode(e))
+                envelopes.append(self.decode(e))
             except ValueError as exc:
                 bad[e.seq] = str(exc)
         result = await self.transport.deliver(envelopes) if envelopes else _Delivery()
@@ -591,7 +608,7 @@ class _WebhookTransport:
 
 
 class WebhookNotifier:
-    """POSTs every entry of the outbox stream (the envelope's payload as JSON) in order.
+    """POSTs every entry of the outbox stream (a bare payload or an envelope's) as JSON, in order.
 
     Headers: ``X-Shopspc-Timestamp``, ``X-Shopspc-Signature`` (when
     ``secret_env`` is set; see :func:`verify_signature`) and
@@ -612,6 +629,7 @@ class WebhookNotifier:
             batch=cfg.batch_size,
             backoff=Backoff(cfg.retry_base_s, cfg.retry_cap_s),
             stop_drain_s=cfg.stop_drain_s,
+            decode=_decode_payload,
         )
 
     def notify(self) -> None:
