@@ -399,16 +399,26 @@ def list_(config: ConfigOpt, data_dir: DataDirOpt = None, as_json: JsonOpt = Fal
 
 @limits_app.command("show")
 def show(
-    char: CharArg, config: ConfigOpt, data_dir: DataDirOpt = None, as_json: JsonOpt = False
+    char: CharArg,
+    config: ConfigOpt,
+    at: Annotated[
+        str | None,
+        typer.Option(
+            "--at", help="the record in force at this time instead of now (-3d, RFC 3339)"
+        ),
+    ] = None,
+    data_dir: DataDirOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
-    """The record in force for one characteristic, in full, and pending future assignments."""
+    """The record in force for one characteristic (now or --at), in full, and pending assignments."""
     with _errors("show"):
         setup = _setup(config, data_dir)
         ch = setup.characteristic(char)
         m = _m(ch)
         now = _now_us()
+        at_us = now if at is None else parse_time(at, now, "--at")
         with _store(setup, write=False) as store:
-            a = store.effective_assignment(ch.path, now) if store else None
+            a = store.effective_assignment(ch.path, at_us) if store else None
             rec = store.record(a.limits_id, ch.path) if store and a else None
             pending = []
             for p in store.pending(now, ch.path) if store else []:
@@ -416,6 +426,7 @@ def show(
                 pending.append({**(_assignment_json(p) or {}), "limits": _record_json(prec, m)})
     out = {
         "path": ch.path,
+        "at": _iso(at_us),
         "limits": _record_json(rec, m),
         "assignment": _assignment_json(a),
         "pending": pending,
@@ -425,7 +436,7 @@ def show(
         return
     con = _console()
     if rec is None or a is None:
-        con.print(f"{ch.path}: no limits assigned in {setup.db}")
+        con.print(f"{ch.path}: no limits in force at {_when(at_us)} in {setup.db}")
     else:
         lim = out["limits"]
         rows = [

@@ -299,8 +299,11 @@ class LimitsStore:
 
     ``readonly`` opens an existing store for reading only (the CLI's ``list``
     while the gateway runs); otherwise the file is created when missing.
-    Thread-safe (one connection behind a lock); use as a context manager or
-    call :meth:`close`.
+    Thread-safe (one connection behind a lock) and blocking (a change waits
+    for an fsync): from asyncio call it through :func:`asyncio.to_thread`. Several
+    processes may open the same file (the gateway and the CLI); writes are
+    serialised by SQLite (``busy_timeout`` seconds of waiting). Use as a
+    context manager or call :meth:`close`.
     """
 
     def __init__(

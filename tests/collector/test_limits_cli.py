@@ -237,6 +237,12 @@ def test_change_history_set_revert_pending_cancel(plant: dict[str, Any]) -> None
     assert [h["status"] for h in hist] == ["superseded", "in force", "pending"]
     shown = json.loads(limits("show", BORE, *cfg, "--json").stdout)
     assert shown["limits"]["method"] == "known"
+    then = json.loads(
+        limits("show", BORE, *cfg, "--at", hist[0]["effective_from"], "--json").stdout
+    )
+    assert then["limits"]["id"] == first["record"]["id"]
+    before = limits("show", BORE, *cfg, "--at", iso_us(T0))
+    assert before.exit_code == 0 and "no limits in force at 2025-11-26 08:00:00Z" in before.stdout
     assert [p["limits_id"] for p in shown["pending"]] == [first["record"]["id"]]
     res = limits("cancel", str(hist[2]["seq"]), *cfg, *who)
     assert res.exit_code == 0, res.stderr
