@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -384,3 +388,55 @@ def test_import_legacy_limits_json(tmp_path: Path) -> None:
         legacy.write_text("{not json")
         with pytest.raises(LimitsStoreError, match=r"limits\.json: cannot import"):
             s.import_json(legacy)
+
+
+_WRITER = """
+import sys
+from collector.limitstore import LimitsStore
+from spc.limits import LimitsRecord
+path, start, t0 = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+with LimitsStore(path) as s:
+    for i in range(start, start + 100_000):
+        r = LimitsRecord("imr", float(i), 1.0, "mr", 25)
+        c = s.assign("a/b/c/d/e", r, user="writer", reason="kill test", source="api",
+                     effective_from_us=t0 + i, now_us=t0 + i)
+        print(c.audit.seq, r.id, flush=True)
+"""
+
+
+def test_kill_9_mid_change_keeps_every_change_whole(tmp_path: Path) -> None:
+    """SIGKILL while changes commit: each returned change is there with its record and audit row."""
+    path = tmp_path / "limits.db"
+    rng = np.random.default_rng(3)
+    reported: dict[int, str] = {}
+    start = 0
+    for _ in range(3):
+        stop_after = int(rng.integers(5, 40))
+        with subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(path), str(start), str(T0)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as proc:
+            assert proc.stdout is not None
+            for _ in range(stop_after):
+                line = proc.stdout.readline()
+                if not line.endswith("\n"):
+                    break
+                seq, lid = line.split()
+                reported[int(seq)] = lid
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+            err = proc.stderr.read() if proc.stderr else ""
+        assert "Traceback" not in err, err
+        with LimitsStore(path) as s:
+            entries = {e.seq: e for e in s.audit()}
+            for seq, lid in reported.items():
+                assert entries[seq].new_limits_id == lid
+                assert s.record(lid) is not None
+            hist = s.history("a/b/c/d/e")
+            assert len(hist) == len(entries)
+            assert {h.seq for h in hist} == {e.assignment_seq for e in entries.values()}
+            assert s.verify() == []
+            start = len(entries) + 1
+    assert len(reported) >= 3
