@@ -6,7 +6,10 @@ source connector, the processor, the sink drainer, the periodic state saver.
 * **Queue.** Sources hand batches to one bounded ``asyncio.Queue`` (``queue_size``
   batches). Overflow policy: *back-pressure* — a source's ``emit`` waits until
   there is room (its own bounded buffer then applies its own policy); every
-  wait is counted in ``queue_waits``. Nothing is dropped here.
+  wait is counted in ``queue_waits``. Nothing is dropped here. ``emit`` returns
+  only after the batch's lines are committed to the outbox, so a source that
+  acknowledges its peer after ``emit`` (MQTT QoS 1) never acknowledges a value
+  that ``kill -9`` could still lose.
 * **Mapping.** A binding index built once maps (source, binding id) to the
   characteristics it feeds and to the context values it carries. Context
   bindings keep the latest value per binding (also taken from ``Sample.fields``
@@ -26,7 +29,9 @@ source connector, the processor, the sink drainer, the periodic state saver.
 * **Outputs.** Every sample → a ``measurement`` line; every plotted point → an
   ``spc`` line; every violated rule → a log line, an ``alarm`` line (event
   ``raised``) and the ``on_alarm`` callback. Lines are appended to the outbox
-  stream ``series`` (``NORMAL`` durability) before they count as accepted; the
+  stream ``series`` (``NORMAL`` durability: survives ``kill -9``), up to
+  ``CHUNK_LINES`` lines per entry, before they count as accepted; the
+  stream is bounded in bytes (``outbox_max_bytes``, back-pressure when full). The
   drainer writes them to every sink (a ``localstore`` at ``data_dir/series.db``
   when none is configured), acks on success, retries later with ``Backoff`` on
   a retryable :class:`~connectors.base.ConnectorError` and dead-letters lines
@@ -89,6 +94,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 STREAM = "series"
+CHUNK_LINES = 5000  # lines per outbox entry and per delivery to the sinks
 WINDOW_M = 25  # subgroup width when only subgroup.window_s shapes an X̄ subgroup
 _SIZED = ("p", "np", "u")  # charts that need a sample size with each count
 _CODES = sorted(BITS.items(), key=lambda kv: kv[1])
@@ -564,7 +570,7 @@ class Gateway:
         drain_deadline_s: float = 10.0,
         save_interval_s: float = 5.0,
         metrics_interval_s: float = 10.0,
-        outbox_max_entries: int = 2_000_000,
+        outbox_max_bytes: int = 2 * 1024**3,
         on_alarm: Callable[[AlarmEvent], None] | None = None,
     ) -> None:
         self.cfg = cfg
@@ -580,7 +586,9 @@ class Gateway:
         self.metrics_interval_s = metrics_interval_s
         self.on_alarm = on_alarm
         self._dedup = _Dedup(dedup_size)
-        self._queue: asyncio.Queue[tuple[str, list[Sample]]] = asyncio.Queue(queue_size)
+        self._queue: asyncio.Queue[tuple[str, list[Sample], asyncio.Future[None]]] = asyncio.Queue(
+            queue_size
+        )
         self._kinds = {name: sec.kind for name, sec in cfg.sources.items()}
         if sources is None:
             sources = [
@@ -610,7 +618,7 @@ class Gateway:
         self.precision = precisions.pop() if precisions else "us"
         self.outbox = Outbox(
             self.data_dir / "outbox.db",
-            streams={STREAM: StreamPolicy(synchronous="NORMAL", max_entries=outbox_max_entries)},
+            streams={STREAM: StreamPolicy(synchronous="NORMAL", max_bytes=outbox_max_bytes)},
         )
         self._aio = self.outbox.aio
         self._sink_backoff = Backoff(base=0.5, cap=30.0)
@@ -832,12 +840,18 @@ class Gateway:
         self.outbox.close()
 
     async def _run_source(self, source: Any) -> None:
+        loop = asyncio.get_running_loop()
+
         async def emit(samples: Sequence[Sample]) -> None:
+            # returns once the batch is committed to the outbox: a source that acknowledges
+            # its peer after emit (MQTT QoS 1) never acknowledges what a crash could lose
             if not samples:
                 return
             if self._queue.full():
                 self.stats.queue_waits += 1
-            await self._queue.put((source.name, list(samples)))
+            done = loop.create_future()
+            await self._queue.put((source.name, list(samples), done))
+            await done
 
         try:
             await source.run(emit)
@@ -862,9 +876,12 @@ class Gateway:
             while len(items) < 500 and not self._queue.empty():
                 items.append(self._queue.get_nowait())
             self.stats.queue_depth = self._queue.qsize()
-            lines = self.process(items)
+            lines = self.process([(name, samples) for name, samples, _ in items])
             lines += self.close_windows(_now_us())
             await self._append(lines)
+            for *_, done in items:
+                if not done.done():
+                    done.set_result(None)
             await self._periodic()
 
     async def _periodic(self) -> None:
@@ -906,7 +923,10 @@ class Gateway:
     async def _append(self, lines: list[str]) -> None:
         if not lines:
             return
-        payloads = [ln.encode() for ln in lines]
+        payloads = [
+            "\n".join(lines[k : k + CHUNK_LINES]).encode()
+            for k in range(0, len(lines), CHUNK_LINES)
+        ]
         while True:
             try:
                 await self._aio.append(STREAM, payloads)
@@ -932,7 +952,8 @@ class Gateway:
         while True:
             if self._processor_done.is_set() and deadline is None:
                 deadline = time.monotonic() + self.drain_deadline_s
-            entries = await self._aio.peek(STREAM, 5000)
+            entries = await self._aio.peek(STREAM, 64)
+            entries = _up_to(entries, CHUNK_LINES)
             if entries:
                 await self._deliver(entries)
             else:
@@ -945,7 +966,7 @@ class Gateway:
                 self.stats.outbox_pending = pending
                 if pending:
                     log.warning(
-                        "shutdown: %d series lines left in the outbox %s (sent at next start)",
+                        "shutdown: %d series entries left in the outbox %s (sent at next start)",
                         pending,
                         self.outbox.path,
                     )
@@ -956,7 +977,11 @@ class Gateway:
                     await asyncio.wait_for(self._wake.wait(), 0.5)
 
     async def _deliver(self, entries: list[Any]) -> None:
-        lines = [e.payload.decode() for e in entries]
+        # an entry holds up to CHUNK_LINES lines; sinks get single lines so that one
+        # malformed line is dead-lettered alone
+        lines: list[bytes] = []
+        for e in entries:
+            lines += e.payload.split(b"\n")
         seqs = [e.seq for e in entries]
         rejected: dict[int, str] = {}
         for sink in self.sinks:
@@ -973,22 +998,25 @@ class Gateway:
                     return
                 log.error("sink %s refused the batch for good: %s", sink.name, exc)
                 await self._aio.dead_letter(STREAM, seqs, str(exc))
-                self.stats.lines_dead += len(seqs)
+                self.stats.lines_dead += len(lines)
                 return
             for rej in getattr(result, "rejected", ()) or ():
                 for j in rej.indices:
                     rejected.setdefault(j, f"{sink.name}: {rej.message}")
         self._sink_backoff.reset()
         if rejected:
-            by_reason: dict[str, list[int]] = {}
+            # the refused lines become entries of their own, dead-lettered with the reason;
+            # the entries they came from are acknowledged below (a crash in between re-sends
+            # the good lines: a rewrite of the same points)
+            by_reason: dict[str, list[bytes]] = {}
             for j, reason in rejected.items():
-                by_reason.setdefault(reason, []).append(seqs[j])
+                by_reason.setdefault(reason, []).append(lines[j])
             for reason, bad in by_reason.items():
-                await self._aio.dead_letter(STREAM, bad, reason)
+                dead = await self._aio.append(STREAM, bad)
+                await self._aio.dead_letter(STREAM, dead, reason)
             self.stats.lines_dead += len(rejected)
-        good = [s for j, s in enumerate(seqs) if j not in rejected]
-        await self._aio.ack(STREAM, good)
-        self.stats.lines_written += len(good)
+        await self._aio.ack(STREAM, seqs)
+        self.stats.lines_written += len(lines) - len(rejected)
 
     # ------------------------------------------------------------------ processing (sync, testable)
 
@@ -1367,6 +1395,16 @@ class Gateway:
                     serial,
                 )
             )
+
+
+def _up_to(entries: list[Any], max_lines: int) -> list[Any]:
+    """The first entries holding at most ``max_lines`` lines together (at least one entry)."""
+    total = 0
+    for k, e in enumerate(entries):
+        total += e.payload.count(b"\n") + 1
+        if total > max_lines and k:
+            return entries[:k]
+    return entries
 
 
 class _NoCounts:

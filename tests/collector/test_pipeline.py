@@ -69,6 +69,10 @@ class FakeSource:
         await asyncio.Event().wait()
 
 
+def _text(batch: Sequence[str | bytes]) -> list[str]:
+    return [b.decode() if isinstance(b, bytes) else b for b in batch]
+
+
 class RecordingSink:
     """Keeps every line written."""
 
@@ -79,8 +83,8 @@ class RecordingSink:
         self.lines: list[str] = []
         self.closed = False
 
-    async def write(self, batch: Sequence[str]) -> Any:
-        self.lines.extend(batch)
+    async def write(self, batch: Sequence[str | bytes]) -> Any:
+        self.lines.extend(_text(batch))
         return None
 
     async def close(self) -> None:
@@ -354,7 +358,8 @@ class FlakySink(RecordingSink):
         super().__init__()
         self.calls = 0
 
-    async def write(self, batch: Sequence[str]) -> Any:
+    async def write(self, batch: Sequence[str | bytes]) -> Any:
+        batch = _text(batch)
         self.calls += 1
         if self.calls == 1:
             raise ConnectorError("flaky", "connection refused", retryable=True)
@@ -384,6 +389,8 @@ async def test_sink_retry_and_dead_letter(tmp_path) -> None:
     with Outbox(outbox_path) as ob:
         (dead,) = ob.dead_letters("series")
         assert "bad line" in dead.reason
+        # only the refused line is dead, not the outbox entry (a chunk of lines) it came in
+        assert b"\n" not in dead.payload and dead.payload.decode() not in sink.lines
 
 
 async def test_phase1_collection_survives_a_restart(tmp_path) -> None:
