@@ -390,3 +390,45 @@ def test_cli_simulate_on_a_taken_port_fails_with_the_port_and_its_key(tmp_path: 
     ) in proc.stderr
     assert "sources.cmm.endpoint" in proc.stderr
     assert "station  " not in proc.stdout  # nothing was started
+
+
+@pytest.mark.integration
+async def test_the_live_demo_says_which_ports_it_moved_and_its_gateway_reads_there(
+    tmp_path: Path,
+) -> None:
+    import io
+
+    from rich.console import Console
+
+    from collector.live import run_live_demo
+
+    require_binary("mosquitto")
+    held = _hold(3)
+    try:
+        ports = dict(zip(PORTS, map(_port, held), strict=True))
+        text = demo_text(ports).replace("var/shopspc-demo", str(tmp_path / "demo"))
+        cfg, connectors = parse_config(text, DEMO)
+        out = io.StringIO()
+        console = Console(file=out, width=140, force_terminal=False)
+        async with asyncio.timeout(60):
+            gw = await run_live_demo(cfg, connectors, rate=20.0, duration=1.0, console=console)
+    finally:
+        for s in held:
+            s.close()
+    text = out.getvalue()
+    moved: dict[str, int] = {}
+    for label, kind in (
+        ("OPC UA station", "opcua"),
+        ("Modbus station", "modbus"),
+        ("MQTT broker", "mqtt"),
+    ):
+        line = next(x for x in text.splitlines() if x.startswith(f"{label}: port "))
+        assert line.startswith(f"{label}: port {ports[kind]} busy, using "), text
+        moved[kind] = int(line.rsplit(" ", 1)[1])
+    # The gateway's sources read where the stations listen (reading itself: the test above).
+    by_name = {s.name: s.config for s in gw.sources}
+    assert by_name["cmm"].endpoint == f"opc.tcp://127.0.0.1:{moved['opcua']}/"
+    assert by_name["gauge"].devices[0].transport.port == moved["modbus"]
+    assert by_name["vision"].port == moved["mqtt"]
+    assert f"opc.tcp://127.0.0.1:{moved['opcua']}/" in text
+    assert "mosquitto (pid" in text and f"127.0.0.1:{moved['mqtt']}" in text
