@@ -107,7 +107,7 @@ SEQ_COUNTER = "alarm-seq"
 #: Chart names of the alarm contract.
 CHARTS: tuple[str, ...] = ("x", "mr", "xbar", "r", "s", "p", "np", "c", "u", "ewma", "cusum")
 _DISP_NAMES = frozenset({"mr", "r", "s"})
-_DISP_LIST = sorted(_DISP_NAMES)
+_CHART_SET = frozenset(CHARTS)
 _CODES = sorted(BITS.items(), key=lambda kv: kv[1])
 _ALL_BITS = sum(1 << bit for _, bit in _CODES)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -452,6 +452,7 @@ class AlarmManager:
         self._actions = {item.code: item for item in self.config.actions}
         # per (char, slot) arrays: slot 0 = centre chart, 1 = dispersion chart
         self._count = np.zeros(2 * n, dtype=np.int64)
+        self._small = 2 * n <= 65_536
         self._ring_t = np.zeros((2 * n, MAX_WINDOW), dtype=np.int64)
         self._ring_s = np.full((2 * n, MAX_WINDOW), None, dtype=object)
         self._has_active = np.zeros(2 * n, dtype=bool)
@@ -840,33 +841,44 @@ class AlarmManager:
         char = np.asarray(batch.char, dtype=np.intp)
         mask = np.asarray(batch.mask, dtype=np.int64)
         times = np.asarray(batch.time_us, dtype=np.int64)
-        chart_arr = np.asarray(batch.chart)
-        for name, arr in (("mask", mask), ("time_us", times), ("chart", chart_arr)):
+        for name, arr in (("mask", mask), ("time_us", times)):
             if len(arr) != n:
                 raise ValueError(f"PointBatch.{name} has {len(arr)} rows, char has {n}")
-        for name in ("value", "center", "lcl", "ucl", "sigma", "limits_id", "serial", "context"):
+        for name in ("chart", "value", "center", "lcl", "ucl", "sigma", "limits_id", "serial"):
             if len(getattr(batch, name)) != n:
                 raise ValueError(
                     f"PointBatch.{name} has {len(getattr(batch, name))} rows, char has {n}"
                 )
+        if len(batch.context) != n:
+            raise ValueError(f"PointBatch.context has {len(batch.context)} rows, char has {n}")
         if char.min() < 0 or char.max() >= len(self.chars):
             raise ValueError(f"PointBatch.char outside 0..{len(self.chars) - 1}")
-        known = np.isin(chart_arr, CHARTS)
-        if not known.all():
-            bad = sorted({str(x) for x in chart_arr[~known]})
+        charts = list(batch.chart)
+        names = set(charts)
+        if not names <= _CHART_SET:
+            bad = sorted(str(x) for x in names - _CHART_SET)
             raise ValueError(f"unknown chart names {bad} (expected one of {', '.join(CHARTS)})")
-        slot = np.isin(chart_arr, _DISP_LIST).astype(np.intp)
-        key = 2 * char + slot
-        serial = np.fromiter(batch.serial, dtype=object, count=n)
-        # rank of each row within its (char, slot) group, in batch order
-        order = np.argsort(key, kind="stable")
+        key = 2 * char
+        if names & _DISP_NAMES:
+            chart_arr = np.asarray(charts)
+            for name in names & _DISP_NAMES:
+                key += chart_arr == name
+        serial = batch.serial
+        no_serial = (
+            serial.count(None) == n if isinstance(serial, list) else all(x is None for x in serial)
+        )
+        # rank of each row within its (char, slot) group, in batch order; a radix sort on
+        # 16-bit keys keeps this linear
+        order = np.argsort(key.astype(np.uint16) if self._small else key, kind="stable")
         sk = key[order]
-        starts = np.flatnonzero(np.r_[True, sk[1:] != sk[:-1]])
-        sizes = np.diff(np.r_[starts, n])
+        new = np.empty(n, dtype=bool)
+        new[0] = True
+        np.not_equal(sk[1:], sk[:-1], out=new[1:])
+        starts = np.flatnonzero(new)
+        sizes = np.diff(np.append(starts, n))
         rank_sorted = np.arange(n) - np.repeat(starts, sizes)
         pos = np.empty(n, dtype=np.intp)
         pos[order] = np.arange(n)
-        before = self._count[key]
 
         # Python looks only at groups with an alarm now or a violation in this batch
         hot = self._has_active.copy()
@@ -874,34 +886,29 @@ class AlarmManager:
         interesting = np.flatnonzero(hot[key])
         if len(interesting):
             self._judge_rows(
-                w,
-                batch,
-                interesting,
-                char,
-                key,
-                mask,
-                times,
-                chart_arr,
-                serial,
-                order,
-                pos,
+                w, batch, interesting, char, key, mask, times, charts, serial, order, pos,
                 rank_sorted,
-                before,
-            )
+            )  # fmt: skip
 
-        # rings: the last MAX_WINDOW rows of each group (no duplicate index in one assignment)
-        group_size = np.repeat(sizes, sizes)[pos]
-        rank = rank_sorted[pos]
-        keep = rank >= group_size - MAX_WINDOW
-        col = (before[keep] + rank[keep]) % MAX_WINDOW
-        self._ring_t[key[keep], col] = times[keep]
-        self._ring_s[key[keep], col] = serial[keep]
-        np.add.at(self._count, key, 1)
+        # rings: the last MAX_WINDOW rows of each group (no index twice in one assignment)
+        keys = sk[starts]
+        keep = rank_sorted >= np.repeat(sizes, sizes) - MAX_WINDOW
+        rows = order[keep]
+        kk = sk[keep]
+        col = (self._count[kk] + rank_sorted[keep]) % MAX_WINDOW
+        self._ring_t[kk, col] = times[rows]
+        if no_serial:
+            self._ring_s[kk, col] = None
+        else:
+            self._ring_s[kk, col] = np.fromiter(serial, dtype=object, count=n)[rows]
+        self._count[keys] += sizes
 
         # state topic: chars whose state code or limits changed, plus those touched above
-        uniq, first_rev = np.unique(char[::-1], return_index=True)
-        last_rows = n - 1 - first_rev
-        lims = np.asarray(batch.limits_id, dtype=object)[last_rows]
+        last_rows = order[starts + sizes - 1]
+        uniq = keys >> 1
+        lims_all = batch.limits_id
+        lims = np.empty(len(keys), dtype=object)
+        lims[:] = [lims_all[j] for j in last_rows.tolist()]
         self._seen[uniq] = True
         live_char = self._has_active.reshape(-1, 2).any(axis=1)[uniq]
         code = np.where(self._suspended[uniq], 3, np.where(live_char, 2, 1)).astype(np.int8)
@@ -922,12 +929,11 @@ class AlarmManager:
         key: np.ndarray,
         mask: np.ndarray,
         times: np.ndarray,
-        chart_arr: np.ndarray,
-        serial: np.ndarray,
+        charts: list[str],
+        serial: Sequence[str | None],
         order: np.ndarray,
         pos: np.ndarray,
         rank_sorted: np.ndarray,
-        before: np.ndarray,
     ) -> None:
         now_us = w.now_us
         # ids of every completing sample first, then one look-up for those already known
@@ -937,7 +943,7 @@ class AlarmManager:
             if not m:
                 continue
             path = self.chars[int(char[r])].path
-            chart = str(chart_arr[r])
+            chart = str(charts[r])
             for code, bit in _CODES:
                 if m >> bit & 1:
                     ids[(r, code)] = alarm_id(
@@ -948,7 +954,7 @@ class AlarmManager:
             i = int(char[r])
             k = int(key[r])
             m = int(mask[r])
-            chart = str(chart_arr[r])
+            chart = str(charts[r])
             bucket = self._active.get(k)
             if bucket:
                 for rule, a in list(bucket.items()):
@@ -1002,7 +1008,6 @@ class AlarmManager:
                     order,
                     pos,
                     rank_sorted,
-                    before,
                 )
                 bucket = self._active.get(k)
                 w.state_chars.add(i)
@@ -1027,20 +1032,24 @@ class AlarmManager:
         k: int,
         window: int,
         times: np.ndarray,
-        serial: np.ndarray,
+        serial: Sequence[str | None],
         order: np.ndarray,
         pos: np.ndarray,
         rank_sorted: np.ndarray,
-        before: np.ndarray,
     ) -> list[str]:
+        """Times (or serials) of the ``window`` points ending at row ``r``, oldest first.
+
+        Earlier points of the same group come from this batch, then from the
+        ring (called before the ring takes this batch).
+        """
         p = int(pos[r])
         rank = int(rank_sorted[p])
         inside = min(rank + 1, window)
         rows = order[p - inside + 1 : p + 1]
         pts = [(int(times[j]), serial[j]) for j in rows.tolist()]
-        need = min(window - inside, int(before[r]), MAX_WINDOW)
+        b = int(self._count[k])
+        need = min(window - inside, b, MAX_WINDOW)
         if need > 0:
-            b = int(before[r])
             cols = [(b - need + j) % MAX_WINDOW for j in range(need)]
             pts = [(int(self._ring_t[k, c]), self._ring_s[k, c]) for c in cols] + pts
         if all(s is not None for _, s in pts):
@@ -1058,11 +1067,10 @@ class AlarmManager:
         aid: str,
         key: np.ndarray,
         times: np.ndarray,
-        serial: np.ndarray,
+        serial: Sequence[str | None],
         order: np.ndarray,
         pos: np.ndarray,
         rank_sorted: np.ndarray,
-        before: np.ndarray,
     ) -> None:
         c = self.chars[i]
         now_us = w.now_us
@@ -1076,7 +1084,6 @@ class AlarmManager:
             order,
             pos,
             rank_sorted,
-            before,
         )
         context = {k_: v for k_, v in (batch.context[r] or {}).items() if v is not None}
         severity = self._sev(i, code)
