@@ -264,6 +264,7 @@ def _compare(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[lis
         ("lcl", "LCL"),
         ("ucl", "UCL"),
         ("sigma", "σ"),
+        ("cpk", "Cpk (σ within)"),
         ("method", "method"),
         ("n_points", "points"),
         ("excluded", "excluded"),
@@ -271,6 +272,8 @@ def _compare(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[lis
     ):
         o = None if old is None else old.get(key)
         n = None if new is None else new.get(key)
+        if key == "cpk" and o is None and n is None:
+            continue  # no specification limits configured
         if isinstance(o, (int, float)) or isinstance(n, (int, float)):
             change = _pct(o, n) if key not in ("n_points", "excluded") else ""
             rows.append([label, _num(o), _num(n), change])
@@ -279,12 +282,25 @@ def _compare(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[lis
     return rows
 
 
-def _values(rec: LimitsRecord | None, m: int) -> dict[str, Any] | None:
+def _cpk(rec: LimitsRecord, ch: Characteristic) -> float | None:
+    """Cpk = min(USL − μ, μ − LSL) / 3σ from the record's centre and σ (within), specs from config."""
+    if rec.chart in ("p", "np", "c", "u") or not (math.isfinite(rec.sigma) and rec.sigma > 0):
+        return None
+    sides = []
+    if ch.usl is not None:
+        sides.append((ch.usl - rec.center) / (3 * rec.sigma))
+    if ch.lsl is not None:
+        sides.append((rec.center - ch.lsl) / (3 * rec.sigma))
+    return min(sides) if sides else None
+
+
+def _values(rec: LimitsRecord | None, ch: Characteristic) -> dict[str, Any] | None:
     from collector.limitstore import limits_values
 
-    v = limits_values(rec, m)
+    v = limits_values(rec, _m(ch))
     if v is not None and rec is not None:
         v["limits_id"] = rec.id
+        v["cpk"] = _cpk(rec, ch)
     return v
 
 
@@ -620,8 +636,7 @@ def _report_change(
     as_json: bool,
     extra: dict[str, Any] | None = None,
 ) -> None:
-    m = _m(ch)
-    ov, nv = _values(old, m), _values(new, m)
+    ov, nv = _values(old, ch), _values(new, ch)
     if as_json:
         _print(
             {

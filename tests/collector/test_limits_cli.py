@@ -38,6 +38,8 @@ characteristics:
     line: L1
     station: OP20
     chart: imr
+    lsl: 24.95
+    usl: 25.05
     limits: {{phase1_subgroups: 20}}
     value: {{static: 0}}
   - id: gap
@@ -140,6 +142,7 @@ def test_recompute_imr_with_exclusion_matches_numpy(plant: dict[str, Any]) -> No
     assert new["sigma"] == pytest.approx(sigma, rel=1e-12)
     assert new["lcl"] == pytest.approx(center - 3 * sigma, rel=1e-12)
     assert new["method"] == "mr" and new["n_points"] == 40 and new["excluded"] == 1
+    assert new["cpk"] == pytest.approx(min(25.05 - center, center - 24.95) / (3 * sigma))
     assert out["old"] is None and out["assigned"] and out["measurements"] == 40
     rec = out["record"]
     assert rec["exclusions"] == [{"index": 17, "reason": "serial B-017: probe bounced"}]
@@ -417,3 +420,23 @@ def test_csv_without_times_is_indexed(plant: dict[str, Any], tmp_path: Path) -> 
     assert out["new"]["center"] == pytest.approx(center, rel=1e-12)
     assert out["new"]["sigma"] == pytest.approx(sigma, rel=1e-12)
     assert out["record"]["window"] == [str(csv_path), ""]
+
+
+def test_recompute_agrees_with_the_gateways_phase1(plant: dict[str, Any]) -> None:
+    """Without exclusions, recompute estimates exactly what the gateway's Phase I freezes."""
+    from collector.config import load_config
+    from collector.pipeline import estimate_phase1
+
+    cfg, _ = load_config(plant["cfg"])
+    for path, data in ((BORE, plant["bore"]), (GAP, plant["gap"])):
+        ch = next(c for c in cfg.characteristics if c.path == path)
+        frozen = estimate_phase1(ch, np.asarray(data, dtype=float).ravel(), [T0], T0)
+        out = json.loads(recompute(plant, path, *window(2), "--dry-run").stdout)
+        rec = out["record"]
+        assert (rec["center"], rec["sigma"], rec["method"], rec["n_points"]) == (
+            frozen.center,
+            frozen.sigma,
+            frozen.method,
+            frozen.n_points,
+        )
+        assert rec["params"] == dict(frozen.params)
