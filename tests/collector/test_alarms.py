@@ -690,6 +690,40 @@ def test_flood_summarises_and_keeps_detail(mk) -> None:
     assert out.cleared == 1 and out.events == []
 
 
+def test_flood_survives_a_restart(mk) -> None:
+    """An active flood alarm is restored at open and still clears when the line calms down."""
+    m = mk(chars(4), flood={"max_alarms": 1, "window_s": 5})
+    out = m.judge(batch([(i, "x", bits("N1"), T0 + i) for i in range(3)]), T0)
+    flood_id = next(e["alarm_id"] for e in out.events if e["rule"] == "FLOOD")
+    m.close()
+    m = mk(chars(4), flood={"max_alarms": 1, "window_s": 5})
+    assert m.counts()["floods"] == 1
+    # still held after the restart
+    assert m.judge(batch([(3, "x", bits("N1"), T0 + 9)]), T0 + S).held == 1
+    assert m.tick(T0 + 5 * S).events == []  # calm since T0 + 1 s: not a whole window yet
+    out = m.tick(T0 + 6 * S)
+    assert [(e["alarm_id"], e["event"]) for e in out.events] == [(flood_id, "cleared")]
+
+
+def test_queries_journal_get_and_prefix(mk) -> None:
+    """journal() filters by time and path with a limit; get() has the payload; prefix is used."""
+    m = mk(prefix="plant7/spc")
+    out = m.judge(batch([(0, "x", bits("N1"), T0), (1, "x", bits("N1"), T0)]), T0 + S)
+    m.judge(batch([(0, "x", bits("N1"), T0 + 1)]), T0 + 2 * S)
+    assert stream(m)[0]["topic"] == "plant7/spc/alarm/S1/A1/L1/ST1/c0"
+    assert [j["event"] for j in m.journal(path="S1/A1/L1/ST1/c0")] == ["raised", "updated"]
+    assert [j["event"] for j in m.journal(since_us=T0 + 2 * S)] == ["updated"]
+    assert [j["event"] for j in m.journal(until_us=T0 + 2 * S)] == ["raised", "raised"]
+    assert len(m.journal(limit=1)) == 1
+    row = m.journal()[0]
+    assert row["seq"] == 1 and row["published"] == 1 and row["payload"] == out.events[0]
+    got = m.get(out.events[0]["alarm_id"])
+    assert got["payload"]["limits_id"] == "LIM-1" and got["count"] == 2
+    assert got["limits_id"] == "LIM-1"
+    assert m.get("A-nope") is None
+    assert [a["path"] for a in m.active("S1/A1/L1/ST1/c1")] == ["S1/A1/L1/ST1/c1"]
+
+
 def test_counts(mk) -> None:
     """Self-metrics."""
     m = mk()
