@@ -29,6 +29,7 @@ retryable; refused connections, timeouts, DNS failures and lost connections are.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import socket
@@ -152,6 +153,11 @@ class MqttClient:
         self._password = password
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[Message | _Lost] = asyncio.Queue()
+        # messages cross from paho's thread through a deque; the loop is woken once per
+        # burst, not once per message (a self-pipe write each, the cost that dominated)
+        self._inbox: collections.deque[Message] = collections.deque()
+        self._inbox_lock = threading.Lock()
+        self._inbox_wake = False
         self._credits = threading.Semaphore(cfg.queue_size)
         self._connack: asyncio.Future[tuple[bool, int, str]] | None = None
         self._subacks: dict[int, asyncio.Future[list[Any]]] = {}
@@ -229,15 +235,29 @@ class MqttClient:
                 )
             return  # not acknowledged: a QoS≥1 message comes back on the next connection
         m = Message(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), received_us, msg.mid)
-        self._call(self._queue.put_nowait, m)
+        self._inbox.append(m)
+        with self._inbox_lock:
+            if self._inbox_wake:
+                return
+            self._inbox_wake = True
+        self._call(self._take_inbox)
 
     # -- event loop side of the callbacks ------------------------------------
+
+    def _take_inbox(self) -> None:
+        with self._inbox_lock:
+            self._inbox_wake = False
+        # after the flag is down: a message appended from now on schedules another call
+        inbox, put = self._inbox, self._queue.put_nowait
+        while inbox:
+            put(inbox.popleft())
 
     def _set_connack(self, session_present: bool, code: int, text: str) -> None:
         if self._connack is not None and not self._connack.done():
             self._connack.set_result((session_present, code, text))
 
     def _set_lost(self, reason: str) -> None:
+        self._take_inbox()  # messages received before the loss come before its marker
         if self._lost is None:
             self._lost = reason
             self._queue.put_nowait(_Lost(reason))
