@@ -83,7 +83,7 @@ import numpy as np
 from collector.alarmconfig import CATEGORIES, AlarmsConfig, resolve_severity
 from collector.outbox import Outbox, OutboxTransaction
 from connectors.influxdb.lineprotocol import Precision, encode_line
-from spc.rules import BITS, MAX_WINDOW, RULE_TEXT, RULES
+from spc.rules import BITS, MAX_WINDOW, RULE_TEXT, RULES, make_rule
 
 __all__ = [
     "ALARM_SCHEMA",
@@ -259,6 +259,25 @@ class AlarmChar:
     severity: Mapping[str, str] = field(default_factory=dict)
     windows: Mapping[str, int] = field(default_factory=dict)
     rule_text: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, ch: Any, klass: str | None = None) -> AlarmChar:
+        """From a configured characteristic (``collector.config.Characteristic`` or alike).
+
+        Takes its place, its ``severity`` only when set in the file (so class
+        maps apply otherwise) and the windows and wording of its ``rule_params``.
+        """
+        set_fields = getattr(ch, "model_fields_set", None)
+        own = dict(ch.severity) if set_fields is None or "severity" in set_fields else {}
+        windows: dict[str, int] = {}
+        texts: dict[str, str] = {}
+        for code, params in (getattr(ch, "rule_params", None) or {}).items():
+            spec = make_rule(code, params, f"rule_params.{code}")
+            windows[code] = spec.window
+            texts[code] = spec.text
+        return cls(
+            ch.path, ch.site, ch.area, ch.line, ch.station, ch.id, klass, own, windows, texts
+        )
 
 
 @dataclass
@@ -469,7 +488,11 @@ class AlarmManager:
             synchronous="FULL" if self.config.durability == "full" else "NORMAL",
             tables=_TABLES,
         )
-        self._load()
+        try:
+            self._load()
+        except BaseException:
+            self._outbox.close()
+            raise
 
     # -- state loading -------------------------------------------------------------
 

@@ -419,6 +419,23 @@ def test_severity_from_class_and_own_map(mk) -> None:
     assert "severity=critical" in out.lines[0]
 
 
+def test_alarm_char_of_a_configured_characteristic() -> None:
+    """AlarmChar.of takes place, explicitly set severity and rule_params windows and wording."""
+    from collector.config import Characteristic
+
+    base = {"id": "d1", "site": "S", "area": "A", "line": "L", "station": "ST"}
+    ch = Characteristic.model_validate(
+        {**base, "value": {"static": 1.0}, "rule_params": {"N2": {"run": 7}}}
+    )
+    ac = AlarmChar.of(ch, klass="safety")
+    assert (ac.path, ac.klass, dict(ac.severity)) == ("S/A/L/ST/d1", "safety", {})
+    assert ac.windows == {"N2": 7} and ac.rule_text["N2"].startswith("7 points")
+    ch2 = Characteristic.model_validate(
+        {**base, "value": {"static": 1.0}, "severity": {"N1": "critical"}}
+    )
+    assert dict(AlarmChar.of(ch2).severity) == {"N1": "critical"}
+
+
 def test_rule_text_override(mk) -> None:
     """A characteristic's own rule wording (changed rule_params) is used."""
     m = mk(chars(1, rule_text={"N2": "7 points in a row on the same side of the centre line"}))
