@@ -33,6 +33,9 @@ __all__ = ["run_live_demo", "status_table"]
 
 log = logging.getLogger(__name__)
 
+STATIONS_READY_S = 15.0
+"""The gateway waits at most this long for the simulated stations before it starts anyway."""
+
 
 def _num(v: float) -> str:
     return "–" if not math.isfinite(v) else f"{v:.5g}"
@@ -136,6 +139,7 @@ async def run_live_demo(
     printer.gw = gw
     stop = asyncio.Event()
     stop_sim = asyncio.Event()
+    stations_ready = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
@@ -145,6 +149,17 @@ async def run_live_demo(
 
     async def gateway() -> None:
         try:
+            # Stations first: a source that finds its port still closed backs off for
+            # seconds, and the table would show no data meanwhile. Bounded, and Ctrl-C wins.
+            waits = [asyncio.ensure_future(e.wait()) for e in (stations_ready, stop)]
+            try:
+                await asyncio.wait(
+                    waits, timeout=STATIONS_READY_S, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                for w in waits:
+                    w.cancel()
+                await asyncio.gather(*waits, return_exceptions=True)
             await gw.run(stop)
         finally:
             stop_sim.set()
@@ -172,6 +187,7 @@ async def run_live_demo(
                     start=pattern_start,
                     stop=stop_sim,
                     say=say,
+                    ready=stations_ready,
                 ),
                 gateway(),
                 screen(live),

@@ -475,6 +475,12 @@ def _station(plan: StationPlan, rate: float, seed: int) -> Any:
     )
 
 
+async def _set_when_started(stations: list[Any], ready: asyncio.Event) -> None:
+    for station in stations:
+        await station.started.wait()
+    ready.set()
+
+
 async def run_simulation(
     cfg: GatewayConfig,
     connectors: dict[str, BaseModel],
@@ -485,12 +491,14 @@ async def run_simulation(
     start: int = 20,
     stop: asyncio.Event | None = None,
     say: Callable[[str], None] = print,
+    ready: asyncio.Event | None = None,
 ) -> list[Any]:
     """Start the stations (and a broker where needed) and run them until ``stop`` or ``duration``.
 
     Returns the station objects (with their counters) after a clean shutdown.
     A station port another program holds raises (:func:`check_ports`) before
-    anything starts.
+    anything starts. ``ready`` is set once every station has started (listens,
+    or is connected to its broker).
     """
     stop = stop or asyncio.Event()
     plans = plan_stations(cfg, connectors, start=start)
@@ -529,6 +537,8 @@ async def run_simulation(
             say(f"station  {plan.kind:6} source {plan.source}: {plan.where} ({planted})")
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(s.run()) for s in stations]
+            if ready is not None:
+                tasks.append(tg.create_task(_set_when_started(stations, ready)))
             try:
                 async with asyncio.timeout(duration):
                     await stop.wait()

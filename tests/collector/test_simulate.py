@@ -345,12 +345,19 @@ async def test_the_demo_moves_taken_ports_and_the_gateway_reads_the_stations_the
             return emit
 
         stop = asyncio.Event()
+        ready = asyncio.Event()
         lines: list[str] = []
         sim = asyncio.create_task(
-            run_simulation(setup.cfg, new, rate=50.0, stop=stop, say=lines.append)
+            run_simulation(setup.cfg, new, rate=50.0, stop=stop, say=lines.append, ready=ready)
         )
-        readers = [asyncio.create_task(s.run(emitter(s.name))) for s in sources]
+        readers: list[asyncio.Task[None]] = []
         try:
+            # Every station listens (or publishes) before a source first connects.
+            waiter = asyncio.ensure_future(ready.wait())
+            await asyncio.wait({sim, waiter}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            assert ready.is_set(), lines
+            readers = [asyncio.create_task(s.run(emitter(s.name))) for s in sources]
             for _ in range(1000):
                 if all(any(s.serial for s in got[n]) for n in got) or sim.done():
                     break
