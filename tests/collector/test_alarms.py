@@ -690,13 +690,17 @@ def test_flood_summarises_and_keeps_detail(mk) -> None:
     assert m.judge(batch([(6, "x", bits("N1"), T0 + 9)]), T0 + S).events[0]["line"] == "L2"
     assert m.judge(batch([(5, "x", bits("N1"), T0 + 10)]), T0 + 2 * S).events == []
     assert m.counts()["floods"] == 1 and m.counts()["held"] == 4
+    # acking a held alarm is recorded, not published
+    n_events = len(events(m))
+    assert m.ack(held[0]["alarm_id"], "wang", now_us=T0 + 3 * S)["seq"] is None
+    assert len(events(m)) == n_events
     # held alarms are in the journal with their payload; queryable
     raised = [j for j in m.journal() if j["event"] == "raised" and not j["published"]]
     assert len(raised) == 4 and all(j["payload"]["alarm_id"] for j in raised)
     assert m.tick(T0 + 11 * S).events == []  # rate back to ≤ 2: calm from now
     out = m.tick(T0 + 21 * S)
     assert [(e["event"], e["rule"], e["held"]) for e in out.events] == [("cleared", "FLOOD", 4)]
-    assert m.counts()["floods"] == 0
+    assert m.counts()["floods"] == 0 and m.counts()["held"] == 4  # acked, still active
     assert m.ack(flood["alarm_id"], "wang", now_us=T0 + 22 * S)["event"] == "acknowledged"
     # held alarms stay unpublished for their whole life
     assert (

@@ -141,7 +141,7 @@ class Run:
 
 
 @settings(
-    max_examples=60,
+    max_examples=50,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
@@ -164,7 +164,7 @@ def test_any_interleaving_keeps_the_invariants(ops: list[tuple], clear_after: in
             run.m.close()
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     rows=st.lists(row, min_size=1, max_size=60),
     cuts=st.lists(st.integers(1, 59), max_size=6),
