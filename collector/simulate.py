@@ -12,10 +12,10 @@ started that this source reads exactly as configured:
   source's port (or one already listening there); without mosquitto the MQTT
   station is skipped with a log line.
 
-A port a station (or the broker started for it) should listen on but another
-program holds is an error naming the port and the configuration key, raised
-before anything starts (:func:`check_ports`). The demo instead moves such
-ports to free loopback ports and rewrites the sources to match
+A port an OPC UA or Modbus station should listen on but another program
+holds is an error naming the port and its configuration key, raised before
+anything starts (:func:`check_ports`). The demo instead moves such ports, and
+the broker's, to free loopback ports and rewrites the sources to match
 (:func:`prepare_demo`), saying so in one line each.
 
 The station's characteristics are the ``value`` bindings of the configured
@@ -374,15 +374,14 @@ def check_ports(plans: list[StationPlan]) -> None:
     station publishes to whatever broker listens on its port. Each error names
     the port and the configuration key that sets it.
     """
-    errors = [
-        err
-        for plan in plans
-        if not plan.skip and plan.kind in ("opcua", "modbus")
-        for err in [
-            _port_error(plan.kind, plan.host, plan.port, f"{plan.port_key} in the configuration")
-        ]
-        if err is not None
-    ]
+    errors: list[ConnectorError] = []
+    for plan in plans:
+        if plan.skip or plan.kind not in ("opcua", "modbus"):
+            continue
+        hint = f"{plan.port_key} in the configuration"
+        err = _port_error(plan.kind, plan.host, plan.port, hint)
+        if err is not None:
+            errors.append(err)
     if errors:
         raise ExceptionGroup("ports taken by another program", errors)
 
