@@ -67,16 +67,18 @@ is stamped with the sample time for ``raised``, the event time otherwise.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import math
+import threading
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -413,6 +415,18 @@ class _Work:
         return not (self.dirty or self.journal or self.messages or self.sql or self.marks)
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _locked(method: _F) -> _F:
+    @functools.wraps(method)
+    def wrapper(self: AlarmManager, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 class AlarmManager:
     """Alarm lifecycle, persistence and payloads for a set of characteristics (see the module text).
 
@@ -420,7 +434,10 @@ class AlarmManager:
     ``chars``: the characteristics, index = position; ``config``: the
     ``alarms:`` section; ``gateway_id``: named in every payload;
     ``webhook``: also fill the ``webhook`` stream; ``precision``: of the
-    InfluxDB lines. Not thread-safe: call it from one thread (the pipeline).
+    InfluxDB lines. Every public method holds one lock, so the pipeline's
+    worker thread, the HTTP API and the MQTT ack handler may call it
+    concurrently; each call that changes something costs one commit (an fsync
+    with ``durability: full``): call it from a worker thread, not the event loop.
     """
 
     def __init__(
@@ -483,6 +500,7 @@ class AlarmManager:
         self._last_state: list[tuple | None] = [None] * n
         self._last_purge: int | None = None
         self._spare_lines: list[str] = []
+        self._lock = threading.RLock()
         self._outbox = Outbox(
             path,
             synchronous="FULL" if self.config.durability == "full" else "NORMAL",
@@ -558,7 +576,8 @@ class AlarmManager:
 
     def close(self) -> None:
         """Close the file (idempotent)."""
-        self._outbox.close()
+        with self._lock:
+            self._outbox.close()
 
     def __enter__(self) -> AlarmManager:
         return self
@@ -849,6 +868,7 @@ class AlarmManager:
 
     # -- the hot path --------------------------------------------------------------
 
+    @_locked
     def judge(self, batch: PointBatch, now_us: int) -> Outcome:
         """Judge a micro-batch of plotted points (all of them: in-control points clear alarms).
 
@@ -1361,6 +1381,7 @@ class AlarmManager:
             )
         return action
 
+    @_locked
     def ack(
         self,
         alarm_id: str,
@@ -1420,6 +1441,7 @@ class AlarmManager:
         log.info("alarm %s acknowledged by %s (%s)", alarm_id, user, source)
         return p
 
+    @_locked
     def shelve(
         self, alarm_id: str, user: str, comment: str, until_us: int, *, now_us: int
     ) -> dict[str, Any]:
@@ -1460,6 +1482,7 @@ class AlarmManager:
         self._spare_lines += self._commit(w).lines
         return p
 
+    @_locked
     def unshelve(self, alarm_id: str, user: str, comment: str = "", *, now_us: int) -> Outcome:
         """End the shelving of the alarm's point (idempotent: nothing if not shelved).
 
@@ -1487,6 +1510,7 @@ class AlarmManager:
                 b.published, b.held = 1, None
                 self._event(w, b, "raised", publish=True, line_time=b.last_time)
 
+    @_locked
     def expire_shelves(self, now_us: int) -> Outcome:
         """Unshelve every point whose expiry is at or before ``now_us`` (user ``system``)."""
         w = _Work(now_us)
@@ -1498,6 +1522,7 @@ class AlarmManager:
             if until <= w.now_us:
                 self._unshelve(w, point, "system", "shelve expired")
 
+    @_locked
     def tick(self, now_us: int) -> Outcome:
         """Periodic work (call every second or so): shelve expiry, flood end, retention purge."""
         w = _Work(now_us)
@@ -1518,6 +1543,7 @@ class AlarmManager:
             )
         return self._commit(w)
 
+    @_locked
     def set_out_of_service(
         self, char: int, out_of_service: bool, user: str, comment: str = "", *, now_us: int
     ) -> Outcome:
@@ -1562,6 +1588,7 @@ class AlarmManager:
             w.state_chars.add(i)
         self._states(w, w.state_chars)
 
+    @_locked
     def set_process_state(self, scope: str | int, value: Any, time_us: int) -> Outcome:
         """A new value of a process-state tag (scope = the binding's ``key`` or its index).
 
@@ -1605,6 +1632,7 @@ class AlarmManager:
         self._refresh_suspension(w, chars)
         return self._commit(w)
 
+    @_locked
     def initial_states(self, now_us: int) -> list[dict[str, Any]]:
         """State messages for every characteristic, appended to the ``mqtt`` stream (at start).
 
@@ -1616,6 +1644,7 @@ class AlarmManager:
         self._states(w, range(len(self.chars)), force=True)
         return self._commit(w).states
 
+    @_locked
     def take_lines(self) -> list[str]:
         """InfluxDB lines of :meth:`ack` and :meth:`shelve` (they return the event), once."""
         lines, self._spare_lines = self._spare_lines, []
@@ -1623,6 +1652,7 @@ class AlarmManager:
 
     # -- queries -------------------------------------------------------------------
 
+    @_locked
     def active(self, path: str | None = None) -> list[dict[str, Any]]:
         """Open alarms (active, acknowledged, cleared_unacked), oldest first, optionally of one path."""
         out = []
@@ -1632,6 +1662,7 @@ class AlarmManager:
                 out.append(_public(a, shelf[0] if shelf else None))
         return out
 
+    @_locked
     def get(self, alarm_id: str) -> dict[str, Any] | None:
         """One alarm (open or closed within retention) with its raise payload fields, or None."""
         a = self._lookup(alarm_id)
@@ -1642,6 +1673,7 @@ class AlarmManager:
         out["payload"] = a.payload
         return out
 
+    @_locked
     def journal(
         self,
         since_us: int | None = None,
@@ -1676,6 +1708,7 @@ class AlarmManager:
             out.append(d)
         return out
 
+    @_locked
     def pareto(
         self,
         since_us: int | None = None,
@@ -1723,6 +1756,7 @@ class AlarmManager:
         out.sort(key=lambda r: (-r[3], CATEGORIES.index(r[0]) if r[0] in CATEGORIES else 99, r[1]))
         return out
 
+    @_locked
     def counts(self) -> dict[str, int]:
         """Self-metrics: open alarms by status, shelved points, out-of-service and suspended
         characteristics, active floods, held alarms and the last seq drawn."""

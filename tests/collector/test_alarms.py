@@ -745,6 +745,44 @@ def test_queries_journal_get_and_prefix(mk) -> None:
     assert [a["path"] for a in m.active("S1/A1/L1/ST1/c1")] == ["S1/A1/L1/ST1/c1"]
 
 
+def test_concurrent_acks_and_judging(mk) -> None:
+    """The API/MQTT thread may ack while the pipeline judges: seqs stay gapless and unique."""
+    import threading
+
+    m = mk(clear_after=2)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def acker() -> None:
+        try:
+            for _ in range(300):
+                if stop.is_set():
+                    break
+                for a in m.active()[:3]:
+                    m.ack(a["alarm_id"], "op", now_us=T0)
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    th = threading.Thread(target=acker)
+    th.start()
+    try:
+        t = T0
+        for k in range(60):
+            rows = []
+            for j in range(6):
+                t += 1
+                rows.append((j % 3, "x", bits("N1") if (k + j) % 4 == 0 else 0, t))
+            m.judge(batch(rows), T0 + k)
+    finally:
+        stop.set()
+        th.join(timeout=30)
+    assert not errors and not th.is_alive()
+    seqs = [e["seq"] for e in events(m)]
+    assert seqs == list(range(1, len(seqs) + 1))
+    pairs = [(e["alarm_id"], e["event"]) for e in events(m)]
+    assert len(pairs) == len(set(pairs))
+
+
 def test_counts(mk) -> None:
     """Self-metrics."""
     m = mk()
