@@ -513,7 +513,10 @@ async def run_simulation(
                 continue
             binary = _mosquitto_binary()
             if _listening(plan.host, plan.port):
-                brokers[(plan.host, plan.port)] = f"a broker already listening on {plan.port}"
+                brokers[(plan.host, plan.port)] = (
+                    f"none started: something already listens on {plan.host}:{plan.port}, "
+                    "used as the broker"
+                )
             elif binary is None:
                 plan.skip = "mosquitto is not installed (apt-get install mosquitto); no broker"
             else:

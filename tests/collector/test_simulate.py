@@ -439,3 +439,19 @@ async def test_the_live_demo_says_which_ports_it_moved_and_its_gateway_reads_the
     assert by_name["vision"].port == moved["mqtt"]
     assert f"opc.tcp://127.0.0.1:{moved['opcua']}/" in text
     assert "mosquitto (pid" in text and f"127.0.0.1:{moved['mqtt']}" in text
+
+
+@pytest.mark.integration
+async def test_simulate_says_when_it_publishes_to_a_listener_it_did_not_start() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as holder:
+        ports = {"opcua": free_port(), "modbus": free_port(), "mqtt": _port(holder)}
+        text = demo_text(ports)
+        cfg, connectors = parse_config(text, DEMO)
+        connectors = {k: v for k, v in connectors.items() if k in ("vision", "local")}
+        cfg = cfg.model_copy(update={"sources": {"vision": cfg.sources["vision"]}})
+        lines: list[str] = []
+        await asyncio.wait_for(run_simulation(cfg, connectors, duration=0.2, say=lines.append), 30)
+    assert (
+        f"broker   none started: something already listens on 127.0.0.1:{ports['mqtt']}, "
+        "used as the broker"
+    ) in lines
