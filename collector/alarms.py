@@ -1442,6 +1442,47 @@ class AlarmManager:
         return p
 
     @_locked
+    def ack_command(
+        self, path: str, payload: bytes | str | Mapping[str, Any], *, now_us: int
+    ) -> dict[str, Any] | None:
+        """Acknowledge from an MQTT command on ``{prefix}/cmd/{path}/ack`` (source ``mqtt``).
+
+        ``payload`` is the message body (JSON object with ``alarm_id``, ``user``,
+        optional ``comment``, ``cause``, ``action``) or the decoded object. The
+        alarm must belong to ``path``. Malformed commands raise :class:`AlarmError`;
+        the publisher logs them and drops the message (a retry would fail the same way).
+        """
+        if isinstance(payload, bytes | str):
+            try:
+                payload = json.loads(payload)
+            except ValueError as e:
+                raise AlarmError("payload", f"ack command on {path} is not JSON: {e}") from e
+        if not isinstance(payload, Mapping):
+            raise AlarmError("payload", f"ack command on {path} must be a JSON object")
+        unknown = set(payload) - {"alarm_id", "user", "comment", "cause", "action"}
+        if unknown:
+            raise AlarmError("payload", f"ack command on {path}: unknown keys {sorted(unknown)}")
+        for name in ("alarm_id", "user", "comment", "cause", "action"):
+            value = payload.get(name)
+            if value is not None and not isinstance(value, str):
+                raise AlarmError(name, f"ack command on {path}: must be a string, not {value!r}")
+        aid = payload.get("alarm_id")
+        if not aid:
+            raise AlarmError("alarm_id", f"ack command on {path} names no alarm_id")
+        a = self._lookup(aid)
+        if a is not None and a.path != path:
+            raise AlarmError("alarm_id", f"alarm {aid!r} belongs to {a.path}, not {path}")
+        return self.ack(
+            aid,
+            payload.get("user") or "",
+            payload.get("comment") or "",
+            payload.get("cause"),
+            payload.get("action"),
+            now_us=now_us,
+            source="mqtt",
+        )
+
+    @_locked
     def shelve(
         self, alarm_id: str, user: str, comment: str, until_us: int, *, now_us: int
     ) -> dict[str, Any]:

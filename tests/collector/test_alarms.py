@@ -351,6 +351,29 @@ def test_ack_causes_and_actions_from_the_configured_lists(mk) -> None:
     assert m.take_lines() == []
 
 
+def test_ack_command_from_mqtt(mk) -> None:
+    """The MQTT ack command: JSON body, alarm of that path, source mqtt; bad ones are refused."""
+    m = mk()
+    aid = m.judge(batch([(0, "x", bits("N1"), T0)]), T0).events[0]["alarm_id"]
+    path = "S1/A1/L1/ST1/c0"
+    for body, what in [
+        (b"{not json", "payload"),
+        (b"[1]", "payload"),
+        (json.dumps({"alarm_id": aid, "user": "x", "extra": 1}), "payload"),
+        (json.dumps({"alarm_id": aid, "user": 7}), "user"),
+        (json.dumps({"user": "x"}), "alarm_id"),
+    ]:
+        with pytest.raises(AlarmError) as err:
+            m.ack_command(path, body, now_us=T0)
+        assert err.value.what == what and path in err.value.message
+    with pytest.raises(AlarmError, match="belongs to S1/A1/L1/ST1/c0, not S1/A1/L1/ST1/c1"):
+        m.ack_command("S1/A1/L1/ST1/c1", {"alarm_id": aid, "user": "x"}, now_us=T0)
+    body = {"alarm_id": aid, "user": "mes", "comment": "ok", "cause": "MC-FAULT"}
+    p = m.ack_command(path, json.dumps(body).encode(), now_us=T0 + 1)
+    assert p["source"] == "mqtt" and p["user"] == "mes" and p["cause"]["code"] == "MC-FAULT"
+    assert m.ack_command(path, body, now_us=T0 + 2) is None  # a redelivered command
+
+
 def test_pareto_by_cause_and_category_with_filters(mk) -> None:
     """Counts of acknowledged causes, most frequent first; filters by time, line, characteristic."""
     cs = chars(3) + chars(1, line="L2")
