@@ -448,12 +448,14 @@ class AlarmManager:
         *,
         gateway_id: str,
         webhook: bool = False,
+        mqtt: bool = True,
         precision: Precision = "us",
     ) -> None:
         self.config = config or AlarmsConfig()
         self.chars = list(chars)
         self.gateway_id = gateway_id
         self.webhook = webhook
+        self.mqtt = mqtt
         self.precision = precision
         self._prefix = self.config.prefix
         n = len(self.chars)
@@ -497,6 +499,7 @@ class AlarmManager:
         self._suspended = np.zeros(n, dtype=bool)
         self._state_code = np.zeros(n, dtype=np.int8)
         self._limits = np.full(n, None, dtype=object)
+        self._limits_info: dict[int, dict[str, Any]] = {}
         self._last_state: list[tuple | None] = [None] * n
         self._last_purge: int | None = None
         self._spare_lines: list[str] = []
@@ -758,6 +761,9 @@ class AlarmManager:
             "limits_id": limits,
             "time": rfc3339(now_us),
         }
+        info = self._limits_info.get(i)
+        if info is not None and info.get("limits_id") == limits:
+            msg["limits"] = info
         return content, msg
 
     def _states(self, w: _Work, chars: Iterable[int], force: bool = False) -> None:
@@ -828,7 +834,7 @@ class AlarmManager:
                     for j in w.journal
                 ],
             )
-        if w.messages:
+        if w.messages and self.mqtt:
             tx.append(
                 "mqtt",
                 [
@@ -836,10 +842,10 @@ class AlarmManager:
                     for _, topic, retain, p in w.messages
                 ],
             )
-            if self.webhook:
-                hooks = [_dumps(p) for kind, _, _, p in w.messages if kind == "alarm"]
-                if hooks:
-                    tx.append("webhook", hooks)
+        if w.messages and self.webhook:
+            hooks = [_dumps(p) for kind, _, _, p in w.messages if kind == "alarm"]
+            if hooks:
+                tx.append("webhook", hooks)
         for a, event, time_us, p in w.lines:
             line = encode_line(
                 "alarm",
@@ -1671,6 +1677,32 @@ class AlarmManager:
             )
         chars = [i for i, scopes in enumerate(self._char_scopes) if k in scopes]
         self._refresh_suspension(w, chars)
+        return self._commit(w)
+
+    @_locked
+    def set_limits_ids(self, ids: Mapping[int, str]) -> None:
+        """The limits record each characteristic is judged against at start (no message)."""
+        for i, lid in ids.items():
+            self._limits[int(i)] = lid
+
+    @_locked
+    def limits_changed(self, char: int, info: Mapping[str, Any], *, now_us: int) -> Outcome:
+        """New limits in force for ``char``: republish its retained state with ``limits``.
+
+        ``info`` names the record (``limits_id``) and the audited change (who,
+        when, why, old and new values); it travels in the state message's
+        ``limits`` object until the next change.
+        """
+        i = int(char)
+        if not 0 <= i < len(self.chars):
+            raise AlarmError("char", f"no characteristic {char!r}")
+        if not info.get("limits_id"):
+            raise AlarmError("limits_id", "the change names no limits record")
+        self._limits_info[i] = dict(info)
+        self._limits[i] = info["limits_id"]
+        w = _Work(now_us)
+        self._note(w, "limits_changed", path=self.chars[i].path, reason=str(info["limits_id"]))
+        self._states(w, [i], force=True)
         return self._commit(w)
 
     @_locked

@@ -22,7 +22,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from collector.alarmconfig import AlarmsConfig
 from collector.yamlpos import Located, YamlError, dotted, load_yaml
+from connectors.mqtt.config import MqttPublisherConfig
+from connectors.webhook.config import WebhookConfig
 
 __all__ = [
     "Characteristic",
@@ -263,6 +266,19 @@ class ConnectorSection(BaseModel):
     kind: str
 
 
+class AlarmSection(AlarmsConfig):
+    """Alarm handling (lifecycle, severities, causes) and where alarm events are delivered."""
+
+    mqtt: MqttPublisherConfig | None = Field(
+        None,
+        description="broker that receives alarm events, retained states and gateway status "
+        "(the MES contract); without it events stay in data_dir/alarms.db and the journal",
+    )
+    webhook: WebhookConfig | None = Field(
+        None, description="HTTP endpoint that receives every alarm event (HMAC-signed)"
+    )
+
+
 class GatewayConfig(_Model):
     """The whole configuration file."""
 
@@ -270,6 +286,7 @@ class GatewayConfig(_Model):
     gateway: Gateway = Gateway()
     sources: dict[str, ConnectorSection] = Field(default_factory=dict)
     sinks: dict[str, ConnectorSection] = Field(default_factory=dict)
+    alarms: AlarmSection = Field(default_factory=AlarmSection)
     characteristics: list[Characteristic] = Field(default_factory=list)
 
 
@@ -353,6 +370,18 @@ def _semantic_problems(cfg: GatewayConfig, doc: Located) -> list[Problem]:
         if ctx.gauge is not None:
             check(ctx.gauge.id, (*base, "context", "gauge", "id"))
             check(ctx.gauge.calibration_due, (*base, "context", "gauge", "calibration_due"))
+        check(ch.sample_size, (*base, "sample_size"))
+    for k, ps in enumerate(cfg.alarms.process_state):
+        if ps.source not in cfg.sources:
+            known = ", ".join(sorted(cfg.sources)) or "none defined"
+            add(
+                ("alarms", "process_state", k, "source"),
+                f"no source named {ps.source!r} (sources: {known})",
+            )
+    ids = {c.id for c in cfg.characteristics} | {c.path for c in cfg.characteristics}
+    for key in cfg.alarms.clear_overrides:
+        if key not in ids:
+            add(("alarms", "clear_overrides", key), f"no characteristic {key!r}")
     return problems
 
 

@@ -86,7 +86,11 @@ def status_table(gw: Gateway) -> Table:
 
 
 class _AlarmPrinter:
-    """Prints an alarm line, once per run of consecutive firings of one rule."""
+    """Prints an alarm line, once per run of consecutive firings of one rule.
+
+    An alarm of no characteristic on the screen (a line-level one such as an
+    alarm flood) is printed every time.
+    """
 
     def __init__(self, console: Console) -> None:
         self.console = console
@@ -96,12 +100,13 @@ class _AlarmPrinter:
 
     def __call__(self, a: AlarmEvent) -> None:
         assert self.gw is not None
-        n = next(v.n_points for v in self.gw.views if v.path == a.path)
-        key = (a.path, a.chart, a.rule)
-        prev = self._last.get(key)
-        self._last[key] = n
-        if prev is not None and n - prev <= 1:
-            return
+        view = next((v for v in self.gw.views if v.path == a.path), None)
+        if view is not None:
+            key = (a.path, a.chart, a.rule)
+            prev = self._last.get(key)
+            self._last[key] = view.n_points
+            if prev is not None and view.n_points - prev <= 1:
+                return
         self.printed += 1
         when = datetime.fromtimestamp(a.time_us / 1e6, UTC).strftime("%H:%M:%S.%f")[:-3]
         colour = {"critical": "bold red", "major": "red", "minor": "yellow"}.get(a.severity, "red")

@@ -27,8 +27,14 @@ source connector, the processor, the sink drainer, the periodic state saver.
   engine (Phase II). Configured ``center``/``sigma`` start in Phase II at once
   (method ``known``).
 * **Outputs.** Every sample → a ``measurement`` line; every plotted point → an
-  ``spc`` line; every violated rule → a log line, an ``alarm`` line (event
-  ``raised``) and the ``on_alarm`` callback. Lines are appended to the outbox
+  ``spc`` line. Every plotted point (centre and dispersion chart) goes to the
+  alarm lifecycle (:class:`collector.alarms.AlarmManager`, ``data_dir/alarms.db``):
+  one active alarm per (characteristic, chart, rule), events committed to its
+  own outbox before the MQTT/webhook notifiers publish them (they are woken
+  at once; the alarm path never waits for the series sinks), ``alarm`` lines,
+  a log line and the ``on_alarm`` callback per raised alarm. Process-state
+  tags (``alarms.process_state``) suppress raising; acknowledgements arrive on
+  the MQTT command topic (:meth:`Gateway.on_command`). Lines are appended to the outbox
   stream ``series`` (``NORMAL`` durability: survives ``kill -9``), up to
   ``CHUNK_LINES`` lines per entry, before they count as accepted; the
   stream is bounded in bytes (``outbox_max_bytes``, back-pressure when full). The
@@ -36,9 +42,16 @@ source connector, the processor, the sink drainer, the periodic state saver.
   when none is configured), acks on success, retries later with ``Backoff`` on
   a retryable :class:`~connectors.base.ConnectorError` and dead-letters lines
   a sink rejects as malformed.
-* **State.** Limits records (``limits.json``) and the engine snapshot
-  (``engine.npz`` + ``state.json``) are saved every ``save_interval_s`` and at
-  shutdown; on start they are restored if the characteristics are unchanged.
+* **Limits.** Every record in force comes from the audited limits store
+  (:class:`collector.limitstore.LimitsStore`, ``data_dir/limits.db``): configured
+  standards and frozen Phase I limits are assigned there (audited, user
+  ``gateway <id>``); records assigned meanwhile with ``shopspc limits`` (also
+  future-dated ones) are put into force within ``limits_poll_s`` and published
+  on the characteristic's retained state topic. A legacy ``limits.json`` is
+  adopted once.
+* **State.** The engine snapshot (``engine.npz`` + ``state.json``) is saved every
+  ``save_interval_s`` and at shutdown; on start it is restored if the
+  characteristics are unchanged.
 * **Shutdown.** Set the stop event (SIGTERM/SIGINT in ``shopspc run``): sources
   are cancelled first, the queue is drained, the outbox is flushed to the sinks
   within ``drain_deadline_s``, state is saved, sinks and outbox are closed.
@@ -64,11 +77,19 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
+from collector.alarms import (
+    AlarmChar,
+    AlarmError,
+    AlarmManager,
+    Outcome,
+    PointBatch,
+    alarm_id,
+)
 from collector.config import Binding, Characteristic, GatewayConfig
-from collector.outbox import Outbox, OutboxFull, StreamPolicy
+from collector.limitstore import LimitsStore, LimitsStoreError
+from collector.outbox import Outbox, OutboxError, OutboxFull, StreamPolicy
 from connectors.base import Backoff, ConnectorError, Quality, Sample, sink_class, source_class
 from connectors.influxdb.lineprotocol import (
-    encode_line,
     encode_rows,
     fields_text,
     gateway_line,
@@ -111,7 +132,7 @@ _CENTRE_CHART = {
     "cusum": "cusum",
 }
 _DISP_CHART = {"imr": "mr", "xbar-r": "r", "xbar-s": "s"}
-_DISP_NAMES = frozenset(_DISP_CHART.values())
+_ALARM_TICK_US = 1_000_000  # shelve expiry, flood end: checked about once a second
 
 
 def violation_codes(mask: int) -> list[str]:
@@ -119,16 +140,13 @@ def violation_codes(mask: int) -> list[str]:
     return [code for code, bit in _CODES if mask >> bit & 1]
 
 
-def alarm_id(
-    path: str, rule: str, limits_id: str, time_us: int, serial: str | None, *, chart: str = ""
-) -> str:
-    """Deterministic alarm id from characteristic path, rule, limits id and the completing sample.
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
 
-    ``chart`` tells a dispersion-chart alarm (``mr``, ``r``, ``s``) from the centre chart's.
-    """
-    key = f"{chart}:{rule}" if chart in _DISP_NAMES else rule
-    body = f"{path}|{key}|{limits_id}|{time_us}|{serial or ''}"
-    return "A-" + hashlib.sha256(body.encode()).hexdigest()[:16]
+    try:
+        return version("shopspc")
+    except PackageNotFoundError:
+        return "0+unknown"
 
 
 def _rfc3339(time_us: int) -> str:
@@ -164,6 +182,11 @@ class GatewayStats:
     source_failures: int = 0
     no_size: int = 0
     unknown_part: int = 0
+    alarm_events: int = 0
+    alarm_errors: int = 0
+    alarm_pending: int = 0
+    commands: int = 0
+    bad_commands: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """The counters as a plain dict (stable int types, for the ``gateway`` line)."""
@@ -192,7 +215,7 @@ class CharView:
 
 @dataclass(frozen=True)
 class AlarmEvent:
-    """A raised alarm (the simple alarm output until the alarm lifecycle exists)."""
+    """A raised alarm as the live screen shows it (:meth:`of` the contract payload)."""
 
     alarm_id: str
     path: str
@@ -207,6 +230,36 @@ class AlarmEvent:
     limits_id: str
     time_us: int
     serial: str | None
+
+    @classmethod
+    def of(cls, p: Mapping[str, Any]) -> AlarmEvent:
+        """From an alarm event payload (``contracts/alarms-mqtt.md``)."""
+
+        def num(key: str) -> float:
+            v = p.get(key)
+            return math.nan if v is None else float(v)
+
+        path = "/".join(str(p.get(k, "")) for k in _PATH_KEYS)
+        stamp = datetime.strptime(p["sample_time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+        return cls(
+            p["alarm_id"],
+            path,
+            p["characteristic"],
+            p["chart"],
+            p["rule"],
+            p["severity"],
+            num("value"),
+            num("center"),
+            num("lcl"),
+            num("ucl"),
+            p.get("limits_id") or "",
+            int((stamp - _EPOCH).total_seconds() * 1_000_000),
+            p.get("part_serial"),
+        )
+
+
+_PATH_KEYS = ("site", "area", "line", "station", "characteristic")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 # --------------------------------------------------------------------------- bindings
@@ -570,6 +623,7 @@ class Gateway:
         drain_deadline_s: float = 10.0,
         save_interval_s: float = 5.0,
         metrics_interval_s: float = 10.0,
+        limits_poll_s: float = 1.0,
         outbox_max_bytes: int = 2 * 1024**3,
         on_alarm: Callable[[AlarmEvent], None] | None = None,
     ) -> None:
@@ -584,6 +638,7 @@ class Gateway:
         self.drain_deadline_s = drain_deadline_s
         self.save_interval_s = save_interval_s
         self.metrics_interval_s = metrics_interval_s
+        self.limits_poll_s = limits_poll_s
         self.on_alarm = on_alarm
         self._dedup = _Dedup(dedup_size)
         self._queue: asyncio.Queue[tuple[str, list[Sample], asyncio.Future[None]]] = asyncio.Queue(
@@ -673,7 +728,38 @@ class Gateway:
         self.views = [
             CharView(path=c.path, id=c.id, unit=c.unit, phase="phase2") for c in self.chars
         ]
-        self._setup_limits()
+        self._path_index = {c.path: i for i, c in enumerate(self.chars)}
+        self._centre_names = np.array([_CENTRE_CHART[c.chart] for c in self.chars], dtype=object)
+        self._disp_names = np.array([_DISP_CHART.get(c.chart) for c in self.chars], dtype=object)
+        self._has_disp = np.array([c.chart in _DISP_CHART for c in self.chars], dtype=bool)
+        self.alarms = AlarmManager(
+            self.data_dir / "alarms.db",
+            [AlarmChar.of(c, c.klass) for c in self.chars],
+            cfg.alarms,
+            gateway_id=self.gateway_id,
+            webhook=cfg.alarms.webhook is not None,
+            mqtt=cfg.alarms.mqtt is not None,
+            precision=self.precision,
+        )
+        self.start_time_us = _now_us()
+        self._alarm_backlog: list[PointBatch] = []  # judged points whose alarms await a commit
+        self._extra_lines: list[str] = []  # lines of acks and other events outside process()
+        self._last_tick = 0
+        self.notifiers: list[Any] = []  # alarm publishers woken after each alarm commit
+        # process-state tags: (source, binding) → scope keys of the alarm manager
+        self._proc_bind: dict[tuple[str, str], list[str]] = {}
+        for ps in cfg.alarms.process_state:
+            self._proc_bind.setdefault((ps.source, ps.binding), []).append(ps.key)
+            self.index.wanted.add((ps.source, ps.binding))
+        self._proc_sources = {src for src, _ in self._proc_bind}
+        try:
+            self._setup_limits()
+        except BaseException:
+            self.alarms.close()
+            self.outbox.close()
+            if hasattr(self, "limits_store"):
+                self.limits_store.close()
+            raise
 
     # ------------------------------------------------------------------ limits and state
 
@@ -684,20 +770,42 @@ class Gateway:
         return hashlib.sha256(body.encode()).hexdigest()[:16]
 
     def _setup_limits(self) -> None:
-        stored = self._load_limits()
+        """Limits in force from the audited store; configured standards and Phase I go there too."""
+        store = self.limits_store = LimitsStore(self.data_dir / "limits.db")
+        legacy = self.data_dir / "limits.json"
+        if legacy.exists() and not store.paths():
+            try:
+                changes = store.import_json(legacy, user=f"gateway {self.gateway_id}")
+                log.info("adopted %d limits records of %s into %s", len(changes), legacy, store)
+            except (LimitsStoreError, ValueError, OSError) as exc:
+                log.error("%s: legacy limits not adopted: %s", legacy, exc)
+        now = _now_us()
         for i, ch in enumerate(self.chars):
             view = self.views[i]
             rec = _known_record(ch)
-            if rec is None:
-                old = stored.get(ch.path)
-                if old is not None and old.chart == ch.chart:
-                    rec = old
+            if rec is not None:
+                held = store.effective(ch.path, now)
+                if held is None or held.id != rec.id:
+                    store.assign(
+                        ch.path,
+                        rec,
+                        user=f"gateway {self.gateway_id}",
+                        reason="standards given in the configuration",
+                        source="config",
+                        now_us=now,
+                        subgroup_size=int(self._m[i]),
+                    )
+            else:
+                held = store.effective(ch.path, now)
+                if held is not None and held.chart in (ch.chart, f"{ch.chart}-laney"):
+                    rec = held
             if rec is not None:
                 self.records[i] = rec
             else:
                 self._phase1[i] = _Fed()
                 view.phase = "phase1"
                 view.phase1_need = ch.limits.phase1_subgroups * int(self._m[i])
+        self._limits_seq = store.last_seq()
         specs = [_spec(ch, self.records.get(i)) for i, ch in enumerate(self.chars)]
         fresh = Engine(specs)
         self.engine = fresh
@@ -709,16 +817,87 @@ class Gateway:
         for i, rec in self.records.items():
             self._show_limits(i, rec)
 
-    def _load_limits(self) -> dict[str, LimitsRecord]:
-        path = self.data_dir / "limits.json"
-        if not path.exists():
-            return {}
+    async def _limits_loop(self) -> None:
+        """Put limits assigned meanwhile (``shopspc limits``, future-dated ones) into force."""
+        while True:
+            await asyncio.sleep(self.limits_poll_s)
+            try:
+                now = _now_us()
+                current = await asyncio.to_thread(self.limits_store.current_assignments, now)
+                changed = [
+                    (i, a)
+                    for i, a in ((self._path_index.get(p), a) for p, a in current.items())
+                    if i is not None
+                    and (i not in self.records or self.records[i].id != a.limits_id)
+                ]
+                if not changed:
+                    continue
+                audit = await asyncio.to_thread(self.limits_store.changes_since, self._limits_seq)
+                records = [
+                    await asyncio.to_thread(self.limits_store.record, a.limits_id, a.path)
+                    for _, a in changed
+                ]
+            except (LimitsStoreError, OSError) as exc:
+                log.error("limits store %s: %s", self.limits_store.path, exc)
+                continue
+            if audit:
+                self._limits_seq = audit[-1].seq
+            lines: list[str] = []
+            for (i, a), rec in zip(changed, records, strict=True):
+                if rec is not None:
+                    why = next((e for e in reversed(audit) if e.assignment_seq == a.seq), None)
+                    self.apply_limits(i, rec, a, why, lines)
+            await self._append(lines)
+
+    def apply_limits(
+        self, i: int, rec: LimitsRecord, assignment: Any, audit: Any, lines: list[str]
+    ) -> None:
+        """Judge characteristic ``i`` against ``rec`` from now on (run-rule windows carry on)."""
+        ch = self.chars[i]
+        if rec.chart not in (ch.chart, f"{ch.chart}-laney"):
+            log.error(
+                "%s: limits %s are for a %s chart, not %s; not applied",
+                ch.path,
+                rec.id,
+                rec.chart,
+                ch.chart,
+            )
+            return
         try:
-            data = json.loads(path.read_text())
-            return {p: LimitsRecord.from_json(d) for p, d in data.items()}
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.error("%s: unreadable limits records, starting Phase I again: %s", path, exc)
-            return {}
+            self.engine.set_limits(i, rec)
+        except (SpcInputError, ValueError) as exc:
+            log.error("%s: limits %s not applied: %s", ch.path, rec.id, exc)
+            return
+        old = self.records.get(i)
+        self.records[i] = rec
+        self._show_limits(i, rec)
+        log.info(
+            "%s: limits %s → %s in force (%s by %s: %s)",
+            ch.path,
+            old.id if old else "Phase I",
+            rec.id,
+            assignment.source,
+            assignment.user,
+            assignment.reason,
+        )
+        info = audit.to_json() if audit is not None else {}
+        info.update(
+            limits_id=rec.id,
+            center=rec.center,
+            sigma=rec.sigma,
+            method=rec.method,
+            user=assignment.user,
+            reason=assignment.reason,
+            source=assignment.source,
+            effective_from=_rfc3339(assignment.effective_from_us),
+        )
+        self._alarm_call(lambda: self.alarms.limits_changed(i, info, now_us=_now_us()), lines)
+        p1 = self._phase1.pop(i, None)
+        if p1 is not None:
+            # Phase I ended by an assigned record: its values are judged against it
+            self.views[i].phase = "phase2"
+            self._efill[i] = 0
+            self._judge(p1, lines)
 
     def _restore_state(self, fresh: Engine) -> None:
         state_path = self.data_dir / "state.json"
@@ -765,7 +944,6 @@ class Gateway:
 
     def _state_files(self) -> dict[str, bytes]:
         """The state files' contents, taken on the event loop (the engine must not move meanwhile)."""
-        limits = {self.paths[i]: rec.to_json() for i, rec in self.records.items()}
         state = {
             "fingerprint": self._fingerprint(),
             "fill": self._fill.tolist(),
@@ -782,7 +960,6 @@ class Gateway:
             },
         }
         return {
-            "limits.json": json.dumps(limits, indent=1, allow_nan=False, default=str).encode(),
             "engine.npz": self.engine.snapshot(),
             "state.json": json.dumps(state).encode(),
         }
@@ -810,11 +987,20 @@ class Gateway:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then shut down in order (see the module docstring)."""
         try:
+            if not self.notifiers:
+                self.notifiers = self._make_notifiers()
+            self.alarms.set_limits_ids({i: r.id for i, r in self.records.items()})
+            out = await asyncio.to_thread(self.alarms.initial_states, _now_us())
+            log.debug("published %d initial characteristic states", len(out))
             async with asyncio.TaskGroup() as tg:
+                # the alarm path first and last: it never waits for the series sinks
+                notify_stop = asyncio.Event()
+                notify_tasks = [tg.create_task(n.run(notify_stop)) for n in self.notifiers]
                 src_tasks = [tg.create_task(self._run_source(s)) for s in self.sources]
                 proc = tg.create_task(self._process_loop())
                 drain = tg.create_task(self._drain_loop())
                 saver = tg.create_task(self._save_loop())
+                limits = tg.create_task(self._limits_loop())
                 await stop.wait()
                 log.info("gateway %s stopping: sources first", self.gateway_id)
                 await _cancel_all(src_tasks)
@@ -824,8 +1010,34 @@ class Gateway:
                 self._wake.set()
                 await drain
                 saver.cancel()
+                limits.cancel()
+                notify_stop.set()
+                for t in notify_tasks:
+                    await t
         finally:
             await self._close()
+
+    def _make_notifiers(self) -> list[Any]:
+        """The alarm publishers the ``alarms:`` section configures (MQTT for MES, webhook)."""
+        from collector.notify import MqttAlarmPublisher, WebhookNotifier
+
+        out: list[Any] = []
+        sec = self.cfg.alarms
+        if sec.mqtt is not None:
+            out.append(
+                MqttAlarmPublisher(
+                    sec.mqtt,
+                    self.alarms.outbox,
+                    gateway_id=self.gateway_id,
+                    prefix=sec.prefix,
+                    version=_version(),
+                    start_time_us=self.start_time_us,
+                    on_command=self.on_command,
+                )
+            )
+        if sec.webhook is not None:
+            out.append(WebhookNotifier(sec.webhook, self.alarms.outbox))
+        return out
 
     async def _close(self) -> None:
         try:
@@ -837,7 +1049,13 @@ class Gateway:
                 await sink.close()
             except Exception as exc:  # a failing close must not keep the others open
                 log.error("closing sink %s: %s", sink.name, exc)
+        self.close()
+
+    def close(self) -> None:
+        """Close the outbox, the alarm store and the limits store (idempotent; ``run`` does it)."""
         self.outbox.close()
+        self.alarms.close()
+        self.limits_store.close()
 
     async def _run_source(self, source: Any) -> None:
         loop = asyncio.get_running_loop()
@@ -869,7 +1087,8 @@ class Gateway:
             except TimeoutError:
                 if self._sources_done and self._queue.empty():
                     return
-                await self._append(self.close_windows(_now_us()))
+                now = _now_us()
+                await self._append(self.tick_alarms(now) + self.close_windows(now))
                 await self._periodic()
                 continue
             items = [first]
@@ -877,7 +1096,8 @@ class Gateway:
                 items.append(self._queue.get_nowait())
             self.stats.queue_depth = self._queue.qsize()
             lines = self.process([(name, samples) for name, samples, _ in items])
-            lines += self.close_windows(_now_us())
+            now = _now_us()
+            lines += self.tick_alarms(now) + self.close_windows(now)
             await self._append(lines)
             for *_, done in items:
                 if not done.done():
@@ -1030,10 +1250,14 @@ class Gateway:
         fed = _Fed()
         now = _now_us()
         values = self.index.values
+        lines: list[str] = self._take_extra_lines()
+        self._retry_alarms(lines, now)
         for source, samples in items:
             self.stats.samples_in += len(samples)
             # context first: a result block carries its part's context in the same batch
             self.stats.context_samples += self.index.observe(source, samples)
+            if source in self._proc_sources:
+                self._process_states(source, samples, lines)
             kind = self._kinds.get(source, "manual")
             ctx: dict[int, tuple[dict[str, Any], str]] = {}  # per characteristic, this batch
             for s in samples:
@@ -1044,9 +1268,119 @@ class Gateway:
                     continue
                 for i in targets:
                     self._accept(i, s, kind, ctx, rows, fed)
-        lines = self._measurement_lines(rows)
+        lines += self._measurement_lines(rows)
         self._feed(fed, lines, now)
         return lines
+
+    # ------------------------------------------------------------------ alarms
+
+    def _process_states(self, source: str, samples: Sequence[Sample], lines: list[str]) -> None:
+        """Hand new values of process-state tags (idle, changeover, setup …) to the alarm manager."""
+        for s in samples:
+            scopes = self._proc_bind.get((source, s.binding))
+            if scopes is None:
+                continue
+            if s.quality is Quality.GOOD and s.value - s.value == 0:
+                value: Any = int(s.value) if s.value.is_integer() else s.value
+            elif "raw" in s.fields:
+                value = s.fields["raw"]
+            else:
+                continue  # an unreadable state tag changes nothing
+            for scope in scopes:
+                self._alarm_call(
+                    lambda sc=scope, v=value, t=s.time_us: self.alarms.set_process_state(sc, v, t),
+                    lines,
+                )
+
+    def _alarm_call(self, call: Callable[[], Outcome], lines: list[str]) -> bool:
+        """Run one alarm-manager call and route its outcome; False when its commit failed."""
+        try:
+            out = call()
+        except OutboxError as exc:
+            # nothing of the call happened (the manager reloads its state): retried later
+            self.stats.alarm_errors += 1
+            log.error("alarm store %s: %s", self.alarms.outbox.path, exc)
+            return False
+        self._route(out, lines)
+        return True
+
+    def _route(self, out: Outcome, lines: list[str]) -> None:
+        lines += out.lines
+        if not (out.events or out.states):
+            return
+        self.stats.alarms += out.raised
+        self.stats.alarm_events += len(out.events)
+        for n in self.notifiers:
+            n.notify()
+        for ev in out.events:
+            if ev.get("event") != "raised":
+                continue
+            a = AlarmEvent.of(ev)
+            i = self._path_index.get(a.path)
+            if i is not None:
+                ch = self.chars[i]
+                self.views[i].last_rule = (
+                    a.rule if a.chart == _CENTRE_CHART[ch.chart] else f"{a.chart}:{a.rule}"
+                )
+            log.warning(
+                "ALARM %s %s chart %s %s (%s): value %.6g, limits [%.6g, %.6g], serial %s, "
+                "limits %s",
+                a.path,
+                a.rule,
+                a.chart,
+                a.severity,
+                a.alarm_id,
+                a.value,
+                a.lcl,
+                a.ucl,
+                a.serial or "-",
+                a.limits_id,
+            )
+            if self.on_alarm is not None:
+                self.on_alarm(a)
+
+    def _retry_alarms(self, lines: list[str], now: int) -> None:
+        while self._alarm_backlog:
+            batch = self._alarm_backlog[0]
+            if not self._alarm_call(lambda b=batch: self.alarms.judge(b, now), lines):
+                break
+            self._alarm_backlog.pop(0)
+        self.stats.alarm_pending = len(self._alarm_backlog)
+
+    def _take_extra_lines(self) -> list[str]:
+        extra, self._extra_lines = self._extra_lines, []
+        return extra
+
+    def tick_alarms(self, now_us: int) -> list[str]:
+        """Shelve expiry, flood end and alarm retention (about once a second); returns lines."""
+        lines = self._take_extra_lines()
+        if not 0 <= now_us - self._last_tick < _ALARM_TICK_US:
+            self._last_tick = now_us
+            self._retry_alarms(lines, now_us)
+            self._alarm_call(lambda: self.alarms.tick(now_us), lines)
+        return lines
+
+    def on_command(self, path: str, payload: Mapping[str, Any]) -> None:
+        """An acknowledgement from MES (``{prefix}/cmd/{path}/ack``): ack the named alarm."""
+        self.stats.commands += 1
+        try:
+            for name in ("alarm_id", "user", "comment", "cause", "action"):
+                v = payload.get(name)
+                if v is not None and not isinstance(v, str):
+                    raise AlarmError(name, "must be a string")
+            self.alarms.ack_command(path, payload, now_us=_now_us())
+        except AlarmError as exc:
+            self.stats.bad_commands += 1
+            log.warning("ack command for %s refused: %s", path, exc)
+            return
+        except OutboxError as exc:
+            self.stats.alarm_errors += 1
+            log.error("ack command for %s not stored: %s", path, exc)
+            return
+        self._extra_lines += self.alarms.take_lines()
+        for n in self.notifiers:
+            n.notify()
+        self._wake.set()
 
     def _accept(
         self,
@@ -1199,6 +1533,18 @@ class Gateway:
             log.warning("%s: Phase I limits not frozen yet: %s", ch.path, exc)
             self.views[i].phase1_need += ch.limits.phase1_subgroups * int(self._m[i])
             return None
+        try:
+            self.limits_store.assign(
+                ch.path,
+                rec,
+                user=f"gateway {self.gateway_id}",
+                reason=f"Phase I: limits frozen from {rec.n_points} subgroups",
+                source="phase1",
+                now_us=now,
+                subgroup_size=int(self._m[i]),
+            )
+        except (LimitsStoreError, ValueError) as exc:
+            log.error("%s: Phase I limits %s not recorded in the store: %s", ch.path, rec.id, exc)
         del self._phase1[i]
         self.records[i] = rec
         self.stats.phase1_frozen += 1
@@ -1296,21 +1642,51 @@ class Gateway:
         lines.extend(enc.lines)
         self.stats.points += n
         self._update_views(pts, chars)
+        self._judge_alarms(pts, n, chars, times, serials, limits_ids, flagged, lines)
+
+    def _judge_alarms(
+        self,
+        pts: Points,
+        n: int,
+        chars: np.ndarray,
+        times: np.ndarray,
+        serials: list[str | None],
+        limits_ids: list[str],
+        flagged: list[int],
+        lines: list[str],
+    ) -> None:
+        """Every plotted point (centre and dispersion chart) to the alarm lifecycle, columnar."""
+        dj = np.flatnonzero(self._has_disp[chars])
+        d = dj.tolist()
+
+        def both(centre: np.ndarray, disp: np.ndarray) -> np.ndarray:
+            return np.concatenate([centre[:n], disp[:n][dj]]) if d else centre[:n]
+
+        context: list[Mapping[str, Any] | None] = [None] * (n + len(d))
+        disp_flag = np.flatnonzero(pts.disp_mask[:n][dj]).tolist() if d else []
         for j in flagged:
-            i = char_list[j]
-            ch = self.chars[i]
-            t, serial, lid = int(times[j]), serials[j], limits_ids[j]
-            for code in violation_codes(int(pts.mask[j])):
-                point = (pts.statistic[j], pts.center[j], pts.lcl[j], pts.ucl[j])
-                self._raise(i, ch, _CENTRE_CHART[ch.chart], code, point, lid, t, serial, lines)
-            for code in violation_codes(int(pts.disp_mask[j])):
-                point = (
-                    pts.disp_statistic[j],
-                    pts.disp_center[j],
-                    pts.disp_lcl[j],
-                    pts.disp_ucl[j],
-                )
-                self._raise(i, ch, _DISP_CHART[ch.chart], code, point, lid, t, serial, lines)
+            context[j] = self.index.snapshot(int(chars[j]))
+        for k in disp_flag:
+            context[n + k] = self.index.snapshot(int(chars[d[k]]))
+        batch = PointBatch(
+            char=both(chars, chars),
+            chart=both(self._centre_names[chars], self._disp_names[chars]),
+            mask=both(pts.mask, pts.disp_mask),
+            value=both(pts.statistic, pts.disp_statistic),
+            center=both(pts.center, pts.disp_center),
+            lcl=both(pts.lcl, pts.disp_lcl),
+            ucl=both(pts.ucl, pts.disp_ucl),
+            sigma=both(pts.sigma, pts.disp_sigma),
+            limits_id=limits_ids + [limits_ids[j] for j in d],
+            time_us=both(times, times),
+            serial=serials + [serials[j] for j in d],
+            context=context,
+        )
+        if self._alarm_backlog:
+            self._alarm_backlog.append(batch)  # in order behind the ones waiting
+        elif not self._alarm_call(lambda: self.alarms.judge(batch, _now_us()), lines):
+            self._alarm_backlog.append(batch)
+        self.stats.alarm_pending = len(self._alarm_backlog)
 
     def _update_views(self, pts: Points, chars: np.ndarray) -> None:
         """The live table's view of each characteristic: its newest point of the batch."""
@@ -1326,75 +1702,6 @@ class Gateway:
             if math.isfinite(lcl) or math.isfinite(ucl):
                 view.lcl, view.ucl = lcl, ucl
             view.in_control = not (pts.mask[j] or pts.disp_mask[j])
-
-    def _raise(
-        self,
-        i: int,
-        ch: Characteristic,
-        chart: str,
-        code: str,
-        point: tuple[float, float, float, float],
-        limits_id: str,
-        time_us: int,
-        serial: str | None,
-        lines: list[str],
-    ) -> None:
-        stat, center, lcl, ucl = (float(x) for x in point)
-        sev_key = "CUSUM" if code.startswith("CUSUM") else code
-        severity = ch.severity.get(sev_key) or ch.severity.get("default", "major")
-        aid = alarm_id(ch.path, code, limits_id, time_us, serial, chart=chart)
-        # the contract's alarm tags plus `chart`: an X and an MR alarm of the same rule at the
-        # same sample would otherwise share a series key and timestamp and overwrite each other
-        line = encode_line(
-            "alarm",
-            {
-                "gateway": self.gateway_id,
-                "line": ch.line,
-                "station": ch.station,
-                "characteristic": ch.id,
-                "rule": code,
-                "severity": severity,
-                "chart": chart,
-            },
-            {"alarm_id": aid, "event": "raised", "value": stat},
-            time_us,
-            self.precision,
-        )
-        if line:
-            lines.append(line)
-        self.stats.alarms += 1
-        self.views[i].last_rule = code if chart == _CENTRE_CHART[ch.chart] else f"{chart}:{code}"
-        log.warning(
-            "ALARM %s %s chart %s %s (%s): value %.6g, limits [%.6g, %.6g], serial %s, limits %s",
-            ch.path,
-            code,
-            chart,
-            severity,
-            aid,
-            stat,
-            lcl,
-            ucl,
-            serial or "-",
-            limits_id,
-        )
-        if self.on_alarm is not None:
-            self.on_alarm(
-                AlarmEvent(
-                    aid,
-                    ch.path,
-                    ch.id,
-                    chart,
-                    code,
-                    severity,
-                    stat,
-                    center,
-                    lcl,
-                    ucl,
-                    limits_id,
-                    time_us,
-                    serial,
-                )
-            )
 
 
 def _up_to(entries: list[Any], max_lines: int) -> list[Any]:

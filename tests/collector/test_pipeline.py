@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from collector.config import GatewayConfig
+from collector.limitstore import LimitsStore
 from collector.outbox import Outbox
 from collector.pipeline import BindingIndex, Gateway, alarm_id, violation_codes
 from connectors.base import ConnectorError, ConnectorStats, Quality, Sample
@@ -149,7 +150,7 @@ def test_measurement_line_contract_and_context_as_fields(tmp_path) -> None:
         assert p.fields["violations"] == ""
         assert p.fields["limits_id"].startswith("L-")
     finally:
-        gw.outbox.close()
+        gw.close()
 
 
 def test_duplicates_dropped_by_serial_not_value(tmp_path) -> None:
@@ -164,7 +165,7 @@ def test_duplicates_dropped_by_serial_not_value(tmp_path) -> None:
         gw.process([("dev", [bad, _s("a", 10.0, 4, serial="P3")])])
         assert gw.stats.duplicates == 1 and gw.stats.points == 3
     finally:
-        gw.outbox.close()
+        gw.close()
 
 
 def test_bad_samples_stored_not_charted(tmp_path) -> None:
@@ -179,7 +180,7 @@ def test_bad_samples_stored_not_charted(tmp_path) -> None:
         assert _parsed(lines, "spc") == []
         assert gw.stats.bad == 1 and gw.stats.points == 0
     finally:
-        gw.outbox.close()
+        gw.close()
 
 
 def test_alarm_line_for_a_violation(tmp_path) -> None:
@@ -210,7 +211,7 @@ def test_alarm_line_for_a_violation(tmp_path) -> None:
         assert [a.chart for a in seen] == ["x", "mr"]
         assert seen[0].rule == "N1" and seen[0].serial == "P9"
     finally:
-        gw.outbox.close()
+        gw.close()
 
 
 def test_violation_codes() -> None:
@@ -234,9 +235,11 @@ def test_phase1_freezes_then_phase2(tmp_path) -> None:
         spc = _parsed(lines, "spc")
         assert len(spc) == 15  # the 10 Phase I values judged retrospectively, then 5 live
         assert {p.fields["limits_id"] for p in spc} == {rec.id}
-        assert (tmp_path / "limits.json").exists()
+        with LimitsStore(tmp_path / "limits.db", readonly=True) as store:
+            (a,) = store.history("s1/a1/l1/st1/a")
+            assert a.limits_id == rec.id and a.source == "phase1" and a.user == "gateway gw-t"
     finally:
-        gw.outbox.close()
+        gw.close()
 
 
 def test_xbar_subgroups_and_context_close(tmp_path) -> None:
@@ -263,7 +266,7 @@ def test_xbar_subgroups_and_context_close(tmp_path) -> None:
         (p,) = _parsed(lines, "spc")
         assert p.fields["n"] == 1 and p.fields["statistic"] == pytest.approx(10.1)
     finally:
-        gw.outbox.close()
+        gw.close()
 
 
 async def test_restart_restores_limits_and_engine_state(tmp_path) -> None:
@@ -348,7 +351,7 @@ def test_phase1_xbar_subgroups(tmp_path) -> None:
         spc = _parsed(lines, "spc")
         assert len(spc) == 6 and all(p.fields["n"] == 4 for p in spc)
     finally:
-        gw.outbox.close()
+        gw.close()
 
 
 class FlakySink(RecordingSink):
@@ -422,7 +425,7 @@ def test_time_window_closes_a_subgroup(tmp_path) -> None:
         (p,) = _parsed(lines, "spc")
         assert p.fields["n"] == 1
     finally:
-        gw.outbox.close()
+        gw.close()
 
 
 # ---------------------------------------------------------------- columnar path and new charts
