@@ -455,3 +455,34 @@ async def test_simulate_says_when_it_publishes_to_a_listener_it_did_not_start() 
         f"broker   none started: something already listens on 127.0.0.1:{ports['mqtt']}, "
         "used as the broker"
     ) in lines
+
+
+def test_the_live_screen_prints_an_alarm_of_no_characteristic() -> None:
+    # collector/live.py's alarm printer (no test file of its own yet): a line-level alarm
+    # such as a flood has no characteristic row and must not stop the gateway.
+    import io
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from collector.live import _AlarmPrinter
+
+    out = io.StringIO()
+    printer = _AlarmPrinter(Console(file=out, width=200, force_terminal=False))
+    view = SimpleNamespace(path="p/a/l/s/bore", n_points=7)
+    printer.gw = SimpleNamespace(views=[view])  # type: ignore[assignment]
+
+    def alarm(path: str, rule: str) -> SimpleNamespace:
+        nan = float("nan")
+        return SimpleNamespace(
+            path=path, chart="x", rule=rule, severity="major", time_us=0,
+            value=nan, lcl=nan, ucl=nan, serial=None,
+        )  # fmt: skip
+
+    for _ in range(2):
+        printer(alarm("p/a/l/_line/_flood", "FLOOD"))  # type: ignore[arg-type]
+        printer(alarm("p/a/l/s/bore", "N1"))  # type: ignore[arg-type]
+    text = out.getvalue()
+    assert text.count("p/a/l/_line/_flood") == 2
+    assert text.count("p/a/l/s/bore") == 1  # consecutive firings of one rule: once
+    assert printer.printed == 3
