@@ -108,6 +108,7 @@ __all__ = [
     "CharView",
     "Gateway",
     "GatewayStats",
+    "JudgedPoints",
     "alarm_id",
     "violation_codes",
 ]
@@ -191,6 +192,25 @@ class GatewayStats:
     def as_dict(self) -> dict[str, int]:
         """The counters as a plain dict (stable int types, for the ``gateway`` line)."""
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class JudgedPoints:
+    """One batch of plotted points as :attr:`Gateway.point_listeners` get it (columnar).
+
+    Row j: ``points`` row j (characteristic ``points.char[j]``, statistic,
+    limits, violation masks, dispersion chart), ``time_us[j]`` the completing
+    sample's source time, ``serial[j]`` its part serial, ``limits_id[j]`` the
+    record judged against, ``violations[j]`` the rule codes ("N1,N5" or "").
+    Only the first ``n`` rows of ``points`` belong to the batch.
+    """
+
+    points: Points
+    n: int
+    time_us: np.ndarray
+    serial: list[str | None]
+    limits_id: list[str]
+    violations: list[str]
 
 
 @dataclass
@@ -746,6 +766,9 @@ class Gateway:
         self._extra_lines: list[str] = []  # lines of acks and other events outside process()
         self._last_tick = 0
         self.notifiers: list[Any] = []  # alarm publishers woken after each alarm commit
+        # called in the event loop with every batch of judged points / alarm outcome (HTTP API)
+        self.point_listeners: list[Callable[[JudgedPoints], None]] = []
+        self.alarm_listeners: list[Callable[[Outcome], None]] = []
         # process-state tags: (source, binding) → scope keys of the alarm manager
         self._proc_bind: dict[tuple[str, str], list[str]] = {}
         for ps in cfg.alarms.process_state:
@@ -1308,6 +1331,8 @@ class Gateway:
         lines += out.lines
         if not (out.events or out.states):
             return
+        for listener in self.alarm_listeners:
+            listener(out)
         self.stats.alarms += out.raised
         self.stats.alarm_events += len(out.events)
         for n in self.notifiers:
@@ -1360,22 +1385,58 @@ class Gateway:
             self._alarm_call(lambda: self.alarms.tick(now_us), lines)
         return lines
 
-    def on_command(self, path: str, payload: Mapping[str, Any]) -> None:
-        """An acknowledgement from MES (``{prefix}/cmd/{path}/ack``): ack the named alarm."""
+    def on_command(self, path: str, payload: Mapping[str, Any], verb: str = "ack") -> None:
+        """A command from MES or an operator on ``{prefix}/cmd/{path}/{verb}``.
+
+        ``ack`` (the contract): ``{"alarm_id", "user", "comment", "cause"?, "action"?}``.
+        Extensions: ``shelve`` ``{"alarm_id", "user", "comment", "until": RFC 3339 |
+        "minutes": n}``, ``unshelve`` ``{"alarm_id", "user", "comment"}`` and
+        ``service`` ``{"in_service": bool, "user", "comment"}`` (out of service per
+        characteristic). A refused command is logged with its reason and counted.
+        """
         self.stats.commands += 1
+        now = _now_us()
         try:
-            for name in ("alarm_id", "user", "comment", "cause", "action"):
+            for name in ("alarm_id", "user", "comment", "cause", "action", "until"):
                 v = payload.get(name)
                 if v is not None and not isinstance(v, str):
                     raise AlarmError(name, "must be a string")
-            self.alarms.ack_command(path, payload, now_us=_now_us())
+            if verb == "ack":
+                self.alarms.ack_command(path, payload, now_us=now)
+            elif verb in ("shelve", "unshelve"):
+                aid = payload.get("alarm_id") or ""
+                found = self.alarms.get(aid)
+                if found is None or found.get("path") != path:
+                    raise AlarmError("alarm_id", f"no alarm {aid!r} on {path}")
+                user = payload.get("user") or ""
+                comment = payload.get("comment") or ""
+                if verb == "unshelve":
+                    out = self.alarms.unshelve(aid, user, comment, now_us=now)
+                    self._route(out, self._extra_lines)
+                else:
+                    self.alarms.shelve(aid, user, comment, _until(payload, now), now_us=now)
+            elif verb == "service":
+                i = self._path_index.get(path)
+                flag = payload.get("in_service")
+                if i is None:
+                    raise AlarmError("path", f"no characteristic {path}")
+                if not isinstance(flag, bool):
+                    raise AlarmError("in_service", "must be true or false")
+                out = self.alarms.set_out_of_service(
+                    i, not flag, payload.get("user") or "", payload.get("comment") or "", now_us=now
+                )
+                self._route(out, self._extra_lines)
+            else:
+                raise AlarmError(
+                    "verb", f"unknown command {verb!r} (ack, shelve, unshelve, service)"
+                )
         except AlarmError as exc:
             self.stats.bad_commands += 1
-            log.warning("ack command for %s refused: %s", path, exc)
+            log.warning("%s command for %s refused: %s", verb, path, exc)
             return
         except OutboxError as exc:
             self.stats.alarm_errors += 1
-            log.error("ack command for %s not stored: %s", path, exc)
+            log.error("%s command for %s not stored: %s", verb, path, exc)
             return
         self._extra_lines += self.alarms.take_lines()
         for n in self.notifiers:
@@ -1642,6 +1703,10 @@ class Gateway:
         lines.extend(enc.lines)
         self.stats.points += n
         self._update_views(pts, chars)
+        if self.point_listeners:
+            judged = JudgedPoints(pts, n, times, serials, limits_ids, violations)
+            for listener in self.point_listeners:
+                listener(judged)
         self._judge_alarms(pts, n, chars, times, serials, limits_ids, flagged, lines)
 
     def _judge_alarms(
@@ -1702,6 +1767,22 @@ class Gateway:
             if math.isfinite(lcl) or math.isfinite(ucl):
                 view.lcl, view.ucl = lcl, ucl
             view.in_control = not (pts.mask[j] or pts.disp_mask[j])
+
+
+def _until(payload: Mapping[str, Any], now_us: int) -> int:
+    """A shelve command's expiry: ``until`` (RFC 3339) or ``minutes`` from now."""
+    if payload.get("until"):
+        try:
+            t = datetime.fromisoformat(str(payload["until"]).replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise AlarmError("until", f"not an RFC 3339 time: {exc}") from None
+        if t.tzinfo is None:
+            raise AlarmError("until", "needs a time zone (e.g. Z)")
+        return int((t - _EPOCH).total_seconds() * 1_000_000)
+    minutes = payload.get("minutes")
+    if isinstance(minutes, int | float) and not isinstance(minutes, bool) and minutes > 0:
+        return now_us + int(minutes * 60_000_000)
+    raise AlarmError("until", "give until (RFC 3339) or minutes (> 0)")
 
 
 def _up_to(entries: list[Any], max_lines: int) -> list[Any]:
