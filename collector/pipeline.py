@@ -1386,23 +1386,50 @@ class Gateway:
         return lines
 
     def on_command(self, path: str, payload: Mapping[str, Any], verb: str = "ack") -> None:
-        """A command from MES or an operator on ``{prefix}/cmd/{path}/{verb}``.
+        """A command from MES or an operator on ``{prefix}/cmd/{path}/{verb}`` (MQTT).
+
+        Refused commands are logged with their reason and counted (``bad_commands``).
+        """
+        with contextlib.suppress(AlarmError, OutboxError):
+            self.command(path, payload, verb, source="mqtt")
+
+    def command(
+        self, path: str, payload: Mapping[str, Any], verb: str = "ack", *, source: str = "api"
+    ) -> dict[str, Any] | None:
+        """Carry out an operator command on characteristic ``path``; returns its event, if any.
 
         ``ack`` (the contract): ``{"alarm_id", "user", "comment", "cause"?, "action"?}``.
         Extensions: ``shelve`` ``{"alarm_id", "user", "comment", "until": RFC 3339 |
         "minutes": n}``, ``unshelve`` ``{"alarm_id", "user", "comment"}`` and
         ``service`` ``{"in_service": bool, "user", "comment"}`` (out of service per
-        characteristic). A refused command is logged with its reason and counted.
+        characteristic). A refused command is logged with its reason, counted and
+        raised as :class:`~collector.alarms.AlarmError`; a storage failure as
+        :class:`~collector.outbox.OutboxError`. Call it from the event loop.
         """
         self.stats.commands += 1
         now = _now_us()
+        event: dict[str, Any] | None = None
         try:
             for name in ("alarm_id", "user", "comment", "cause", "action", "until"):
                 v = payload.get(name)
                 if v is not None and not isinstance(v, str):
                     raise AlarmError(name, "must be a string")
-            if verb == "ack":
-                self.alarms.ack_command(path, payload, now_us=now)
+            if verb == "ack" and source == "mqtt":
+                event = self.alarms.ack_command(path, payload, now_us=now)
+            elif verb == "ack":
+                aid = payload.get("alarm_id") or ""
+                found = self.alarms.get(aid)
+                if found is None or found.get("path") != path:
+                    raise AlarmError("alarm_id", f"no alarm {aid!r} on {path}")
+                event = self.alarms.ack(
+                    aid,
+                    payload.get("user") or "",
+                    payload.get("comment") or "",
+                    payload.get("cause"),
+                    payload.get("action"),
+                    now_us=now,
+                    source=source,  # type: ignore[arg-type]
+                )
             elif verb in ("shelve", "unshelve"):
                 aid = payload.get("alarm_id") or ""
                 found = self.alarms.get(aid)
@@ -1414,7 +1441,7 @@ class Gateway:
                     out = self.alarms.unshelve(aid, user, comment, now_us=now)
                     self._route(out, self._extra_lines)
                 else:
-                    self.alarms.shelve(aid, user, comment, _until(payload, now), now_us=now)
+                    event = self.alarms.shelve(aid, user, comment, _until(payload, now), now_us=now)
             elif verb == "service":
                 i = self._path_index.get(path)
                 flag = payload.get("in_service")
@@ -1433,15 +1460,19 @@ class Gateway:
         except AlarmError as exc:
             self.stats.bad_commands += 1
             log.warning("%s command for %s refused: %s", verb, path, exc)
-            return
+            raise
         except OutboxError as exc:
             self.stats.alarm_errors += 1
             log.error("%s command for %s not stored: %s", verb, path, exc)
-            return
+            raise
         self._extra_lines += self.alarms.take_lines()
         for n in self.notifiers:
             n.notify()
+        if event is not None:
+            for listener in self.alarm_listeners:
+                listener(Outcome(events=[event]))
         self._wake.set()
+        return event
 
     def _accept(
         self,

@@ -605,3 +605,33 @@ def test_shortrun_and_sample_size_config_errors() -> None:
                 shortrun={"targets": {"A": {"nominal": 1.0}}},
             )
         )
+
+
+def test_commands_ack_shelve_service_and_refusals(tmp_path) -> None:
+    from collector.alarms import AlarmError
+
+    gw = _gw(tmp_path, _cfg(_char("a")))
+    try:
+        gw.process([("dev", [_s("a", 10.0, 0, serial="P0"), _s("a", 30.0, 1, serial="P1")])])
+        (alarm,) = [a for a in gw.alarms.active() if a["chart"] == "x"]
+        path, aid = "s1/a1/l1/st1/a", alarm["alarm_id"]
+        with pytest.raises(AlarmError, match="cause"):
+            gw.command(path, {"alarm_id": aid, "user": "li", "cause": "nonsense"})
+        with pytest.raises(AlarmError, match="no alarm"):
+            gw.command("s1/a1/l1/st1/b", {"alarm_id": aid, "user": "li"})
+        ev = gw.command(
+            path,
+            {"alarm_id": aid, "user": "li", "comment": "tool", "cause": "machine:MC-TOOL-WEAR"},
+        )
+        assert ev is not None and ev["event"] == "acknowledged" and ev["user"] == "li"
+        assert ev["source"] == "api"
+        ev = gw.command(path, {"alarm_id": aid, "user": "li", "minutes": 5}, "shelve")
+        assert ev is not None and ev["event"] == "shelved"
+        gw.command(path, {"in_service": False, "user": "li"}, "service")
+        assert gw.alarms.counts()  # still answers; state now suspended
+        gw.on_command(path, {"alarm_id": 7}, "ack")  # refused, counted, not raised
+        gw.on_command(path, {}, "explode")
+        assert gw.stats.bad_commands == 4 and gw.stats.commands == 7
+        assert any(ln.startswith("alarm,") and "acknowledged" in ln for ln in gw.tick_alarms(0))
+    finally:
+        gw.close()
