@@ -604,6 +604,14 @@ def simulate(
         for problem in err.problems:
             sys.stderr.write(f"{problem}\n")
         raise typer.Exit(EXIT_BAD_REQUEST) from None
+    from collector.simulate import check_ports, plan_stations
+
+    try:
+        check_ports(plan_stations(cfg, connectors))
+    except ExceptionGroup as group:
+        for exc in group.exceptions:
+            sys.stderr.write(f"shopspc simulate: {exc}\n")
+        raise typer.Exit(EXIT_BAD_REQUEST) from None
 
     def say(line: str) -> None:
         sys.stdout.write(line + "\n")
