@@ -390,7 +390,7 @@ def test_cli_simulate_on_a_taken_port_fails_with_the_port_and_its_key(tmp_path: 
             cwd=ROOT,
         )
     # Exit 2 (a usage problem) needs collector/cli.py to map it; any failure is clear today.
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     assert (
         f"shopspc simulate: opcua station 127.0.0.1:{ports['opcua']}: cannot listen: "
         f"port {ports['opcua']} is already in use by another program"
