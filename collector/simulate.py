@@ -451,7 +451,13 @@ def prepare_demo(cfg: GatewayConfig, connectors: dict[str, BaseModel]) -> DemoSe
         sources[name] = ConnectorSection.model_validate(
             {"kind": section.kind, **models[name].model_dump(mode="json")}
         )
-    return DemoSetup(cfg.model_copy(update={"sources": sources}), models, moves)
+    update: dict[str, Any] = {"sources": sources}
+    pub = cfg.alarms.mqtt
+    if pub is not None and (pub.host, pub.port) in moved:
+        # the alarm publisher talks to the same (moved) demo broker
+        new_pub = pub.model_copy(update={"port": moved[(pub.host, pub.port)]})
+        update["alarms"] = cfg.alarms.model_copy(update={"mqtt": new_pub})
+    return DemoSetup(cfg.model_copy(update=update), models, moves)
 
 
 def _station(plan: StationPlan, rate: float, seed: int) -> Any:

@@ -326,6 +326,7 @@ async def test_the_demo_moves_taken_ports_and_the_gateway_reads_the_stations_the
         assert new["vision"].port == moved["mqtt"].port
         assert setup.cfg.sources["cmm"].model_dump()["endpoint"] == new["cmm"].endpoint
         assert setup.cfg.sources["vision"].model_dump()["port"] == moved["mqtt"].port
+        assert setup.cfg.alarms.mqtt.port == moved["mqtt"].port  # alarms go to the same broker
         assert new["local"] == connectors["local"]
         assert setup.cfg.characteristics == cfg.characteristics
         plans = plan_stations(setup.cfg, new)
