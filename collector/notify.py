@@ -418,7 +418,7 @@ class _MqttTransport:
                 raise
             if not self._sub_refused_logged:  # an ACL without commands is a valid set-up
                 self._sub_refused_logged = True
-                log.error("%s: acknowledgement commands unavailable: %s", self.where, exc.message)
+                log.error("%s: operator commands unavailable: %s", self.where, exc.message)
 
     def _on_lost(self, reason: str) -> None:
         self._lost = reason
@@ -460,9 +460,11 @@ class MqttAlarmPublisher:
 
     On connect it publishes ``{prefix}/gateway/{gateway_id}/status`` retained
     ``online`` (the Will is the same topic, retained ``offline``), subscribes
-    ``{prefix}/cmd/+/+/+/+/+/ack`` (QoS 1) and calls ``on_command(path,
-    payload)`` for each well-formed command (a JSON object with a non-empty
-    string ``alarm_id``); malformed ones are logged and counted in
+    ``{prefix}/cmd/+/+/+/+/+/+`` (QoS 1: ``{prefix}/cmd/{path}/{verb}``) and
+    calls ``on_command(path, payload, verb)`` for each well-formed command (a
+    JSON object; with a non-empty string ``alarm_id`` unless the verb is
+    ``service``, which names a characteristic, not an alarm); the handler
+    judges the verb. Malformed ones are logged and counted in
     ``stats.bad_commands``, exceptions of ``on_command`` in
     ``stats.command_errors``. Then it drains the outbox stream (see the module
     docstring). On stop it drains within ``cfg.stop_drain_s``, publishes
@@ -482,7 +484,7 @@ class MqttAlarmPublisher:
         prefix: str = "shopspc/v1",
         version: str,
         start_time_us: int,
-        on_command: Callable[[str, dict[str, Any]], None] | None = None,
+        on_command: Callable[[str, dict[str, Any], str], None] | None = None,
         stream: str = "mqtt",
     ) -> None:
         self.cfg = cfg
@@ -493,7 +495,7 @@ class MqttAlarmPublisher:
         self.on_command = on_command
         self.client_id = cfg.client_id or f"shopspc-{gateway_id}"
         self.status_topic = f"{self.prefix}/gateway/{gateway_id}/status"
-        self.command_filter = f"{self.prefix}/cmd/+/+/+/+/+/ack"
+        self.command_filter = f"{self.prefix}/cmd/+/+/+/+/+/+"
         self.stats = NotifyStats()
         self.password: str | None = None
         self._transport = _MqttTransport(self)
@@ -532,11 +534,12 @@ class MqttAlarmPublisher:
         await self._drainer.run(stop)
 
     def _on_message(self, topic: str, payload: bytes) -> None:
-        head, tail = f"{self.prefix}/cmd/", "/ack"
-        path = topic[len(head) : -len(tail)] if topic.startswith(head) else ""
+        head = f"{self.prefix}/cmd/"
+        levels = topic[len(head) :].split("/") if topic.startswith(head) else []
+        path, verb = "/".join(levels[:5]), levels[5] if len(levels) == 6 else ""
         problem = None
         doc: Any = None
-        if not topic.endswith(tail) or len(path.split("/")) != 5:
+        if len(levels) != 6 or not all(levels):
             problem = "not a command topic"
         else:
             try:
@@ -546,7 +549,9 @@ class MqttAlarmPublisher:
             else:
                 if not isinstance(doc, dict):
                     problem = "not a JSON object"
-                elif not isinstance(doc.get("alarm_id"), str) or not doc["alarm_id"]:
+                elif verb != "service" and (
+                    not isinstance(doc.get("alarm_id"), str) or not doc["alarm_id"]
+                ):
                     problem = "no alarm_id"
         if problem is not None:
             self.stats.bad_commands += 1
@@ -556,7 +561,7 @@ class MqttAlarmPublisher:
         if self.on_command is None:
             return
         try:
-            self.on_command(path, doc)
+            self.on_command(path, doc, verb)
         except Exception:
             self.stats.command_errors += 1
             log.exception("%s: command handler failed on %r", self._transport.where, topic)

@@ -258,12 +258,12 @@ async def test_nothing_acked_before_puback(broker: Server, outbox: Outbox) -> No
 async def test_commands_reach_on_command_and_bad_ones_are_counted(
     broker: Server, outbox: Outbox
 ) -> None:
-    seen: list[tuple[str, dict[str, Any]]] = []
+    seen: list[tuple[str, dict[str, Any], str]] = []
 
-    def on_command(path: str, payload: dict[str, Any]) -> None:
-        if payload["alarm_id"] == "BOOM":
+    def on_command(path: str, payload: dict[str, Any], verb: str) -> None:
+        if payload.get("alarm_id") == "BOOM":
             raise RuntimeError("handler bug")
-        seen.append((path, payload))
+        seen.append((path, payload, verb))
 
     pub = publisher(broker.port, outbox, on_command=on_command)
     async with running(pub):
@@ -271,21 +271,30 @@ async def test_commands_reach_on_command_and_bad_ones_are_counted(
         tester = MqttLink(pub_cfg(broker.port), "mes-tester")
         await tester.connect()
         try:
-            topic = f"{PREFIX}/cmd/{PATH}/ack"
+            cmd = f"{PREFIX}/cmd/{PATH}"
+            topic = f"{cmd}/ack"
             await tester.publish_many(
                 [
                     Outgoing(topic, b"not json", 1, False),
                     Outgoing(topic, b"[1, 2]", 1, False),
                     Outgoing(topic, b'{"user": "li"}', 1, False),
+                    Outgoing(f"{cmd}/shelve", b'{"user": "li", "minutes": 5}', 1, False),
                     Outgoing(topic, b'{"alarm_id": "BOOM"}', 1, False),
                     Outgoing(topic, b'{"alarm_id": "A-1", "user": "li", "comment": "x"}', 1, False),
+                    Outgoing(f"{cmd}/shelve", b'{"alarm_id": "A-1", "minutes": 5}', 1, False),
+                    # service names a characteristic, not an alarm: no alarm_id needed
+                    Outgoing(f"{cmd}/service", b'{"in_service": false, "user": "li"}', 1, False),
                 ]
             )
         finally:
             await tester.close()
-        await until(lambda: bool(seen), "command received")
-    assert seen == [(PATH, {"alarm_id": "A-1", "user": "li", "comment": "x"})]
-    assert (pub.stats.commands, pub.stats.bad_commands, pub.stats.command_errors) == (2, 3, 1)
+        await until(lambda: len(seen) == 3, "commands received")
+    assert seen == [
+        (PATH, {"alarm_id": "A-1", "user": "li", "comment": "x"}, "ack"),
+        (PATH, {"alarm_id": "A-1", "minutes": 5}, "shelve"),
+        (PATH, {"in_service": False, "user": "li"}, "service"),
+    ]
+    assert (pub.stats.commands, pub.stats.bad_commands, pub.stats.command_errors) == (4, 4, 1)
 
 
 @pytest.fixture
