@@ -1,0 +1,174 @@
+"""The last plotted points of every characteristic, in numpy ring buffers (for the HTTP API).
+
+:class:`RecentPoints` is fed by :attr:`collector.pipeline.Gateway.point_listeners`
+with each :class:`~collector.pipeline.JudgedPoints` batch: one vectorised write
+per batch, no Python object per point. :meth:`RecentPoints.query` returns
+:class:`RecentColumns` in time order, with each point's zone (spc-semantics.md:
+``z = (x − CL)/σ``; C: |z| ≤ 1, B: 1 < |z| ≤ 2, A: 2 < |z| ≤ 3, ``out`` beyond,
+``""`` for a missing point or an unknown σ; boundaries belong to the inner zone).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from collector.pipeline import JudgedPoints, violation_codes
+
+__all__ = ["RecentColumns", "RecentPoints", "zones"]
+
+_FLOAT_COLS = (
+    "statistic",
+    "center",
+    "lcl",
+    "ucl",
+    "sigma",
+    "disp_statistic",
+    "disp_center",
+    "disp_lcl",
+    "disp_ucl",
+)
+_ZONE_NAMES = np.array(["C", "B", "A", "out", ""], dtype=object)
+
+
+def zones(statistic: np.ndarray, center: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """Zone of each point (``C``, ``B``, ``A``, ``out``; ``""`` when z is not defined)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = np.abs((statistic - center) / sigma)
+    k = np.searchsorted(np.array([1.0, 2.0, 3.0]), z, side="left")
+    k = np.where(np.isfinite(z), k, 4)
+    return _ZONE_NAMES[k]
+
+
+@dataclass(frozen=True)
+class RecentColumns:
+    """Recent points of one characteristic, oldest first (columns of equal length).
+
+    ``mask``/``disp_mask`` are the violation bit masks (``spc.rules.BITS``),
+    ``violations`` their rule codes, ``z`` the standardised centre-chart value
+    and ``zone`` its zone.
+    """
+
+    time_us: np.ndarray
+    statistic: np.ndarray
+    center: np.ndarray
+    lcl: np.ndarray
+    ucl: np.ndarray
+    sigma: np.ndarray
+    disp_statistic: np.ndarray
+    disp_center: np.ndarray
+    disp_lcl: np.ndarray
+    disp_ucl: np.ndarray
+    mask: np.ndarray
+    disp_mask: np.ndarray
+    limits_id: list[str]
+    serial: list[str | None]
+    z: np.ndarray
+    zone: list[str]
+    violations: list[str]
+
+    def __len__(self) -> int:
+        return int(self.time_us.shape[0])
+
+
+class RecentPoints:
+    """Per-characteristic ring buffers of the last ``capacity`` plotted points.
+
+    Call :meth:`on_points` with every judged batch (register it in
+    ``gateway.point_listeners``); it runs in the event loop, as does :meth:`query`.
+    """
+
+    def __init__(self, n_chars: int, capacity: int = 1000) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity: must be at least 1, not {capacity}")
+        self.capacity = capacity
+        self.n_chars = n_chars
+        shape = (n_chars, capacity)
+        self.time_us = np.zeros(shape, dtype=np.int64)
+        self._f = {name: np.full(shape, np.nan) for name in _FLOAT_COLS}
+        self.mask = np.zeros(shape, dtype=np.uint64)
+        self.disp_mask = np.zeros(shape, dtype=np.uint64)
+        self.limits = np.zeros(shape, dtype=np.int32)
+        self.serial = np.full(shape, None, dtype=object)
+        self.count = np.zeros(n_chars, dtype=np.int64)  # points written since start
+        self.limits_ids: list[str] = []
+        self._limits_index: dict[str, int] = {}
+
+    def _limit_codes(self, ids: list[str]) -> np.ndarray:
+        uniq, inverse = np.unique(np.array(ids, dtype=object), return_inverse=True)
+        codes = np.empty(len(uniq), dtype=np.int32)
+        for k, lid in enumerate(uniq.tolist()):
+            code = self._limits_index.get(lid)
+            if code is None:
+                code = self._limits_index[lid] = len(self.limits_ids)
+                self.limits_ids.append(lid)
+            codes[k] = code
+        return codes[inverse.reshape(-1)]
+
+    def on_points(self, judged: JudgedPoints) -> None:
+        """Write one batch of judged points into the rings (vectorised)."""
+        n = judged.n
+        if n == 0:
+            return
+        pts = judged.points
+        chars = np.asarray(pts.char[:n], dtype=np.intp)
+        # rank of each row among its characteristic's rows in this batch (stable)
+        order = np.argsort(chars, kind="stable")
+        sc = chars[order]
+        first = np.empty(n, dtype=bool)
+        first[0] = True
+        np.not_equal(sc[1:], sc[:-1], out=first[1:])
+        start = np.maximum.accumulate(np.where(first, np.arange(n), 0))
+        rank = np.empty(n, dtype=np.int64)
+        rank[order] = np.arange(n) - start
+        per_char = np.bincount(chars, minlength=self.n_chars)
+        # rows overwritten later in the same batch are left out (fancy assignment order)
+        keep = rank >= per_char[chars] - self.capacity
+        rows = np.flatnonzero(keep) if not keep.all() else slice(None)
+        c = chars[rows]
+        slot = (self.count[c] + rank[rows]) % self.capacity
+        self.time_us[c, slot] = np.asarray(judged.time_us[:n], dtype=np.int64)[rows]
+        for name in _FLOAT_COLS:
+            self._f[name][c, slot] = np.asarray(getattr(pts, name)[:n], dtype=np.float64)[rows]
+        self.mask[c, slot] = np.asarray(pts.mask[:n]).astype(np.uint64)[rows]
+        self.disp_mask[c, slot] = np.asarray(pts.disp_mask[:n]).astype(np.uint64)[rows]
+        self.limits[c, slot] = self._limit_codes(judged.limits_id)[rows]
+        self.serial[c, slot] = np.array(judged.serial, dtype=object)[rows]
+        self.count += per_char
+
+    def query(self, char: int, since_us: int | None = None, limit: int = 1000) -> RecentColumns:
+        """The newest ``limit`` points of characteristic ``char`` (at or after ``since_us``), oldest first."""
+        if not 0 <= char < self.n_chars:
+            raise IndexError(f"no characteristic with index {char}")
+        total = int(self.count[char])
+        have = min(total, self.capacity)
+        idx = (np.arange(total - have, total) % self.capacity).astype(np.intp)
+        t = self.time_us[char, idx]
+        if since_us is not None:
+            sel = t >= since_us
+            idx, t = idx[sel], t[sel]
+        if limit >= 0 and idx.shape[0] > limit:
+            idx, t = idx[idx.shape[0] - limit :], t[t.shape[0] - limit :]
+        cols = {name: self._f[name][char, idx] for name in _FLOAT_COLS}
+        mask = self.mask[char, idx]
+        disp = self.disp_mask[char, idx]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = (cols["statistic"] - cols["center"]) / cols["sigma"]
+        flagged = np.flatnonzero((mask | disp) != 0).tolist()
+        violations = [""] * idx.shape[0]
+        for j in flagged:
+            codes = violation_codes(int(mask[j])) + violation_codes(int(disp[j]))
+            violations[j] = ",".join(dict.fromkeys(codes))
+        ids = np.array(self.limits_ids or [""], dtype=object)
+        return RecentColumns(
+            time_us=t,
+            **cols,
+            mask=mask,
+            disp_mask=disp,
+            limits_id=ids[self.limits[char, idx]].tolist() if self.limits_ids else [""] * len(t),
+            serial=self.serial[char, idx].tolist(),
+            z=z,
+            zone=zones(cols["statistic"], cols["center"], cols["sigma"]).tolist(),
+            violations=violations,
+        )

@@ -1,0 +1,40 @@
+"""RecentPoints: ring buffers fed by the gateway's point listener."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from collector.api.recent import RecentPoints, zones
+
+from .conftest import T0, sample
+
+
+def test_points_of_a_batch_land_per_characteristic_in_order(gateway) -> None:
+    rp = RecentPoints(len(gateway.chars), capacity=4)
+    gateway.point_listeners.append(rp.on_points)
+    values = [10.0, 10.5, 11.5, 12.5, 20.0, 9.0]
+    batch = [sample("a", v, k, serial=f"P{k}") for k, v in enumerate(values)]
+    batch += [sample("b", 10.0 + k / 10, 100 + k) for k in range(3)]
+    gateway.process([("dev", batch)])
+    a = rp.query(0)
+    assert len(a) == 4  # capacity: the newest four of six
+    assert a.statistic.tolist() == values[2:]
+    assert a.time_us.tolist() == [T0 + k * 1000 for k in range(2, 6)]
+    assert a.serial == ["P2", "P3", "P4", "P5"]
+    assert a.zone == ["B", "A", "out", "C"]
+    assert a.violations[2].startswith("N1") and a.violations[3] == "N1"  # MR of 20 → 9
+    assert len(set(a.limits_id)) == 1 and a.limits_id[0]
+    b = rp.query(1, limit=2)
+    assert b.statistic.tolist() == [10.1, 10.2]
+    assert len(rp.query(2)) == 0
+    # since filters by source time; a later batch wraps around the ring
+    assert rp.query(0, since_us=T0 + 4000).statistic.tolist() == [20.0, 9.0]
+    gateway.process([("dev", [sample("a", 10.0, 10)])])
+    assert rp.query(0).statistic.tolist() == [12.5, 20.0, 9.0, 10.0]
+
+
+def test_zones_boundaries_belong_to_the_inner_zone() -> None:
+    x = np.array([10.0, 11.0, 11.01, 12.0, 13.0, 13.01, np.nan, 7.0])
+    got = zones(x, np.full(8, 10.0), np.ones(8)).tolist()
+    assert got == ["C", "C", "B", "B", "A", "out", "", "A"]
+    assert zones(np.array([1.0]), np.array([0.0]), np.array([np.nan])).tolist() == [""]
