@@ -1347,20 +1347,6 @@ class Gateway:
                 self.views[i].last_rule = (
                     a.rule if a.chart == _CENTRE_CHART[ch.chart] else f"{a.chart}:{a.rule}"
                 )
-            log.warning(
-                "ALARM %s %s chart %s %s (%s): value %.6g, limits [%.6g, %.6g], serial %s, "
-                "limits %s",
-                a.path,
-                a.rule,
-                a.chart,
-                a.severity,
-                a.alarm_id,
-                a.value,
-                a.lcl,
-                a.ucl,
-                a.serial or "-",
-                a.limits_id,
-            )
             if self.on_alarm is not None:
                 self.on_alarm(a)
 
