@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
+from collector.alarms_cli import alarms_app
 from collector.limits_cli import limits_app
 from spc.analyze import analyze_json, error_json, loads_request
 from spc.errors import SpcInputError
@@ -340,6 +341,7 @@ series_app = typer.Typer(
 )
 app.add_typer(series_app, name="series")
 app.add_typer(limits_app, name="limits")
+app.add_typer(alarms_app, name="alarms")
 
 _DURATION_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
