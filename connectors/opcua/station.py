@@ -19,16 +19,13 @@ that reads it exactly.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
 import logging
-import socket
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from connectors.base import ConnectorError
 from connectors.opcua.client import StationServer
+from connectors.ports import check_listening, check_port_free
 
 __all__ = [
     "CONTEXT_NODES",
@@ -47,7 +44,6 @@ CONTEXT_NODES = {"operator": "Operator", "program": "Program", "lot": "Lot", "ga
 """Context key of a part → node name under ``<name>.Context``."""
 
 _POLL_S = 0.01
-_CONNECT_CHECK_S = 5.0
 
 
 class Part(Protocol):
@@ -93,58 +89,6 @@ def connector_config(
             }
         ],
     }
-
-
-def _probe(host: str, port: int) -> OSError | None:
-    """Bind and listen on host:port as a server would; the error when that is not possible."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except OSError as exc:
-        return exc
-    for family, kind, proto, _, addr in infos:
-        with contextlib.closing(socket.socket(family, kind, proto)) as s:
-            # As the servers do: a connection of an earlier run in TIME_WAIT is no conflict,
-            # while another program's listener is one (Linux refuses that bind even so).
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind(addr)
-                s.listen(1)
-            except OSError as exc:
-                return exc
-    return None
-
-
-def check_port_free(where: str, host: str, port: int, hint: str) -> None:
-    """Raise a non-retryable :class:`ConnectorError` when the station could not listen on host:port.
-
-    ``hint`` says where the port is chosen (``the source's endpoint``); a port
-    another program listens on is named as such.
-    """
-    exc = _probe(host, port)
-    if exc is None:
-        return
-    if exc.errno == errno.EADDRINUSE:
-        message = (
-            f"cannot listen: port {port} is already in use by another program; "
-            f"stop it or choose another port ({hint})"
-        )
-    else:
-        message = f"cannot listen on {host}:{port}: {exc.strerror or exc}"
-    raise ConnectorError(where, message, retryable=False) from exc
-
-
-async def check_listening(where: str, host: str, port: int) -> None:
-    """Raise a non-retryable :class:`ConnectorError` unless host:port accepts a connection now."""
-    try:
-        async with asyncio.timeout(_CONNECT_CHECK_S):
-            _, writer = await asyncio.open_connection(host, port)
-    except (OSError, TimeoutError) as exc:
-        raise ConnectorError(
-            where, f"the server started but does not accept connections: {exc}", retryable=False
-        ) from exc
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
 
 
 class OpcuaStation:
