@@ -1,0 +1,712 @@
+"""Open-loop alarm latency on loopback: producer → mosquitto → Gateway → mosquitto → subscriber.
+
+What is measured: for a value that violates a rule, the time from the moment
+the producer *intended* to publish it to the moment the ``raised`` alarm event
+(``contracts/alarms-mqtt.md``) reaches an MQTT subscriber; p50, p90, p99 and
+max per rate (default 1 000, 5 000 and 10 000 messages/s), while the same
+gateway writes every value and point to VictoriaMetrics (InfluxDB v2 endpoint,
+so series batches flush during the run).
+
+How (three processes beside the servers, one clock):
+
+* **producer** (``python -m benchmarks.bench_alarm_latency producer …``, its own
+  process): single-value JSON messages ``{"v", "t", "s"}`` (QoS 1, TCP_NODELAY)
+  on ``bench/r<rate>/c<k>``. Message k is *intended* at ``t0 + k/rate``
+  (``time.monotonic_ns``); it is sent as soon as possible after that, never
+  skipped, and latency counts from the intended time, so a producer or a
+  broker that falls behind shows up as latency (coordinated-omission safe).
+  In-control values follow a fixed 8-value cycle per characteristic that
+  breaks no Nelson rule on the X or the MR chart (so every raised alarm is a
+  planted one); ``--plants-per-s`` times a second a value of +6σ (serial
+  ``p<k>``) goes to the next characteristic in turn (K of them), each of which
+  had ≥ 10 in-control values since its last one, and ``clear_after: 1``, so
+  every planted value raises a new alarm. The producer writes (serial,
+  intended, sent) of every planted value and its own lag to a JSON file.
+* **subscriber** (``… subscriber …``, its own process so it shares no event loop
+  or GIL with the gateway): subscribes to the alarm topics and the gateway
+  status topic and records ``time.monotonic_ns()`` of every ``raised`` event
+  as the first thing in paho's callback, matched later via ``part_serial``.
+  ``CLOCK_MONOTONIC`` is system-wide on Linux, so both processes' times compare.
+* **gateway**, in this process: one MQTT source, K I-MR characteristics with
+  known limits (no Phase I) and all Nelson rules, an ``influxdb`` v2 sink to
+  VictoriaMetrics, ``alarms.mqtt`` to the same mosquitto, ``alarms.durability``
+  ``full`` (``--durability full,normal`` runs both), flood protection set out
+  of reach (every planted alarm must be published, none summarised).
+  Probes (wrapping the source's ``emit`` and ``on_alarm``, nothing patched in
+  the gateway) time each planted value at the gateway (``emit`` called) and at
+  its alarm commit, which splits the latency into: producer lag (intended →
+  sent), publish → gateway, gateway → alarm committed, committed → subscriber.
+
+Targets (issue 5): p50 ≤ 2 ms and p99 ≤ 10 ms at 5 000 msg/s, p99 ≤ 25 ms at
+10 000 msg/s; a target counts as met only if every planted alarm arrived.
+No target is asserted (see ``NOTE``).
+
+    python -m benchmarks.bench_alarm_latency [--rates 1000,5000,10000] [--seconds 10]
+                                             [--chars 100] [--plants-per-s 20]
+                                             [--durability full[,normal]] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "IN_CONTROL",
+    "PLANTED_VALUE",
+    "Plan",
+    "config_text",
+    "main",
+    "plan",
+    "producer_main",
+    "subscriber_main",
+    "summarize",
+]
+
+ROOT = Path(__file__).resolve().parents[1]
+HOST = "127.0.0.1"
+TOKEN_ENV = "SHOPSPC_BENCH_TOKEN"
+PREFIX = "shopspc/v1"
+# one cycle per characteristic, in σ around the centre: no run of 9 on one side (N2), of
+# 6 monotone (N3), of 14 alternating (N4); nothing beyond 2σ (N1, N5); at most 2 of 5
+# beyond 1σ on one side (N6); never 15 within 1σ (N7) nor 8 beyond it (N8); moving
+# ranges 1.0–2.7 (MR UCL 3.69) likewise free of every rule
+IN_CONTROL = (0.5, -1.5, 1.2, 0.2, -0.4, 1.6, -1.1, -0.1)
+PLANTED_VALUE = 6.0
+TARGETS = {5000: {"p50_ms": 2.0, "p99_ms": 10.0}, 10000: {"p99_ms": 25.0}}
+NOTE = (
+    "Open-loop latency from a value's intended publish time to its raised alarm at an MQTT "
+    "subscriber (monotonic clock shared by the processes). The box is a shared 2-core "
+    "machine: producer, mosquitto, VictoriaMetrics, the gateway and the subscriber compete "
+    "for the same cores, so the figures are an upper bound of what a dedicated gateway does. "
+    "No naive baseline: latency is compared with the issue's absolute targets."
+)
+
+
+# ------------------------------------------------------------------ the plan (pure)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the producer sends: ``rate`` messages/s for ``messages`` messages, K characteristics.
+
+    Every ``every``-th message (offset ``every // 2``) is planted: value
+    :data:`PLANTED_VALUE`, serial ``p<k>``, on characteristic ``(k // every) % chars``.
+    """
+
+    rate: int
+    messages: int
+    chars: int
+    every: int
+
+    @property
+    def planted(self) -> int:
+        """How many planted values the plan sends."""
+        return len(range(self.every // 2, self.messages, self.every))
+
+
+def plan(rate: int, seconds: float, chars: int, plants_per_s: float) -> Plan:
+    """The plan of one rate; raises ``ValueError`` when plants would land on an alarmed characteristic."""
+    every = max(1, round(rate / plants_per_s))
+    if every < 10:
+        raise ValueError(
+            f"{plants_per_s} plants/s at {rate} msg/s leaves {every} messages between plants; "
+            "at least 10 are needed so that each planted alarm has cleared before the next"
+        )
+    return Plan(rate=rate, messages=max(1, round(rate * seconds)), chars=chars, every=every)
+
+
+def messages(p: Plan, prefix: str, base_ms: int) -> Iterator[tuple[str, bytes, str | None]]:
+    """(topic, payload, planted serial or None) of every message, in sending order."""
+    seen = [0] * p.chars
+    for k in range(p.messages):
+        if k % p.every == p.every // 2:
+            c, v, serial = (k // p.every) % p.chars, PLANTED_VALUE, f"p{k}"
+        else:
+            c = k % p.chars
+            v, serial = IN_CONTROL[seen[c] % len(IN_CONTROL)], f"m{k}"
+            seen[c] += 1
+        body = json.dumps({"v": v, "t": base_ms + k, "s": serial}, separators=(",", ":"))
+        yield f"{prefix}/c{c:04d}", body.encode(), serial if serial[0] == "p" else None
+
+
+def _pct(values: Sequence[float]) -> dict[str, float | None]:
+    """p50/p90/p99/max in ms of nanosecond values (nearest rank, never interpolated below)."""
+    if not values:
+        return {"p50": None, "p90": None, "p99": None, "max": None}
+    xs = sorted(values)
+    n = len(xs)
+
+    def rank(q: float) -> float:
+        return xs[min(n - 1, max(0, -(-n * q // 100) - 1))]
+
+    return {
+        "p50": round(rank(50) / 1e6, 3),
+        "p90": round(rank(90) / 1e6, 3),
+        "p99": round(rank(99) / 1e6, 3),
+        "max": round(xs[-1] / 1e6, 3),
+    }
+
+
+def summarize(
+    rate: int,
+    planted: Sequence[tuple[str, int, int]],
+    arrived: dict[str, int],
+    *,
+    at_gateway: dict[str, int] | None = None,
+    committed: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """Latency figures of one rate from the (serial, intended_ns, sent_ns) of the planted values,
+    the subscriber's arrival per serial and, optionally, the gateway probes per serial.
+
+    ``targets`` compares with :data:`TARGETS`; met needs every planted alarm to have arrived.
+    """
+    total = [arrived[s] - t for s, t, _ in planted if s in arrived]
+    out: dict[str, Any] = {
+        "planted": len(planted),
+        "matched": len(total),
+        "latency_ms": _pct(total),
+    }
+    stages: dict[str, list[int]] = {"producer_lag": [sent - t for _, t, sent in planted]}
+    if at_gateway is not None and committed is not None:
+        stages["publish_to_gateway"] = [
+            at_gateway[s] - sent for s, _, sent in planted if s in at_gateway
+        ]
+        stages["gateway_to_commit"] = [
+            committed[s] - at_gateway[s] for s, *_ in planted if s in committed and s in at_gateway
+        ]
+        stages["commit_to_subscriber"] = [
+            arrived[s] - committed[s] for s, *_ in planted if s in arrived and s in committed
+        ]
+    out["stages_ms"] = {k: _pct(v) for k, v in stages.items()}
+    all_in = len(total) == len(planted) and len(planted) > 0
+    lat = out["latency_ms"]
+    out["targets"] = {
+        key: {
+            "target": limit,
+            "measured": lat[key.removesuffix("_ms")],
+            "met": all_in and lat[key.removesuffix("_ms")] <= limit,
+        }
+        for key, limit in TARGETS.get(rate, {}).items()
+    }
+    return out
+
+
+# ------------------------------------------------------------------ producer process
+
+
+def producer_main(argv: Sequence[str]) -> int:
+    """Publish a plan open-loop (see the module docstring) and write the timing file."""
+    import socket
+
+    import paho.mqtt.client as mqtt
+
+    ap = argparse.ArgumentParser(prog="bench_alarm_latency producer")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--prefix", required=True)
+    ap.add_argument("--rate", type=int, required=True)
+    ap.add_argument("--messages", type=int, required=True)
+    ap.add_argument("--chars", type=int, required=True)
+    ap.add_argument("--every", type=int, required=True)
+    ap.add_argument("--base-ms", type=int, required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--ack-timeout", type=float, default=30.0)
+    a = ap.parse_args(argv)
+
+    p = Plan(rate=a.rate, messages=a.messages, chars=a.chars, every=a.every)
+    msgs = list(messages(p, a.prefix, a.base_ms))
+    acked = 0
+    done = threading.Event()
+    connected = threading.Event()
+
+    def on_connect(client, userdata, flags, reason, props) -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        connected.set()
+
+    def on_publish(client, userdata, mid, reason, props) -> None:
+        nonlocal acked
+        acked += 1
+        if acked >= len(msgs):
+            done.set()
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-lat-producer-{a.rate}")
+    # open loop: never wait for the broker's PUBACKs before sending the next message
+    client.max_inflight_messages_set(65535)
+    client.max_queued_messages_set(0)
+    client.on_connect = on_connect
+    client.on_publish = on_publish
+    client.connect(HOST, a.port, keepalive=30)
+    client.loop_start()
+    planted: list[tuple[str, int, int]] = []
+    late = 0
+    max_lag = 0
+    try:
+        if not connected.wait(10):
+            raise SystemExit("producer: no CONNACK from the broker within 10 s")
+        step = 1e9 / a.rate
+        t0 = time.monotonic_ns() + 50_000_000
+        for k, (topic, body, serial) in enumerate(msgs):
+            intended = t0 + int(k * step)
+            now = time.monotonic_ns()
+            if now < intended:
+                time.sleep((intended - now) / 1e9)
+            client.publish(topic, body, qos=1)
+            sent = time.monotonic_ns()
+            lag = sent - intended
+            if lag > 1_000_000:
+                late += 1
+            max_lag = max(max_lag, lag)
+            if serial is not None:
+                planted.append((serial, intended, sent))
+        last = time.monotonic_ns()
+        done.wait(a.ack_timeout)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    n = len(msgs)
+    result = {
+        "t0_ns": t0,
+        "last_sent_ns": last,
+        "sent": n,
+        "acked": acked,
+        "achieved_rate": round(n / max(1e-9, (last - t0) / 1e9), 1),
+        "late_over_1ms_share": round(late / n, 4),
+        "max_lag_ms": round(max_lag / 1e6, 3),
+        "planted": planted,
+    }
+    Path(a.out).write_text(json.dumps(result))
+    return 0
+
+
+# ------------------------------------------------------------------ subscriber process
+
+
+def subscriber_main(argv: Sequence[str]) -> int:
+    """Record the arrival of alarm events until stdin closes, then write them to a JSON file.
+
+    Prints ``subscribed`` once its subscriptions are granted and ``online`` once
+    the gateway's retained status says online (its alarm publisher is connected).
+    """
+    import paho.mqtt.client as mqtt
+
+    ap = argparse.ArgumentParser(prog="bench_alarm_latency subscriber")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--alarms", required=True, help="alarm topic filter")
+    ap.add_argument("--status", required=True, help="gateway status topic")
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args(argv)
+
+    got: list[tuple[int, str, bytes]] = []
+    said_online = False
+
+    def on_message(client, userdata, msg) -> None:
+        nonlocal said_online
+        now = time.monotonic_ns()  # first: everything after is not the gateway's latency
+        if msg.topic == a.status:
+            if not said_online and b'"online"' in msg.payload:
+                said_online = True
+                print("online", flush=True)
+            return
+        got.append((now, msg.topic, msg.payload))
+
+    def on_subscribe(client, userdata, mid, reasons, props) -> None:
+        print("subscribed", flush=True)
+
+    def on_connect(client, userdata, flags, reason, props) -> None:
+        client.subscribe([(a.alarms, 1), (a.status, 1)])
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-lat-sub-{os.getpid()}")
+    client.on_message = on_message
+    client.on_subscribe = on_subscribe
+    client.on_connect = on_connect
+    client.connect(HOST, a.port, keepalive=30)
+    client.loop_start()
+    try:
+        sys.stdin.read()  # the parent closes our stdin when the run is over
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    raised: dict[str, int] = {}
+    events: dict[str, int] = {}
+    unplanted = 0
+    for now, _topic, payload in list(got):
+        try:
+            doc = json.loads(payload)
+        except ValueError:
+            events["unreadable"] = events.get("unreadable", 0) + 1
+            continue
+        ev = str(doc.get("event"))
+        events[ev] = events.get(ev, 0) + 1
+        if ev != "raised":
+            continue
+        serial = doc.get("part_serial")
+        if isinstance(serial, str) and serial.startswith("p"):
+            raised.setdefault(serial, now)
+        else:
+            unplanted += 1
+    Path(a.out).write_text(
+        json.dumps({"raised": raised, "events": events, "unplanted_raised": unplanted})
+    )
+    return 0
+
+
+# ------------------------------------------------------------------ the run (this process)
+
+
+def config_text(
+    rate: int, chars: int, mqtt_port: int, vm_port: int, durability: str = "full"
+) -> str:
+    """The gateway configuration of one rate (YAML text)."""
+    tag = f"r{rate}-{durability}"
+    chars_text = "".join(
+        f"- id: c{k:04d}\n"
+        "  site: bench\n  area: a\n  line: l1\n"
+        f"  station: st-{tag}\n"
+        "  chart: imr\n  rules: nelson\n"
+        "  limits: {center: 0.0, sigma: 1.0}\n"
+        f"  value: {{source: mqtt, binding: c{k:04d}}}\n"
+        for k in range(chars)
+    )
+    return (
+        "version: 1\n"
+        f"gateway:\n  id: bench-lat-{tag}\n"
+        "sources:\n  mqtt:\n    kind: mqtt\n"
+        f"    host: {HOST}\n    port: {mqtt_port}\n"
+        f"    client_id: bench-lat-gw-{tag}\n"
+        "    qos: 1\n    queue_size: 10000\n    max_batch: 1000\n"
+        "    subscriptions:\n"
+        f"    - topic: bench/{tag}/+\n"
+        "      format: json\n"
+        '      binding: "{2}"\n'
+        "      value_path: v\n"
+        "      serial_path: s\n"
+        "      timestamp_path: t\n"
+        "      timestamp_unit: ms\n"
+        "sinks:\n  vm:\n    kind: influxdb\n    api: v2\n"
+        f"    url: http://{HOST}:{vm_port}\n"
+        f"    org: bench\n    bucket: shopspc\n    token_env: {TOKEN_ENV}\n"
+        "    batch_size: 5000\n    gzip: false\n    timeout_s: 30\n"
+        "alarms:\n"
+        "  clear_after: 1\n"
+        f"  durability: {durability}\n"
+        "  flood: {max_alarms: 1000000, window_s: 1}\n"
+        "  mqtt:\n"
+        f"    host: {HOST}\n    port: {mqtt_port}\n"
+        f"    client_id: bench-lat-alarms-{tag}\n"
+        "characteristics:\n" + chars_text
+    )
+
+
+@contextlib.contextmanager
+def _victoria_metrics(tmp: Path):
+    """VictoriaMetrics on a free loopback port (as benchmarks/bench_gateway.py starts it)."""
+    from tests.servers import free_port, require_binary, run_server
+
+    binary = require_binary("victoria-metrics")
+    port = free_port()
+    argv = [
+        binary,
+        f"-httpListenAddr={HOST}:{port}",
+        f"-storageDataPath={tmp / 'data'}",
+        "-retentionPeriod=100y",
+        "-loggerLevel=WARN",
+    ]
+    with run_server(argv, port, tmp, timeout=20.0) as server:
+        yield server
+
+
+def _cpu_of(pid: int) -> float:
+    """User + system CPU seconds of a running process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _line(stream: asyncio.StreamReader, want: str, timeout: float) -> bool:
+    """Read lines until one equals ``want`` (True) or the time is up / the stream ends (False)."""
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                raw = await stream.readline()
+                if not raw:
+                    return False
+                if raw.decode().strip() == want:
+                    return True
+    except TimeoutError:
+        return False
+
+
+async def _warm_up(gw: Any, port: int, topic: str, timeout: float) -> bool:
+    """Publish unmapped messages until the gateway has seen one (its subscription is live)."""
+    import paho.mqtt.publish as publish  # the warm-up only; the load is the producer's
+
+    body = json.dumps({"v": 0.0, "t": 0, "s": "warmup"})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        await asyncio.to_thread(publish.single, topic, body, qos=1, hostname=HOST, port=port)
+        for _ in range(10):
+            if gw.stats.unmapped:
+                return True
+            await asyncio.sleep(0.05)
+    return False
+
+
+def _probe_source(source: Any, at_gateway: dict[str, int]) -> None:
+    """Time each planted sample when the source hands it to the gateway (``emit`` called)."""
+    run = source.run
+
+    async def probed(emit):
+        async def timed(samples):
+            now = time.monotonic_ns()
+            for s in samples:
+                ser = s.serial
+                if ser is not None and ser[:1] == "p":
+                    at_gateway.setdefault(ser, now)
+            await emit(samples)
+
+        await run(timed)
+
+    source.run = probed
+
+
+async def _one(
+    rate: int,
+    durability: str,
+    *,
+    tmp: Path,
+    broker: Any,
+    vm: Any,
+    args: argparse.Namespace,
+    base_ms: int,
+) -> dict[str, Any]:
+    from collector.config import parse_config
+    from collector.pipeline import Gateway
+
+    tag = f"r{rate}-{durability}"
+    p = plan(rate, args.seconds, args.chars, args.plants_per_s)
+    cfg, models = parse_config(config_text(rate, args.chars, broker.port, vm.port, durability))
+    work = tmp / tag
+    work.mkdir()
+    at_gateway: dict[str, int] = {}
+    committed: dict[str, int] = {}
+
+    def on_alarm(a: Any) -> None:
+        if a.serial is not None:
+            committed.setdefault(a.serial, time.monotonic_ns())
+
+    gw = Gateway(cfg, models, data_dir=work / "gw", metrics_interval_s=5.0, on_alarm=on_alarm)
+    for source in gw.sources:
+        _probe_source(source, at_gateway)
+    out: dict[str, Any] = {"rate": rate, "durability": durability, "messages": p.messages}
+    sub_out, prod_out = work / "subscriber.json", work / "producer.json"
+    here = [sys.executable, "-m", "benchmarks.bench_alarm_latency"]
+    sub = await asyncio.create_subprocess_exec(
+        *here,
+        "subscriber",
+        f"--port={broker.port}",
+        f"--alarms={PREFIX}/alarm/bench/a/l1/st-{tag}/#",
+        f"--status={PREFIX}/gateway/bench-lat-{tag}/status",
+        f"--out={sub_out}",
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    stop = asyncio.Event()
+
+    async def drive() -> None:
+        try:
+            assert sub.stdout is not None
+            if not await _line(sub.stdout, "subscribed", 15.0):
+                out["error"] = "the subscriber did not subscribe within 15 s"
+                return
+            if not await _line(sub.stdout, "online", 15.0):
+                out["error"] = "the gateway's alarm publisher did not come online within 15 s"
+                return
+            if not await _warm_up(gw, broker.port, f"bench/{tag}/warmup", 15.0):
+                out["error"] = "the gateway never saw a warm-up message"
+                return
+            s = gw.stats
+            base = {"samples": s.samples_in, "written": s.lines_written, "alarms": s.alarms}
+            cpu0 = time.process_time()
+            srv0 = {"mosquitto": _cpu_of(broker.pid), "victoria_metrics": _cpu_of(vm.pid)}
+            prod = await asyncio.create_subprocess_exec(
+                *here,
+                "producer",
+                f"--port={broker.port}",
+                f"--prefix=bench/{tag}",
+                f"--rate={rate}",
+                f"--messages={p.messages}",
+                f"--chars={p.chars}",
+                f"--every={p.every}",
+                f"--base-ms={base_ms}",
+                f"--out={prod_out}",
+                cwd=ROOT,
+            )
+            try:
+                await asyncio.wait_for(prod.wait(), args.seconds + 60.0)
+            except TimeoutError:
+                prod.kill()
+                await prod.wait()
+                out["error"] = "the producer did not finish in time"
+            # every value processed and every alarm event published, bounded
+            deadline = time.monotonic() + 30.0
+            stream = gw.alarms.outbox
+            while time.monotonic() < deadline:
+                counts = await asyncio.to_thread(stream.counts)
+                mq = counts.streams.get("mqtt")
+                if (
+                    s.samples_in - base["samples"] >= p.messages
+                    and gw._queue.empty()
+                    and (mq is None or mq.pending == 0)
+                ):
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)  # the last PUBACKed events on their way to the subscriber
+            out["cpu_seconds"] = {
+                "gateway_process": round(time.process_time() - cpu0, 2),
+                "mosquitto": round(_cpu_of(broker.pid) - srv0["mosquitto"], 2),
+                "victoria_metrics": round(_cpu_of(vm.pid) - srv0["victoria_metrics"], 2),
+            }
+            out["gateway"] = {
+                "values_in": s.samples_in - base["samples"],
+                "series_lines_written": s.lines_written - base["written"],
+                "alarms_raised": s.alarms - base["alarms"],
+                "queue_waits": s.queue_waits,
+                "sink_errors": s.sink_errors,
+            }
+        finally:
+            stop.set()
+
+    try:
+        async with asyncio.timeout(args.seconds + 180.0):
+            await asyncio.gather(gw.run(stop), drive())
+    finally:
+        if sub.returncode is None:
+            assert sub.stdin is not None
+            sub.stdin.close()
+            try:
+                await asyncio.wait_for(sub.wait(), 20.0)
+            except TimeoutError:
+                sub.kill()
+                await sub.wait()
+    if "error" in out:
+        return out
+    produced = json.loads(prod_out.read_text())
+    got = json.loads(sub_out.read_text())
+    out["producer"] = {k: produced[k] for k in ("sent", "acked", "achieved_rate")}
+    out["producer"]["late_over_1ms_share"] = produced["late_over_1ms_share"]
+    out["producer"]["max_lag_ms"] = produced["max_lag_ms"]
+    planted = [tuple(x) for x in produced["planted"]]
+    out.update(summarize(rate, planted, got["raised"], at_gateway=at_gateway, committed=committed))
+    out["unplanted_alarms"] = got["unplanted_raised"]
+    out["alarm_events_received"] = got["events"]
+    return out
+
+
+def _missing_server() -> str | None:
+    """Why the servers cannot start (a binary is not installed), or None."""
+    import pytest
+
+    from tests.servers import require_binary
+
+    for name in ("mosquitto", "victoria-metrics"):
+        try:
+            require_binary(name)
+        except (pytest.skip.Exception, pytest.fail.Exception) as exc:
+            return f"{exc.msg} (`make servers` installs them)"
+    return None
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Start the servers, run every (durability, rate), stop the servers."""
+    from tests.servers import mosquitto
+
+    missing = _missing_server()
+    if missing:
+        return {"note": NOTE, "skipped": missing}
+    os.environ.setdefault(TOKEN_ENV, "not-checked-by-victoriametrics")
+    base_ms = (time.time_ns() // 1_000_000) - 86_400_000
+    results: dict[str, Any] = {
+        "note": NOTE,
+        "settings": {
+            "seconds": args.seconds,
+            "characteristics": args.chars,
+            "plants_per_s": args.plants_per_s,
+        },
+        "runs": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-alarm-latency-") as d:
+        tmp = Path(d)
+        (tmp / "mqtt").mkdir()
+        (tmp / "vm").mkdir()
+        # the gateway logs every alarm (a cost it pays in service too): to a file, not the report
+        handler = logging.FileHandler(tmp / "gateway.log")
+        logging.getLogger().addHandler(handler)
+        try:
+            with (
+                contextlib.closing(handler),
+                mosquitto(tmp / "mqtt") as broker,
+                _victoria_metrics(tmp / "vm") as vm,
+            ):
+                i = 0
+                for durability in args.durability:
+                    for rate in args.rates:
+                        results["runs"][f"{durability}/{rate}"] = asyncio.run(
+                            _one(
+                                rate,
+                                durability,
+                                tmp=tmp,
+                                broker=broker,
+                                vm=vm,
+                                args=args,
+                                base_ms=base_ms + i * 10_000_000,
+                            )
+                        )
+                        i += 1
+                with urllib.request.urlopen(
+                    f"http://{HOST}:{vm.port}/internal/force_flush", timeout=30
+                ) as r:
+                    r.read()
+        finally:
+            logging.getLogger().removeHandler(handler)
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the alarm latency benchmark; returns the figures (``python -m benchmarks`` prints them)."""
+    ap = argparse.ArgumentParser(prog="bench_alarm_latency")
+    ap.add_argument("--rates", default="1000,5000,10000", help="messages/s, comma separated")
+    ap.add_argument("--seconds", type=float, default=10.0, help="sending time per rate")
+    ap.add_argument("--chars", type=int, default=100, help="characteristics (K)")
+    ap.add_argument("--plants-per-s", type=float, default=20.0, help="planted alarms per second")
+    ap.add_argument("--durability", default="full", help="alarms.durability values: full,normal")
+    ap.add_argument("--quick", action="store_true", help="2 s per rate")
+    args = ap.parse_args([] if argv is None else argv)
+    args.rates = [int(r) for r in str(args.rates).split(",") if r]
+    args.durability = [x for x in str(args.durability).split(",") if x]
+    if args.quick:
+        args.seconds = min(args.seconds, 2.0)
+    return run(args)
+
+
+if __name__ == "__main__":
+    role, rest = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("", [])
+    if role == "producer":
+        raise SystemExit(producer_main(rest))
+    if role == "subscriber":
+        raise SystemExit(subscriber_main(rest))
+    print(json.dumps(main(sys.argv[1:]), indent=2))

@@ -1,0 +1,106 @@
+"""The alarm latency benchmark: its plan and summary (unit) and a tiny real run (integration).
+
+No figure of the run is asserted (shared box); only that it works: every
+planted value's alarm reaches the subscriber and no other alarm is raised.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks.bench_alarm_latency import (
+    IN_CONTROL,
+    PLANTED_VALUE,
+    config_text,
+    main,
+    messages,
+    plan,
+    summarize,
+)
+from collector.config import parse_config
+from tests.servers import require_binary
+
+
+def test_plan_plants_on_characteristics_that_had_time_to_clear() -> None:
+    """Planted values are spread over the characteristics, ≥ 10 in-control values apart on each."""
+    p = plan(1000, 2.0, 7, 50.0)
+    assert (p.messages, p.every, p.planted) == (2000, 20, 100)
+    since: dict[str, int] = {}
+    planted = []
+    for topic, body, serial in messages(p, "bench/x", 1_000):
+        doc = json.loads(body)
+        char = topic.rsplit("/", 1)[1]
+        if serial is None:
+            assert doc["v"] in IN_CONTROL and doc["s"].startswith("m")
+            since[char] = since.get(char, 0) + 1
+        else:
+            assert doc["v"] == PLANTED_VALUE and doc["s"] == serial
+            if char in planted:
+                assert since[char] >= 10, f"{serial} on {char} too soon"
+            since[char] = 0
+            planted.append(char)
+    assert len(planted) == p.planted
+    assert len(set(planted)) == 7
+
+
+def test_plan_refuses_plants_too_close() -> None:
+    """Fewer than 10 messages between plants could land a plant on an alarmed characteristic."""
+    with pytest.raises(ValueError, match="at least 10"):
+        plan(100, 1.0, 10, 50.0)
+
+
+def test_summarize_percentiles_stages_and_targets() -> None:
+    """Nearest-rank percentiles in ms from the intended time; a missing alarm fails every target."""
+    ms = 1_000_000
+    planted = [(f"p{k}", k * 10 * ms, k * 10 * ms + ms // 10) for k in range(100)]
+    arrived = {f"p{k}": k * 10 * ms + (k + 1) * ms // 10 for k in range(100)}
+    out = summarize(5000, planted, arrived)
+    assert out["matched"] == out["planted"] == 100
+    assert out["latency_ms"] == {"p50": 5.0, "p90": 9.0, "p99": 9.9, "max": 10.0}
+    assert out["stages_ms"]["producer_lag"]["max"] == 0.1
+    assert out["targets"]["p50_ms"] == {"target": 2.0, "measured": 5.0, "met": False}
+    assert out["targets"]["p99_ms"]["met"] is True
+    arrived.pop("p0")
+    assert summarize(5000, planted, arrived)["targets"]["p99_ms"]["met"] is False
+    probes = summarize(
+        10000,
+        planted[:1],
+        {"p0": 5 * ms},
+        at_gateway={"p0": 2 * ms},
+        committed={"p0": 4 * ms},
+    )
+    assert probes["stages_ms"]["publish_to_gateway"]["p50"] == 1.9
+    assert probes["stages_ms"]["gateway_to_commit"]["p50"] == 2.0
+    assert probes["stages_ms"]["commit_to_subscriber"]["p50"] == 1.0
+    assert set(probes["targets"]) == {"p99_ms"}
+
+
+def test_config_loads() -> None:
+    """The generated gateway config passes the same loader as ``shopspc run``."""
+    cfg, _ = parse_config(config_text(1000, 3, 1883, 8428, "normal"))
+    assert cfg.alarms.durability == "normal" and cfg.alarms.clear_after == 1
+    assert cfg.alarms.mqtt is not None and len(cfg.characteristics) == 3
+
+
+@pytest.mark.integration
+def test_tiny_run_matches_every_planted_alarm() -> None:
+    """mosquitto + VictoriaMetrics + the gateway for 1 s at 500 msg/s: every plant alarmed, nothing else."""
+    require_binary("mosquitto")
+    require_binary("victoria-metrics")
+    out = main(["--rates", "500", "--seconds", "1", "--chars", "10", "--plants-per-s", "20"])
+    run = out["runs"]["full/500"]
+    assert "error" not in run, run
+    assert run["planted"] == 20
+    assert run["matched"] == run["planted"]
+    assert run["unplanted_alarms"] == 0
+    assert run["producer"]["sent"] == run["producer"]["acked"] == 500
+    assert run["gateway"]["values_in"] == 500
+    assert run["latency_ms"]["max"] is not None
+    assert set(run["stages_ms"]) == {
+        "producer_lag",
+        "publish_to_gateway",
+        "gateway_to_commit",
+        "commit_to_subscriber",
+    }
