@@ -129,6 +129,37 @@ def _nodelay(sock: Any, where: str) -> None:
         log.debug("%s: could not set TCP_NODELAY", where)
 
 
+async def _opened(
+    where: str,
+    opening: asyncio.Future[None],
+    connack: asyncio.Future[tuple[bool, int, str]],
+    timeout_s: float,
+) -> bool:
+    """Wait for the socket (``opening``) and then CONNACK; True when the session was kept.
+
+    Errors: TLS verification and malformed settings are final; refused,
+    timed-out and lost connections are retryable; a refused CONNACK is final
+    for bad credentials and authorisation (``_FATAL_CONNACK``).
+    """
+    try:
+        await asyncio.shield(opening)
+    except ssl.SSLCertVerificationError as exc:
+        raise ConnectorError(where, f"TLS: {exc}", retryable=False) from exc
+    except (OSError, ssl.SSLError) as exc:  # refused, timeout, DNS, TLS handshake
+        raise ConnectorError(where, f"connect: {exc}", retryable=True) from exc
+    except ValueError as exc:
+        raise ConnectorError(where, f"connect: {exc}", retryable=False) from exc
+    try:
+        session_present, code, text = await asyncio.wait_for(connack, timeout_s)
+    except TimeoutError:
+        raise ConnectorError(where, f"no CONNACK within {timeout_s} s", retryable=True) from None
+    if code >= 0x80:
+        raise ConnectorError(
+            where, f"broker refused the connection: {text}", retryable=code not in _FATAL_CONNACK
+        )
+    return session_present
+
+
 class _Lost:
     """Queue marker: the connection ended (``reason``)."""
 
@@ -294,30 +325,11 @@ class MqttClient:
 
         # Shielded so that close() can wait for a connect the caller gave up on.
         self._opening = asyncio.ensure_future(asyncio.to_thread(open_))
-        try:
-            await asyncio.shield(self._opening)
-        except ssl.SSLCertVerificationError as exc:
-            raise ConnectorError(self.where, f"TLS: {exc}", retryable=False) from exc
-        except (OSError, ssl.SSLError) as exc:  # refused, timeout, DNS, TLS handshake
-            raise ConnectorError(self.where, f"connect: {exc}", retryable=True) from exc
-        except ValueError as exc:
-            raise ConnectorError(self.where, f"connect: {exc}", retryable=False) from exc
-        try:
-            session_present, code, text = await asyncio.wait_for(
-                self._connack, cfg.connect_timeout_s
-            )
-        except TimeoutError:
-            raise ConnectorError(
-                self.where, f"no CONNACK within {cfg.connect_timeout_s} s", retryable=True
-            ) from None
-        if code >= 0x80:
-            raise ConnectorError(
-                self.where,
-                f"broker refused the connection: {text}",
-                retryable=code not in _FATAL_CONNACK,
-            )
-        self.session_present = session_present
-        return session_present
+        assert self._connack is not None
+        self.session_present = await _opened(
+            self.where, self._opening, self._connack, cfg.connect_timeout_s
+        )
+        return self.session_present
 
     async def subscribe(self, topics: Sequence[tuple[str, int]]) -> list[int]:
         """Subscribe to ``(filter, qos)`` pairs, wait for SUBACK; returns the granted QoS each.
@@ -631,30 +643,11 @@ class MqttLink:
 
         # Shielded so that close() can wait for a connect the caller gave up on.
         self._opening = asyncio.ensure_future(asyncio.to_thread(open_))
-        try:
-            await asyncio.shield(self._opening)
-        except ssl.SSLCertVerificationError as exc:
-            raise ConnectorError(self.where, f"TLS: {exc}", retryable=False) from exc
-        except (OSError, ssl.SSLError) as exc:
-            raise ConnectorError(self.where, f"connect: {exc}", retryable=True) from exc
-        except ValueError as exc:
-            raise ConnectorError(self.where, f"connect: {exc}", retryable=False) from exc
-        try:
-            session_present, code, text = await asyncio.wait_for(
-                self._connack, cfg.connect_timeout_s
-            )
-        except TimeoutError:
-            raise ConnectorError(
-                self.where, f"no CONNACK within {cfg.connect_timeout_s} s", retryable=True
-            ) from None
-        if code >= 0x80:
-            raise ConnectorError(
-                self.where,
-                f"broker refused the connection: {text}",
-                retryable=code not in _FATAL_CONNACK,
-            )
-        self.session_present = session_present
-        return session_present
+        assert self._connack is not None
+        self.session_present = await _opened(
+            self.where, self._opening, self._connack, cfg.connect_timeout_s
+        )
+        return self.session_present
 
     async def subscribe(self, topic_filter: str, qos: int = 1) -> int:
         """Subscribe and wait for SUBACK; returns the granted QoS (refused: not retryable)."""
