@@ -1195,7 +1195,7 @@ class Gateway:
         while True:
             if self._processor_done.is_set() and deadline is None:
                 deadline = time.monotonic() + self.drain_deadline_s
-            entries = await self._aio.peek(STREAM, 64)
+            entries = await self._aio.peek(STREAM, 4)  # up to 4 × CHUNK_LINES lines
             entries = _up_to(entries, CHUNK_LINES)
             if entries:
                 await self._deliver(entries)
