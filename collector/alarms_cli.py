@@ -13,13 +13,17 @@ stay in step with the file), so this command never writes it:
   retained state on ``{prefix}/state/{path}``, and prints it. An event the
   gateway records but does not publish (an alarm held by a flood or a shelved
   point) is confirmed from the read-only journal instead. The user gives only
-  the alarm id: its characteristic path is read from ``alarms.db``.
+  the alarm id: its characteristic path is read from ``alarms.db``. When the
+  gateway's retained status (``{prefix}/gateway/{id}/status``) says
+  ``offline``, nothing is sent: its persistent session would hold the command
+  and carry it out whenever the gateway comes back.
 
 Times (``--since``, ``--until``): RFC 3339 / ISO 8601 (no zone: UTC), ``now``,
 ``-2h`` / ``2h`` (ago) or ``+30m`` (ahead); units s, m, h, d, w.
 
 Exit codes: 0 done (or nothing to do, e.g. acknowledged already); 1 no
-confirmation from the gateway within ``--timeout`` or the broker unreachable;
+confirmation from the gateway within ``--timeout``, the gateway offline or the
+broker unreachable;
 2 a bad request (unknown alarm, cause or action, bad config, no
 ``alarms.mqtt``), printed as one line ``shopspc alarms <command>: what and where``.
 """
@@ -680,6 +684,32 @@ def _journal_since(
     return None if row is None else _journal_json(row)
 
 
+def _json_object(raw: bytes) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+async def _gateway_status(
+    inbox: asyncio.Queue[tuple[str, bytes]], status_topic: str, until: float
+) -> dict[str, Any] | None:
+    """The gateway's retained status (online/offline), if the broker has one, before ``until``.
+
+    Other messages that arrive meanwhile predate the command and are dropped.
+    """
+    loop = asyncio.get_running_loop()
+    while (left := until - loop.time()) > 0:
+        try:
+            topic, raw = await asyncio.wait_for(inbox.get(), left)
+        except TimeoutError:
+            return None
+        if topic == status_topic:
+            return _json_object(raw)
+    return None
+
+
 async def _exchange(
     setup: _Setup,
     verb: str,
@@ -722,14 +752,25 @@ async def _exchange(
     link = MqttLink(cfg, client_id, password=password, on_message=on_message)
     where = f"the broker {mqtt.host}:{mqtt.port} (alarms.mqtt in {setup.config})"
     cmd_topic = f"{setup.prefix}/cmd/{path}/{verb}"
+    status_topic = f"{setup.prefix}/gateway/{setup.cfg.gateway.id}/status"
+    loop = asyncio.get_running_loop()
     try:
         try:
             await link.connect()
+            await link.subscribe(status_topic, 1)
             await link.subscribe(watch, 1)
         except ConnectorError as exc:
             raise ConnectorError(
                 where, f"{exc.message}; nothing was sent", retryable=exc.retryable
             ) from None
+        status = await _gateway_status(inbox, status_topic, loop.time() + min(1.0, timeout))
+        if status is not None and status.get("status") != "online":
+            # its persistent session would hold the command and carry it out whenever it is back
+            raise _NoConfirmationError(
+                f"gateway {setup.cfg.gateway.id} is {status.get('status')} (its status on "
+                f"{status_topic}, {status.get('time')}): nothing was sent; start the gateway "
+                "and check its log"
+            )
         mark = _journal_mark(setup)
         body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
         try:
@@ -738,26 +779,17 @@ async def _exchange(
             raise ConnectorError(
                 where, f"publishing {cmd_topic}: {exc.message}", retryable=exc.retryable
             ) from None
-        loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        next_look = loop.time() + _POLL_S
         recorded: dict[str, Any] | None = None
-        while True:
-            left = deadline - loop.time()
-            if left <= 0:
-                break
-            try:
+        while (left := deadline - loop.time()) > 0:
+            with contextlib.suppress(TimeoutError):
                 topic, raw = await asyncio.wait_for(inbox.get(), min(left, _POLL_S))
-            except TimeoutError:
-                pass
-            else:
-                try:
-                    msg = json.loads(raw)
-                except ValueError:
-                    continue
-                if isinstance(msg, dict) and matches(msg):
+                msg = _json_object(raw)
+                if topic != status_topic and msg is not None and matches(msg):
                     return _Confirmation(topic, msg, recorded)
-                continue
-            if recorded is None:
+            if recorded is None and loop.time() >= next_look:
+                next_look = loop.time() + _POLL_S
                 recorded = journal(mark)
                 if recorded is not None and not recorded["published"] and verb != "service":
                     # held (flood) or shelved point: the gateway records it but publishes nothing
@@ -766,8 +798,8 @@ async def _exchange(
             return _Confirmation(None, None, recorded)
         raise _NoConfirmationError(
             f"no confirmation from the gateway within {timeout:g} s after publishing "
-            f"{cmd_topic} to {mqtt.host}:{mqtt.port}. Is the gateway running and connected to "
-            "that broker? Check the gateway log for a refused command "
+            f"{cmd_topic} to {mqtt.host}:{mqtt.port}. Is gateway {setup.cfg.gateway.id} running "
+            "and connected to that broker? Check the gateway log for a refused command "
             f"('{verb} command for {path} refused: …'). The command may still be carried out "
             "when the gateway (re)connects: check with `shopspc alarms show` before sending again"
         )

@@ -335,13 +335,13 @@ async def running_gateway(config: Path) -> AsyncIterator[Gateway]:
         await asyncio.wait_for(task, 30)
 
 
-def raise_alarm(gw: Gateway, k: int) -> str:
-    """Feed a in-control then a far point to characteristic a; the new x-chart alarm's id."""
+def raise_alarm(gw: Gateway, char: str, k: int) -> str:
+    """Feed an in-control then a far point to ``char``; the new x-chart alarm's id."""
     before = {a["alarm_id"] for a in gw.alarms.active()}
     t = T0 + k * 1000
     samples = [
-        Sample("a", 10.0, Quality.GOOD, t, t, serial=f"P{k}"),
-        Sample("a", 30.0, Quality.GOOD, t + 1, t + 1, serial=f"P{k + 1}"),
+        Sample(char, 10.0, Quality.GOOD, t, t, serial=f"P{k}"),
+        Sample(char, 30.0, Quality.GOOD, t + 1, t + 1, serial=f"P{k + 1}"),
     ]
     gw.process([("dev", samples)])
     (new,) = [
@@ -363,7 +363,7 @@ async def test_ack_shelve_unshelve_service_through_a_running_gateway(
 ) -> None:
     config = write_config(tmp_path, broker.port)
     async with running_gateway(config) as gw:
-        aid = raise_alarm(gw, 0)
+        aid = raise_alarm(gw, "a", 0)
         res = await acli(
             "ack", aid, "--config", str(config), "--user", "li", "--comment", "worn",
             "--cause", "MC-TOOL-WEAR", "--action", "TOOL-CHANGE",
@@ -387,6 +387,16 @@ async def test_ack_shelve_unshelve_service_through_a_running_gateway(
         shelved = json.loads(res.stdout)
         assert shelved["message"]["event"] == "shelved" and shelved["message"]["alarm_id"] == aid
         assert gw.alarms.get(aid)["shelved_until"] is not None  # type: ignore[index]
+
+        # an ack at a shelved point is recorded, not published: the journal confirms it
+        bid = raise_alarm(gw, "b", 10)
+        res = await acli("shelve", bid, "--config", str(config), "--user", "li", "--until", "+1h")
+        assert res.exit_code == 0, res.output
+        res = await acli("ack", bid, "--config", str(config), "--user", "li")
+        assert res.exit_code == 0, res.output
+        assert "recorded by the gateway in its journal" in res.stdout
+        assert "not published" in res.stdout
+        assert gw.alarms.get(bid)["ack_source"] == "mqtt"  # type: ignore[index]
 
         res = await acli("unshelve", aid, "--config", str(config), "--user", "wang")
         assert res.exit_code == 0, res.output
@@ -421,3 +431,18 @@ async def test_no_gateway_exits_1_after_the_timeout(broker: Server, tmp_path: Pa
         ).fetchone()
     con.close()
     assert status == "active"
+
+
+@pytest.mark.integration
+async def test_gateway_offline_nothing_sent(broker: Server, tmp_path: Path) -> None:
+    """After a clean stop the retained status is offline: refuse at once, send nothing."""
+    config = write_config(tmp_path, broker.port)
+    async with running_gateway(config) as gw:
+        aid = raise_alarm(gw, "a", 0)
+    res = await acli("ack", aid, "--config", str(config), "--user", "li", "--timeout", "30")
+    assert res.exit_code == 1
+    assert "gateway gw-t is offline" in res.stderr and "nothing was sent" in res.stderr
+    async with running_gateway(config) as gw:
+        # a command queued in its session would have been carried out on connecting
+        await asyncio.sleep(0.5)
+        assert gw.alarms.get(aid)["status"] == "active"  # type: ignore[index]
