@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from connectors.mqtt.paths import PathError, format_path, parse_path, resolve
 
@@ -57,3 +61,25 @@ def test_format_round_trip() -> None:
     for text in ("a.b[0].c", "[2].x", "a"):
         assert format_path(parse_path(text)) == text
     assert format_path(()) == "(root)"
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 3) | st.text(max_size=3),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from("ab0"), inner),
+    max_leaves=8,
+)
+
+
+@given(_json, st.lists(st.one_of(st.sampled_from("ab0"), st.integers(0, 3)), max_size=3))
+@settings(max_examples=300, deadline=None)
+def test_fast_resolve_equals_the_step_by_step_walk(doc, parts) -> None:
+    from connectors.mqtt.paths import _walk
+
+    path = tuple(parts)
+    try:
+        expected = _walk(doc, path)
+    except PathError as exc:
+        with pytest.raises(PathError, match=re.escape(str(exc))):
+            resolve(doc, path)
+    else:
+        assert resolve(doc, path) is expected
