@@ -60,7 +60,15 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _UNIT_US = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _OPEN = ("active", "acknowledged", "cleared_unacked")
 _STATUSES = (*_OPEN, "closed")
-_CATEGORIES = ("operator", "machine", "material", "method", "environment", "measurement")
+#: 5M1E (人机料法环测): each category with its Chinese name.
+_CATEGORIES = {
+    "operator": "人",
+    "machine": "机",
+    "material": "料",
+    "method": "法",
+    "environment": "环",
+    "measurement": "测",
+}
 _POLL_S = 0.2  # how often the read-only journal is looked at while waiting
 _WHOLE = frozenset({"alarm id", "characteristic", "raised", "time", "code", "event"})
 
@@ -468,9 +476,13 @@ def show(
     if a["acked_us"] is not None:
         rows.append(["by", f"{a['ack_user']} ({a['ack_source']}): {a['ack_comment'] or ''}"])
         if a["cause_code"]:
-            rows.append(["cause", f"{a['cause_category']}:{a['cause_code']}"])
+            _, text, text_zh = _cause_texts(setup).get(a["cause_code"], ("", "", None))
+            wording = " / ".join(t for t in (text, text_zh) if t)
+            rows.append(["cause", f"{a['cause_category']}:{a['cause_code']} {wording}".strip()])
         if a["action_code"]:
-            rows.append(["action", a["action_code"]])
+            item = next((i for i in setup.cfg.alarms.actions if i.code == a["action_code"]), None)
+            wording = " / ".join(t for t in (item.text, item.text_zh) if t) if item else ""
+            rows.append(["action", f"{a['action_code']} {wording}".strip()])
     _table(a["alarm_id"], ["", ""], rows)
     _table(f"Journal of {a['alarm_id']}", _JOURNAL_HEAD, _journal_rows(journal))
 
@@ -558,9 +570,10 @@ def pareto(
         total = sum(r[2] for r in rows)
         out = []
         for cat, code, n in rows:
-            _, text, text_zh = (
-                texts.get(code, (cat, code, None)) if by == "cause" else (cat, cat, None)
-            )
+            if by == "cause":
+                _, text, text_zh = texts.get(code, (cat, code, None))
+            else:
+                text, text_zh = cat, _CATEGORIES.get(cat)
             out.append(
                 {"category": cat, "code": code, "text": text, "text_zh": text_zh, "count": n}
             )
@@ -574,20 +587,23 @@ def pareto(
     if as_json:
         _print(out)
         return
+    counts = [
+        [str(r["count"]), f"{r['percent']:.1f}", f"{r['cumulative_percent']:.1f}"] for r in out
+    ]
+    title = f"Pareto of assignable causes by {by} ({total} acknowledged alarms)"
+    if by == "category":
+        _table(
+            title,
+            ["category", "5M1E", "count", "%", "cum %"],
+            [[r["category"], r["text_zh"] or "", *c] for r, c in zip(out, counts, strict=True)],
+        )
+        return
     _table(
-        f"Pareto of assignable causes by {by} ({total} acknowledged alarms)",
+        title,
         ["category", "code", "cause", "原因", "count", "%", "cum %"],
         [
-            [
-                r["category"],
-                r["code"],
-                r["text"] or "",
-                r["text_zh"] or "",
-                str(r["count"]),
-                f"{r['percent']:.1f}",
-                f"{r['cumulative_percent']:.1f}",
-            ]
-            for r in out
+            [r["category"], r["code"], r["text"] or "", r["text_zh"] or "", *c]
+            for r, c in zip(out, counts, strict=True)
         ],
     )
 
@@ -631,6 +647,14 @@ TimeoutOpt = Annotated[
     float,
     typer.Option("--timeout", min=0.1, help="seconds to wait for the gateway's confirmation"),
 ]
+
+
+def _need_mqtt(setup: _Setup, verb: str) -> None:
+    if setup.cfg.alarms.mqtt is None:
+        raise _UsageError(
+            f"{verb} goes through the running gateway over MQTT and needs alarms.mqtt "
+            f"(the broker the gateway uses) in {setup.config}"
+        )
 
 
 def _resolve_cause(setup: _Setup, cause: str) -> str:
@@ -818,11 +842,7 @@ def _send(
     alarm_id: str | None,
     timeout: float,
 ) -> _Confirmation:
-    if setup.cfg.alarms.mqtt is None:
-        raise _UsageError(
-            f"{verb} goes through the running gateway over MQTT and needs alarms.mqtt "
-            f"(the broker) in {setup.config}"
-        )
+    _need_mqtt(setup, verb)
 
     def journal(mark: int) -> dict[str, Any] | None:
         return _journal_since(setup, mark, events, alarm_id, path)
@@ -878,6 +898,7 @@ def ack(
     """Acknowledge an alarm (with cause and action) through the running gateway."""
     with _errors("ack"):
         setup = _setup(config, data_dir)
+        _need_mqtt(setup, "ack")
         if not user.strip():
             raise _UsageError("--user must name who acknowledges")
         payload: dict[str, Any] = {"alarm_id": alarm_id, "user": user, "comment": comment}
@@ -928,6 +949,7 @@ def shelve(
     """Shelve the alarm's (characteristic, chart, rule): new alarms there are held until then."""
     with _errors("shelve"):
         setup = _setup(config, data_dir)
+        _need_mqtt(setup, "shelve")
         if not user.strip():
             raise _UsageError("--user must name who shelves")
         if (minutes is None) == (until is None):
@@ -976,6 +998,7 @@ def unshelve(
     """End the shelving of the alarm's point; alarms held there meanwhile are raised now."""
     with _errors("unshelve"):
         setup = _setup(config, data_dir)
+        _need_mqtt(setup, "unshelve")
         if not user.strip():
             raise _UsageError("--user must name who unshelves")
         a = _open_alarm(setup, alarm_id)
@@ -1014,6 +1037,7 @@ def service(
     """Take a characteristic out of service (alarms not raised, state suspended) or back in."""
     with _errors("service"):
         setup = _setup(config, data_dir)
+        _need_mqtt(setup, "service")
         if out is None:
             raise _UsageError("give --out (out of service) or --in (back in service)")
         if not user.strip():

@@ -191,6 +191,7 @@ def test_read_commands_while_the_manager_has_the_file_open(tmp_path: Path) -> No
         assert causes[0]["percent"] == 66.7 and causes[1]["cumulative_percent"] == 100.0
         cats = as_json(cli("pareto", "--config", str(config), "--json", "--by", "category"))
         assert [(r["category"], r["count"]) for r in cats] == [("machine", 2), ("operator", 1)]
+        assert [r["text_zh"] for r in cats] == ["机", "人"]
         l1 = as_json(cli("pareto", "--config", str(config), "--json", "--line", "l1"))
         assert [(r["code"], r["count"]) for r in l1] == [("MC-TOOL-WEAR", 2)]
         window = [
@@ -218,7 +219,9 @@ def test_read_commands_while_the_manager_has_the_file_open(tmp_path: Path) -> No
             table.exit_code == 0 and ids["b:mr"] in table.stdout and "shelved until" in table.stdout
         )
         table = cli("show", ids["b:x"], "--config", str(config))
-        assert table.exit_code == 0 and "operator:OP-ERROR" in table.stdout
+        assert (
+            table.exit_code == 0 and "operator:OP-ERROR Operator error / 操作失误" in table.stdout
+        )
         table = cli("pareto", "--config", str(config))
         assert table.exit_code == 0 and "操作失误" in table.stdout
         table = cli("causes", "--config", str(config))
