@@ -314,7 +314,7 @@ class NoSink:
         return None
 
 
-async def until(cond: Any, what: str, tries: int = 200) -> None:
+async def until(cond: Any, what: str, tries: int = 400) -> None:
     for _ in range(tries):
         if cond():
             return
