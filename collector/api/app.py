@@ -1,0 +1,968 @@
+"""The gateway's HTTP API: ``create_app(gateway, settings)`` → FastAPI.
+
+Versioned REST under ``/api/v1`` (OpenAPI at ``/api/v1/docs`` and
+``/api/v1/openapi.json``), ``/healthz`` and ``/readyz`` (no sign-in: probes),
+``/metrics`` (Prometheus; operator role unless ``metrics_public``).
+
+Roles: **operator** reads everything and acknowledges alarms; **engineer**
+also shelves/unshelves alarms, takes characteristics out of service and
+recomputes limits; **admin** also manages users and tokens. Every
+state-changing request under ``/api`` is audited (who, method, path, status,
+a secret-free body summary). Errors are ``{"error": {"what", "message"}}``
+with the status code: 401 no or bad credentials, 403 too low a role or a
+missing CSRF header, 404 unknown characteristic/alarm, 409 a conflict (no
+limits yet, ambiguous id), 422 bad input or a refused command, 429 too many
+failed sign-ins, 503 a store that cannot be written.
+
+The app registers listeners in ``gateway.point_listeners`` and
+``gateway.alarm_listeners``; :func:`close_app` (also run at lifespan
+shutdown) removes them and closes the user store. Handlers run in the event
+loop, as the gateway's own calls do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from collector.alarms import AlarmError
+from collector.api.auth import (
+    SAFE_METHODS,
+    ApiError,
+    AsEngineer,
+    AsOperator,
+    AuthError,
+    AuthStore,
+    LoginLimiter,
+    Principal,
+    auth_router,
+    current_principal,
+    summarise_body,
+)
+from collector.api.metrics import CONTENT_TYPE, ApiMetrics
+from collector.api.recent import RecentPoints
+from collector.api.stream import StreamHub, stream_router
+from collector.limitstore import LimitsStoreError, limits_values
+from collector.outbox import OutboxError
+from spc.errors import SpcInputError
+
+__all__ = ["ApiSettings", "ApiState", "close_app", "create_app"]
+
+log = logging.getLogger(__name__)
+
+_CSP = "default-src 'self'; frame-ancestors 'none'; base-uri 'self'; form-action 'self'"
+# the OpenAPI pages load Swagger UI / ReDoc from their CDN with an inline bootstrap script
+_CSP_DOCS = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+    "img-src 'self' data: https://fastapi.tiangolo.com; frame-ancestors 'none'"
+)
+_OPEN_STATUSES = ("active", "acknowledged", "cleared_unacked")
+_BODY_KEEP = 4096  # request bytes kept for the audit summary
+
+
+class ApiSettings(BaseModel):
+    """Settings of the HTTP API (injected into :func:`create_app`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    users_db: Path = Field(
+        description="SQLite file of users, API tokens, sessions and the request audit "
+        "(create the first admin with `shopspc users add NAME --role admin --db FILE`)"
+    )
+    cookie_secure: bool = Field(
+        True,
+        description="mark the session cookie Secure (HTTPS only); false only for plain-HTTP labs",
+    )
+    session_ttl_s: float = Field(
+        12 * 3600.0, gt=0, description="browser session lifetime in seconds"
+    )
+    token_ttl_days: float | None = Field(
+        365.0, gt=0, description="default API token lifetime in days (null: no expiry)"
+    )
+    login_max_failures: int = Field(
+        5, ge=1, description="failed sign-ins per user and per client address before a lockout"
+    )
+    login_window_s: float = Field(
+        300.0, gt=0, description="window (and lockout) of the failed sign-in count, seconds"
+    )
+    recent_points: int = Field(
+        1000, ge=10, le=100_000, description="plotted points kept per characteristic for the API"
+    )
+    stream_queue: int = Field(
+        256, ge=1, description="SSE events buffered per client before it lags (events dropped)"
+    )
+    stream_keepalive_s: float = Field(15.0, gt=0, description="SSE keep-alive comment interval")
+    metrics_public: bool = Field(
+        False, description="serve /metrics without credentials (else an operator token)"
+    )
+    cors_origins: tuple[str, ...] = Field(
+        (), description="origins allowed by CORS (empty: CORS off, same origin only)"
+    )
+
+
+@dataclass
+class ApiState:
+    """What the handlers share (``app.state.api``)."""
+
+    gateway: Any
+    settings: ApiSettings
+    auth: AuthStore
+    limiter: LoginLimiter
+    recent: RecentPoints
+    stream: StreamHub
+    metrics: ApiMetrics
+    closed: bool = False
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _f(x: Any) -> float | None:
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _floats(a: np.ndarray) -> list[float | None]:
+    return [x if math.isfinite(x) else None for x in np.asarray(a, dtype=np.float64).tolist()]
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, Mapping):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+def _api(request: Request) -> ApiState:
+    return request.app.state.api
+
+
+def _time(text: str | None, what: str) -> int | None:
+    from collector.limits_cli import _UsageError, parse_time
+
+    if text is None or text == "":
+        return None
+    if text.lstrip("-").isdigit():
+        return int(text)
+    try:
+        return parse_time(text, _now_us(), what)
+    except _UsageError as exc:
+        raise ApiError(422, what, str(exc)) from None
+
+
+def _now_us() -> int:
+    import time
+
+    return time.time_ns() // 1000
+
+
+def _char_index(gw: Any, key: str) -> int:
+    """A characteristic by path, or by id when that id is unique (404 / 409)."""
+    key = key.strip("/")
+    i = gw._path_index.get(key)
+    if i is not None:
+        return i
+    hits = [k for k, ch in enumerate(gw.chars) if ch.id == key]
+    if len(hits) == 1:
+        return hits[0]
+    if hits:
+        paths = ", ".join(gw.chars[k].path for k in hits)
+        raise ApiError(409, "characteristic", f"id {key!r} is ambiguous ({paths}); give the path")
+    raise ApiError(404, "characteristic", f"no characteristic {key!r}")
+
+
+def _width(ch: Any) -> int:
+    from collector.pipeline import _width as width
+
+    return width(ch)
+
+
+def _record_json(rec: Any, m: int) -> dict[str, Any] | None:
+    if rec is None:
+        return None
+    return _jsonable({**rec.to_json(), **(limits_values(rec, m) or {}), "subgroup_size": m})
+
+
+def _summary(gw: Any, i: int) -> dict[str, Any]:
+    ch = gw.chars[i]
+    view = gw.views[i]
+    rec = gw.records.get(i)
+    return _jsonable(
+        {
+            "path": ch.path,
+            "id": ch.id,
+            "site": ch.site,
+            "area": ch.area,
+            "line": ch.line,
+            "station": ch.station,
+            "chart": ch.chart,
+            "unit": ch.unit,
+            "phase": view.phase,
+            "last_value": view.last_value,
+            "n_samples": view.n_samples,
+            "n_points": view.n_points,
+            "center": view.center,
+            "lcl": view.lcl,
+            "ucl": view.ucl,
+            "in_control": view.in_control,
+            "last_rule": view.last_rule,
+            "phase1_have": view.phase1_have,
+            "phase1_need": view.phase1_need,
+            "limits_id": rec.id if rec is not None else None,
+        }
+    )
+
+
+def _alarm_json(a: Mapping[str, Any]) -> dict[str, Any]:
+    return _jsonable(dict(a))
+
+
+# --------------------------------------------------------------------------- request bodies
+
+
+class AckRequest(BaseModel):
+    """Acknowledge an alarm (the user is the signed-in principal)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    comment: str = Field("", max_length=2000, description="free text")
+    cause: str | None = Field(
+        None, max_length=200, description="assignable cause: 'category:code' or a configured code"
+    )
+    action: str | None = Field(
+        None, max_length=200, description="configured corrective action code"
+    )
+
+
+class ShelveRequest(BaseModel):
+    """Shelve the alarm's (characteristic, chart, rule) until a time or for some minutes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    comment: str = Field(min_length=1, max_length=2000, description="why it is shelved")
+    until: str | None = Field(None, description="RFC 3339 expiry (with a zone)")
+    minutes: float | None = Field(None, gt=0, le=7 * 24 * 60, description="or minutes from now")
+
+
+class UnshelveRequest(BaseModel):
+    """Unshelve an alarm's point."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    comment: str = Field("", max_length=2000, description="free text")
+
+
+class ServiceRequest(BaseModel):
+    """Take a characteristic out of service (no alarms raised) or back into service."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    in_service: bool = Field(description="false: out of service")
+    comment: str = Field("", max_length=2000, description="why")
+
+
+class RecomputeRequest(BaseModel):
+    """Recompute limits from a window of good measurements in the local series store."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    from_: str = Field(alias="from", description="window start: RFC 3339, 'now' or -2h")
+    to: str = Field(description="window end (exclusive)")
+    reason: str = Field(min_length=1, max_length=2000, description="why (audited)")
+    exclude: tuple[str, ...] = Field(
+        (), description="index:N | serial:S | time:T | time:T1..T2, each optionally =REASON"
+    )
+    effective: str | None = Field(None, description="in force from (default: now)")
+    min_points: int | None = Field(None, ge=2, description="usable plotted points needed")
+    dry_run: bool = Field(False, description="estimate and compare, assign nothing")
+
+
+# --------------------------------------------------------------------------- middleware
+
+
+class AuditAndHeaders:
+    """Pure ASGI middleware: security headers on every response, an audit row per unsafe request.
+
+    Reads the principal the auth dependency left in the request state after
+    the response, so refusals (401/403/422) are audited too.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope.get("path", "")
+        https = scope.get("scheme") == "https"
+        docs = path.startswith(("/api/v1/docs", "/api/v1/redoc"))
+        audited = scope.get("method", "GET") not in SAFE_METHODS and path.startswith("/api/")
+        state = scope.setdefault("state", {})
+        status = [500]
+        body = bytearray()
+
+        async def receive_wrapper() -> Any:
+            msg = await receive()
+            if msg.get("type") == "http.request" and len(body) < _BODY_KEEP:
+                body.extend(msg.get("body", b"")[: _BODY_KEEP - len(body)])
+            return msg
+
+        async def send_wrapper(msg: dict[str, Any]) -> None:
+            if msg["type"] == "http.response.start":
+                status[0] = msg["status"]
+                headers = list(msg.get("headers", []))
+                headers += [
+                    (b"content-security-policy", (_CSP_DOCS if docs else _CSP).encode()),
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"x-frame-options", b"DENY"),
+                    (b"referrer-policy", b"no-referrer"),
+                    (b"cross-origin-opener-policy", b"same-origin"),
+                ]
+                if https:
+                    headers.append(
+                        (b"strict-transport-security", b"max-age=31536000; includeSubDomains")
+                    )
+                if path.startswith("/api/"):
+                    headers.append((b"cache-control", b"no-store"))
+                msg = {**msg, "headers": headers}
+            await send(msg)
+
+        try:
+            await self.app(scope, receive_wrapper if audited else receive, send_wrapper)
+        finally:
+            if audited:
+                self._audit(scope, state, status[0], bytes(body))
+
+    def _audit(
+        self, scope: dict[str, Any], state: dict[str, Any], status: int, body: bytes
+    ) -> None:
+        api: ApiState | None = getattr(getattr(scope.get("app"), "state", None), "api", None)
+        if api is None or api.closed:
+            return
+        p: Principal | None = state.get("principal")
+        if p is not None:
+            who, via = p.name, p.via
+        elif state.get("login_name"):
+            who, via = str(state["login_name"]), "login"
+        else:
+            who, via = "anonymous", "none"
+        client = scope.get("client") or ("?", 0)
+        try:
+            api.auth.audit(
+                who,
+                via,
+                scope.get("method", "?"),
+                scope.get("path", "?"),
+                status,
+                str(client[0]),
+                summarise_body(body),
+            )
+        except Exception as exc:  # the answer is sent already; the failure is logged loudly
+            log.error("request audit not written to %s: %s", api.auth.path, exc)
+
+
+def _error(
+    status: int, what: str, message: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"what": what, "message": message}},
+        status_code=status,
+        headers=dict(headers or {}),
+    )
+
+
+def _install_errors(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc.status, exc.what, exc.message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {"loc": ("request",), "msg": "invalid"}
+        what = ".".join(str(x) for x in first.get("loc", ()))
+        msg = "; ".join(
+            f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg')}" for e in errors
+        )
+        return _error(422, what, msg)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, "http", str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(AlarmError)
+    async def alarm_error(request: Request, exc: AlarmError) -> JSONResponse:
+        return _error(422, exc.what, exc.message)
+
+    @app.exception_handler(AuthError)
+    async def auth_error(request: Request, exc: AuthError) -> JSONResponse:
+        status = 409 if "exists" in exc.message else 404 if "no user" in exc.message else 422
+        return _error(status, exc.what, exc.message)
+
+    @app.exception_handler(OutboxError)
+    async def store_error(request: Request, exc: OutboxError) -> JSONResponse:
+        return _error(503, "store", str(exc))
+
+    @app.exception_handler(LimitsStoreError)
+    async def limits_error(request: Request, exc: LimitsStoreError) -> JSONResponse:
+        return _error(503, "limits_store", str(exc))
+
+
+# --------------------------------------------------------------------------- routes
+
+
+def _characteristics_router() -> APIRouter:
+    r = APIRouter(tags=["characteristics"])
+
+    @r.get("/characteristics")
+    async def list_characteristics(request: Request, p: AsOperator) -> list[dict[str, Any]]:
+        """Every configured characteristic with its current state and open-alarm count."""
+        gw = _api(request).gateway
+        open_by_path: dict[str, int] = {}
+        for a in gw.alarms.active():
+            open_by_path[a["path"]] = open_by_path.get(a["path"], 0) + 1
+        out = []
+        for i in range(len(gw.chars)):
+            row = _summary(gw, i)
+            row["open_alarms"] = open_by_path.get(row["path"], 0)
+            out.append(row)
+        return out
+
+    # the specific routes first: {c:path} would swallow their suffixes
+    @r.get("/characteristics/{c:path}/points")
+    async def points(
+        c: str,
+        request: Request,
+        p: AsOperator,
+        since: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=100_000)] = 500,
+    ) -> dict[str, Any]:
+        """Recent plotted points (oldest first, columnar): statistic, limits, zone, violations."""
+        api = _api(request)
+        i = _char_index(api.gateway, c)
+        cols = api.recent.query(i, since_us=_time(since, "since"), limit=limit)
+        return {
+            "path": api.gateway.chars[i].path,
+            "n": len(cols),
+            "time_us": cols.time_us.tolist(),
+            "statistic": _floats(cols.statistic),
+            "center": _floats(cols.center),
+            "lcl": _floats(cols.lcl),
+            "ucl": _floats(cols.ucl),
+            "sigma": _floats(cols.sigma),
+            "z": _floats(cols.z),
+            "zone": cols.zone,
+            "violations": cols.violations,
+            "disp_statistic": _floats(cols.disp_statistic),
+            "disp_center": _floats(cols.disp_center),
+            "disp_lcl": _floats(cols.disp_lcl),
+            "disp_ucl": _floats(cols.disp_ucl),
+            "limits_id": cols.limits_id,
+            "serial": cols.serial,
+        }
+
+    @r.get("/characteristics/{c:path}/capability")
+    async def capability(
+        c: str,
+        request: Request,
+        p: AsOperator,
+        since: str | None = None,
+        limit: Annotated[int, Query(ge=2, le=100_000)] = 1000,
+        confidence: Annotated[float, Query(gt=0, lt=1)] = 0.95,
+    ) -> dict[str, Any]:
+        """Capability of the recent individual values against LSL/USL and the limits in force."""
+        from spc.capability import capability as cap
+
+        api = _api(request)
+        gw = api.gateway
+        i = _char_index(gw, c)
+        ch = gw.chars[i]
+        if ch.lsl is None and ch.usl is None:
+            raise ApiError(409, "specs", f"{ch.path} has no lsl/usl configured")
+        if _width(ch) != 1 or ch.chart not in ("imr", "ewma", "cusum"):
+            raise ApiError(
+                409,
+                "chart",
+                f"{ch.path} is a {ch.chart} chart: the live capability report needs individual "
+                "values (I-MR, EWMA or CUSUM of single parts); use `shopspc analyze` on its series",
+            )
+        rec = gw.records.get(i)
+        if rec is None:
+            raise ApiError(409, "limits", f"{ch.path} is still in Phase I (no limits yet)")
+        cols = api.recent.query(i, since_us=_time(since, "since"), limit=limit)
+        x = cols.statistic[np.isfinite(cols.statistic)]
+        if x.shape[0] < 2:
+            raise ApiError(409, "points", f"{ch.path}: {x.shape[0]} recent points, 2 needed")
+        try:
+            report = cap(
+                x,
+                center=rec.center,
+                sigma_within=rec.sigma,
+                lsl=ch.lsl,
+                usl=ch.usl,
+                confidence=confidence,
+                in_control=not bool(((cols.mask | cols.disp_mask) != 0).any()),
+            )
+        except SpcInputError as exc:
+            raise ApiError(422, "capability", str(exc)) from None
+        return {
+            "path": ch.path,
+            "limits_id": rec.id,
+            "from_us": int(cols.time_us[0]),
+            "to_us": int(cols.time_us[-1]),
+            "capability": report.to_json(),
+        }
+
+    @r.get("/characteristics/{c:path}/limits")
+    async def limits(c: str, request: Request, p: AsOperator) -> dict[str, Any]:
+        """Limits in force, the assignment history and the audit trail of a characteristic."""
+        gw = _api(request).gateway
+        i = _char_index(gw, c)
+        ch = gw.chars[i]
+        store = gw.limits_store
+        return _jsonable(
+            {
+                "path": ch.path,
+                "in_force": _record_json(gw.records.get(i), _width(ch)),
+                "history": [asdict(a) for a in store.history(ch.path)],
+                "pending": [asdict(a) for a in store.pending(_now_us(), ch.path)],
+                "audit": [e.to_json() for e in store.audit(ch.path)],
+            }
+        )
+
+    @r.post("/characteristics/{c:path}/limits/recompute")
+    async def recompute(
+        c: str, body: RecomputeRequest, request: Request, p: AsEngineer
+    ) -> dict[str, Any]:
+        """Estimate limits from a window of the local series store, with exclusions; assign (audited)."""
+        gw = _api(request).gateway
+        i = _char_index(gw, c)
+        return _recompute(gw, i, body, p)
+
+    @r.post("/characteristics/{c:path}/service")
+    async def service(
+        c: str, body: ServiceRequest, request: Request, p: AsEngineer
+    ) -> dict[str, Any]:
+        """Take a characteristic out of service or back (engineer)."""
+        gw = _api(request).gateway
+        i = _char_index(gw, c)
+        path = gw.chars[i].path
+        payload = {"in_service": body.in_service, "user": p.name, "comment": body.comment}
+        gw.command(path, payload, "service", source="api")
+        return {"path": path, "in_service": body.in_service}
+
+    @r.get("/characteristics/{c:path}")
+    async def characteristic(c: str, request: Request, p: AsOperator) -> dict[str, Any]:
+        """One characteristic: configuration, state, limits in force and open alarms."""
+        gw = _api(request).gateway
+        i = _char_index(gw, c)
+        ch = gw.chars[i]
+        return _jsonable(
+            {
+                **_summary(gw, i),
+                "config": ch.model_dump(mode="json", exclude_none=True),
+                "limits": _record_json(gw.records.get(i), _width(ch)),
+                "alarms": [_alarm_json(a) for a in gw.alarms.active(ch.path)],
+            }
+        )
+
+    return r
+
+
+def _recompute(gw: Any, i: int, body: RecomputeRequest, p: Principal) -> dict[str, Any]:
+    """The API's ``shopspc limits recompute`` (same subgrouping, exclusions and estimators)."""
+    from collector import limits_cli as lc
+    from collector.pipeline import _params
+    from spc.charts.attributes import estimate_c
+    from spc.charts.variables import estimate_imr, estimate_xbar
+    from spc.limits import Exclusion, LimitsRecord
+
+    ch = gw.chars[i]
+    if ch.chart in ("p", "np", "u"):
+        raise ApiError(409, "chart", f"{ch.path}: {ch.chart} limits are set, not recomputed")
+    now = _now_us()
+    try:
+        since = lc.parse_time(body.from_, now, "from")
+        until = lc.parse_time(body.to, now, "to")
+        if until <= since:
+            raise ApiError(422, "to", "the window end is not after its start")
+        specs = [lc._parse_exclusion(x, body.reason, f"exclude {x!r}") for x in body.exclude]
+        eff = lc._effective_us(body.effective, now, False)
+        points, origin = lc._store_points(SimpleNamespace(data_dir=gw.data_dir), ch, since, until)
+        m = _width(ch)
+        groups, left_over = lc._subgroups(ch, points)
+        hits = lc._match(specs, points, len(groups))
+    except lc._UsageError as exc:
+        raise ApiError(422, "recompute", str(exc)) from None
+    need = body.min_points if body.min_points is not None else ch.limits.phase1_subgroups
+    usable = len(groups) - len(hits)
+    if usable < need:
+        raise ApiError(
+            422,
+            "window",
+            f"{ch.path}: {len(points)} good measurements make {len(groups)} subgroups of {m}, "
+            f"{len(hits)} excluded, {usable} usable; {need} needed (min_points)",
+        )
+    values = np.full((len(groups), m), np.nan)
+    for g, members in enumerate(groups):
+        values[g, : len(members)] = [pt.value for pt in members]
+    mask = np.zeros(len(groups), dtype=bool)
+    mask[list(hits)] = True
+    if ch.chart == "c":
+        est = estimate_c(values[:, 0], exclude=mask)
+    elif m == 1:
+        est = estimate_imr(values[:, 0], exclude=mask)
+    else:
+        est = estimate_xbar(values, method="sbar" if ch.chart == "xbar-s" else "rbar", exclude=mask)
+    spread = est.center if ch.chart == "c" else est.sigma
+    if not (math.isfinite(spread) and spread > 0):
+        raise ApiError(422, "window", f"{ch.path}: no variation in the window ({spread:g})")
+    rec = LimitsRecord(
+        chart=ch.chart,
+        center=float(est.center),
+        sigma=float(est.sigma),
+        method=est.method,
+        n_points=len(groups),
+        window=(lc._iso(since), lc._iso(until)),
+        exclusions=tuple(Exclusion(g, "; ".join(r)) for g, r in sorted(hits.items())),
+        params=_params(ch),
+        created_by=p.name,
+        created_at=lc._iso(now),
+        reason=body.reason,
+    )
+    old = gw.limits_store.effective(ch.path, eff)
+    out: dict[str, Any] = {
+        "path": ch.path,
+        "dry_run": body.dry_run,
+        "old": _record_json(old, m),
+        "new": _record_json(rec, m),
+        "measurements": len(points),
+        "subgroups": len(groups),
+        "left_over": left_over,
+        "usable": usable,
+        "source": origin,
+        "assigned": None,
+    }
+    if old is not None and old.id == rec.id:
+        out["unchanged"] = True
+        return out
+    if not body.dry_run:
+        try:
+            change = gw.limits_store.assign(
+                ch.path,
+                rec,
+                user=p.name,
+                reason=body.reason,
+                source="api",
+                effective_from_us=eff,
+                now_us=now,
+                action="recompute",
+                subgroup_size=m,
+            )
+        except ValueError as exc:
+            raise ApiError(422, "recompute", str(exc)) from None
+        out["assigned"] = _jsonable(change.audit.to_json())
+    return out
+
+
+def _alarms_router() -> APIRouter:
+    r = APIRouter(tags=["alarms"])
+
+    @r.get("/alarms")
+    async def alarms(
+        request: Request,
+        p: AsOperator,
+        status: Literal[
+            "open", "active", "acknowledged", "cleared_unacked", "closed", "all"
+        ] = "open",
+        line: str | None = None,
+        characteristic: str | None = None,
+        since: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+    ) -> list[dict[str, Any]]:
+        """Alarms, newest first: ``status`` open (default), one status, closed or all; filters by
+        line (id or site/area/line), characteristic (id or path) and raise time ``since``."""
+        gw = _api(request).gateway
+        since_us = _time(since, "since")
+        if status == "open" or status in _OPEN_STATUSES:
+            rows = [a for a in gw.alarms.active() if status == "open" or a["status"] == status]
+        else:
+            where = ["1=1"] if status == "all" else ["status = 'closed'"]
+            found = gw.alarms.outbox.query(
+                f"SELECT alarm_id FROM alarms WHERE {' AND '.join(where)} "
+                "ORDER BY raised_us DESC LIMIT ?",
+                (100_000,),
+            )
+            rows = [a for a in (gw.alarms.get(r[0]) for r in found) if a is not None]
+        out = []
+        for a in rows:
+            if line is not None and line not in (a["line"], f"{a['site']}/{a['area']}/{a['line']}"):
+                continue
+            if characteristic is not None and characteristic not in (
+                a["characteristic"],
+                a["path"],
+            ):
+                continue
+            if since_us is not None and a["raised_us"] < since_us:
+                continue
+            a = dict(a)
+            a.pop("payload", None)
+            out.append(_alarm_json(a))
+        out.sort(key=lambda a: (-a["raised_us"], a["alarm_id"]))
+        return out[:limit]
+
+    @r.get("/alarms/pareto")
+    async def pareto(
+        request: Request,
+        p: AsOperator,
+        since: str | None = None,
+        until: str | None = None,
+        line: str | None = None,
+        characteristic: str | None = None,
+        by: Literal["cause", "category"] = "cause",
+    ) -> list[dict[str, Any]]:
+        """Acknowledged alarms counted by assignable cause (or 5M1E category), most frequent first."""
+        gw = _api(request).gateway
+        rows = gw.alarms.pareto(
+            _time(since, "since"), _time(until, "until"), line, characteristic, by
+        )
+        return [{"category": c, "code": k, "text": t, "count": n} for c, k, t, n in rows]
+
+    @r.get("/alarms/{alarm_id}")
+    async def alarm(alarm_id: str, request: Request, p: AsOperator) -> dict[str, Any]:
+        """One alarm with its raise payload (open, or closed within retention)."""
+        a = _api(request).gateway.alarms.get(alarm_id)
+        if a is None:
+            raise ApiError(404, "alarm", f"no alarm {alarm_id!r}")
+        return _alarm_json(a)
+
+    def _found(request: Request, alarm_id: str) -> tuple[Any, str]:
+        gw = _api(request).gateway
+        a = gw.alarms.get(alarm_id)
+        if a is None:
+            raise ApiError(404, "alarm", f"no alarm {alarm_id!r}")
+        return gw, a["path"]
+
+    def _answer(gw: Any, alarm_id: str, event: Any) -> dict[str, Any]:
+        a = dict(gw.alarms.get(alarm_id) or {})
+        a.pop("payload", None)
+        return {"event": _jsonable(event), "alarm": _alarm_json(a)}
+
+    @r.post("/alarms/{alarm_id}/ack")
+    async def ack(
+        alarm_id: str, body: AckRequest, request: Request, p: AsOperator
+    ) -> dict[str, Any]:
+        """Acknowledge (operator); ``event`` is null when it was acknowledged already."""
+        gw, path = _found(request, alarm_id)
+        payload = {"alarm_id": alarm_id, "user": p.name, "comment": body.comment}
+        if body.cause:
+            payload["cause"] = body.cause
+        if body.action:
+            payload["action"] = body.action
+        return _answer(gw, alarm_id, gw.command(path, payload, "ack", source="api"))
+
+    @r.post("/alarms/{alarm_id}/shelve")
+    async def shelve(
+        alarm_id: str, body: ShelveRequest, request: Request, p: AsEngineer
+    ) -> dict[str, Any]:
+        """Shelve the alarm's point until ``until`` or for ``minutes`` (engineer)."""
+        gw, path = _found(request, alarm_id)
+        payload: dict[str, Any] = {"alarm_id": alarm_id, "user": p.name, "comment": body.comment}
+        if body.until is not None:
+            payload["until"] = body.until
+        if body.minutes is not None:
+            payload["minutes"] = body.minutes
+        return _answer(gw, alarm_id, gw.command(path, payload, "shelve", source="api"))
+
+    @r.post("/alarms/{alarm_id}/unshelve")
+    async def unshelve(
+        alarm_id: str, body: UnshelveRequest, request: Request, p: AsEngineer
+    ) -> dict[str, Any]:
+        """Unshelve the alarm's point (engineer)."""
+        gw, path = _found(request, alarm_id)
+        payload = {"alarm_id": alarm_id, "user": p.name, "comment": body.comment}
+        return _answer(gw, alarm_id, gw.command(path, payload, "unshelve", source="api"))
+
+    @r.get("/journal")
+    async def journal(
+        request: Request,
+        p: AsOperator,
+        since: str | None = None,
+        until: str | None = None,
+        characteristic: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    ) -> list[dict[str, Any]]:
+        """The alarm journal (every event, update, suppression), oldest first."""
+        gw = _api(request).gateway
+        path = None
+        if characteristic is not None:
+            path = gw.chars[_char_index(gw, characteristic)].path
+        rows = gw.alarms.journal(_time(since, "since"), _time(until, "until"), path, limit)
+        return [_jsonable(r) for r in rows]
+
+    return r
+
+
+_READY_STATES = ("connected", "disconnected")
+
+
+def _health_router() -> APIRouter:
+    r = APIRouter(tags=["health"])
+
+    @r.get("/health/connectors")
+    async def connectors(request: Request, p: AsOperator) -> dict[str, Any]:
+        """Every source and sink (state, counters, last error) and the outbox counts."""
+        gw = _api(request).gateway
+        conns = []
+        for role, items in (("source", gw.sources), ("sink", gw.sinks)):
+            for c in items:
+                conns.append(
+                    {
+                        "name": c.name,
+                        "role": role,
+                        "kind": getattr(c, "kind", None) or gw._kinds.get(c.name),
+                        **asdict(c.stats),
+                    }
+                )
+        counts = gw.outbox.counts()
+        return {
+            "gateway": gw.gateway_id,
+            "connectors": conns,
+            "outbox": {"path": counts.path, "file_bytes": counts.file_bytes}
+            | {name: asdict(sc) for name, sc in counts.streams.items()},
+            "pipeline": gw.stats.as_dict(),
+        }
+
+    return r
+
+
+def _probe_routes(app: FastAPI) -> None:
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        """The process is alive and answering."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz(request: Request) -> JSONResponse:
+        """200 when every source reported a state (connected or backing off), the outbox is
+        writable and the alarm store is open; else 503 with the reasons."""
+        gw = _api(request).gateway
+        reasons = []
+        for s in gw.sources:
+            if s.stats.state not in _READY_STATES:
+                reasons.append(f"source {s.name}: {s.stats.state}")
+        try:
+            gw.outbox.counts()
+            if not os.access(gw.outbox.path, os.W_OK):
+                reasons.append(f"outbox {gw.outbox.path}: not writable")
+        except Exception as exc:
+            reasons.append(f"outbox: {exc}")
+        try:
+            gw.alarms.counts()
+        except Exception as exc:
+            reasons.append(f"alarm store: {exc}")
+        body = {"ready": not reasons, "reasons": reasons}
+        return JSONResponse(body, status_code=503 if reasons else 200)
+
+    @app.get("/metrics", tags=["health"], response_class=Response)
+    async def metrics(request: Request) -> Response:
+        """Prometheus text format (operator credentials unless ``metrics_public``)."""
+        api = _api(request)
+        if not api.settings.metrics_public:
+            from collector.api.auth import require
+
+            p = await current_principal(request)
+            await require("operator")(p)
+        return Response(api.metrics.render(), media_type=CONTENT_TYPE)
+
+
+# --------------------------------------------------------------------------- the app
+
+
+def create_app(gateway: Any, settings: ApiSettings) -> FastAPI:
+    """The HTTP API of ``gateway`` (see the module docstring); call :func:`close_app` when done."""
+    auth = AuthStore(settings.users_db)
+    stream = StreamHub(
+        gateway.paths, queue_size=settings.stream_queue, keepalive_s=settings.stream_keepalive_s
+    )
+    state = ApiState(
+        gateway=gateway,
+        settings=settings,
+        auth=auth,
+        limiter=LoginLimiter(settings.login_max_failures, settings.login_window_s),
+        recent=RecentPoints(len(gateway.chars), settings.recent_points),
+        stream=stream,
+        metrics=ApiMetrics(gateway, stream),
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        close_app(app)
+
+    app = FastAPI(
+        title="shopspc gateway API",
+        version="1",
+        docs_url="/api/v1/docs",
+        redoc_url="/api/v1/redoc",
+        openapi_url="/api/v1/openapi.json",
+        lifespan=lifespan,
+    )
+    app.state.api = state
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_credentials=True,
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-CSRF-Token"],
+        )
+    app.add_middleware(AuditAndHeaders)
+    _install_errors(app)
+    for router in (
+        auth_router(),
+        _characteristics_router(),
+        _alarms_router(),
+        _health_router(),
+        stream_router(),
+    ):
+        app.include_router(router, prefix="/api/v1")
+    _probe_routes(app)
+    gateway.point_listeners += [state.recent.on_points, stream.on_points]
+    gateway.alarm_listeners += [stream.on_alarm, state.metrics.on_alarm]
+    return app
+
+
+def close_app(app: FastAPI) -> None:
+    """Remove the app's gateway listeners, end live streams, close the user store (idempotent)."""
+    state: ApiState = app.state.api
+    if state.closed:
+        return
+    state.closed = True
+    gw = state.gateway
+    for listener in (state.recent.on_points, state.stream.on_points):
+        with contextlib.suppress(ValueError):
+            gw.point_listeners.remove(listener)
+    for listener in (state.stream.on_alarm, state.metrics.on_alarm):
+        with contextlib.suppress(ValueError):
+            gw.alarm_listeners.remove(listener)
+    state.stream.close()
+    state.auth.close()
