@@ -15,6 +15,7 @@ import typer
 
 from collector.alarms_cli import alarms_app
 from collector.limits_cli import limits_app
+from collector.users_cli import users_app
 from spc.analyze import analyze_json, error_json, loads_request
 from spc.errors import SpcInputError
 
@@ -342,6 +343,7 @@ series_app = typer.Typer(
 app.add_typer(series_app, name="series")
 app.add_typer(limits_app, name="limits")
 app.add_typer(alarms_app, name="alarms")
+app.add_typer(users_app, name="users")
 
 _DURATION_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
