@@ -217,6 +217,7 @@ class View:
             if m.topic.startswith(f"{PREFIX}/cmd/"):
                 continue
             doc = json.loads(m.payload)
+            doc["_qos"], doc["_ct"] = m.qos, m.content_type
             if "/alarm/" in m.topic:
                 doc["_topic"] = m.topic
                 self.alarms.append(doc)

@@ -110,6 +110,7 @@ def check_alarm_fields(a: dict[str, Any], gw: Gateway, k: int, rule: str) -> Non
     """Every contract field of a ``raised`` event for part ``k`` violating ``rule``."""
     limits_id = gw.records[0].id
     assert a["schema"] == "shopspc.alarm/1"
+    assert a["_qos"] == 1 and a["_ct"] == "application/json"
     assert a["event"] == "raised"
     assert a["_topic"] == f"{PREFIX}/alarm/{PATH}"
     assert isinstance(a["seq"], int) and a["seq"] >= 1
@@ -177,6 +178,11 @@ async def test_alarm_events_carry_every_contract_field(broker: Server, tmp_path:
     # live copies carry no RETAIN flag; the late subscriber below gets the retained one
     assert all(s["_retain"] is False for s in mine)
     assert view.status[0]["status"] == "online" and view.status[-1]["status"] == "offline"
+    online = view.status[0]
+    assert online["schema"] == "shopspc.gateway/1" and online["gateway_id"] == GW_ID
+    assert online["version"] and RFC3339_US.match(online["start_time"])
+    assert sample_us(online["start_time"]) == gw.start_time_us
+    assert all(s["_qos"] == 1 for s in view.status + view.states)
     assert view.status[-1]["gateway_id"] == GW_ID
     # a late subscriber gets the retained state and status
     with watching(broker.port) as (late, lview):
@@ -298,6 +304,15 @@ async def test_shelve_unshelve_and_out_of_service(broker: Server, tmp_path: Path
             suppressed = [j for j in gw.alarms.journal() if j["event"] == "suppressed"]
             gw.command(PATH, {"in_service": True, "user": "lead-ann"}, "service")
             await until(lambda: last_state(view)["state"] == "in_control", "back", poll=poll)
+    # after the clear, a late subscriber gets in_control retained (and the offline status)
+    with watching(broker.port) as (late, lview):
+        await until(
+            lambda: lview.states and lview.status,
+            "retained",
+            poll=lambda: lview.take(late.messages),
+        )
+    assert lview.states[-1]["_retain"] and lview.states[-1]["state"] == "in_control"
+    assert lview.states[-1]["active_alarms"] == [] and lview.status[-1]["status"] == "offline"
     shelved = view.events("shelved")[0]
     assert shelved["user"] == "lead-ann" and shelved["comment"] == "known drift"
     assert RFC3339_US.match(shelved["shelved_until"])
@@ -513,3 +528,18 @@ def test_alarm_context_uses_the_contract_keys(tmp_path: Path) -> None:
     assert context["material_lot"] == "LOT-7"
     assert context["environment"] == {"temperature": 21.5}
     assert context["gauge"] == {"id": "G-42"}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a malformed ack on the MQTT command topic (not JSON, no alarm_id) is refused by "
+    "MqttAlarmPublisher._on_message (collector/notify.py:536-558) before Gateway.on_command, so "
+    "it is counted only in the publisher's NotifyStats.bad_commands, which the gateway's "
+    "self-metrics never export (collector/pipeline.py:1146 lists sources and sinks only)",
+)
+async def test_malformed_mqtt_ack_is_counted_by_the_gateway(broker: Server, tmp_path: Path) -> None:
+    async with gateway(broker, tmp_path) as gw, Station(broker.port) as st:
+        await st.raw(f"{PREFIX}/cmd/{PATH}/ack", b"{not json")
+        await until(lambda: gw.notifiers[0].stats.bad_commands == 1, "refused by the publisher")
+        bad = gw.stats.bad_commands
+    assert bad == 1
