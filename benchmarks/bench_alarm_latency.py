@@ -60,7 +60,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,17 +162,31 @@ def _pct(values: Sequence[float]) -> dict[str, float | None]:
     }
 
 
+# checkpoints of a planted value after its send, in order (probe names in ``summarize``)
+CHECKPOINTS = ("at_gateway", "committed", "publishing")
+STAGES = {
+    ("sent", "at_gateway"): "publish_to_gateway",
+    ("at_gateway", "committed"): "gateway_to_commit",
+    ("committed", "publishing"): "commit_to_publish",
+    ("publishing", "arrived"): "publish_to_subscriber",
+    ("publishing", "puback"): "publish_to_puback",
+}
+
+
 def summarize(
     rate: int,
     planted: Sequence[tuple[str, int, int]],
-    arrived: dict[str, int],
-    *,
-    at_gateway: dict[str, int] | None = None,
-    committed: dict[str, int] | None = None,
+    arrived: Mapping[str, int],
+    probes: Mapping[str, Mapping[str, int]] | None = None,
 ) -> dict[str, Any]:
-    """Latency figures of one rate from the (serial, intended_ns, sent_ns) of the planted values,
-    the subscriber's arrival per serial and, optionally, the gateway probes per serial.
+    """Latency figures of one rate from the (serial, intended_ns, sent_ns) of the planted values
+    and the subscriber's arrival per serial.
 
+    ``probes`` (optional) maps a checkpoint name (``at_gateway``: the source
+    called ``emit``; ``committed``: the alarm is committed; ``publishing``: the
+    alarm publisher started to publish it; ``puback``: the broker acknowledged
+    it) to the time per serial; ``stages_ms`` then splits the latency at them
+    (:data:`STAGES`; ``publish_to_puback`` overlaps ``publish_to_subscriber``).
     ``targets`` compares with :data:`TARGETS`; met needs every planted alarm to have arrived.
     """
     total = [arrived[s] - t for s, t, _ in planted if s in arrived]
@@ -182,16 +196,15 @@ def summarize(
         "latency_ms": _pct(total),
     }
     stages: dict[str, list[int]] = {"producer_lag": [sent - t for _, t, sent in planted]}
-    if at_gateway is not None and committed is not None:
-        stages["publish_to_gateway"] = [
-            at_gateway[s] - sent for s, _, sent in planted if s in at_gateway
-        ]
-        stages["gateway_to_commit"] = [
-            committed[s] - at_gateway[s] for s, *_ in planted if s in committed and s in at_gateway
-        ]
-        stages["commit_to_subscriber"] = [
-            arrived[s] - committed[s] for s, *_ in planted if s in arrived and s in committed
-        ]
+    points: dict[str, Mapping[str, int]] = {
+        "sent": {s: sent for s, _, sent in planted},
+        **(probes or {}),
+        "arrived": arrived,
+    }
+    for (a, b), name in STAGES.items():
+        if a in points and b in points:
+            pa, pb = points[a], points[b]
+            stages[name] = [pb[s] - pa[s] for s, *_ in planted if s in pa and s in pb]
     out["stages_ms"] = {k: _pct(v) for k, v in stages.items()}
     all_in = len(total) == len(planted) and len(planted) > 0
     lat = out["latency_ms"]
@@ -430,6 +443,30 @@ def _victoria_metrics(tmp: Path):
         yield server
 
 
+@contextlib.contextmanager
+def _mosquitto(tmp: Path, max_inflight: int | None, nodelay: bool):
+    """mosquitto as tests/servers.py starts it, plus ``max_inflight_messages`` and
+    ``set_tcp_nodelay`` when asked (tuning the broker, not the gateway)."""
+    from tests.servers import free_port, mosquitto, require_binary, run_server
+
+    if max_inflight is None and not nodelay:
+        with mosquitto(tmp) as server:
+            yield server
+        return
+    binary = require_binary("mosquitto")
+    port = free_port()
+    conf = tmp / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} {HOST}\nallow_anonymous true\npersistence true\n"
+        f"persistence_location {tmp}/\nlog_dest stdout\nmax_queued_messages 100000\n"
+        + (f"max_inflight_messages {max_inflight}\n" if max_inflight is not None else "")
+        + ("set_tcp_nodelay true\n" if nodelay else "")
+        + ("user root\n" if os.geteuid() == 0 else "")
+    )
+    with run_server([binary, "-c", str(conf)], port, tmp) as server:
+        yield server
+
+
 def _cpu_of(pid: int) -> float:
     """User + system CPU seconds of a running process."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -483,6 +520,32 @@ def _probe_source(source: Any, at_gateway: dict[str, int]) -> None:
     source.run = probed
 
 
+def _probe_publisher(notifier: Any, publishing: dict[str, int], puback: dict[str, int]) -> None:
+    """Time each planted value's raised event when the alarm publisher starts to publish it
+    and when the broker acknowledged it (its transport's ``deliver``; skipped if absent)."""
+    transport = getattr(notifier, "_transport", None)
+    deliver = getattr(transport, "deliver", None)
+    if deliver is None:
+        return
+
+    async def probed(envelopes):
+        start = time.monotonic_ns()
+        mine = []
+        for e in envelopes:
+            p = e.payload
+            ser = p.get("part_serial") if p.get("event") == "raised" else None
+            if isinstance(ser, str) and ser[:1] == "p":
+                publishing.setdefault(ser, start)
+                mine.append(ser)
+        result = await deliver(envelopes)
+        end = time.monotonic_ns()
+        for ser in mine:
+            puback.setdefault(ser, end)
+        return result
+
+    transport.deliver = probed
+
+
 async def _one(
     rate: int,
     durability: str,
@@ -501,8 +564,8 @@ async def _one(
     cfg, models = parse_config(config_text(rate, args.chars, broker.port, vm.port, durability))
     work = tmp / tag
     work.mkdir()
-    at_gateway: dict[str, int] = {}
-    committed: dict[str, int] = {}
+    probes: dict[str, dict[str, int]] = {k: {} for k in (*CHECKPOINTS, "puback")}
+    at_gateway, committed = probes["at_gateway"], probes["committed"]
 
     def on_alarm(a: Any) -> None:
         if a.serial is not None:
@@ -511,6 +574,9 @@ async def _one(
     gw = Gateway(cfg, models, data_dir=work / "gw", metrics_interval_s=5.0, on_alarm=on_alarm)
     for source in gw.sources:
         _probe_source(source, at_gateway)
+    gw.notifiers = gw._make_notifiers()  # made here (run() would) to probe their transport
+    for n in gw.notifiers:
+        _probe_publisher(n, probes["publishing"], probes["puback"])
     out: dict[str, Any] = {"rate": rate, "durability": durability, "messages": p.messages}
     sub_out, prod_out = work / "subscriber.json", work / "producer.json"
     here = [sys.executable, "-m", "benchmarks.bench_alarm_latency"]
@@ -611,7 +677,7 @@ async def _one(
     out["producer"]["late_over_1ms_share"] = produced["late_over_1ms_share"]
     out["producer"]["max_lag_ms"] = produced["max_lag_ms"]
     planted = [tuple(x) for x in produced["planted"]]
-    out.update(summarize(rate, planted, got["raised"], at_gateway=at_gateway, committed=committed))
+    out.update(summarize(rate, planted, got["raised"], probes))
     out["unplanted_alarms"] = got["unplanted_raised"]
     out["alarm_events_received"] = got["events"]
     return out
@@ -633,8 +699,6 @@ def _missing_server() -> str | None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Start the servers, run every (durability, rate), stop the servers."""
-    from tests.servers import mosquitto
-
     missing = _missing_server()
     if missing:
         return {"note": NOTE, "skipped": missing}
@@ -646,11 +710,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "seconds": args.seconds,
             "characteristics": args.chars,
             "plants_per_s": args.plants_per_s,
+            "mosquitto_max_inflight_messages": (
+                "20 (default)" if args.broker_inflight is None else args.broker_inflight
+            ),
+            "mosquitto_set_tcp_nodelay": args.broker_nodelay,
         },
         "runs": {},
     }
-    with tempfile.TemporaryDirectory(prefix="bench-alarm-latency-") as d:
-        tmp = Path(d)
+    with contextlib.ExitStack() as keep:
+        if args.workdir:
+            tmp = Path(args.workdir)
+            tmp.mkdir(parents=True, exist_ok=False)
+        else:
+            tmp = Path(keep.enter_context(tempfile.TemporaryDirectory(prefix="bench-alarm-lat-")))
         (tmp / "mqtt").mkdir()
         (tmp / "vm").mkdir()
         # the gateway logs every alarm (a cost it pays in service too): to a file, not the report
@@ -659,7 +731,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             with (
                 contextlib.closing(handler),
-                mosquitto(tmp / "mqtt") as broker,
+                _mosquitto(tmp / "mqtt", args.broker_inflight, args.broker_nodelay) as broker,
                 _victoria_metrics(tmp / "vm") as vm,
             ):
                 i = 0
@@ -695,6 +767,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--plants-per-s", type=float, default=20.0, help="planted alarms per second")
     ap.add_argument("--durability", default="full", help="alarms.durability values: full,normal")
     ap.add_argument("--quick", action="store_true", help="2 s per rate")
+    ap.add_argument(
+        "--broker-inflight",
+        type=int,
+        help="mosquitto max_inflight_messages (default: mosquitto's 20; 0 = no limit)",
+    )
+    ap.add_argument(
+        "--broker-nodelay",
+        action="store_true",
+        help="mosquitto set_tcp_nodelay true (default: mosquitto's false, Nagle on)",
+    )
+    ap.add_argument("--workdir", help="keep servers' and gateway's files and logs here (new dir)")
     args = ap.parse_args([] if argv is None else argv)
     args.rates = [int(r) for r in str(args.rates).split(",") if r]
     args.durability = [x for x in str(args.durability).split(",") if x]

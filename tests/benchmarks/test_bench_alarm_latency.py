@@ -67,13 +67,22 @@ def test_summarize_percentiles_stages_and_targets() -> None:
     probes = summarize(
         10000,
         planted[:1],
-        {"p0": 5 * ms},
-        at_gateway={"p0": 2 * ms},
-        committed={"p0": 4 * ms},
+        {"p0": 9 * ms},
+        {
+            "at_gateway": {"p0": 2 * ms},
+            "committed": {"p0": 4 * ms},
+            "publishing": {"p0": 5 * ms},
+            "puback": {"p0": 7 * ms},
+        },
     )
-    assert probes["stages_ms"]["publish_to_gateway"]["p50"] == 1.9
-    assert probes["stages_ms"]["gateway_to_commit"]["p50"] == 2.0
-    assert probes["stages_ms"]["commit_to_subscriber"]["p50"] == 1.0
+    assert {k: v["p50"] for k, v in probes["stages_ms"].items()} == {
+        "producer_lag": 0.1,
+        "publish_to_gateway": 1.9,
+        "gateway_to_commit": 2.0,
+        "commit_to_publish": 1.0,
+        "publish_to_subscriber": 4.0,
+        "publish_to_puback": 2.0,
+    }
     assert set(probes["targets"]) == {"p99_ms"}
 
 
@@ -102,5 +111,7 @@ def test_tiny_run_matches_every_planted_alarm() -> None:
         "producer_lag",
         "publish_to_gateway",
         "gateway_to_commit",
-        "commit_to_subscriber",
+        "commit_to_publish",
+        "publish_to_subscriber",
+        "publish_to_puback",
     }
