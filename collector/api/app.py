@@ -72,6 +72,7 @@ _CSP_DOCS = (
     "img-src 'self' data: https://fastapi.tiangolo.com; frame-ancestors 'none'"
 )
 _OPEN_STATUSES = ("active", "acknowledged", "cleared_unacked")
+_SINCE = "source time from: RFC 3339, 'now', relative (-2h, -30m) or µs since the epoch"
 _BODY_KEEP = 4096  # request bytes kept for the audit summary
 
 
@@ -450,8 +451,8 @@ def _characteristics_router() -> APIRouter:
         c: str,
         request: Request,
         p: AsOperator,
-        since: str | None = None,
-        limit: Annotated[int, Query(ge=1, le=100_000)] = 500,
+        since: Annotated[str | None, Query(description=_SINCE)] = None,
+        limit: Annotated[int, Query(ge=1, le=100_000, description="newest points at most")] = 500,
     ) -> dict[str, Any]:
         """Recent plotted points (oldest first, columnar): statistic, limits, zone, violations."""
         api = _api(request)
@@ -482,7 +483,7 @@ def _characteristics_router() -> APIRouter:
         c: str,
         request: Request,
         p: AsOperator,
-        since: str | None = None,
+        since: Annotated[str | None, Query(description=_SINCE)] = None,
         limit: Annotated[int, Query(ge=2, le=100_000)] = 1000,
         confidence: Annotated[float, Query(gt=0, lt=1)] = 0.95,
     ) -> dict[str, Any]:
@@ -693,7 +694,7 @@ def _alarms_router() -> APIRouter:
         ] = "open",
         line: str | None = None,
         characteristic: str | None = None,
-        since: str | None = None,
+        since: Annotated[str | None, Query(description=_SINCE)] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 200,
     ) -> list[dict[str, Any]]:
         """Alarms, newest first: ``status`` open (default), one status, closed or all; filters by
@@ -703,11 +704,23 @@ def _alarms_router() -> APIRouter:
         if status == "open" or status in _OPEN_STATUSES:
             rows = [a for a in gw.alarms.active() if status == "open" or a["status"] == status]
         else:
-            where = ["1=1"] if status == "all" else ["status = 'closed'"]
+            # closed ones live in the store only: filtered and limited there
+            where, params = ["1=1"], []
+            if status == "closed":
+                where.append("status = 'closed'")
+            if line is not None:
+                where.append("(line = ? OR site || '/' || area || '/' || line = ?)")
+                params += [line, line]
+            if characteristic is not None:
+                where.append("(characteristic = ? OR path = ?)")
+                params += [characteristic, characteristic]
+            if since_us is not None:
+                where.append("raised_us >= ?")
+                params.append(since_us)
             found = gw.alarms.outbox.query(
                 f"SELECT alarm_id FROM alarms WHERE {' AND '.join(where)} "
-                "ORDER BY raised_us DESC LIMIT ?",
-                (100_000,),
+                "ORDER BY raised_us DESC, alarm_id LIMIT ?",
+                (*params, limit),
             )
             rows = [a for a in (gw.alarms.get(r[0]) for r in found) if a is not None]
         out = []
@@ -731,8 +744,8 @@ def _alarms_router() -> APIRouter:
     async def pareto(
         request: Request,
         p: AsOperator,
-        since: str | None = None,
-        until: str | None = None,
+        since: Annotated[str | None, Query(description=_SINCE)] = None,
+        until: Annotated[str | None, Query(description="end (exclusive), as since")] = None,
         line: str | None = None,
         characteristic: str | None = None,
         by: Literal["cause", "category"] = "cause",
@@ -803,8 +816,8 @@ def _alarms_router() -> APIRouter:
     async def journal(
         request: Request,
         p: AsOperator,
-        since: str | None = None,
-        until: str | None = None,
+        since: Annotated[str | None, Query(description=_SINCE)] = None,
+        until: Annotated[str | None, Query(description="end (exclusive), as since")] = None,
         characteristic: str | None = None,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     ) -> list[dict[str, Any]]:

@@ -477,3 +477,71 @@ async def test_expired_token_is_refused(api: Api) -> None:
     _, secret = api.auth.create_token("old", "admin", "test", ttl_s=-1)
     r = await api.client.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {secret}"})
     assert _err(r) == (401, "token")
+
+
+def _routes(app: Any) -> list[tuple[str, str]]:
+    """(method, concrete url) of every /api/v1 operation in the OpenAPI document but sign-in."""
+    fill = {"{c}": A, "{alarm_id}": "x", "{name}": "x", "{token_id}": "x"}
+    out = []
+    for path, ops in app.openapi()["paths"].items():
+        if not path.startswith("/api/v1/") or path == "/api/v1/auth/login":
+            continue
+        for key, value in fill.items():
+            path = path.replace(key, value)
+        out += [(m.upper(), path) for m in sorted(ops)]
+    return out
+
+
+async def test_every_endpoint_refuses_without_credentials(api: Api) -> None:
+    routes = _routes(api.app)
+    assert len(routes) >= 25
+    for method, url in routes:
+        r = await api.client.request(method, url, json={})
+        assert _err(r) == (401, "credentials"), (method, url)
+
+
+async def test_admin_endpoints_refuse_lower_roles(api: Api) -> None:
+    admin_only = [
+        ("GET", "/api/v1/users"),
+        ("POST", "/api/v1/users"),
+        ("PATCH", "/api/v1/users/x"),
+        ("GET", "/api/v1/tokens"),
+        ("POST", "/api/v1/tokens"),
+        ("DELETE", "/api/v1/tokens/x"),
+        ("GET", "/api/v1/audit"),
+    ]
+    for role in ("operator", "engineer"):
+        for method, url in admin_only:
+            r = await api.client.request(method, url, json={}, headers=api.as_(role))
+            assert _err(r) == (403, "role"), (role, method, url)
+
+
+async def test_cors_is_off_by_default_and_on_when_configured(api: Api, gateway, tmp_path) -> None:
+    origin = {"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+    r = await api.client.options("/api/v1/characteristics", headers=origin)
+    assert "access-control-allow-origin" not in r.headers
+    app = create_app(gateway, _settings(tmp_path / "cors", cors_origins=("https://hmi.plant",)))
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="https://testserver") as c:
+            ok = {**origin, "Origin": "https://hmi.plant"}
+            r = await c.options("/api/v1/characteristics", headers=ok)
+            assert r.headers["access-control-allow-origin"] == "https://hmi.plant"
+            r = await c.options("/api/v1/characteristics", headers=origin)
+            assert "access-control-allow-origin" not in r.headers
+    finally:
+        close_app(app)
+
+
+async def test_alarm_history_filters_in_the_store(api: Api) -> None:
+    _alarm(api)
+    op = api.as_("operator")
+    url = "/api/v1/alarms"
+    r = await api.client.get(url, params={"status": "all", "characteristic": A}, headers=op)
+    assert len(r.json()) == 2 and "payload" not in r.json()[0]
+    r = await api.client.get(url, params={"status": "all", "line": "l2"}, headers=op)
+    assert r.json() == []
+    r = await api.client.get(url, params={"status": "all", "limit": 1}, headers=op)
+    assert len(r.json()) == 1
+    r = await api.client.get(url, params={"status": "closed"}, headers=op)
+    assert r.json() == []
