@@ -22,6 +22,7 @@ loop, as the gateway's own calls do.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
@@ -487,7 +488,13 @@ def _characteristics_router() -> APIRouter:
         limit: Annotated[int, Query(ge=2, le=100_000)] = 1000,
         confidence: Annotated[float, Query(gt=0, lt=1)] = 0.95,
     ) -> dict[str, Any]:
-        """Capability of the recent individual values against LSL/USL and the limits in force."""
+        """Capability against LSL/USL and the limits in force (centre, σ within).
+
+        Individual charts (I-MR, EWMA/CUSUM of single parts): the last ``limit``
+        recent points since ``since``. Subgroup charts (X̄-R, X̄-S): every good
+        measurement since ``since`` (default: the last 24 h) in the local series
+        store. ``stable`` is false when a recent point in the window broke a rule.
+        """
         from spc.capability import capability as cap
 
         api = _api(request)
@@ -496,20 +503,23 @@ def _characteristics_router() -> APIRouter:
         ch = gw.chars[i]
         if ch.lsl is None and ch.usl is None:
             raise ApiError(409, "specs", f"{ch.path} has no lsl/usl configured")
-        if _width(ch) != 1 or ch.chart not in ("imr", "ewma", "cusum"):
-            raise ApiError(
-                409,
-                "chart",
-                f"{ch.path} is a {ch.chart} chart: the live capability report needs individual "
-                "values (I-MR, EWMA or CUSUM of single parts); use `shopspc analyze` on its series",
-            )
+        if ch.chart not in ("imr", "ewma", "cusum", "xbar-r", "xbar-s"):
+            raise ApiError(409, "chart", f"{ch.path}: no capability for a {ch.chart} chart")
         rec = gw.records.get(i)
         if rec is None:
             raise ApiError(409, "limits", f"{ch.path} is still in Phase I (no limits yet)")
-        cols = api.recent.query(i, since_us=_time(since, "since"), limit=limit)
-        x = cols.statistic[np.isfinite(cols.statistic)]
+        since_us = _time(since, "since")
+        if _width(ch) == 1:
+            cols = api.recent.query(i, since_us=since_us, limit=limit)
+            x = cols.statistic[np.isfinite(cols.statistic)]
+            source = "recent points"
+            span = (int(cols.time_us[0]), int(cols.time_us[-1])) if len(cols) else (None, None)
+        else:
+            since_us = _now_us() - 86_400_000_000 if since_us is None else since_us
+            x, source, span = await asyncio.to_thread(_stored_values, gw, ch, since_us)
+            cols = api.recent.query(i, since_us=since_us)
         if x.shape[0] < 2:
-            raise ApiError(409, "points", f"{ch.path}: {x.shape[0]} recent points, 2 needed")
+            raise ApiError(409, "points", f"{ch.path}: {x.shape[0]} values in {source}, 2 needed")
         try:
             report = cap(
                 x,
@@ -525,8 +535,9 @@ def _characteristics_router() -> APIRouter:
         return {
             "path": ch.path,
             "limits_id": rec.id,
-            "from_us": int(cols.time_us[0]),
-            "to_us": int(cols.time_us[-1]),
+            "source": source,
+            "from_us": span[0],
+            "to_us": span[1],
             "capability": report.to_json(),
         }
 
@@ -584,6 +595,23 @@ def _characteristics_router() -> APIRouter:
         )
 
     return r
+
+
+def _stored_values(
+    gw: Any, ch: Any, since_us: int
+) -> tuple[np.ndarray, str, tuple[int | None, int | None]]:
+    """Good measurements of ``ch`` from ``since_us`` on in the local series store."""
+    from collector import limits_cli as lc
+
+    try:
+        points, origin = lc._store_points(
+            SimpleNamespace(data_dir=gw.data_dir), ch, since_us, _now_us() + 1
+        )
+    except lc._UsageError as exc:
+        raise ApiError(409, "series", str(exc)) from None
+    times = [pt.time_us for pt in points if pt.time_us is not None]
+    span = (min(times), max(times)) if times else (None, None)
+    return np.array([pt.value for pt in points], dtype=np.float64), origin, span
 
 
 def _recompute(gw: Any, i: int, body: RecomputeRequest, p: Principal) -> dict[str, Any]:

@@ -545,3 +545,48 @@ async def test_alarm_history_filters_in_the_store(api: Api) -> None:
     assert len(r.json()) == 1
     r = await api.client.get(url, params={"status": "closed"}, headers=op)
     assert r.json() == []
+
+
+async def test_capability_of_subgroups_from_the_series_store_and_refusals(tmp_path) -> None:
+    from collector.pipeline import Gateway
+
+    from .conftest import IdleSource, RecordingSink, char, config
+
+    cfg = config(
+        char("x", chart="xbar-r", subgroup={"size": 5}),
+        char("nospec", lsl=None, usl=None),
+        char("p1", limits={"phase1_subgroups": 20}),
+    )
+    gw = Gateway(cfg, {}, data_dir=tmp_path / "gw", sources=[IdleSource()], sinks=[RecordingSink()])
+    app = create_app(gw, _settings(tmp_path))
+    try:
+        _, token = app.state.api.auth.create_token("t", "operator", "test")
+        op = {"Authorization": f"Bearer {token}"}
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="https://testserver") as c:
+            url = "/api/v1/characteristics/{}/capability"
+            since = {"since": "2025-11-24T00:00:00Z"}
+            r = await c.get(url.format("x"), params=since, headers=op)
+            assert _err(r) == (409, "series")  # no local series store
+            vals = [10.0 + ((k * 7) % 11 - 5) / 3.5 for k in range(50)]
+            lines = gw.process([("dev", [sample("x", v, k) for k, v in enumerate(vals)])])
+            with SeriesStore(gw.data_dir / "series.db") as store:
+                store.write_lines(lines)
+            r = await c.get(url.format("x"), params=since, headers=op)
+            body = r.json()
+            assert r.status_code == 200, body
+            assert body["capability"]["n"] == 50 and body["source"].endswith("series.db")
+            assert body["capability"]["Cp"]["value"] == pytest.approx(2.0)
+            r = await c.get(url.format("nospec"), headers=op)
+            assert _err(r) == (409, "specs")
+            r = await c.get(url.format("p1"), headers=op)
+            assert _err(r) == (409, "limits")
+    finally:
+        close_app(app)
+        gw.close()
+
+
+async def test_docs_page_has_its_own_csp(api: Api) -> None:
+    r = await api.client.get("/api/v1/docs")
+    assert r.status_code == 200 and "swagger" in r.text.lower()
+    assert "cdn.jsdelivr.net" in r.headers["content-security-policy"]
