@@ -145,3 +145,61 @@ async def test_slow_client_gets_a_lag_event_and_never_blocks() -> None:
     assert hub.subscribers == 0
     hub.publish("alarm", {"k": 9})  # nobody listens: nothing queued
     assert hub.queued == 7
+
+
+class QueueSource:
+    """Emits whatever the test puts into its queue (a source inside the running gateway)."""
+
+    def __init__(self) -> None:
+        from connectors.base import ConnectorStats
+
+        self.name = "dev"
+        self.kind = "mqtt"
+        self.stats = ConnectorStats(state="connected")
+        self.q: asyncio.Queue[list[Any]] = asyncio.Queue()
+
+    async def run(self, emit: Any) -> None:
+        while True:
+            await emit(await self.q.get())
+
+
+@pytest.mark.integration
+async def test_running_gateway_and_api_in_one_task_group(tmp_path) -> None:
+    """The wiring ``shopspc run`` uses: Gateway.run and serve side by side, one stop event."""
+    from collector.pipeline import Gateway
+
+    from .conftest import RecordingSink, char, config
+
+    src = QueueSource()
+    gw = Gateway(
+        config(char("a")), {}, data_dir=tmp_path / "gw", sources=[src], sinks=[RecordingSink()]
+    )
+    app = create_app(gw, ApiSettings(users_db=tmp_path / "users.db", cookie_secure=False))
+    _, token = app.state.api.auth.create_token("screen", "operator", "test")
+    port, stop, started = free_port(), asyncio.Event(), asyncio.Event()
+    headers = {"Authorization": f"Bearer {token}"}
+
+    async def client() -> None:
+        try:
+            await asyncio.wait_for(started.wait(), 10)
+            async with (
+                httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as c,
+                c.stream("GET", "/api/v1/stream", headers=headers) as resp,
+            ):
+                lines = resp.aiter_lines()
+                assert await asyncio.wait_for(anext(lines), 10) == "retry: 2000"
+                src.q.put_nowait([sample("a", 10.0, 0, "P0"), sample("a", 30.0, 1, "P1")])
+                got = await asyncio.wait_for(_events(lines, {"point", "alarm"}), 10)
+                assert got["point"][0]["statistic"] == [10.0, 30.0]
+                assert got["alarm"][0]["event"] == "raised"
+                r = await c.get(f"/api/v1/characteristics/{A}/points", headers=headers)
+                assert r.json()["n"] == 2
+                assert (await c.get("/readyz")).status_code == 200
+        finally:
+            stop.set()
+
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(gw.run(stop))
+        tg.create_task(serve(app, "127.0.0.1", port, stop, graceful_s=2, started=started))
+        tg.create_task(client())
+    close_app(app)
