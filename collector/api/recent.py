@@ -96,15 +96,14 @@ class RecentPoints:
         self._limits_index: dict[str, int] = {}
 
     def _limit_codes(self, ids: list[str]) -> np.ndarray:
-        uniq, inverse = np.unique(np.array(ids, dtype=object), return_inverse=True)
-        codes = np.empty(len(uniq), dtype=np.int32)
-        for k, lid in enumerate(uniq.tolist()):
-            code = self._limits_index.get(lid)
-            if code is None:
-                code = self._limits_index[lid] = len(self.limits_ids)
+        # hashing in C (dict.fromkeys, map): a batch usually holds one or two record ids
+        for lid in dict.fromkeys(ids):
+            if lid not in self._limits_index:
+                self._limits_index[lid] = len(self.limits_ids)
                 self.limits_ids.append(lid)
-            codes[k] = code
-        return codes[inverse.reshape(-1)]
+        if ids and ids.count(ids[0]) == len(ids):
+            return np.full(len(ids), self._limits_index[ids[0]], dtype=np.int32)
+        return np.fromiter(map(self._limits_index.__getitem__, ids), dtype=np.int32, count=len(ids))
 
     def on_points(self, judged: JudgedPoints) -> None:
         """Write one batch of judged points into the rings (vectorised)."""
@@ -134,7 +133,10 @@ class RecentPoints:
         self.mask[c, slot] = np.asarray(pts.mask[:n]).astype(np.uint64)[rows]
         self.disp_mask[c, slot] = np.asarray(pts.disp_mask[:n]).astype(np.uint64)[rows]
         self.limits[c, slot] = self._limit_codes(judged.limits_id)[rows]
-        self.serial[c, slot] = np.array(judged.serial, dtype=object)[rows]
+        if judged.serial.count(None) == len(judged.serial):
+            self.serial[c, slot] = None
+        else:
+            self.serial[c, slot] = np.array(judged.serial, dtype=object)[rows]
         self.count += per_char
 
     def query(self, char: int, since_us: int | None = None, limit: int = 1000) -> RecentColumns:

@@ -38,3 +38,33 @@ def test_zones_boundaries_belong_to_the_inner_zone() -> None:
     got = zones(x, np.full(8, 10.0), np.ones(8)).tolist()
     assert got == ["C", "C", "B", "B", "A", "out", "", "A"]
     assert zones(np.array([1.0]), np.array([0.0]), np.array([np.nan])).tolist() == [""]
+
+
+def test_limits_ids_and_serials_of_a_mixed_batch() -> None:
+    from types import SimpleNamespace
+
+    from collector.pipeline import JudgedPoints
+
+    n = 6
+    cols = {
+        k: np.arange(n, dtype=np.float64)
+        for k in (
+            *("statistic", "center", "lcl", "ucl", "sigma"),
+            *("disp_statistic", "disp_center", "disp_lcl", "disp_ucl"),
+        )
+    }
+    pts = SimpleNamespace(
+        char=np.array([0, 1, 0, 1, 0, 1]),
+        mask=np.zeros(n, np.int64),
+        disp_mask=np.zeros(n, np.int64),
+        **cols,
+    )
+    ids = ["L-a", "L-b", "L-a", "L-c", "L-b", "L-b"]
+    serial = [None, "S1", None, "S3", "S4", None]
+    rp = RecentPoints(2, capacity=2)
+    rp.on_points(JudgedPoints(pts, n, np.arange(n, dtype=np.int64), serial, ids, [""] * n))
+    zero, one = rp.query(0), rp.query(1)
+    assert zero.statistic.tolist() == [2.0, 4.0] and zero.limits_id == ["L-a", "L-b"]
+    assert one.statistic.tolist() == [3.0, 5.0] and one.limits_id == ["L-c", "L-b"]
+    assert zero.serial == [None, "S4"] and one.serial == ["S3", None]
+    assert rp.limits_ids == ["L-a", "L-b", "L-c"]
