@@ -17,6 +17,7 @@ from benchmarks.bench_alarm_latency import (
     main,
     messages,
     plan,
+    publish_packet,
     summarize,
 )
 from collector.config import parse_config
@@ -115,3 +116,10 @@ def test_tiny_run_matches_every_planted_alarm() -> None:
         "publish_to_subscriber",
         "publish_to_puback",
     }
+
+
+def test_publish_packet_is_mqtt_311_qos1() -> None:
+    """The producer's hand-encoded PUBLISH: type 3 QoS 1, remaining length as a varint, packet id."""
+    assert publish_packet("a/b", b"xy", 7) == b"\x32\x09\x00\x03a/b\x00\x07xy"
+    long = publish_packet("t", b"x" * 200, 65535)
+    assert long[:3] == b"\x32\xcd\x01" and long[3:8] == b"\x00\x01t\xff\xff"
