@@ -414,12 +414,23 @@ def _install_errors(app: FastAPI) -> None:
 
     @app.exception_handler(AuthError)
     async def auth_error(request: Request, exc: AuthError) -> JSONResponse:
-        status = 409 if "exists" in exc.message else 404 if "no user" in exc.message else 422
+        status = (
+            404
+            if "no user" in exc.message
+            else 409
+            if "exists" in exc.message or "last enabled admin" in exc.message
+            else 422
+        )
         return _error(status, exc.what, exc.message)
 
     @app.exception_handler(OutboxError)
     async def store_error(request: Request, exc: OutboxError) -> JSONResponse:
         return _error(503, "store", str(exc))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("%s %s failed", request.method, request.url.path)
+        return _error(500, "internal", f"{type(exc).__name__} (see the gateway log)")
 
     @app.exception_handler(LimitsStoreError)
     async def limits_error(request: Request, exc: LimitsStoreError) -> JSONResponse:

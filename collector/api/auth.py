@@ -163,8 +163,9 @@ def _check_role(role: str) -> str:
 
 def _check_name(name: str) -> str:
     name = (name or "").strip()
-    if not name or len(name) > 64 or any(c.isspace() or ord(c) < 32 for c in name):
-        raise AuthError("name", "1 to 64 characters, no spaces or control characters")
+    if not name or len(name) > 64 or any(c.isspace() or ord(c) < 32 or c == ":" for c in name):
+        # ':' is reserved: token principals are named token:NAME in the audit trail
+        raise AuthError("name", "1 to 64 characters, no spaces, colons or control characters")
     return name
 
 
@@ -289,14 +290,27 @@ class AuthStore:
         self._run("DELETE FROM sessions WHERE user = ?", (name,))
         return user
 
+    def _keep_an_admin(self, name: str) -> None:
+        rows = self._run(
+            "SELECT count(*) FROM users WHERE role = 'admin' AND disabled = 0 AND name != ?",
+            (name,),
+        )
+        user = self.user(name)
+        if user is not None and user.role == "admin" and not user.disabled and not rows[0][0]:
+            raise AuthError("name", f"{name} is the last enabled admin")
+
     def set_role(self, name: str, role: str) -> User:
-        """Change a user's role."""
+        """Change a user's role (the last enabled admin stays admin)."""
+        if _check_role(role) != "admin":
+            self._keep_an_admin(name)
         return self._change(
             name, "UPDATE users SET role = ?, changed_us = ? WHERE name = ?", (_check_role(role),)
         )
 
     def set_disabled(self, name: str, disabled: bool) -> User:
-        """Disable (sessions end, sign-in refused) or enable a user."""
+        """Disable (sessions end, sign-in refused) or enable a user (never the last enabled admin)."""
+        if disabled:
+            self._keep_an_admin(name)
         user = self._change(
             name, "UPDATE users SET disabled = ?, changed_us = ? WHERE name = ?", (int(disabled),)
         )

@@ -590,3 +590,18 @@ async def test_docs_page_has_its_own_csp(api: Api) -> None:
     r = await api.client.get("/api/v1/docs")
     assert r.status_code == 200 and "swagger" in r.text.lower()
     assert "cdn.jsdelivr.net" in r.headers["content-security-policy"]
+
+
+async def test_the_last_enabled_admin_stays_and_names_have_no_colon(api: Api) -> None:
+    admin = api.as_("admin")
+    api.auth.add_user("boss", "a long password", "admin")
+    r = await api.client.patch("/api/v1/users/boss", json={"disabled": True}, headers=admin)
+    assert _err(r) == (409, "name")
+    r = await api.client.patch("/api/v1/users/boss", json={"role": "operator"}, headers=admin)
+    assert _err(r) == (409, "name")
+    api.auth.add_user("deputy", "a long password", "admin")
+    r = await api.client.patch("/api/v1/users/boss", json={"role": "engineer"}, headers=admin)
+    assert r.json()["role"] == "engineer"
+    new = {"name": "token:mes", "password": "a long password", "role": "operator"}
+    r = await api.client.post("/api/v1/users", json=new, headers=admin)
+    assert _err(r) == (422, "name")
