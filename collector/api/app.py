@@ -340,7 +340,7 @@ class AuditAndHeaders:
                     headers.append(
                         (b"strict-transport-security", b"max-age=31536000; includeSubDomains")
                     )
-                if path.startswith("/api/"):
+                if path.startswith("/api/") and not any(k == b"cache-control" for k, _ in headers):
                     headers.append((b"cache-control", b"no-store"))
                 msg = {**msg, "headers": headers}
             await send(msg)

@@ -118,6 +118,7 @@ async def test_characteristics_list_and_one(api: Api) -> None:
     assert _err(r) == (401, "token")
     r = await api.client.get("/api/v1/characteristics", headers={"Authorization": "Basic x"})
     assert _err(r) == (401, "authorization")
+    assert r.headers["cache-control"] == "no-store"
     _alarm(api)
     r = await api.client.get("/api/v1/characteristics", headers=api.as_("operator"))
     rows = r.json()

@@ -68,6 +68,7 @@ async def test_point_and_alarm_events_arrive_over_sse(served, capsys) -> None:
             assert resp.status_code == 200
             assert resp.headers["content-type"].startswith("text/event-stream")
             assert resp.headers["x-content-type-options"] == "nosniff"
+            assert resp.headers.get_list("cache-control") == ["no-cache"]
             lines = resp.aiter_lines()
             assert await asyncio.wait_for(anext(lines), 10) == "retry: 2000"  # subscribed
             served["gw"].process(
