@@ -569,3 +569,63 @@ async def test_a_restart_keeps_the_retained_in_control_state(
             poll=lambda: lview.take(late.messages),
         )
     assert lview.states[-1]["state"] == "in_control"
+
+
+async def test_samples_are_times_without_serials_and_context_is_the_samples(
+    broker: Server, tmp_path: Path
+) -> None:
+    """Without part serials ``samples`` lists the pattern's source times; the 5M1E context is
+    the one of the completing sample, not of later parts."""
+    with watching(broker.port) as (sub, view):
+        poll = lambda: view.take(sub.messages)  # noqa: E731
+        async with gateway(broker, tmp_path) as gw, Station(broker.port) as st:
+            await st.parts([(0, 10.4), (1, 9.6), (2, 9.5)], sn=None, op="alice")
+            await st.parts([(k, 10.6) for k in range(3, 11)], sn=None, op="alice")
+            await st.parts([(11, 10.6)], sn=None, op="bob", lot="LOT-8")  # N2 completes
+            await until(lambda: view.events("raised"), "N2 raised", poll=poll)
+            # a later part (another batch: same-batch parts share one context, see the xfail)
+            await st.parts([(12, 10.6)], sn=None, op="carol", lot="LOT-9")
+            await until(lambda: gw.stats.points >= 13, "13 points judged", poll=poll)
+    (n2,) = view.events("raised")
+    assert n2["rule"] == "N2" and "part_serial" not in n2
+    assert [sample_us(t) for t in n2["samples"]] == [part_time(k) for k in range(3, 12)]
+    assert all(RFC3339_US.match(t) for t in n2["samples"])
+    assert n2["context"]["operator"] == "bob"
+    assert "LOT-8" in n2["context"].values() and "LOT-9" not in n2["context"].values()
+    assert {21.5, "G-42", "MC-7", "PRG-12"} <= set(n2["context"].values())
+    assert n2["alarm_id"] == alarm_id(PATH, "N2", gw.records[0].id, part_time(11), None)
+
+
+PARTS_ABC = ((0, 10.2, "alice", "LOT-7"), (1, 14.0, "bob", "LOT-8"), (2, 10.1, "carol", "LOT-9"))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="parts of one micro-batch share the batch's latest 5M1E context: process() takes the "
+    "context of every sample of a batch first (collector/pipeline.py:1281, BindingIndex.observe) "
+    "and alarms snapshot it after the whole batch (collector/pipeline.py:1750), so an alarm "
+    "carries a later part's operator/lot, not the completing sample's (contract: 'snapshot "
+    "at sample time'); measurement lines share it too (per-batch cache, pipeline.py:1480)",
+)
+def test_alarm_context_is_the_completing_samples_within_a_batch(tmp_path: Path) -> None:
+    cfg, models = load(config_dict(1883))  # the broker is never contacted: process() only
+    gw = Gateway(cfg, models, data_dir=tmp_path / "gw", sources=[])
+    try:
+        samples = [
+            Sample(
+                CHAR,
+                v,
+                Quality.GOOD,
+                part_time(k),
+                source_time_us=part_time(k),
+                serial=serial(k),
+                fields={"operator": op, "lot": lot},
+            )
+            for k, v, op, lot in PARTS_ABC
+        ]
+        gw.process([("st", samples)])  # one micro-batch, as an MQTT burst arrives
+        raised = [j for j in gw.alarms.journal() if j["event"] == "raised"]
+    finally:
+        gw.close()
+    assert len(raised) == 1 and raised[0]["payload"]["part_serial"] == serial(1)
+    assert raised[0]["payload"]["context"]["operator"] == "bob"
