@@ -134,13 +134,6 @@ class ApiState:
 # --------------------------------------------------------------------------- helpers
 
 
-def _f(x: Any) -> float | None:
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
 def _floats(a: np.ndarray) -> list[float | None]:
     return [x if math.isfinite(x) else None for x in np.asarray(a, dtype=np.float64).tolist()]
 
