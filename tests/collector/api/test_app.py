@@ -606,3 +606,13 @@ async def test_the_last_enabled_admin_stays_and_names_have_no_colon(api: Api) ->
     new = {"name": "token:mes", "password": "a long password", "role": "operator"}
     r = await api.client.post("/api/v1/users", json=new, headers=admin)
     assert _err(r) == (422, "name")
+
+
+async def test_readyz_reports_closed_stores(api: Api) -> None:
+    api.gw.close()  # outbox, alarm store and limits store closed underneath the API
+    r = await api.client.get("/readyz")
+    reasons = r.json()["reasons"]
+    assert r.status_code == 503
+    assert any(x.startswith("outbox") for x in reasons), reasons
+    assert any(x.startswith("alarm store") for x in reasons), reasons
+    assert (await api.client.get("/healthz")).status_code == 200
