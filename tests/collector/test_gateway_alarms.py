@@ -381,6 +381,11 @@ async def test_limits_change_while_running(broker: Server, tmp_path: Path) -> No
             await st.parts([(5, 7.3)])  # below the new LCL 7.5, inside the old 7.0: new limits only
             await until(lambda: len(view.events("raised")) == 2, "alarm on new limits", poll=poll)
     info = last_state(view)
+    with watching(broker.port) as (late, lview):
+        await until(lambda: lview.states, "retained", poll=lambda: lview.take(late.messages))
+    retained = lview.states[-1]
+    assert retained["_retain"] and retained["limits"]["limits_id"] == rec.id
+    assert retained["limits"]["user"] == "qe-bob"
     state = next(s for s in view.states if (s.get("limits") or {}).get("limits_id") == rec.id)
     assert state["_retain"] is False and state["limits_id"] == rec.id
     assert (
