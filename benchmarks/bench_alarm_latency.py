@@ -32,10 +32,23 @@ How (three processes beside the servers, one clock):
   VictoriaMetrics, ``alarms.mqtt`` to the same mosquitto, ``alarms.durability``
   ``full`` (``--durability full,normal`` runs both), flood protection set out
   of reach (every planted alarm must be published, none summarised).
-  Probes (wrapping the source's ``emit`` and ``on_alarm``, nothing patched in
-  the gateway) time each planted value at the gateway (``emit`` called) and at
-  its alarm commit, which splits the latency into: producer lag (intended →
-  sent), publish → gateway, gateway → alarm committed, committed → subscriber.
+  Probes (wrapping the source's ``run``/``emit``, ``on_alarm`` and the alarm
+  publisher transport's ``deliver`` of this instance; no gateway file is
+  changed) time each planted value when the gateway's MQTT network thread
+  received it (the sample's ``gateway_time_us``), when the source called
+  ``emit``, when its alarm was committed, when the publisher started to
+  publish the event and when the broker acknowledged it. ``stages_ms`` splits
+  the latency there: ``producer_lag`` (intended → sent),
+  ``publish_to_receive`` (broker → gateway network thread),
+  ``receive_to_emit`` (waiting for the source's previous batch to be
+  committed and acknowledged), ``gateway_to_commit`` (queue, SPC, alarm
+  commit), ``commit_to_publish`` (the publisher waking and reading its
+  outbox, often behind its previous round's PUBACKs), ``publish_to_subscriber``
+  (broker → subscriber); ``publish_to_puback`` overlaps the last one.
+
+Broker tuning (``--broker-nodelay``: ``set_tcp_nodelay true``;
+``--broker-inflight N``: ``max_inflight_messages``) shows what the broker's
+defaults cost; the default run uses mosquitto as tests/servers.py starts it.
 
 Targets (issue 5): p50 ≤ 2 ms and p99 ≤ 10 ms at 5 000 msg/s, p99 ≤ 25 ms at
 10 000 msg/s; a target counts as met only if every planted alarm arrived.
@@ -164,9 +177,10 @@ def _pct(values: Sequence[float]) -> dict[str, float | None]:
 
 
 # checkpoints of a planted value after its send, in order (probe names in ``summarize``)
-CHECKPOINTS = ("at_gateway", "committed", "publishing")
+CHECKPOINTS = ("received", "at_gateway", "committed", "publishing")
 STAGES = {
-    ("sent", "at_gateway"): "publish_to_gateway",
+    ("sent", "received"): "publish_to_receive",
+    ("received", "at_gateway"): "receive_to_emit",
     ("at_gateway", "committed"): "gateway_to_commit",
     ("committed", "publishing"): "commit_to_publish",
     ("publishing", "arrived"): "publish_to_subscriber",
@@ -183,8 +197,8 @@ def summarize(
     """Latency figures of one rate from the (serial, intended_ns, sent_ns) of the planted values
     and the subscriber's arrival per serial.
 
-    ``probes`` (optional) maps a checkpoint name (``at_gateway``: the source
-    called ``emit``; ``committed``: the alarm is committed; ``publishing``: the
+    ``probes`` (optional) maps a checkpoint name (``received``: the gateway's
+    MQTT network thread took the message; ``at_gateway``: the source called ``emit``; ``committed``: the alarm is committed; ``publishing``: the
     alarm publisher started to publish it; ``puback``: the broker acknowledged
     it) to the time per serial; ``stages_ms`` then splits the latency at them
     (:data:`STAGES`; ``publish_to_puback`` overlaps ``publish_to_subscriber``).
@@ -574,17 +588,21 @@ async def _warm_up(gw: Any, port: int, topic: str, timeout: float) -> bool:
     return False
 
 
-def _probe_source(source: Any, at_gateway: dict[str, int]) -> None:
-    """Time each planted sample when the source hands it to the gateway (``emit`` called)."""
+def _probe_source(source: Any, received: dict[str, int], at_gateway: dict[str, int]) -> None:
+    """Time each planted sample when the source hands it to the gateway (``emit`` called) and
+    when the network thread received it (its ``gateway_time_us``, wall clock, mapped to the
+    monotonic clock through the offset between the two clocks read now)."""
     run = source.run
 
     async def probed(emit):
         async def timed(samples):
             now = time.monotonic_ns()
+            offset = time.time_ns() - now
             for s in samples:
                 ser = s.serial
-                if ser is not None and ser[:1] == "p":
-                    at_gateway.setdefault(ser, now)
+                if ser is not None and ser[:1] == "p" and ser not in at_gateway:
+                    at_gateway[ser] = now
+                    received[ser] = s.gateway_time_us * 1000 - offset
             await emit(samples)
 
         await run(timed)
@@ -645,7 +663,7 @@ async def _one(
 
     gw = Gateway(cfg, models, data_dir=work / "gw", metrics_interval_s=5.0, on_alarm=on_alarm)
     for source in gw.sources:
-        _probe_source(source, at_gateway)
+        _probe_source(source, probes["received"], at_gateway)
     gw.notifiers = gw._make_notifiers()  # made here (run() would) to probe their transport
     for n in gw.notifiers:
         _probe_publisher(n, probes["publishing"], probes["puback"])

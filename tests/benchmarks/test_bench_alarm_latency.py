@@ -70,6 +70,7 @@ def test_summarize_percentiles_stages_and_targets() -> None:
         planted[:1],
         {"p0": 9 * ms},
         {
+            "received": {"p0": ms},
             "at_gateway": {"p0": 2 * ms},
             "committed": {"p0": 4 * ms},
             "publishing": {"p0": 5 * ms},
@@ -78,7 +79,8 @@ def test_summarize_percentiles_stages_and_targets() -> None:
     )
     assert {k: v["p50"] for k, v in probes["stages_ms"].items()} == {
         "producer_lag": 0.1,
-        "publish_to_gateway": 1.9,
+        "publish_to_receive": 0.9,
+        "receive_to_emit": 1.0,
         "gateway_to_commit": 2.0,
         "commit_to_publish": 1.0,
         "publish_to_subscriber": 4.0,
@@ -110,7 +112,8 @@ def test_tiny_run_matches_every_planted_alarm() -> None:
     assert run["latency_ms"]["max"] is not None
     assert set(run["stages_ms"]) == {
         "producer_lag",
-        "publish_to_gateway",
+        "publish_to_receive",
+        "receive_to_emit",
         "gateway_to_commit",
         "commit_to_publish",
         "publish_to_subscriber",
