@@ -110,6 +110,7 @@ __all__ = [
     "GatewayStats",
     "JudgedPoints",
     "alarm_id",
+    "contract_context",
     "violation_codes",
 ]
 
@@ -319,6 +320,60 @@ _CLOSE_FIELD = {
 }
 
 
+def contract_context(snapshot: Mapping[str, Any], at_us: int | None = None) -> dict[str, Any]:
+    """A context snapshot (measurement field names) in the alarm contract's shape.
+
+    ``operator``, ``machine``, ``material_lot``, ``method``, ``environment``
+    (an object: ``{"temperature": 21.5}``), ``gauge`` (``id``,
+    ``calibration_due`` and, with ``at_us``, ``calibration_status`` ``ok`` or
+    ``overdue``) and ``extra``; missing keys are left out.
+    """
+    out: dict[str, Any] = {}
+    env: dict[str, Any] = {}
+    gauge: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for key, v in snapshot.items():
+        if v is None:
+            continue
+        if key in ("operator", "machine", "method"):
+            out[key] = v
+        elif key == "lot":
+            out["material_lot"] = v
+        elif key.startswith("env_"):
+            env[key[4:]] = v
+        elif key == "gauge_id":
+            gauge["id"] = v
+        elif key == "gauge_calibration_due":
+            gauge["calibration_due"] = v
+            due = _due_us(v)
+            if at_us is not None and due is not None:
+                gauge["calibration_status"] = "ok" if at_us < due else "overdue"
+        elif key != "status":
+            extra[key] = v
+    if env:
+        out["environment"] = env
+    if gauge:
+        out["gauge"] = gauge
+    if extra:
+        out["extra"] = extra
+    return out
+
+
+def _due_us(v: Any) -> int | None:
+    """A calibration due date (``2026-12-31`` or RFC 3339) as µs: the end of that day, UTC."""
+    text = str(v)
+    try:
+        if len(text) == 10:
+            day = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
+            return int((day - _EPOCH).total_seconds() * 1_000_000) + 86_400_000_000
+        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    return int((t - _EPOCH).total_seconds() * 1_000_000)
+
+
 def _context_key(by: str) -> str:
     """The context field a short-run ``by`` names (config names → measurement field names)."""
     return _CLOSE_FIELD.get(by, by)
@@ -395,11 +450,23 @@ class BindingIndex:
                     self.latest[(source, s.binding)] = s.fields["raw"]
         return n
 
-    def snapshot(self, i: int) -> dict[str, Any]:
-        """Characteristic ``i``'s context fields now (missing values left out)."""
+    def snapshot(
+        self, i: int, source: str | None = None, own: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Characteristic ``i``'s context fields now (missing values left out).
+
+        ``own``: the fields a sample of ``source`` carries itself (its part's
+        operator, lot … in the same message); they win over the latest values,
+        so each part of a batch keeps its own context.
+        """
         out: dict[str, Any] = {}
         for name, static, key in self._ctx[i]:
-            v = static if key is None else self.latest.get(key)
+            if key is None:
+                v = static
+            elif own and key[0] == source and key[1] in own:
+                v = own[key[1]]
+            else:
+                v = self.latest.get(key)
             if v is not None:
                 out[name] = v
         return out
@@ -552,7 +619,7 @@ def estimate_phase1(
 class _Fed:
     """Columns of good values on their way to Phase I or the engine (also a Phase I buffer)."""
 
-    __slots__ = ("idx", "serial", "size", "time", "val")
+    __slots__ = ("ctx", "idx", "serial", "size", "time", "val")
 
     def __init__(self) -> None:
         self.idx: list[int] = []
@@ -560,13 +627,23 @@ class _Fed:
         self.size: list[float] = []
         self.time: list[int] = []
         self.serial: list[str | None] = []
+        self.ctx: list[Mapping[str, Any] | None] = []  # the sample's context snapshot
 
-    def add(self, i: int, value: float, size: float, time_us: int, serial: str | None) -> None:
+    def add(
+        self,
+        i: int,
+        value: float,
+        size: float,
+        time_us: int,
+        serial: str | None,
+        ctx: Mapping[str, Any] | None = None,
+    ) -> None:
         self.idx.append(i)
         self.val.append(value)
         self.size.append(size)
         self.time.append(time_us)
         self.serial.append(serial)
+        self.ctx.append(ctx)
 
     def extend(self, other: _Fed) -> None:
         self.idx += other.idx
@@ -574,6 +651,7 @@ class _Fed:
         self.size += other.size
         self.time += other.time
         self.serial += other.serial
+        self.ctx += other.ctx
 
 
 class _Rows:
@@ -1290,7 +1368,7 @@ class Gateway:
                         self.stats.unmapped += 1
                     continue
                 for i in targets:
-                    self._accept(i, s, kind, ctx, rows, fed)
+                    self._accept(i, s, source, kind, ctx, rows, fed)
         lines += self._measurement_lines(rows)
         self._feed(fed, lines, now)
         return lines
@@ -1464,6 +1542,7 @@ class Gateway:
         self,
         i: int,
         s: Sample,
+        source: str,
         kind: str,
         ctx: dict[int, tuple[dict[str, Any], str]],
         rows: _Rows,
@@ -1477,11 +1556,16 @@ class Gateway:
         if serial is not None and self._dedup.seen((ch.station, serial, i), remember=good):
             self.stats.duplicates += 1
             return
-        snap = ctx.get(i)
-        if snap is None:
-            context = self.index.snapshot(i)
-            snap = ctx[i] = (context, fields_text(context))
-        context, extra = snap
+        if s.fields:
+            # the part's own context (same message) before the latest of the batch
+            context = self.index.snapshot(i, source, s.fields)
+            extra = fields_text(context)
+        else:
+            snap = ctx.get(i)
+            if snap is None:
+                context = self.index.snapshot(i)
+                snap = ctx[i] = (context, fields_text(context))
+            context, extra = snap
         if s.status:
             extra = fields_text({**context, "status": s.status})
         prefix = self._mprefix.get((i, kind))
@@ -1535,7 +1619,7 @@ class Gateway:
         self._fill[i] = (self._fill[i] + 1) % self._m[i]
         self._last_time[i] = s.time_us
         self._last_serial[i] = serial
-        fed.add(i, v, size, s.time_us, serial)
+        fed.add(i, v, size, s.time_us, serial, context)
 
     def _measurement_lines(self, rows: _Rows) -> list[str]:
         if not rows.prefix:
@@ -1589,9 +1673,9 @@ class Gateway:
         for j, i in enumerate(fed.idx):
             p1 = self._phase1.get(i)
             if p1 is None:
-                to_engine.add(i, fed.val[j], fed.size[j], fed.time[j], fed.serial[j])
+                to_engine.add(i, fed.val[j], fed.size[j], fed.time[j], fed.serial[j], fed.ctx[j])
                 continue
-            p1.add(i, fed.val[j], fed.size[j], fed.time[j], fed.serial[j])
+            p1.add(i, fed.val[j], fed.size[j], fed.time[j], fed.serial[j], fed.ctx[j])
             view = self.views[i]
             view.phase1_have = len(p1.val)
             if len(p1.val) >= view.phase1_need:
@@ -1724,7 +1808,8 @@ class Gateway:
             judged = JudgedPoints(pts, n, times, serials, limits_ids, violations)
             for listener in self.point_listeners:
                 listener(judged)
-        self._judge_alarms(pts, n, chars, times, serials, limits_ids, flagged, lines)
+        contexts = [fed.ctx[j] for j in done.tolist()]
+        self._judge_alarms(pts, n, chars, times, serials, limits_ids, flagged, contexts, lines)
 
     def _judge_alarms(
         self,
@@ -1735,9 +1820,13 @@ class Gateway:
         serials: list[str | None],
         limits_ids: list[str],
         flagged: list[int],
+        contexts: list[Mapping[str, Any] | None],
         lines: list[str],
     ) -> None:
-        """Every plotted point (centre and dispersion chart) to the alarm lifecycle, columnar."""
+        """Every plotted point (centre and dispersion chart) to the alarm lifecycle, columnar.
+
+        The context of a violating point is its completing sample's (contract shape).
+        """
         dj = np.flatnonzero(self._has_disp[chars])
         d = dj.tolist()
 
@@ -1746,10 +1835,17 @@ class Gateway:
 
         context: list[Mapping[str, Any] | None] = [None] * (n + len(d))
         disp_flag = np.flatnonzero(pts.disp_mask[:n][dj]).tolist() if d else []
+
+        def ctx_of(j: int) -> dict[str, Any]:
+            snap = contexts[j]
+            if snap is None:  # a padded value, or Phase I values restored after a restart
+                snap = self.index.snapshot(int(chars[j]))
+            return contract_context(snap, int(times[j]))
+
         for j in flagged:
-            context[j] = self.index.snapshot(int(chars[j]))
+            context[j] = ctx_of(j)
         for k in disp_flag:
-            context[n + k] = self.index.snapshot(int(chars[d[k]]))
+            context[n + k] = ctx_of(d[k])
         batch = PointBatch(
             char=both(chars, chars),
             chart=both(self._centre_names[chars], self._disp_names[chars]),

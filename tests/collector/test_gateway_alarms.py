@@ -498,12 +498,6 @@ async def test_alarms_do_not_wait_for_a_dead_series_sink(
     assert [a["part_serial"] for a in view.events("raised")] == [serial(1), serial(3)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="contract names context keys material_lot/environment/gauge; the pipeline sends its "
-    "measurement field names lot/env_<name>/gauge_id (collector/pipeline.py _context_fields, "
-    "used for alarms by BindingIndex.snapshot in Gateway._judge_alarms)",
-)
 def test_alarm_context_uses_the_contract_keys(tmp_path: Path) -> None:
     """The 5M1E snapshot of an alarm names its keys as contracts/alarms-mqtt.md does."""
     cfg, models = load(config_dict(1883))  # the broker is never contacted: process() only
@@ -588,7 +582,7 @@ async def test_samples_are_times_without_serials_and_context_is_the_samples(
             await st.parts([(k, 10.6) for k in range(3, 11)], sn=None, op="alice")
             await st.parts([(11, 10.6)], sn=None, op="bob", lot="LOT-8")  # N2 completes
             await until(lambda: view.events("raised"), "N2 raised", poll=poll)
-            # a later part (another batch: same-batch parts share one context, see the xfail)
+            # a later part with another operator and lot
             await st.parts([(12, 10.6)], sn=None, op="carol", lot="LOT-9")
             await until(lambda: gw.stats.points >= 13, "13 points judged", poll=poll)
     (n2,) = view.events("raised")
@@ -597,21 +591,15 @@ async def test_samples_are_times_without_serials_and_context_is_the_samples(
     assert all(RFC3339_US.match(t) for t in n2["samples"])
     assert n2["context"]["operator"] == "bob"
     assert "LOT-8" in n2["context"].values() and "LOT-9" not in n2["context"].values()
-    assert {21.5, "G-42", "MC-7", "PRG-12"} <= set(n2["context"].values())
+    ctx = n2["context"]
+    assert ctx["environment"] == {"temperature": 21.5} and ctx["gauge"] == {"id": "G-42"}
+    assert ctx["machine"] == "MC-7" and ctx["method"] == "PRG-12"
     assert n2["alarm_id"] == alarm_id(PATH, "N2", gw.records[0].id, part_time(11), None)
 
 
 PARTS_ABC = ((0, 10.2, "alice", "LOT-7"), (1, 14.0, "bob", "LOT-8"), (2, 10.1, "carol", "LOT-9"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="parts of one micro-batch share the batch's latest 5M1E context: process() takes the "
-    "context of every sample of a batch first (collector/pipeline.py:1281, BindingIndex.observe) "
-    "and alarms snapshot it after the whole batch (collector/pipeline.py:1750), so an alarm "
-    "carries a later part's operator/lot, not the completing sample's (contract: 'snapshot "
-    "at sample time'); measurement lines share it too (per-batch cache, pipeline.py:1480)",
-)
 def test_alarm_context_is_the_completing_samples_within_a_batch(tmp_path: Path) -> None:
     cfg, models = load(config_dict(1883))  # the broker is never contacted: process() only
     gw = Gateway(cfg, models, data_dir=tmp_path / "gw", sources=[])
