@@ -737,8 +737,12 @@ async def _one(
                 "mosquitto": round(_cpu_of(broker.pid) - srv0["mosquitto"], 2),
                 "victoria_metrics": round(_cpu_of(vm.pid) - srv0["victoria_metrics"], 2),
             }
+            values = s.samples_in - base["samples"]
+            out["gateway_cpu_us_per_value"] = round(
+                1e6 * out["cpu_seconds"]["gateway_process"] / max(1, values), 1
+            )
             out["gateway"] = {
-                "values_in": s.samples_in - base["samples"],
+                "values_in": values,
                 "series_lines_written": s.lines_written - base["written"],
                 "alarms_raised": s.alarms - base["alarms"],
                 "queue_waits": s.queue_waits,
