@@ -186,6 +186,9 @@ CREATE TABLE IF NOT EXISTS process_state (
     state TEXT NOT NULL,
     time_us INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS seen (
+    path TEXT PRIMARY KEY
+);
 CREATE TABLE IF NOT EXISTS marks (
     point TEXT PRIMARY KEY,
     last_time INTEGER NOT NULL
@@ -567,6 +570,10 @@ class AlarmManager:
             )
         }
         self._supp_rows: dict[tuple[int, str, str], int] = {}
+        self._seen[:] = False
+        for (path,) in self._outbox.query("SELECT path FROM seen"):
+            if path in self._index:
+                self._seen[self._index[path]] = True
         self._suspended[:] = [self._reason(i) is not None for i in range(n)]
 
     @staticmethod
@@ -958,6 +965,13 @@ class AlarmManager:
         lims_all = batch.limits_id
         lims = np.empty(len(keys), dtype=object)
         lims[:] = [lims_all[j] for j in last_rows.tolist()]
+        fresh = uniq[~self._seen[uniq]]
+        if fresh.size:
+            # a characteristic with data keeps in_control/out_of_control across restarts
+            w.sql.extend(
+                ("INSERT OR IGNORE INTO seen (path) VALUES (?)", (self.chars[i].path,))
+                for i in fresh.tolist()
+            )
         self._seen[uniq] = True
         live_char = self._has_active.reshape(-1, 2).any(axis=1)[uniq]
         code = np.where(self._suspended[uniq], 3, np.where(live_char, 2, 1)).astype(np.int8)
@@ -1709,9 +1723,9 @@ class AlarmManager:
     def initial_states(self, now_us: int) -> list[dict[str, Any]]:
         """State messages for every characteristic, appended to the ``mqtt`` stream (at start).
 
-        ``no_data`` until a characteristic's first point, unless out of
-        service/suppressed (``suspended``) or with active alarms restored from
-        the file (``out_of_control``).
+        ``no_data`` until a characteristic's first point ever (remembered across
+        restarts), unless out of service/suppressed (``suspended``) or with
+        active alarms restored from the file (``out_of_control``).
         """
         w = _Work(now_us)
         self._states(w, range(len(self.chars)), force=True)

@@ -485,6 +485,7 @@ class MqttAlarmPublisher:
         version: str,
         start_time_us: int,
         on_command: Callable[[str, dict[str, Any], str], None] | None = None,
+        on_refused: Callable[[str, str], None] | None = None,
         stream: str = "mqtt",
     ) -> None:
         self.cfg = cfg
@@ -493,6 +494,7 @@ class MqttAlarmPublisher:
         self.version = version
         self.start_time_us = start_time_us
         self.on_command = on_command
+        self.on_refused = on_refused
         self.client_id = cfg.client_id or f"shopspc-{gateway_id}"
         self.status_topic = f"{self.prefix}/gateway/{gateway_id}/status"
         self.command_filter = f"{self.prefix}/cmd/+/+/+/+/+/+"
@@ -556,6 +558,8 @@ class MqttAlarmPublisher:
         if problem is not None:
             self.stats.bad_commands += 1
             log.warning("%s: ignored command on %r: %s", self._transport.where, topic, problem)
+            if self.on_refused is not None:
+                self.on_refused(topic, problem)
             return
         self.stats.commands += 1
         if self.on_command is None:

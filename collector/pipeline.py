@@ -1134,6 +1134,7 @@ class Gateway:
                     version=_version(),
                     start_time_us=self.start_time_us,
                     on_command=self.on_command,
+                    on_refused=self._refused_command,
                 )
             )
         if sec.webhook is not None:
@@ -1221,6 +1222,25 @@ class Gateway:
                 precision=self.precision,
             )
         ]
+        for n in self.notifiers:
+            st = n.stats
+            lines.append(
+                gateway_line(
+                    gateway=self.gateway_id,
+                    component=f"notifier.{type(n).__name__}",
+                    time_us=now_us,
+                    metrics={
+                        "state": str(st.state),
+                        "published": int(st.published),
+                        "pending": int(st.pending),
+                        "errors": int(st.errors),
+                        "reconnects": int(st.reconnects),
+                        "dead_lettered": int(st.dead_lettered),
+                        "bad_commands": int(st.bad_commands),
+                    },
+                    precision=self.precision,
+                )
+            )
         for conn in (*self.sources, *self.sinks):
             st = conn.stats
             metrics = {
@@ -1448,6 +1468,11 @@ class Gateway:
             self._retry_alarms(lines, now_us)
             self._alarm_call(lambda: self.alarms.tick(now_us), lines)
         return lines
+
+    def _refused_command(self, topic: str, problem: str) -> None:
+        # refused by the publisher before it reached on_command (not JSON, no alarm_id …)
+        self.stats.commands += 1
+        self.stats.bad_commands += 1
 
     def on_command(self, path: str, payload: Mapping[str, Any], verb: str = "ack") -> None:
         """A command from MES or an operator on ``{prefix}/cmd/{path}/{verb}`` (MQTT).
