@@ -692,7 +692,7 @@ def run(
             loop.add_signal_handler(sig, stop.set)
         try:
             gw = Gateway(cfg, connectors, data_dir=data_dir, drain_deadline_s=drain_deadline)
-            await gw.run(stop)
+            await _run_with_api(gw, stop)
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
@@ -704,6 +704,38 @@ def run(
         for exc in group.exceptions:
             sys.stderr.write(f"shopspc run: {exc}\n")
         raise typer.Exit(1) from None
+
+
+async def _run_with_api(gw: Any, stop: Any) -> None:
+    """The gateway and, unless ``gateway.http`` is empty, its HTTP API in one TaskGroup."""
+    import asyncio
+
+    http = gw.cfg.gateway.http
+    if not http:
+        await gw.run(stop)
+        return
+    from collector.api.app import ApiSettings, close_app, create_app
+    from collector.api.server import serve
+
+    host, _, port = http.rpartition(":")
+    app = create_app(gw, ApiSettings(users_db=gw.data_dir / "users.db"))
+
+    async def api() -> None:
+        try:
+            await serve(app, host.strip("[]"), int(port), stop)
+        except OSError as exc:
+            stop.set()  # the gateway drains and stops: an API that cannot listen is a bad start
+            raise RuntimeError(
+                f"HTTP API on {http}: {exc}; choose a free port in gateway.http "
+                "(or http: '' to run without the API)"
+            ) from None
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(gw.run(stop))
+            tg.create_task(api())
+    finally:
+        close_app(app)
 
 
 def main() -> None:

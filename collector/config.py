@@ -254,9 +254,21 @@ class Gateway(_Model):
 
     id: Segment = "gateway-1"
     data_dir: str = Field("var/shopspc", description="outbox, limits and engine state live here")
-    http: str = Field("127.0.0.1:8470", description="host:port of the HTTP API")
+    http: str = Field(
+        "127.0.0.1:8470", description="host:port of the HTTP API and web screens ('' = off)"
+    )
 
     _check_id = field_validator("id")(_segment)
+
+    @field_validator("http")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        if v == "":
+            return v
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{v!r} is not host:port (e.g. 127.0.0.1:8470, [::1]:8470) or ''")
+        return v
 
 
 class ConnectorSection(BaseModel):

@@ -90,7 +90,7 @@ def config_dict(
         ]
     return {
         "version": 1,
-        "gateway": {"id": GW_ID, "data_dir": data_dir},
+        "gateway": {"id": GW_ID, "data_dir": data_dir, "http": ""},
         "sources": {
             "st": {
                 "kind": "mqtt",

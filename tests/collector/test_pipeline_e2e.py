@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -35,7 +37,8 @@ def demo_text(tmp: Path) -> str:
     for port in PORTS.values():
         assert str(port) in text
         text = text.replace(str(port), str(free_port()))
-    assert "var/shopspc-demo" in text
+    assert "var/shopspc-demo" in text and "127.0.0.1:8470" in text
+    text = text.replace("127.0.0.1:8470", f"127.0.0.1:{free_port()}")
     return text.replace("var/shopspc-demo", str(tmp / "demo"))
 
 
@@ -119,6 +122,17 @@ def test_shopspc_run_stops_on_sigterm_with_the_outbox_drained(tmp_path) -> None:
                 break
             time.sleep(0.1)
         assert outbox.exists(), proc.communicate(timeout=30)
+        # the HTTP API is served beside the gateway (gateway.http)
+        http = re.search(r"http: (127\.0\.0\.1:\d+)", path.read_text()).group(1)
+        health = None
+        for _ in range(100):
+            try:
+                with urllib.request.urlopen(f"http://{http}/healthz", timeout=2) as resp:
+                    health = resp.status
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert health == 200
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
     finally:
