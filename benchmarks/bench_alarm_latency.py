@@ -664,9 +664,6 @@ async def _one(
     gw = Gateway(cfg, models, data_dir=work / "gw", metrics_interval_s=5.0, on_alarm=on_alarm)
     for source in gw.sources:
         _probe_source(source, probes["received"], at_gateway)
-    gw.notifiers = gw._make_notifiers()  # made here (run() would) to probe their transport
-    for n in gw.notifiers:
-        _probe_publisher(n, probes["publishing"], probes["puback"])
     out: dict[str, Any] = {"rate": rate, "durability": durability, "messages": p.messages}
     sub_out, prod_out = work / "subscriber.json", work / "producer.json"
     here = [sys.executable, "-m", "benchmarks.bench_alarm_latency"]
@@ -684,7 +681,15 @@ async def _one(
     stop = asyncio.Event()
 
     async def drive() -> None:
+        prod = None
         try:
+            # run() makes the alarm publishers first thing; probe them before any alarm
+            for _ in range(200):
+                if gw.notifiers:
+                    break
+                await asyncio.sleep(0.05)
+            for n in gw.notifiers:
+                _probe_publisher(n, probes["publishing"], probes["puback"])
             assert sub.stdout is not None
             if not await _line(sub.stdout, "subscribed", 15.0):
                 out["error"] = "the subscriber did not subscribe within 15 s"
@@ -749,6 +754,9 @@ async def _one(
                 "sink_errors": s.sink_errors,
             }
         finally:
+            if prod is not None and prod.returncode is None:  # cancelled: leave no producer behind
+                prod.kill()
+                await prod.wait()
             stop.set()
 
     try:
