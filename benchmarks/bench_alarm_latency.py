@@ -553,6 +553,17 @@ def _mosquitto(tmp: Path, max_inflight: int | None, nodelay: bool):
         yield server
 
 
+def _vm_writes(port: int) -> int:
+    """InfluxDB line-protocol write requests VictoriaMetrics has served so far (its /metrics)."""
+    with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return sum(
+        int(float(line.rsplit(" ", 1)[1]))
+        for line in text.splitlines()
+        if line.startswith("vm_http_requests_total{") and 'protocol="influx"' in line
+    )
+
+
 def _cpu_of(pid: int) -> float:
     """User + system CPU seconds of a running process."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -704,6 +715,7 @@ async def _one(
             base = {"samples": s.samples_in, "written": s.lines_written, "alarms": s.alarms}
             cpu0 = time.process_time()
             srv0 = {"mosquitto": _cpu_of(broker.pid), "victoria_metrics": _cpu_of(vm.pid)}
+            writes0 = await asyncio.to_thread(_vm_writes, vm.port)
             prod = await asyncio.create_subprocess_exec(
                 *here,
                 "producer",
@@ -749,6 +761,7 @@ async def _one(
             out["gateway"] = {
                 "values_in": values,
                 "series_lines_written": s.lines_written - base["written"],
+                "sink_write_requests": await asyncio.to_thread(_vm_writes, vm.port) - writes0,
                 "alarms_raised": s.alarms - base["alarms"],
                 "queue_waits": s.queue_waits,
                 "sink_errors": s.sink_errors,
