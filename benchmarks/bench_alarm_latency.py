@@ -107,7 +107,10 @@ NOTE = (
     "subscriber (monotonic clock shared by the processes). The box is a shared 2-core "
     "machine: producer, mosquitto, VictoriaMetrics, the gateway and the subscriber compete "
     "for the same cores, so the figures are an upper bound of what a dedicated gateway does. "
-    "No naive baseline: latency is compared with the issue's absolute targets."
+    "No naive baseline: latency is compared with the issue's absolute targets. "
+    "Stock mosquitto leaves Nagle on (set_tcp_nodelay false): its PUBACKs to the alarm "
+    "publisher then wait ~40 ms for a delayed ACK, and the publisher's next round waits for "
+    "them; --broker-nodelay measures a broker with set_tcp_nodelay true."
 )
 
 
