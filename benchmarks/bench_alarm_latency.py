@@ -18,9 +18,11 @@ How (three processes beside the servers, one clock):
   In-control values follow a fixed 8-value cycle per characteristic that
   breaks no Nelson rule on the X or the MR chart (so every raised alarm is a
   planted one); ``--plants-per-s`` times a second a value of +6σ (serial
-  ``p<k>``) goes to the next characteristic in turn (K of them), each of which
-  had ≥ 10 in-control values since its last one, and ``clear_after: 1``, so
-  every planted value raises a new alarm. The producer writes (serial,
+  ``p<k>``) goes to the next characteristic in turn (K of them); plants are
+  ≥ 10 messages apart, so a characteristic gets about as many in-control
+  values between two of its plants, and with ``clear_after: 1`` every
+  planted value raises a new alarm (the run reports any other raised alarm as
+  ``unplanted_alarms``; 0 is expected). The producer writes (serial,
   intended, sent) of every planted value and its own lag to a JSON file.
 * **subscriber** (``… subscriber …``, its own process so it shares no event loop
   or GIL with the gateway): subscribes to the alarm topics and the gateway
