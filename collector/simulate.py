@@ -301,7 +301,7 @@ async def _broker(host: str, port: int, binary: str) -> AsyncIterator[str]:
         conf = Path(tmp) / "mosquitto.conf"
         conf.write_text(
             f"listener {port} {host}\nallow_anonymous true\npersistence false\n"
-            "log_dest stdout\nmax_queued_messages 100000\n"
+            "log_dest stdout\nmax_queued_messages 100000\nset_tcp_nodelay true\n"
         )
         with (Path(tmp) / "mosquitto.log").open("ab") as out:
             proc = subprocess.Popen(
