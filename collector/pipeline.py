@@ -38,7 +38,8 @@ source connector, the processor, the sink drainer, the periodic state saver.
   stream ``series`` (``NORMAL`` durability: survives ``kill -9``), up to
   ``CHUNK_LINES`` lines per entry, before they count as accepted; the
   stream is bounded in bytes (``outbox_max_bytes``, back-pressure when full). The
-  drainer writes them to every sink (a ``localstore`` at ``data_dir/series.db``
+  drainer writes them to every sink in writes of up to ``CHUNK_LINES`` lines (a
+  smaller batch waits at most ``series_linger_s`` for more; a ``localstore`` at ``data_dir/series.db``
   when none is configured), acks on success, retries later with ``Backoff`` on
   a retryable :class:`~connectors.base.ConnectorError` and dead-letters lines
   a sink rejects as malformed.
@@ -722,6 +723,7 @@ class Gateway:
         save_interval_s: float = 5.0,
         metrics_interval_s: float = 10.0,
         limits_poll_s: float = 1.0,
+        series_linger_s: float = 0.2,
         outbox_max_bytes: int = 2 * 1024**3,
         on_alarm: Callable[[AlarmEvent], None] | None = None,
     ) -> None:
@@ -737,6 +739,7 @@ class Gateway:
         self.save_interval_s = save_interval_s
         self.metrics_interval_s = metrics_interval_s
         self.limits_poll_s = limits_poll_s
+        self.series_linger_s = series_linger_s
         self.on_alarm = on_alarm
         self._dedup = _Dedup(dedup_size)
         self._queue: asyncio.Queue[tuple[str, list[Sample], asyncio.Future[None]]] = asyncio.Queue(
@@ -1295,6 +1298,16 @@ class Gateway:
                 deadline = time.monotonic() + self.drain_deadline_s
             entries = await self._aio.peek(STREAM, 4)  # up to 4 × CHUNK_LINES lines
             entries = _up_to(entries, CHUNK_LINES)
+            wait = (
+                entries[0].created + self.series_linger_s - time.time()
+                if entries and deadline is None and _lines_in(entries) < CHUNK_LINES
+                else 0.0
+            )
+            if wait > 0:
+                # a small batch lingers (at most series_linger_s after its first line) so the
+                # sinks get a few large writes instead of one per micro-batch
+                await asyncio.sleep(min(wait, self.series_linger_s))
+                continue
             if entries:
                 await self._deliver(entries)
             else:
@@ -1921,6 +1934,10 @@ def _until(payload: Mapping[str, Any], now_us: int) -> int:
     if isinstance(minutes, int | float) and not isinstance(minutes, bool) and minutes > 0:
         return now_us + int(minutes * 60_000_000)
     raise AlarmError("until", "give until (RFC 3339) or minutes (> 0)")
+
+
+def _lines_in(entries: list[Any]) -> int:
+    return sum(e.payload.count(b"\n") + 1 for e in entries)
 
 
 def _up_to(entries: list[Any], max_lines: int) -> list[Any]:
