@@ -83,6 +83,7 @@ __all__ = ["CHARTS", "Engine", "Points", "Spec"]
 CHARTS: tuple[str, ...] = ("imr", "xbar-r", "xbar-s", "p", "np", "c", "u", "ewma", "cusum")
 _IMR, _XBAR_R, _XBAR_S, _P, _NP, _C, _U, _EWMA, _CUSUM = range(len(CHARTS))
 _KIND = {name: code for code, name in enumerate(CHARTS)}
+_RUN_MIN = 32  # shorter runs of characteristics are gathered, not sliced
 _ATTRIBUTE = (_P, _NP, _C, _U)
 _DISPERSION = (_IMR, _XBAR_R, _XBAR_S)
 _TIMEWEIGHTED = (_EWMA, _CUSUM)
@@ -854,6 +855,10 @@ class Engine:
         if self._has_attr:
             self._check_attributes(idx, v, sz)
         kind = self._single_kind
+        if run and B < _RUN_MIN and B != K:
+            # a short run (single-value messages) is gathered: the rule banks bind views per
+            # distinct slice, which costs more than gathering a few columns
+            run = False
         if run:
             s = slice(lo, lo + B)
             if kind is not None:

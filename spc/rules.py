@@ -72,6 +72,9 @@ __all__ = [
     "violation_indices",
 ]
 
+#: Contiguous runs shorter than this are gathered unless their slice views are bound already.
+_SLICE_MIN = 32
+
 #: Longest window any rule may look at (runs and k-of-m windows), in points.
 MAX_WINDOW = 64
 
@@ -1941,6 +1944,9 @@ class RuleBank:
                     and int(sel[-1]) == a + n - 1
                     and a + n <= K
                     and (n < 3 or (sel == self._arange[a : a + n]).all())
+                    # a short run not seen before is gathered: binding views for each new
+                    # slice costs more than gathering a few columns (single-value messages)
+                    and (n >= _SLICE_MIN or ("s", a, a + n, 1) in self._bound)
                 ):
                     start, stop, stride = a, a + n, 1
                     sel = None

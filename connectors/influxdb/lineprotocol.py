@@ -436,6 +436,40 @@ def fields_text(fields: Mapping[str, Any]) -> str:
     return ",".join(parts)
 
 
+_FEW_ROWS = 4  # up to this many rows, field by field (columns cost more per call than they save)
+
+
+def _encode_few(
+    prefixes: Sequence[str],
+    fields: Mapping[str, Any],
+    stamps: list[int],
+    extra: Sequence[str] | None,
+) -> EncodedLines:
+    n = len(stamps)
+    keys = [(key.translate(_ESCAPE_KEY) + "=", col) for key, col in fields.items()]
+    for key, col in keys:
+        if len(col) != n:
+            raise ValueError(f"field {key[:-1]!r} has {len(col)} values, expected {n}")
+    if extra is not None and len(extra) != n:
+        raise ValueError(f"{len(extra)} extra field blocks for {n} rows")
+    lines = []
+    skipped = 0
+    for j in range(n):
+        parts = []
+        for key, col in keys:
+            v = col[j]
+            text = format_field_value(v.item() if isinstance(v, np.generic) else v)
+            if text is not None:
+                parts.append(key + text)
+        if extra is not None and extra[j]:
+            parts.append(extra[j])
+        if not parts:
+            skipped += 1
+            continue
+        lines.append(f"{prefixes[j]} {','.join(parts)} {stamps[j]}")
+    return EncodedLines(lines, skipped)
+
+
 def encode_rows(
     prefixes: Sequence[str],
     fields: Mapping[str, Any],
@@ -457,6 +491,8 @@ def encode_rows(
         raise ValueError(f"{len(prefixes)} prefixes for {n} rows")
     if any(not key for key in fields):
         raise ValueError("empty field key")
+    if n <= _FEW_ROWS:
+        return _encode_few(prefixes, fields, stamps, extra)
     encoded = []
     for key, col in fields.items():
         texts, missing = _column_texts(key, col, n)
