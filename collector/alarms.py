@@ -218,7 +218,14 @@ def alarm_id(
 
 def rfc3339(time_us: int) -> str:
     """RFC 3339 UTC with microseconds (``2026-11-26T09:30:00.123456Z``), exact for integer µs."""
-    return (_EPOCH + timedelta(microseconds=int(time_us))).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    sec, us = divmod(int(time_us), 1_000_000)
+    return f"{_second(sec)}.{us:06d}Z"
+
+
+@functools.lru_cache(maxsize=4096)
+def _second(sec: int) -> str:
+    # the date and time of one second, formatted once: an alarm's samples share seconds
+    return (_EPOCH + timedelta(seconds=sec)).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def _num(x: Any) -> float | None:

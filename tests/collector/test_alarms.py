@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from collector.alarmconfig import AlarmsConfig, ProcessStateBinding
 from collector.alarms import (
@@ -914,3 +916,13 @@ def test_kill_minus_9_loses_nothing_and_raises_nothing_twice(tmp_path: Path) -> 
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+
+
+@given(st.integers(-(10**15), 10**17))
+def test_rfc3339_equals_datetime_formatting(t: int) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from collector.alarms import rfc3339
+
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    assert rfc3339(t) == (epoch + timedelta(microseconds=t)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
