@@ -48,9 +48,9 @@ How (three processes beside the servers, one clock):
   outbox, often behind its previous round's PUBACKs), ``publish_to_subscriber``
   (broker → subscriber); ``publish_to_puback`` overlaps the last one.
 
-Broker tuning (``--broker-nodelay``: ``set_tcp_nodelay true``;
-``--broker-inflight N``: ``max_inflight_messages``) shows what the broker's
-defaults cost; the default run uses mosquitto as tests/servers.py starts it.
+The broker runs as deployed (``set_tcp_nodelay true``, as tests/servers.py and
+deploy/mosquitto/mosquitto.conf start it); ``--broker-nagle`` shows what
+stock mosquitto's Nagle costs, ``--broker-inflight N`` sets ``max_inflight_messages``.
 
 Targets (issue 5): p50 ≤ 2 ms and p99 ≤ 10 ms at 5 000 msg/s, p99 ≤ 25 ms at
 10 000 msg/s; a target counts as met only if every planted alarm arrived.
@@ -110,9 +110,9 @@ NOTE = (
     "machine: producer, mosquitto, VictoriaMetrics, the gateway and the subscriber compete "
     "for the same cores, so the figures are an upper bound of what a dedicated gateway does. "
     "No naive baseline: latency is compared with the issue's absolute targets. "
-    "Stock mosquitto leaves Nagle on (set_tcp_nodelay false): its PUBACKs to the alarm "
-    "publisher then wait ~40 ms for a delayed ACK, and the publisher's next round waits for "
-    "them; --broker-nodelay measures a broker with set_tcp_nodelay true."
+    "The broker runs with set_tcp_nodelay true, as deploy/mosquitto/mosquitto.conf sets it; "
+    "stock mosquitto leaves Nagle on and its PUBACKs to the alarm publisher then wait ~40 ms "
+    "for a delayed ACK (--broker-nagle measures that)."
 )
 
 
@@ -540,7 +540,7 @@ def _mosquitto(tmp: Path, max_inflight: int | None, nodelay: bool):
     ``set_tcp_nodelay`` when asked (tuning the broker, not the gateway)."""
     from tests.servers import free_port, mosquitto, require_binary, run_server
 
-    if max_inflight is None and not nodelay:
+    if max_inflight is None and nodelay:  # the fixture: set_tcp_nodelay true, as deployed
         with mosquitto(tmp) as server:
             yield server
         return
@@ -833,7 +833,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "mosquitto_max_inflight_messages": (
                 "20 (default)" if args.broker_inflight is None else args.broker_inflight
             ),
-            "mosquitto_set_tcp_nodelay": args.broker_nodelay,
+            "mosquitto_set_tcp_nodelay": not args.broker_nagle,
         },
         "runs": {},
     }
@@ -851,7 +851,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             with (
                 contextlib.closing(handler),
-                _mosquitto(tmp / "mqtt", args.broker_inflight, args.broker_nodelay) as broker,
+                _mosquitto(tmp / "mqtt", args.broker_inflight, not args.broker_nagle) as broker,
                 _victoria_metrics(tmp / "vm") as vm,
             ):
                 i = 0
@@ -893,9 +893,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="mosquitto max_inflight_messages (default: mosquitto's 20; 0 = no limit)",
     )
     ap.add_argument(
-        "--broker-nodelay",
+        "--broker-nagle",
         action="store_true",
-        help="mosquitto set_tcp_nodelay true (default: mosquitto's false, Nagle on)",
+        help="stock mosquitto's set_tcp_nodelay false (default: true, as deployed)",
     )
     ap.add_argument("--workdir", help="keep servers' and gateway's files and logs here (new dir)")
     args = ap.parse_args([] if argv is None else argv)
