@@ -1,15 +1,15 @@
 # shopspc — the two commands of the quick start, plus bench and lint.
 # Everything installs itself: a .venv for Python, Debian packages for the
 # real servers the integration tests start (mosquitto, influxdb 1.x,
-# victoria-metrics) when they are missing.
+# victoria-metrics) and headless Chromium for the web screens' browser tests, when missing.
 
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
-SERVER_BINS := mosquitto influxd victoria-metrics
-SERVER_PKGS := mosquitto influxdb victoria-metrics
+SERVER_BINS := mosquitto influxd victoria-metrics chromium chromedriver
+SERVER_PKGS := mosquitto influxdb victoria-metrics chromium chromium-driver
 
 .PHONY: demo test bench lint venv servers broker clean
 
