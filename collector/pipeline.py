@@ -777,6 +777,10 @@ class Gateway:
             streams={STREAM: StreamPolicy(synchronous="NORMAL", max_bytes=outbox_max_bytes)},
         )
         self._aio = self.outbox.aio
+        # processor → appender: (lines, futures of the batches they came from); bounded
+        self._appends: asyncio.Queue[tuple[list[str], list[asyncio.Future[None]]] | None] = (
+            asyncio.Queue(64)
+        )
         self._sink_backoff = Backoff(base=0.5, cap=30.0)
         self._wake = asyncio.Event()
         self._processor_done = asyncio.Event()
@@ -1102,6 +1106,7 @@ class Gateway:
                 notify_tasks = [tg.create_task(n.run(notify_stop)) for n in self.notifiers]
                 src_tasks = [tg.create_task(self._run_source(s)) for s in self.sources]
                 proc = tg.create_task(self._process_loop())
+                appender = tg.create_task(self._appender())
                 drain = tg.create_task(self._drain_loop())
                 saver = tg.create_task(self._save_loop())
                 limits = tg.create_task(self._limits_loop())
@@ -1110,6 +1115,7 @@ class Gateway:
                 await _cancel_all(src_tasks)
                 self._sources_done = True
                 await proc
+                await appender
                 self._processor_done.set()
                 self._wake.set()
                 await drain
@@ -1165,16 +1171,26 @@ class Gateway:
     async def _run_source(self, source: Any) -> None:
         loop = asyncio.get_running_loop()
 
-        async def emit(samples: Sequence[Sample]) -> None:
-            # returns once the batch is committed to the outbox: a source that acknowledges
-            # its peer after emit (MQTT QoS 1) never acknowledges what a crash could lose
+        async def submit(samples: Sequence[Sample]) -> asyncio.Future[None] | None:
+            # queues the batch; the future is done once its lines are committed to the outbox
             if not samples:
-                return
+                return None
             if self._queue.full():
                 self.stats.queue_waits += 1
             done = loop.create_future()
             await self._queue.put((source.name, list(samples), done))
-            await done
+            return done
+
+        async def emit(samples: Sequence[Sample]) -> None:
+            # returns once the batch is committed to the outbox: a source that acknowledges
+            # its peer after emit (an OPC UA / Modbus trigger ack) never acknowledges what a
+            # crash could lose
+            done = await submit(samples)
+            if done is not None:
+                await done
+
+        # for sources that acknowledge later, in order, and keep receiving meanwhile (MQTT)
+        emit.nowait = submit  # type: ignore[attr-defined]
 
         try:
             await source.run(emit)
@@ -1191,23 +1207,51 @@ class Gateway:
                 first = await asyncio.wait_for(self._queue.get(), 0.2)
             except TimeoutError:
                 if self._sources_done and self._queue.empty():
-                    return
+                    break
                 now = _now_us()
-                await self._append(self.tick_alarms(now) + self.close_windows(now))
+                await self._commit(self.tick_alarms(now) + self.close_windows(now), [])
                 await self._periodic()
                 continue
             items = [first]
             while len(items) < 500 and not self._queue.empty():
                 items.append(self._queue.get_nowait())
             self.stats.queue_depth = self._queue.qsize()
+            # alarms commit inside process(); the series lines go to the appender, so the
+            # next batch is judged while this one's lines are being committed
             lines = self.process([(name, samples) for name, samples, _ in items])
             now = _now_us()
             lines += self.tick_alarms(now) + self.close_windows(now)
-            await self._append(lines)
-            for *_, done in items:
-                if not done.done():
-                    done.set_result(None)
+            await self._commit(lines, [done for *_, done in items])
             await self._periodic()
+        await self._appends.put(None)  # the appender commits what is left, then ends
+
+    async def _commit(self, lines: list[str], done: list[asyncio.Future[None]]) -> None:
+        """Hand lines to the appender; ``done`` futures resolve once they are committed."""
+        if not lines and not done:
+            return
+        if self._appends.full():
+            self.stats.queue_waits += 1
+        await self._appends.put((lines, done))
+
+    async def _appender(self) -> None:
+        """Commit the processor's lines in order, several batches per commit, then resolve."""
+        while True:
+            item = await self._appends.get()
+            if item is None:
+                return
+            batch = [item]
+            while not self._appends.empty() and len(batch) < 64:
+                nxt = self._appends.get_nowait()
+                if nxt is None:
+                    self._appends.put_nowait(None)  # ends the loop after this commit
+                    break
+                batch.append(nxt)
+            lines = [ln for ls, _ in batch for ln in ls]
+            await self._append(lines)
+            for _, done in batch:
+                for fut in done:
+                    if not fut.done():
+                        fut.set_result(None)
 
     async def _periodic(self) -> None:
         now = time.monotonic()

@@ -6,8 +6,9 @@ never ends ``run``: a payload that does not decode or a value that is missing or
 not a finite number becomes a ``quality=bad`` sample with a status text and is
 counted in ``stats.bad_samples`` / ``stats.errors``. A lost connection is retried
 with capped, jittered :class:`Backoff`; the persistent session plus manual
-acknowledgement (after ``emit`` returns) means QoS≥1 messages published while
-the gateway was away are delivered after it reconnects. Only errors that cannot
+acknowledgement (only once the batch is committed to the gateway's outbox, in
+arrival order) means QoS≥1 messages published while the gateway was away, or
+received but not yet committed when it died, are delivered after it reconnects. Only errors that cannot
 heal by waiting (bad credentials, a refused subscription, a missing password
 variable) end ``run`` with a :class:`ConnectorError`.
 """
@@ -15,6 +16,7 @@ variable) end ``run`` with a :class:`ConnectorError`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import random
@@ -152,18 +154,42 @@ class MqttSource:
             log.error("%s: %s (not retrying)", self.where, exc.message)
 
     async def _pump(self, client: MqttClient, emit: Emit) -> None:
-        """Receive, map and emit until the connection ends (then ``client.receive`` raises)."""
+        """Receive, map and emit until the connection ends (then ``client.receive`` raises).
+
+        With a gateway that offers ``emit.nowait`` (a future done once the batch is
+        committed), messages are acknowledged later, in arrival order, as their
+        batches commit, and receiving goes on meanwhile; otherwise after ``emit``.
+        """
         max_batch = self.config.max_batch
+        submit = getattr(emit, "nowait", None)
+        pending: collections.deque[tuple[asyncio.Future[None] | None, list[Message]]]
+        pending = collections.deque()
+
+        def flush(_: object = None) -> None:
+            # MQTT wants PUBACKs in the order the PUBLISHes came: ack the committed head only
+            while pending and (pending[0][0] is None or pending[0][0].done()):
+                fut, msgs = pending.popleft()
+                if fut is None or (not fut.cancelled() and fut.exception() is None):
+                    client.ack(msgs)
+
         while True:
             messages = await client.receive(max_batch)
             samples = []
             for m in messages:
                 samples.extend(self._map(m))
             if samples:
-                await emit(samples)
                 self.stats.samples += len(samples)
                 self.stats.bad_samples += sum(1 for s in samples if s.quality is Quality.BAD)
-            client.ack(messages)
+            if submit is None:
+                if samples:
+                    await emit(samples)
+                client.ack(messages)
+            else:
+                fut = await submit(samples) if samples else None
+                pending.append((fut, messages))
+                if fut is not None:
+                    fut.add_done_callback(flush)
+                flush()
             self.stats.dropped = self._dropped_before + client.dropped
 
     def _map(self, m: Message) -> list[Sample]:
