@@ -611,7 +611,7 @@ def _probe_source(source: Any, received: dict[str, int], at_gateway: dict[str, i
     run = source.run
 
     async def probed(emit):
-        async def timed(samples):
+        def stamp(samples):
             now = time.monotonic_ns()
             offset = time.time_ns() - now
             for s in samples:
@@ -619,8 +619,17 @@ def _probe_source(source: Any, received: dict[str, int], at_gateway: dict[str, i
                 if ser is not None and ser[:1] == "p" and ser not in at_gateway:
                     at_gateway[ser] = now
                     received[ser] = s.gateway_time_us * 1000 - offset
+
+        async def timed(samples):
+            stamp(samples)
             await emit(samples)
 
+        async def timed_nowait(samples):
+            stamp(samples)
+            return await emit.nowait(samples)
+
+        if hasattr(emit, "nowait"):  # the source acknowledges later: keep that path
+            timed.nowait = timed_nowait
         await run(timed)
 
     source.run = probed
