@@ -993,6 +993,9 @@ def create_app(gateway: Any, settings: ApiSettings) -> FastAPI:
     _probe_routes(app)
     gateway.point_listeners += [state.recent.on_points, stream.on_points]
     gateway.alarm_listeners += [stream.on_alarm, state.metrics.on_alarm]
+    from collector.api.webapp import mount_web
+
+    mount_web(app, settings)
     return app
 
 
