@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import re
 import signal
@@ -17,11 +18,13 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from collector.config import parse_config
+from collector.config import GatewayConfig, parse_config
 from collector.live import run_live_demo
 from collector.pipeline import Gateway
 from collector.simulate import run_simulation
+from connectors.base import Quality, Sample
 from connectors.localstore.store import SeriesStore
+from tests.collector.test_pipeline import RecordingSink
 from tests.servers import free_port, require_binary
 
 pytestmark = pytest.mark.integration
@@ -157,3 +160,78 @@ async def test_live_demo_shows_values_and_alarms(tmp_path) -> None:
     assert "ALARM" in text
     assert "cmm-1/bore-dia" in text and "vision-1/height" in text
     assert "stopped:" in text and gw.stats.outbox_pending == 0
+
+
+@pytest.mark.integration
+async def test_alarms_reach_a_signed_webhook_from_the_gateway_config(tmp_path, monkeypatch) -> None:
+    """`alarms.webhook` in the config: every raised alarm POSTed in order, HMAC-signed."""
+    from tests.connectors.webhook.test_client import SECRET, HookServer
+
+    monkeypatch.setenv("SHOPSPC_TEST_HOOK", SECRET.decode())
+    hook = HookServer().start()
+    try:
+        hook.plan = [503]  # the receiver is busy once: retried, delivered once
+        cfg = GatewayConfig.model_validate(
+            {
+                "version": 1,
+                "gateway": {"id": "gw-hook", "http": ""},
+                "sources": {"dev": {"kind": "mqtt"}},
+                "alarms": {
+                    "webhook": {
+                        "url": hook.url,
+                        "secret_env": "SHOPSPC_TEST_HOOK",
+                        "timeout_s": 3,
+                        "retry_base_s": 0.05,
+                        "retry_cap_s": 0.2,
+                    }
+                },
+                "characteristics": [
+                    {
+                        "id": "a",
+                        "site": "s",
+                        "area": "a",
+                        "line": "l",
+                        "station": "st",
+                        "value": {"source": "dev", "binding": "a"},
+                        "limits": {"center": 10.0, "sigma": 1.0},
+                        "rules": ["N1"],
+                        "rules_dispersion": "none",
+                    }
+                ],
+            }
+        )
+        gw = Gateway(cfg, {}, data_dir=tmp_path, sources=[], sinks=[RecordingSink()])
+        stop = asyncio.Event()
+        run = asyncio.create_task(gw.run(stop))
+        try:
+            t0 = 1_764_000_000_000_000
+            values = [10.0, 15.0, 10.0, 10.0, 10.0, 10.0, 10.0, 4.0]  # two N1 alarms
+            gw.process(
+                [
+                    (
+                        "dev",
+                        [
+                            Sample("a", v, Quality.GOOD, t0 + k, t0 + k, serial=f"P{k}")
+                            for k, v in enumerate(values)
+                        ],
+                    )
+                ]
+            )
+            async with asyncio.timeout(20):
+                while sum(1 for h in hook.hits if h.status == 200) < 3:
+                    await asyncio.sleep(0.05)
+        finally:
+            stop.set()
+            await run
+    finally:
+        hook.stop()
+    delivered = [json.loads(h.body) for h in hook.hits if h.status == 200]
+    assert all(h.verified for h in hook.hits)  # every request carries a valid HMAC
+    assert [(p["event"], p["part_serial"]) for p in delivered] == [
+        ("raised", "P1"),
+        ("cleared", "P1"),
+        ("raised", "P7"),
+    ]
+    assert [p["seq"] for p in delivered] == [1, 2, 3]
+    assert hook.hits[0].status == 503 and json.loads(hook.hits[0].body)["seq"] == 1
+    assert hook.hits[0].headers["x-shopspc-event-id"] == f"{delivered[0]['alarm_id']}:raised"
