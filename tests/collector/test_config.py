@@ -159,3 +159,25 @@ def test_committed_json_schema_is_current() -> None:
     }
     assert kinds == {"modbus", "mqtt", "opcua"}
     assert committed["$defs"]["Characteristic"]["additionalProperties"] is False
+
+
+@pytest.mark.parametrize(
+    "name", sorted(p.name for p in (Path(__file__).parents[2] / "config").glob("*.yaml"))
+)
+def test_every_example_config_in_config_dir_loads(name: str) -> None:
+    """The documented example configurations in config/ pass the loader `shopspc run` uses."""
+    from collector.config import load_config
+
+    cfg, connectors = load_config(Path(__file__).parents[2] / "config" / name)
+    assert cfg.characteristics and set(connectors) == set(cfg.sources) | set(cfg.sinks)
+
+
+def test_plant_example_uses_the_alarm_and_chart_features() -> None:
+    from collector.config import load_config
+
+    cfg, _ = load_config(Path(__file__).parents[2] / "config" / "plant.example.yaml")
+    charts = {c.id: c for c in cfg.characteristics}
+    assert charts["final-test-rejects"].sample_size is not None
+    assert charts["flatness"].shortrun is not None and charts["bore-dia"].klass == "critical-dim"
+    assert cfg.alarms.mqtt is not None and cfg.alarms.webhook is not None
+    assert cfg.alarms.process_state and cfg.alarms.severity["critical-dim"]["N1"] == "critical"
