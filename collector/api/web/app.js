@@ -688,7 +688,7 @@ function chartScreen(view, path, engineer = false) {
     }
   }
 
-  const COLS = ["time_us", "statistic", "center", "lcl", "ucl", "sigma", "zone", "violations", "limits_id"];
+  const COLS = ["time_us", "statistic", "center", "lcl", "ucl", "zone", "violations", "limits_id"];
   return {
     refresh,
     onAlarm: () => {},
@@ -699,14 +699,15 @@ function chartScreen(view, path, engineer = false) {
         if (p !== st.path) return;
         for (const c of COLS) st.pts[c].push(ev[c][k]);
         st.pts.serial.push(null);
-        st.pts.sigma[st.pts.sigma.length - 1] = ev.center[k] !== null && ev.ucl[k] !== null ? (ev.ucl[k] - ev.center[k]) / 3 : null;
+        // the stream carries no σ; the limits are centre ± 3σ for the charts drawn here
+        st.pts.sigma.push(ev.center[k] !== null && ev.ucl[k] !== null ? (ev.ucl[k] - ev.center[k]) / 3 : null);
         added += 1;
       });
       if (!added) return;
       st.pts.n += added;
       if (st.pts.n > 1000) {
         const cut = st.pts.n - 1000;
-        for (const c of [...COLS, "serial"]) st.pts[c].splice(0, cut);
+        for (const c of [...COLS, "serial", "sigma"]) st.pts[c].splice(0, cut);
         st.pts.n = 1000;
         if (st.sel !== null) st.sel = st.sel >= cut ? st.sel - cut : null;
       }
