@@ -292,7 +292,9 @@ class _Drainer:
             if stop.is_set() and not until_empty:
                 return
             self._wake.clear()  # a notify() from here on triggers another round
-            entries = await self._aio.peek(self.stream, self.batch, in_order=True)
+            # read on the loop: a few small rows, no worker-thread hop between an alarm's
+            # commit and its publish (that hop waits for the GIL under load)
+            entries = self.outbox.peek(self.stream, self.batch, in_order=True)
             if not entries:
                 if until_empty:
                     return
