@@ -250,7 +250,7 @@ function overviewScreen(view) {
         },
         h("span", { class: "when" }, fmtTime(a.raised_us).slice(11)),
         h("span", { class: "rule" }, a.rule),
-        h("span", {}, `${a.line} · ${a.station} · ${a.characteristic}`),
+        h("span", {}, `${a.line} · ${a.station} · ${a.characteristic} (${a.chart})`),
         h("span", { class: "num" }, fmtNum(a.last_value)),
         h("span", { class: `pill ${a.status}` }, t(a.status)),
       ),
@@ -606,16 +606,40 @@ function chartScreen(view, path, engineer = false) {
           draw();
           showPoint(i);
         },
-        onWheel: (dy) => {
-          st.shown = Math.max(10, Math.min(1000, Math.round(st.shown * (dy > 0 ? 1.25 : 0.8))));
-          zoom.value = String(st.shown);
-          draw();
-        },
+        onWheel,
       }),
     );
+    if (st.pts.disp_statistic?.some((v) => v !== null)) {
+      // the dispersion chart (MR, R or S) under the centre chart, same window
+      const d = st.pts;
+      const disp = {
+        n: d.n,
+        time_us: d.time_us,
+        statistic: d.disp_statistic,
+        center: d.disp_center,
+        lcl: d.disp_lcl,
+        ucl: d.disp_ucl,
+        sigma: d.disp_center.map(() => null),
+        violations: d.disp_statistic.map(() => ""),
+      };
+      chartBox.append(
+        drawControlChart(disp, first, last, {
+          labels: { center: t("center"), ucl: t("ucl"), lcl: t("lcl") },
+          height: 200,
+          className: "dispersion-chart",
+          onWheel,
+        }),
+      );
+    }
   }
 
-  const pointBox = h("div", { class: "card", id: "point-context" });
+  function onWheel(dy) {
+    st.shown = Math.max(10, Math.min(1000, Math.round(st.shown * (dy > 0 ? 1.25 : 0.8))));
+    zoom.value = String(st.shown);
+    draw();
+  }
+
+  const pointBox = h("div", { class: "card", id: "point-context" }, h("p", { class: "muted" }, t("click_point")));
 
   async function showPoint(i) {
     const p = st.pts;
@@ -688,6 +712,7 @@ function chartScreen(view, path, engineer = false) {
     }
   }
 
+  const DISP = ["disp_statistic", "disp_center", "disp_lcl", "disp_ucl"];
   const COLS = ["time_us", "statistic", "center", "lcl", "ucl", "zone", "violations", "limits_id"];
   return {
     refresh,
@@ -699,6 +724,7 @@ function chartScreen(view, path, engineer = false) {
         if (p !== st.path) return;
         for (const c of COLS) st.pts[c].push(ev[c][k]);
         st.pts.serial.push(null);
+        for (const c of DISP) st.pts[c]?.push(null); // the stream carries the centre chart only
         // the stream carries no σ; the limits are centre ± 3σ for the charts drawn here
         st.pts.sigma.push(ev.center[k] !== null && ev.ucl[k] !== null ? (ev.ucl[k] - ev.center[k]) / 3 : null);
         added += 1;
@@ -707,7 +733,7 @@ function chartScreen(view, path, engineer = false) {
       st.pts.n += added;
       if (st.pts.n > 1000) {
         const cut = st.pts.n - 1000;
-        for (const c of [...COLS, "serial", "sigma"]) st.pts[c].splice(0, cut);
+        for (const c of [...COLS, ...DISP, "serial", "sigma"]) st.pts[c]?.splice(0, cut);
         st.pts.n = 1000;
         if (st.sel !== null) st.sel = st.sel >= cut ? st.sel - cut : null;
       }

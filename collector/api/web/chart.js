@@ -42,7 +42,7 @@ function pathOf(xs, ys, step = false) {
  */
 export function drawControlChart(pts, first, last, opts) {
   const W = 1000;
-  const H = 440;
+  const H = opts.height || 440;
   const L = 64;
   const R = 70;
   const T = 24;
@@ -72,14 +72,17 @@ export function drawControlChart(pts, first, last, opts) {
   const X = idx.map((_, j) => px(j));
   const Y = (arr) => arr.map((v) => (finite(v) ? py(v) : null));
 
-  const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", class: "control-chart" });
+  const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", class: opts.className || "control-chart" });
   svg.append(s("line", { class: "axis", x1: L, y1: T, x2: L, y2: H - B }));
   svg.append(s("line", { class: "axis", x1: L, y1: H - B, x2: W - R, y2: H - B }));
   for (let k = 0; k <= 4; k++) {
     const v = lo + ((hi - lo) * k) / 4;
     svg.append(s("text", { x: L - 6, y: py(v) + 4, "text-anchor": "end" }, fmt(v)));
   }
-  for (const k of [-2, -1, 1, 2]) svg.append(s("path", { class: "zone", d: pathOf(X, Y(up(k)), true) }));
+  for (const k of [-2, -1, 1, 2]) {
+    const d = pathOf(X, Y(up(k)), true);
+    if (d) svg.append(s("path", { class: "zone", d }));
+  }
   svg.append(s("path", { class: "cl", d: pathOf(X, Y(cl), true) }));
   svg.append(s("path", { class: "ctl", d: pathOf(X, Y(ucl), true) }));
   svg.append(s("path", { class: "ctl", d: pathOf(X, Y(lcl), true) }));
@@ -128,7 +131,13 @@ export function drawControlChart(pts, first, last, opts) {
   const t0 = pts.time_us[first];
   const t1 = pts.time_us[last - 1];
   if (t0 !== undefined) {
-    const hm = (us) => new Date(us / 1000).toLocaleTimeString();
+    const ms = t1 - t0 < 60e6; // a short window: milliseconds tell the points apart
+    const hm = (us) => {
+      const d = new Date(us / 1000);
+      const p2 = (v) => String(v).padStart(2, "0");
+      const hms = `${p2(d.getHours())}:${p2(d.getMinutes())}:${p2(d.getSeconds())}`;
+      return ms ? `${hms}.${String(d.getMilliseconds()).padStart(3, "0")}` : hms;
+    };
     svg.append(s("text", { x: L, y: H - 8 }, hm(t0)));
     svg.append(s("text", { x: W - R, y: H - 8, "text-anchor": "end" }, hm(t1)));
   }
@@ -200,7 +209,7 @@ export function drawPareto(bars, labels) {
   const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", class: "pareto" });
   const total = bars.reduce((a, b) => a + b.count, 0) || 1;
   const top = Math.max(...bars.map((b) => b.count), 1);
-  const bw = (W - L - R) / bars.length;
+  const bw = Math.min(70, (W - L - R) / bars.length);
   let cum = 0;
   const pts = [];
   bars.forEach((b, j) => {

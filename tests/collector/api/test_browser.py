@@ -247,27 +247,36 @@ def test_chart_view_draws_limits_zones_violations_and_appends_live(served, brows
     _sign_in(d, served.url)
     _wait(d, "the overview", lambda d: len(_css(d, ".tile")) == 3)
     _css(d, f'.tile[data-path="{A}"]')[0].click()
-    _wait(d, "the control chart", lambda d: _css(d, "#control-chart svg circle.pt"))
+    _wait(d, "the control chart", lambda d: _css(d, "#control-chart svg.control-chart circle.pt"))
     _wait(d, "the capability", lambda d: "Cpk" in d.find_element("id", "capability").text)
-    svg = _css(d, "#control-chart svg")[0]
-    assert len(_css(d, "#control-chart path.ctl")) == 2  # UCL, LCL
-    assert len(_css(d, "#control-chart path.zone")) == 4  # ±1σ, ±2σ
-    assert len(_css(d, "#control-chart line.spec")) == 2  # LSL, USL
-    assert [e.text for e in _css(d, "#control-chart text.code")] == ["N1"]
-    before = len(_css(d, "#control-chart circle.pt"))
+    svg = _css(d, "#control-chart svg.control-chart")[0]
+    assert len(_css(d, "#control-chart svg.control-chart path.ctl")) == 2  # UCL, LCL
+    assert len(_css(d, "#control-chart svg.control-chart path.zone")) == 4  # ±1σ, ±2σ
+    assert len(_css(d, "#control-chart svg.control-chart line.spec")) == 2  # LSL, USL
+    assert [e.text for e in _css(d, "#control-chart svg.control-chart text.code")] == ["N1"]
+    assert _css(d, "#control-chart svg.dispersion-chart circle.pt")  # the MR chart
+    before = len(_css(d, "#control-chart svg.control-chart circle.pt"))
     assert before == 61 and "USL" in svg.text
     _shot(d, "chart")
 
     served.call(lambda: served.gw.process([("dev", [sample("a", 10.5, 101, "P101")])]))
-    _wait(d, "the live point", lambda d: len(_css(d, "#control-chart circle.pt")) == before + 1)
+    _wait(
+        d,
+        "the live point",
+        lambda d: len(_css(d, "#control-chart svg.control-chart circle.pt")) == before + 1,
+    )
 
     # zoom to the newest points, pick one: its zone, rule and 5M1E context
     from selenium.webdriver.common.keys import Keys
 
     zoom = d.find_element("id", "zoom")
     zoom.send_keys(Keys.HOME)  # the range's minimum: 10 points
-    _wait(d, "the zoomed chart", lambda d: len(_css(d, "#control-chart circle.pt")) == 10)
-    _css(d, "#control-chart circle.pt.viol")[0].click()
+    _wait(
+        d,
+        "the zoomed chart",
+        lambda d: len(_css(d, "#control-chart svg.control-chart circle.pt")) == 10,
+    )
+    _css(d, "#control-chart svg.control-chart circle.pt.viol")[0].click()
     _wait(d, "the point's details", lambda d: "N1" in d.find_element("id", "point-context").text)
     assert "P100" in d.find_element("id", "point-context").text
 
