@@ -1204,7 +1204,12 @@ class Gateway:
     async def _process_loop(self) -> None:
         while True:
             try:
-                first = await asyncio.wait_for(self._queue.get(), 0.2)
+                # wait_for makes a task per call: only when there is nothing to take yet
+                first = (
+                    self._queue.get_nowait()
+                    if not self._queue.empty()
+                    else await asyncio.wait_for(self._queue.get(), 0.2)
+                )
             except TimeoutError:
                 if self._sources_done and self._queue.empty():
                     break
