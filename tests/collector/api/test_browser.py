@@ -144,16 +144,49 @@ def browser() -> Iterator[Any]:
 
 
 def _wait(driver: Any, what: str, cond: Callable[[Any], Any]) -> Any:
-    from selenium.common.exceptions import TimeoutException
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
+    # live events re-render the screens: an element found a moment ago may be gone
+    wait = WebDriverWait(
+        driver, WAIT_S, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)
+    )
     try:
-        return WebDriverWait(driver, WAIT_S, poll_frequency=0.1).until(cond)
+        return wait.until(cond)
     except TimeoutException:
         logs = ""
         with contextlib.suppress(Exception):
             logs = "\n".join(str(e) for e in driver.get_log("browser"))
         raise AssertionError(f"waited {WAIT_S} s for {what}; browser log:\n{logs}") from None
+
+
+def _text(driver: Any, sel: str) -> str | None:
+    """The text of the first match, read in one step (no element handle to go stale)."""
+    return driver.execute_script(
+        "const e = document.querySelector(arguments[0]); return e ? e.textContent : null", sel
+    )
+
+
+def _attr(driver: Any, sel: str, name: str) -> str | None:
+    """An attribute of the first match, read in one step."""
+    return driver.execute_script(
+        "const e = document.querySelector(arguments[0]); return e ? e.getAttribute(arguments[1]) : null",
+        sel,
+        name,
+    )
+
+
+def _click(driver: Any, sel: str) -> None:
+    """Click the first match once it is there (retried while re-renders replace it)."""
+
+    def click(d: Any) -> bool:
+        found = _css(d, sel)
+        if not found:
+            return False
+        found[0].click()
+        return True
+
+    _wait(driver, f"a click on {sel}", click)
 
 
 def _css(driver: Any, sel: str) -> list[Any]:
@@ -162,10 +195,19 @@ def _css(driver: Any, sel: str) -> list[Any]:
     return driver.find_elements(By.CSS_SELECTOR, sel)
 
 
-def _shot(driver: Any, name: str) -> None:
-    if os.environ.get("SHOPSPC_SCREENSHOTS") == "1":
-        SHOTS.mkdir(parents=True, exist_ok=True)
+def _shot(driver: Any, name: str, height: int | None = None) -> None:
+    """A PNG of the page into docs/screenshots/ when SHOPSPC_SCREENSHOTS=1 (``height``: a taller window)."""
+    if os.environ.get("SHOPSPC_SCREENSHOTS") != "1":
+        return
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    size = driver.get_window_size()
+    if height is not None:
+        driver.set_window_size(size["width"], height)
+    try:
         driver.save_screenshot(str(SHOTS / f"{name}.png"))
+    finally:
+        if height is not None:
+            driver.set_window_size(size["width"], size["height"])
 
 
 def _sign_in(driver: Any, url: str) -> None:
@@ -182,8 +224,7 @@ def _sign_in(driver: Any, url: str) -> None:
 
 
 def _tile_state(driver: Any, path: str) -> str | None:
-    tiles = _css(driver, f'.tile[data-path="{path}"]')
-    return tiles[0].get_attribute("data-state") if tiles else None
+    return _attr(driver, f'.tile[data-path="{path}"]', "data-state")
 
 
 def test_overview_shows_a_planted_alarm_live_and_it_is_acknowledged(served, browser) -> None:
@@ -191,26 +232,32 @@ def test_overview_shows_a_planted_alarm_live_and_it_is_acknowledged(served, brow
     _sign_in(d, served.url)
     _wait(d, "three tiles", lambda d: len(_css(d, ".tile")) == 3)
     assert _tile_state(d, A) == "ok"
-    _wait(
-        d, "the live stream", lambda d: "on" in d.find_element("id", "live").get_attribute("class")
-    )
-    assert "No open alarms" in d.find_element("id", "newest-alarms").text
+    _wait(d, "the live stream", lambda d: "on" in _attr(d, "#live", "class"))
+    assert "No open alarms" in _text(d, "#newest-alarms")
     _shot(d, "overview")
 
     # a planted out-of-control value: the tile turns red, the alarm is listed, no reload
     served.call(lambda: served.gw.process([("dev", [sample("a", 30.0, 100, "P100")])]))
     _wait(d, "the red tile", lambda d: _tile_state(d, A) == "bad")
     _wait(d, "the alarm on top", lambda d: _css(d, "#newest-alarms li[data-alarm]"))
-    row = _css(d, "#newest-alarms li[data-alarm]")[0]
-    assert "N1" in row.text and "30" in row.text
-    alarm_id = row.get_attribute("data-alarm")
+    # the x chart's N1 (its MR chart raises one too), listed among the newest
+    alarm_id = _wait(
+        d,
+        "the x alarm",
+        lambda d: d.execute_script(
+            "const li = [...document.querySelectorAll('#newest-alarms li[data-alarm]')]"
+            ".find((e) => e.textContent.includes('(x)'));"
+            "return li && li.textContent.includes('N1') && li.textContent.includes('30')"
+            " ? li.dataset.alarm : null"
+        ),
+    )
     _shot(d, "overview-alarm")
 
     # the alarm view: acknowledge with a comment and an assignable cause
-    d.find_element("id", "nav-alarms").click()
+    _click(d, "#nav-alarms")
     _wait(d, "the alarm row", lambda d: _css(d, f'tr[data-alarm="{alarm_id}"] button.ack'))
     _shot(d, "alarms")
-    _css(d, f'tr[data-alarm="{alarm_id}"] button.ack')[0].click()
+    _click(d, f'tr[data-alarm="{alarm_id}"] button.ack')
     _wait(d, "the acknowledge dialog", lambda d: _css(d, "#ack-form"))
     d.find_element("id", "ack-comment").send_keys("insert changed")
     cause = d.find_element("id", "ack-cause")
@@ -222,16 +269,9 @@ def test_overview_shows_a_planted_alarm_live_and_it_is_acknowledged(served, brow
         cause.send_keys("machine:MC-TOOL-WEAR")
     _shot(d, "acknowledge")
     d.find_element("id", "ack-submit").click()
-    _wait(
-        d,
-        "the acknowledged status",
-        lambda d: any(
-            r.get_attribute("data-status") == "acknowledged"
-            for r in _css(d, f'tr[data-alarm="{alarm_id}"]')
-        ),
-    )
-    row = _css(d, f'tr[data-alarm="{alarm_id}"]')[0]
-    assert USER in row.text and "MC-TOOL-WEAR" in row.text
+    row = f'tr[data-alarm="{alarm_id}"]'
+    _wait(d, "the acknowledged status", lambda d: _attr(d, row, "data-status") == "acknowledged")
+    assert USER in _text(d, row) and "MC-TOOL-WEAR" in _text(d, row)
     assert not _css(d, f'tr[data-alarm="{alarm_id}"] button.ack')
     _wait(d, "the Pareto bar", lambda d: _css(d, "#pareto svg rect.cause"))
     _shot(d, "alarms-acknowledged")
@@ -246,17 +286,16 @@ def test_chart_view_draws_limits_zones_violations_and_appends_live(served, brows
     served.call(lambda: served.gw.process([("dev", [sample("a", 30.0, 100, "P100")])]))
     _sign_in(d, served.url)
     _wait(d, "the overview", lambda d: len(_css(d, ".tile")) == 3)
-    _css(d, f'.tile[data-path="{A}"]')[0].click()
+    _click(d, f'.tile[data-path="{A}"]')
     _wait(d, "the control chart", lambda d: _css(d, "#control-chart svg.control-chart circle.pt"))
-    _wait(d, "the capability", lambda d: "Cpk" in d.find_element("id", "capability").text)
-    svg = _css(d, "#control-chart svg.control-chart")[0]
+    _wait(d, "the capability", lambda d: "Cpk" in (_text(d, "#capability") or ""))
     assert len(_css(d, "#control-chart svg.control-chart path.ctl")) == 2  # UCL, LCL
     assert len(_css(d, "#control-chart svg.control-chart path.zone")) == 4  # ±1σ, ±2σ
     assert len(_css(d, "#control-chart svg.control-chart line.spec")) == 2  # LSL, USL
     assert [e.text for e in _css(d, "#control-chart svg.control-chart text.code")] == ["N1"]
     assert _css(d, "#control-chart svg.dispersion-chart circle.pt")  # the MR chart
     before = len(_css(d, "#control-chart svg.control-chart circle.pt"))
-    assert before == 61 and "USL" in svg.text
+    assert before == 61 and "USL" in _text(d, "#control-chart svg.control-chart")
     _shot(d, "chart")
 
     served.call(lambda: served.gw.process([("dev", [sample("a", 10.5, 101, "P101")])]))
@@ -276,26 +315,26 @@ def test_chart_view_draws_limits_zones_violations_and_appends_live(served, brows
         "the zoomed chart",
         lambda d: len(_css(d, "#control-chart svg.control-chart circle.pt")) == 10,
     )
-    _css(d, "#control-chart svg.control-chart circle.pt.viol")[0].click()
-    _wait(d, "the point's details", lambda d: "N1" in d.find_element("id", "point-context").text)
-    assert "P100" in d.find_element("id", "point-context").text
+    _click(d, "#control-chart svg.control-chart circle.pt.viol")
+    _wait(d, "the point's details", lambda d: "N1" in _text(d, "#point-context"))
+    assert "P100" in _text(d, "#point-context")
 
     # the engineer view: limits in force and their history
     d.get(f"{served.url}/#/engineer/{A}")
     _wait(d, "the limits history", lambda d: _css(d, "#limits-history tbody tr"))
-    assert "Recompute limits" in d.find_element("id", "limits").text
-    _shot(d, "engineer")
+    assert "Recompute limits" in _text(d, "#limits")
+    _shot(d, "engineer", height=1900)
 
 
 def test_language_switch_is_remembered(served, browser) -> None:
     d = browser
     _sign_in(d, served.url)
     _wait(d, "the overview", lambda d: len(_css(d, ".tile")) == 3)
-    assert d.find_element("id", "nav-overview").text == "Line overview"
-    d.find_element("id", "lang").click()
-    _wait(d, "Chinese labels", lambda d: d.find_element("id", "nav-overview").text == "产线总览")
-    _wait(d, "Chinese tiles", lambda d: "受控" in d.find_element("id", "tiles").text)
+    assert _text(d, "#nav-overview") == "Line overview"
+    _click(d, "#lang")
+    _wait(d, "Chinese labels", lambda d: _text(d, "#nav-overview") == "产线总览")
+    _wait(d, "Chinese tiles", lambda d: "受控" in _text(d, "#tiles"))
     _shot(d, "overview-zh")
     d.refresh()
-    _wait(d, "Chinese after a reload", lambda d: d.find_element("id", "nav-alarms").text == "报警")
+    _wait(d, "Chinese after a reload", lambda d: _text(d, "#nav-alarms") == "报警")
     assert d.execute_script("return localStorage.getItem('shopspc.lang')") == "zh"
