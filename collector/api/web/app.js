@@ -156,6 +156,7 @@ function toggleLanguage() {
   setLanguage(language() === "zh" ? "en" : "zh");
   applyI18n();
   if (session.name) {
+    showWho();
     setLive(live.es?.readyState === EventSource.OPEN);
     route();
   }
@@ -199,13 +200,17 @@ async function onLogout() {
   showLogin();
 }
 
+function showWho() {
+  $("#who").textContent = session.name ? `${session.name} (${t(`role_${session.role}`)})` : "";
+}
+
 function started(me) {
   session.name = me.name;
   session.role = me.role;
   session.csrf = me.csrf_token;
   $("#login").hidden = true;
   $("#bar").hidden = false;
-  $("#who").textContent = `${me.name} (${me.role})`;
+  showWho();
   connect();
   route();
 }
@@ -803,6 +808,8 @@ function recomputeForm(path) {
   const form = h(
     "form",
     {
+      class: "stack",
+      id: "recompute",
       onsubmit: async (ev) => {
         ev.preventDefault();
         out.replaceChildren();
@@ -832,8 +839,8 @@ function recomputeForm(path) {
     h("div", { class: "toolbar" }, h("label", {}, t("from"), from), h("label", {}, t("to"), to)),
     h("label", {}, t("reason"), reason),
     h("label", {}, t("exclude"), exclude),
-    h("label", {}, dry, t("dry_run")),
-    h("button", { type: "submit" }, t("run")),
+    h("label", { class: "inline" }, dry, t("dry_run")),
+    h("div", {}, h("button", { type: "submit" }, t("run"))),
     out,
   );
   return form;

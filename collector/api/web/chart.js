@@ -44,7 +44,7 @@ export function drawControlChart(pts, first, last, opts) {
   const W = 1000;
   const H = opts.height || 440;
   const L = 64;
-  const R = 70;
+  const R = 96;
   const T = 24;
   const B = 30;
   const idx = [];

@@ -87,6 +87,9 @@ export const STRINGS = {
     cat_environment: "Environment 环",
     cat_measurement: "Measurement 测",
     causes_unavailable: "The gateway does not list its causes: type category:code",
+    role_operator: "operator",
+    role_engineer: "engineer",
+    role_admin: "admin",
     language: "中文",
   },
   zh: {
@@ -176,6 +179,9 @@ export const STRINGS = {
     cat_environment: "环 Environment",
     cat_measurement: "测 Measurement",
     causes_unavailable: "网关未提供原因列表：请输入 类别:代码",
+    role_operator: "操作员",
+    role_engineer: "工程师",
+    role_admin: "管理员",
     language: "English",
   },
 };
