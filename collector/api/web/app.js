@@ -373,6 +373,7 @@ async function ackDialog(alarm, done) {
   const list = await loadCauses();
   let cause;
   let action;
+  let causeHints = null;
   if (list) {
     cause = h(
       "select",
@@ -396,7 +397,19 @@ async function ackDialog(alarm, done) {
       list.actions.map((a) => h("option", { value: a.code }, `${a.code} · ${wording(a)}`)),
     );
   } else {
-    cause = h("input", { id: "ack-cause", name: "cause", placeholder: "machine:MC-TOOL-WEAR" });
+    // no list from the gateway: offer the causes acknowledged before (the Pareto knows them)
+    let seen = [];
+    try {
+      seen = (await api("/alarms/pareto?since=-365d")).filter((c) => c.code);
+    } catch {
+      /* typed codes still work */
+    }
+    cause = h("input", { id: "ack-cause", name: "cause", list: "ack-cause-list", placeholder: "machine:MC-TOOL-WEAR" });
+    causeHints = h(
+      "datalist",
+      { id: "ack-cause-list" },
+      seen.map((c) => h("option", { value: `${c.category}:${c.code}` }, `${t(CAT_KEY[c.category] || c.category)} · ${c.text || c.code}`)),
+    );
     action = h("input", { id: "ack-action", name: "action" });
   }
   const comment = h("textarea", { id: "ack-comment", name: "comment", rows: "3" });
@@ -421,7 +434,7 @@ async function ackDialog(alarm, done) {
     },
     h("h2", {}, `${t("acknowledge")}: ${alarm.characteristic} ${alarm.rule}`),
     h("label", {}, t("comment"), comment),
-    h("label", {}, t("cause"), cause),
+    h("label", {}, t("cause"), cause, causeHints),
     list ? null : h("span", { class: "muted" }, t("causes_unavailable")),
     h("label", {}, t("action"), action),
     err,
@@ -467,7 +480,7 @@ function shelveDialog(alarm, done) {
       "div",
       { class: "buttons" },
       h("button", { type: "button", class: "plain", onclick: closeDialog }, t("cancel")),
-      h("button", { type: "submit" }, t("shelve")),
+      h("button", { type: "submit", id: "shelve-submit" }, t("shelve")),
     ),
   );
   const d = $("#dialog");
@@ -497,8 +510,8 @@ function alarmScreen(view) {
     if (roleAtLeast("engineer")) {
       buttons.push(
         a.shelved_until
-          ? h("button", { class: "plain", onclick: () => unshelve(a) }, t("unshelve"))
-          : h("button", { class: "plain", onclick: () => shelveDialog(a, refresh) }, t("shelve")),
+          ? h("button", { class: "plain unshelve", onclick: () => unshelve(a) }, t("unshelve"))
+          : h("button", { class: "plain shelve", onclick: () => shelveDialog(a, refresh) }, t("shelve")),
       );
     }
     return h(
@@ -594,11 +607,29 @@ function chartScreen(view, path, engineer = false) {
     },
   });
 
+  // panning through the kept history: ``st.end`` null follows the newest point
+  const pan = h("input", {
+    id: "pan",
+    type: "range",
+    min: "0",
+    max: "0",
+    step: "1",
+    value: "0",
+    oninput: () => {
+      const v = Number(pan.value);
+      st.end = v >= st.pts.n ? null : Math.max(v, 1);
+      draw();
+    },
+  });
+
   function draw() {
     if (!st.pts) return;
     const n = st.pts.n;
+    if (st.end !== null) st.end = Math.min(Math.max(st.end, Math.min(st.shown, n)), n);
     const last = st.end === null ? n : st.end;
     const first = Math.max(0, last - st.shown);
+    pan.max = String(n);
+    pan.value = String(last);
     chartBox.replaceChildren(
       h("h2", {}, `${t("chart_of")} · ${st.path}`),
       drawControlChart(st.pts, first, last, {
@@ -638,9 +669,16 @@ function chartScreen(view, path, engineer = false) {
     }
   }
 
-  function onWheel(dy) {
-    st.shown = Math.max(10, Math.min(1000, Math.round(st.shown * (dy > 0 ? 1.25 : 0.8))));
-    zoom.value = String(st.shown);
+  function onWheel(dy, dx) {
+    if (dx) {
+      // sideways (or shift+wheel): pan by a tenth of the window
+      const last = st.end === null ? st.pts.n : st.end;
+      const step = Math.max(1, Math.round(st.shown / 10)) * Math.sign(dx);
+      st.end = last + step >= st.pts.n ? null : last + step;
+    } else {
+      st.shown = Math.max(10, Math.min(1000, Math.round(st.shown * (dy > 0 ? 1.25 : 0.8))));
+      zoom.value = String(st.shown);
+    }
     draw();
   }
 
@@ -703,6 +741,7 @@ function chartScreen(view, path, engineer = false) {
       head.replaceChildren(
         h("label", {}, t("pick_char"), sel),
         h("label", {}, t("zoom"), zoom),
+        h("label", {}, t("pan"), pan),
       );
       [st.pts, st.info] = await Promise.all([
         api(`/characteristics/${enc(st.path)}/points?limit=1000`),

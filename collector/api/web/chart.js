@@ -38,7 +38,7 @@ function pathOf(xs, ys, step = false) {
  * The control chart of points ``first``…``last - 1`` of the columnar ``pts`` (the
  * /points answer): statistic, centre, UCL/LCL, zone lines at ±1σ/±2σ (zones C, B, A),
  * spec limits, violating points in red with their rule codes. ``opts.onPick(i)`` gets
- * the index of a clicked point; ``opts.onWheel(deltaY)`` zooms.
+ * the index of a clicked point; ``opts.onWheel(deltaY, sideways)`` zooms (or pans when sideways ≠ 0).
  */
 export function drawControlChart(pts, first, last, opts) {
   const W = 1000;
@@ -145,7 +145,8 @@ export function drawControlChart(pts, first, last, opts) {
     "wheel",
     (ev) => {
       ev.preventDefault();
-      opts.onWheel?.(ev.deltaY);
+      const sideways = ev.shiftKey ? ev.deltaY || ev.deltaX : ev.deltaX;
+      opts.onWheel?.(ev.deltaY, Math.abs(sideways) > 0 ? sideways : 0);
     },
     { passive: false },
   );

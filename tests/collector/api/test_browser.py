@@ -277,6 +277,24 @@ def test_overview_shows_a_planted_alarm_live_and_it_is_acknowledged(served, brow
     _shot(d, "alarms-acknowledged")
     a = served.call(lambda: served.gw.alarms.get(alarm_id))
     assert a["status"] == "acknowledged" and a["ack_user"] == USER
+
+    # the MR chart's alarm: shelved for an hour by the engineer
+    mr = served.call(lambda: next(x for x in served.gw.alarms.active() if x["chart"] == "mr"))
+    _click(d, f'tr[data-alarm="{mr["alarm_id"]}"] button.shelve')
+    _wait(d, "the shelve dialog", lambda d: _css(d, "#shelve-comment"))
+    d.find_element("id", "shelve-comment").send_keys("gauge being recalibrated")
+    _click(d, "#shelve-submit")
+    _wait(
+        d,
+        "the unshelve button",
+        lambda d: _css(d, f'tr[data-alarm="{mr["alarm_id"]}"] button.unshelve'),
+    )
+    assert served.call(lambda: served.gw.alarms.get(mr["alarm_id"]))["shelved_until"]
+
+    # signing out ends the session: the sign-in form again
+    _click(d, "#logout")
+    _wait(d, "the sign-in form", lambda d: _attr(d, "#login", "hidden") is None)
+    assert d.execute_script("return fetch('/api/v1/auth/me').then((r) => r.status)") == 401
     assert (a["cause_category"], a["cause_code"]) == ("machine", "MC-TOOL-WEAR")
     assert a["ack_comment"] == "insert changed"
 
@@ -315,6 +333,12 @@ def test_chart_view_draws_limits_zones_violations_and_appends_live(served, brows
         "the zoomed chart",
         lambda d: len(_css(d, "#control-chart svg.control-chart circle.pt")) == 10,
     )
+    pan = d.find_element("id", "pan")
+    pan.send_keys(Keys.HOME)  # back to the oldest points kept: none broke a rule
+    _wait(d, "the oldest points", lambda d: not _css(d, "#control-chart svg.control-chart .viol"))
+    assert len(_css(d, "#control-chart svg.control-chart circle.pt")) == 10
+    d.find_element("id", "pan").send_keys(Keys.END)  # and back to the newest
+    _wait(d, "the newest points", lambda d: _css(d, "#control-chart svg.control-chart .viol"))
     _click(d, "#control-chart svg.control-chart circle.pt.viol")
     _wait(d, "the point's details", lambda d: "N1" in _text(d, "#point-context"))
     assert "P100" in _text(d, "#point-context")
