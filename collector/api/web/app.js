@@ -244,6 +244,7 @@ function overviewScreen(view) {
   const lines = h("section", { id: "tiles" });
   view.append(strip, lines);
   let chars = [];
+  let frame = 0;
 
   function renderStrip(alarms) {
     const items = alarms.slice(0, 6).map((a) =>
@@ -278,6 +279,9 @@ function overviewScreen(view) {
         role: "link",
         tabindex: "0",
         onclick: () => (location.hash = `#/chart/${c.path}`),
+        onkeydown: (ev) => {
+          if (ev.key === "Enter") location.hash = `#/chart/${c.path}`;
+        },
       },
       h("div", { class: "name" }, c.id),
       h("div", { class: "where" }, `${c.station} · ${c.chart}`),
@@ -332,7 +336,11 @@ function overviewScreen(view) {
         if (ev.violations[k]) judge = true;
       });
       if (judge) soon();
-      else renderTiles();
+      else {
+        // one repaint per frame however many batches arrive
+        cancelAnimationFrame(frame);
+        frame = requestAnimationFrame(renderTiles);
+      }
     },
   };
 }
@@ -490,6 +498,11 @@ function shelveDialog(alarm, done) {
 
 function alarmScreen(view) {
   const table = h("div", { class: "card", id: "alarm-table" });
+  const filter = h(
+    "select",
+    { id: "alarm-status", onchange: () => refresh() },
+    ["open", "closed", "all"].map((k) => h("option", { value: k }, t(`show_${k}`))),
+  );
   const pareto = h("div", { class: "card", id: "pareto" });
   view.append(h("div", { class: "cols" }, table, pareto));
 
@@ -534,9 +547,12 @@ function alarmScreen(view) {
 
   async function refresh() {
     try {
-      const [alarms, causes] = await Promise.all([api("/alarms?limit=200"), api("/alarms/pareto?since=-30d")]);
+      const [alarms, causes] = await Promise.all([
+        api(`/alarms?limit=200&status=${filter.value}`),
+        api("/alarms/pareto?since=-30d"),
+      ]);
       table.replaceChildren(
-        h("h2", {}, t("open_alarm_list")),
+        h("div", { class: "toolbar" }, h("h2", {}, t("open_alarm_list")), h("label", {}, t("status"), filter)),
         alarms.length
           ? h(
               "table",
