@@ -160,6 +160,15 @@ def _wait(driver: Any, what: str, cond: Callable[[Any], Any]) -> Any:
         raise AssertionError(f"waited {WAIT_S} s for {what}; browser log:\n{logs}") from None
 
 
+def _page_errors(driver: Any) -> list[str]:
+    """Script errors and CSP refusals the page logged (failed requests like a 401 are expected)."""
+    return [
+        f"{e.get('source')}: {e.get('message')}"
+        for e in driver.get_log("browser")
+        if e.get("level") == "SEVERE" and e.get("source") != "network"
+    ]
+
+
 def _text(driver: Any, sel: str) -> str | None:
     """The text of the first match, read in one step (no element handle to go stale)."""
     return driver.execute_script(
@@ -347,6 +356,7 @@ def test_chart_view_draws_limits_zones_violations_and_appends_live(served, brows
     d.get(f"{served.url}/#/engineer/{A}")
     _wait(d, "the limits history", lambda d: _css(d, "#limits-history tbody tr"))
     assert "Recompute limits" in _text(d, "#limits")
+    assert _page_errors(d) == []
     _shot(d, "engineer", height=1900)
 
 
@@ -362,3 +372,4 @@ def test_language_switch_is_remembered(served, browser) -> None:
     d.refresh()
     _wait(d, "Chinese after a reload", lambda d: _text(d, "#nav-alarms") == "报警")
     assert d.execute_script("return localStorage.getItem('shopspc.lang')") == "zh"
+    assert _page_errors(d) == []
