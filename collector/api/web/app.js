@@ -74,6 +74,12 @@ function fmtTime(us) {
   )}:${pad(d.getSeconds())}`;
 }
 
+/** RFC 3339 UTC with microseconds (what the exclusion specs take). */
+function rfc3339(us) {
+  const iso = new Date(Math.floor(us / 1000)).toISOString(); // …T12:34:56.789Z
+  return `${iso.slice(0, -1)}${String(us % 1000).padStart(3, "0")}Z`;
+}
+
 function tileState(c) {
   if (c.open_alarms > 0 || c.in_control === false) return "bad";
   if (c.phase !== "phase2" || !c.n_samples) return "warn";
@@ -711,6 +717,25 @@ function chartScreen(view, path, engineer = false) {
       [t("limits_id"), p.limits_id[i] || "—"],
     ];
     const box = [h("h2", {}, t("point_context")), h("dl", { class: "kv" }, kv.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]))];
+    if (engineer && $("#rc-exclude")) {
+      // recompute with this point left out: by its part serial, else by its exact time
+      const spec = p.serial[i] ? `serial:${p.serial[i]}` : `time:${rfc3339(p.time_us[i])}`;
+      box.push(
+        h(
+          "button",
+          {
+            type: "button",
+            id: "exclude-point",
+            class: "plain",
+            onclick: () => {
+              const area = $("#rc-exclude");
+              if (!area.value.split("\n").includes(spec)) area.value = `${area.value.trim()}\n${spec}`.trim();
+            },
+          },
+          `${t("exclude_point")} (${spec})`,
+        ),
+      );
+    }
     // the 5M1E snapshot travels with alarms: show the one raised at this point, if any
     try {
       const alarms = await api(`/alarms?status=all&characteristic=${encodeURIComponent(st.path)}&limit=200`);

@@ -23,6 +23,7 @@ import pytest
 
 from collector.api.app import ApiSettings, close_app, create_app
 from collector.api.server import serve
+from connectors.localstore.store import SeriesStore
 from tests.servers import free_port, require_binary
 
 from .conftest import sample
@@ -105,7 +106,9 @@ def served(gateway, tmp_path) -> Iterator[Served]:
         for k in range(60)
         for j, b in enumerate(("a", "b", "c"))
     ]
-    gateway.process([("dev", batch)])
+    lines = gateway.process([("dev", batch)])
+    with SeriesStore(gateway.data_dir / "series.db") as store:  # what recompute reads
+        store.write_lines(lines)
     s.start()
     try:
         yield s
@@ -356,6 +359,22 @@ def test_chart_view_draws_limits_zones_violations_and_appends_live(served, brows
     d.get(f"{served.url}/#/engineer/{A}")
     _wait(d, "the limits history", lambda d: _css(d, "#limits-history tbody tr"))
     assert "Recompute limits" in _text(d, "#limits")
+
+    # recompute (dry run) with the oldest point excluded, picked on the chart
+    _wait(d, "the recompute form", lambda d: _css(d, "#rc-exclude"))
+    _click(d, "#control-chart svg.control-chart circle.pt")
+    _click(d, "#exclude-point")
+    assert d.find_element("id", "rc-exclude").get_attribute("value") == "serial:P0"
+    for field, text in (
+        ("rc-from", "2025-11-24T00:00:00Z"),
+        ("rc-to", "2025-11-25T00:00:00Z"),
+        ("rc-reason", "probe slipped"),
+    ):
+        d.find_element("id", field).clear()
+        d.find_element("id", field).send_keys(text)
+    _click(d, "#recompute button[type=submit]")
+    _wait(d, "the dry run's answer", lambda d: "usable" in (_text(d, "#rc-result") or ""))
+    assert "60 subgroups, 59 usable, not assigned" in _text(d, "#rc-result")
     assert _page_errors(d) == []
     _shot(d, "engineer", height=1900)
 
