@@ -709,7 +709,7 @@ function chartScreen(view, path, engineer = false) {
   async function showPoint(i) {
     const p = st.pts;
     const kv = [
-      [t("time"), fmtTime(p.time_us[i])],
+      [t("time"), `${fmtTime(p.time_us[i])}.${String(Math.floor(p.time_us[i] / 1000) % 1000).padStart(3, "0")}`],
       [t("value"), fmtNum(p.statistic[i])],
       [t("zone"), p.zone[i] || "—"],
       [t("rule"), p.violations[i] || "—"],
@@ -744,7 +744,7 @@ function chartScreen(view, path, engineer = false) {
         const full = await api(`/alarms/${encodeURIComponent(hit.alarm_id)}`);
         const ctx = full.payload?.context || {};
         const rows = Object.entries(ctx).map(([k, v]) => [k, typeof v === "object" ? JSON.stringify(v) : String(v)]);
-        box.push(h("h2", {}, t("context")), h("dl", { class: "kv" }, rows.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])));
+        if (rows.length) box.push(h("h2", {}, t("context")), h("dl", { class: "kv" }, rows.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])));
       }
     } catch {
       /* the context is a nicety; the point itself is shown */

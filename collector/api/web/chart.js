@@ -75,9 +75,11 @@ export function drawControlChart(pts, first, last, opts) {
   const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", class: opts.className || "control-chart" });
   svg.append(s("line", { class: "axis", x1: L, y1: T, x2: L, y2: H - B }));
   svg.append(s("line", { class: "axis", x1: L, y1: H - B, x2: W - R, y2: H - B }));
+  // tick labels with as many decimals as a quarter of the range needs
+  const decimals = Math.max(0, Math.min(6, Math.ceil(-Math.log10((hi - lo) / 4)) + 1));
   for (let k = 0; k <= 4; k++) {
     const v = lo + ((hi - lo) * k) / 4;
-    svg.append(s("text", { x: L - 6, y: py(v) + 4, "text-anchor": "end" }, fmt(v)));
+    svg.append(s("text", { x: L - 6, y: py(v) + 4, "text-anchor": "end" }, v.toFixed(decimals)));
   }
   for (const k of [-2, -1, 1, 2]) {
     const d = pathOf(X, Y(up(k)), true);
@@ -202,11 +204,11 @@ export function drawHistogram(values, spec, labels) {
 /** The Pareto chart: ``bars`` ({label, title, count}, most frequent first) and the cumulative %. */
 export function drawPareto(bars, labels) {
   const W = 460;
-  const H = 280;
+  const H = 310;
   const L = 36;
   const R = 40;
   const T = 16;
-  const B = 70;
+  const B = 100;
   const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", class: "pareto" });
   const total = bars.reduce((a, b) => a + b.count, 0) || 1;
   const top = Math.max(...bars.map((b) => b.count), 1);
@@ -221,16 +223,17 @@ export function drawPareto(bars, labels) {
     svg.append(rect);
     svg.append(s("text", { x: x + bw / 2, y: H - B - h - 4, "text-anchor": "middle" }, String(b.count)));
     svg.append(
-      s("text", { x: x + bw / 2, y: H - B + 14, "text-anchor": "end", transform: `rotate(-35 ${x + bw / 2} ${H - B + 14})` }, b.label),
+      s("text", { x: x + bw / 2, y: H - B + 14, "text-anchor": "start", transform: `rotate(35 ${x + bw / 2} ${H - B + 14})` }, b.label),
     );
     cum += b.count;
     pts.push([x + bw / 2, T + (H - T - B) * (1 - cum / total)]);
   });
   svg.append(s("path", { class: "cumline", d: pts.map(([x, y], j) => `${j ? "L" : "M"}${x.toFixed(1)},${y.toFixed(1)}`).join("") }));
   for (const [x, y] of pts) svg.append(s("circle", { class: "cumpt", cx: x, cy: y, r: 3 }));
-  svg.append(s("line", { class: "axis", x1: L, y1: H - B, x2: W - R, y2: H - B }));
+  const right = L + bw * bars.length;
+  svg.append(s("line", { class: "axis", x1: L, y1: H - B, x2: right, y2: H - B }));
   svg.append(s("text", { x: L - 4, y: T + 8, "text-anchor": "end" }, String(top)));
-  svg.append(s("text", { x: W - R + 4, y: T + 8 }, "100%"));
+  svg.append(s("text", { x: right + 4, y: T + 4 }, "100%"));
   svg.append(s("text", { x: L, y: H - 4 }, `${labels.count} ${total} · ${labels.cum}`));
   return svg;
 }
