@@ -306,3 +306,15 @@ def resolve_severity(
         if found is not None:
             return found  # type: ignore[return-value]
     return BUILTIN_SEVERITY.get(key, BUILTIN_SEVERITY["default"])
+
+
+def picklists(config: AlarmsConfig) -> dict[str, list[dict[str, str | None]]]:
+    """The 5M1E assignable causes and the corrective actions, as the CLI and the API list them."""
+    return {
+        "causes": [
+            {"category": cat, "code": i.code, "text": i.text, "text_zh": i.text_zh}
+            for cat, items in config.causes.items()
+            for i in items
+        ],
+        "actions": [{"code": i.code, "text": i.text, "text_zh": i.text_zh} for i in config.actions],
+    }

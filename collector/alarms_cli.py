@@ -49,6 +49,8 @@ from urllib.parse import quote
 
 import typer
 
+from collector.alarmconfig import picklists
+
 if TYPE_CHECKING:
     from collector.config import Characteristic, GatewayConfig
 
@@ -613,17 +615,7 @@ def causes(config: ConfigOpt, as_json: JsonOpt = False) -> None:
     """The configured 5M1E assignable causes and corrective actions to pick from when acknowledging."""
     with _errors("causes"):
         setup = _setup(config, None)
-        sec = setup.cfg.alarms
-        out = {
-            "causes": [
-                {"category": cat, "code": i.code, "text": i.text, "text_zh": i.text_zh}
-                for cat, items in sec.causes.items()
-                for i in items
-            ],
-            "actions": [
-                {"code": i.code, "text": i.text, "text_zh": i.text_zh} for i in sec.actions
-            ],
-        }
+        out = picklists(setup.cfg.alarms)
     if as_json:
         _print(out)
         return

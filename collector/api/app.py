@@ -40,6 +40,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from collector.alarmconfig import picklists
 from collector.alarms import AlarmError
 from collector.api.auth import (
     SAFE_METHODS,
@@ -788,6 +789,11 @@ def _alarms_router() -> APIRouter:
             _time(since, "since"), _time(until, "until"), line, characteristic, by
         )
         return [{"category": c, "code": k, "text": t, "count": n} for c, k, t, n in rows]
+
+    @r.get("/alarms/causes")
+    async def causes(request: Request, p: AsOperator) -> dict[str, Any]:
+        """The configured 5M1E assignable causes and corrective actions (acknowledge picklists)."""
+        return picklists(_api(request).gateway.cfg.alarms)
 
     @r.get("/alarms/{alarm_id}")
     async def alarm(alarm_id: str, request: Request, p: AsOperator) -> dict[str, Any]:

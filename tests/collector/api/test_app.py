@@ -225,6 +225,20 @@ async def test_alarm_list_get_ack_and_refusals(api: Api) -> None:
     ]
     r = await api.client.get("/api/v1/alarms/pareto", params={"by": "category"}, headers=op)
     assert r.json()[0]["category"] == "machine"
+    r = await api.client.get("/api/v1/alarms/causes", headers=op)  # the ack picklists
+    lists = r.json()
+    assert {"category": "machine", "code": "MC-TOOL-WEAR"}.items() <= next(
+        c for c in lists["causes"] if c["code"] == "MC-TOOL-WEAR"
+    ).items()
+    assert {c["category"] for c in lists["causes"]} == {
+        "operator",
+        "machine",
+        "material",
+        "method",
+        "environment",
+        "measurement",
+    }
+    assert any(a["code"] == "TOOL-CHANGE" and a["text_zh"] for a in lists["actions"])
     r = await api.client.get("/api/v1/journal", params={"characteristic": "a"}, headers=op)
     events = [j["event"] for j in r.json()]
     assert events.count("raised") == 2 and "acknowledged" in events
