@@ -162,6 +162,23 @@ class ShortRun(_Model):
         return self
 
 
+class ManualEntry(_Model):
+    """Entry checks for values typed in at the line (gauges without an interface)."""
+
+    plausible_min: float | None = Field(None, description="lowest value that can be right")
+    plausible_max: float | None = Field(None, description="highest value that can be right")
+    decimals: int | None = Field(
+        None, ge=0, le=9, description="at most this many decimals (the gauge's resolution)"
+    )
+
+    @model_validator(mode="after")
+    def _order(self) -> ManualEntry:
+        lo, hi = self.plausible_min, self.plausible_max
+        if lo is not None and hi is not None and lo >= hi:
+            raise ValueError(f"plausible_min {lo} must be below plausible_max {hi}")
+        return self
+
+
 class Characteristic(_Model):
     """One measured characteristic: where it is, how it is charted and where its values come from."""
 
@@ -194,6 +211,9 @@ class Characteristic(_Model):
     context: Context = Context()
     shortrun: ShortRun | None = Field(
         None, description="short-run (DNOM / Z-MR) charting across part numbers"
+    )
+    manual: ManualEntry = Field(
+        default_factory=ManualEntry, description="checks for values entered by hand"
     )
     klass: str | None = Field(
         None,

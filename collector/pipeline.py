@@ -118,6 +118,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 STREAM = "series"
+MANUAL = "manual"  # the source name of values entered by hand (binding = characteristic path)
 CHUNK_LINES = 5000  # lines per outbox entry and per delivery to the sinks
 WINDOW_M = 25  # subgroup width when only subgroup.window_s shapes an X̄ subgroup
 _SIZED = ("p", "np", "u")  # charts that need a sample size with each count
@@ -1444,7 +1445,11 @@ class Gateway:
             kind = self._kinds.get(source, "manual")
             ctx: dict[int, tuple[dict[str, Any], str]] = {}  # per characteristic, this batch
             for s in samples:
-                targets = values.get((source, s.binding))
+                if source == MANUAL:
+                    i = self._path_index.get(s.binding)
+                    targets = None if i is None else [i]
+                else:
+                    targets = values.get((source, s.binding))
                 if targets is None:
                     if (source, s.binding) not in self.index.wanted:
                         self.stats.unmapped += 1
@@ -1530,6 +1535,39 @@ class Gateway:
             self._retry_alarms(lines, now_us)
             self._alarm_call(lambda: self.alarms.tick(now_us), lines)
         return lines
+
+    async def enter(
+        self,
+        path: str,
+        value: float,
+        *,
+        user: str,
+        serial: str | None = None,
+        context: Mapping[str, Any] | None = None,
+        time_us: int | None = None,
+    ) -> None:
+        """A value typed in at the line, stored and judged exactly like an acquired sample.
+
+        Its ``measurement`` line has ``source=manual`` and the user as ``operator``
+        unless ``context`` names one. Returns once the value is committed to the
+        outbox. The caller checks plausibility (``Characteristic.manual``).
+        """
+        if path not in self._path_index:
+            raise KeyError(path)
+        now = _now_us()
+        fields = {"operator": user, **(context or {}), "entered_by": user}
+        sample = Sample(
+            path,
+            float(value),
+            Quality.GOOD,
+            now,
+            time_us if time_us is not None else now,
+            serial=serial,
+            fields=fields,
+        )
+        done = asyncio.get_running_loop().create_future()
+        await self._queue.put((MANUAL, [sample], done))
+        await done
 
     def _refused_command(self, topic: str, problem: str) -> None:
         # refused by the publisher before it reached on_command (not JSON, no alarm_id …)
@@ -1644,8 +1682,13 @@ class Gateway:
             self.stats.duplicates += 1
             return
         if s.fields:
-            # the part's own context (same message) before the latest of the batch
-            context = self.index.snapshot(i, source, s.fields)
+            # the part's own context (same message) before the latest of the batch; a value
+            # entered by hand names its context fields directly (operator = who typed it)
+            context = (
+                {**self.index.snapshot(i), **s.fields}
+                if source == MANUAL
+                else self.index.snapshot(i, source, s.fields)
+            )
             extra = fields_text(context)
         else:
             snap = ctx.get(i)

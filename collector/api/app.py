@@ -273,6 +273,43 @@ class ServiceRequest(BaseModel):
     comment: str = Field("", max_length=2000, description="why")
 
 
+class MeasurementRequest(BaseModel):
+    """A value typed in at the line (a gauge without an interface)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    value: float = Field(description="the measured value, in the characteristic's unit")
+    serial: str | None = Field(None, max_length=200, description="part serial, when known")
+    confirm: bool = Field(
+        False, description="true to store a value outside the specification limits"
+    )
+    context: dict[str, str] = Field(
+        default_factory=dict,
+        description="5M1E context of this part (machine, lot, method, gauge_id …); "
+        "operator defaults to the signed-in user",
+    )
+
+
+def _check_manual(ch: Any, body: MeasurementRequest) -> None:
+    """Plausibility, resolution and (unless confirmed) specification checks of a typed value."""
+    v, m = body.value, ch.manual
+    if not math.isfinite(v):
+        raise ApiError(422, "value", "must be a finite number")
+    if m.plausible_min is not None and v < m.plausible_min:
+        raise ApiError(422, "value", f"{v:g} is below the plausible minimum {m.plausible_min:g}")
+    if m.plausible_max is not None and v > m.plausible_max:
+        raise ApiError(422, "value", f"{v:g} is above the plausible maximum {m.plausible_max:g}")
+    if m.decimals is not None and round(v, m.decimals) != v:
+        raise ApiError(422, "value", f"{v!r} has more than {m.decimals} decimals")
+    outside = (ch.lsl is not None and v < ch.lsl) or (ch.usl is not None and v > ch.usl)
+    if outside and not body.confirm:
+        raise ApiError(
+            409,
+            "confirm",
+            f"{v:g} is outside the specification [{ch.lsl}, {ch.usl}]: "
+            "check the part and send confirm: true to store it",
+        )
+
+
 class RecomputeRequest(BaseModel):
     """Recompute limits from a window of good measurements in the local series store."""
 
@@ -583,6 +620,25 @@ def _characteristics_router() -> APIRouter:
         payload = {"in_service": body.in_service, "user": p.name, "comment": body.comment}
         gw.command(path, payload, "service", source="api")
         return {"path": path, "in_service": body.in_service}
+
+    @r.post("/characteristics/{c:path}/measurements", status_code=201)
+    async def enter_measurement(
+        c: str, body: MeasurementRequest, request: Request, p: AsOperator
+    ) -> dict[str, Any]:
+        """Enter a value by hand: checked, then stored and judged like an acquired sample.
+
+        422 when it is not a finite number, outside the configured plausible range
+        or with more decimals than the gauge resolves; 409 when it is outside the
+        specification limits and ``confirm`` is not set.
+        """
+        gw = _api(request).gateway
+        i = _char_index(gw, c)
+        ch = gw.chars[i]
+        _check_manual(ch, body)
+        await gw.enter(
+            ch.path, body.value, user=p.name, serial=body.serial, context=body.context or None
+        )
+        return {"path": ch.path, "value": body.value, "serial": body.serial, "stored": True}
 
     @r.get("/characteristics/{c:path}")
     async def characteristic(c: str, request: Request, p: AsOperator) -> dict[str, Any]:

@@ -6,6 +6,7 @@ input, CSRF refusal, token auth and audit rows.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -14,9 +15,11 @@ import httpx
 import pytest
 
 from collector.api.app import ApiSettings, close_app, create_app
+from collector.pipeline import Gateway
+from connectors.base import ConnectorStats
 from connectors.localstore.store import SeriesStore
 
-from .conftest import sample
+from .conftest import RecordingSink, char, config, sample
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -630,3 +633,77 @@ async def test_readyz_reports_closed_stores(api: Api) -> None:
     assert any(x.startswith("outbox") for x in reasons), reasons
     assert any(x.startswith("alarm store") for x in reasons), reasons
     assert (await api.client.get("/healthz")).status_code == 200
+
+
+async def test_manual_entry_checks_then_stores_like_an_acquired_sample(api: Api) -> None:
+    """POST …/measurements: plausibility, resolution, spec confirmation; source=manual."""
+
+    class Capture:
+        name, precision = "cap", "us"
+
+        def __init__(self) -> None:
+            self.lines: list[str] = []
+            self.stats = ConnectorStats(state="connected")
+
+        async def write(self, batch: Any) -> Any:
+            self.lines += [b.decode() if isinstance(b, bytes) else b for b in batch]
+
+        async def close(self) -> None:
+            pass
+
+    gw = api.gw
+    cap = Capture()
+    gw.sinks = [cap]
+    stop = asyncio.Event()
+    run = asyncio.create_task(gw.run(stop))
+    url = "/api/v1/characteristics/a/measurements"
+    op = api.as_("operator")
+    try:
+        assert _err(await api.client.post(url, json={"value": 10.1})) == (401, "credentials")
+        assert _err(await api.client.post(url, json={"value": "x"}, headers=op))[0] == 422
+        r = await api.client.post(url, json={"value": 17.0}, headers=op)
+        assert _err(r) == (409, "confirm")  # outside USL 16: the operator must confirm
+        r = await api.client.post(
+            url,
+            json={"value": 10.25, "serial": "M-1", "context": {"machine": "MC-9"}},
+            headers=op,
+        )
+        assert r.status_code == 201, r.json()
+        assert r.json() == {
+            "path": "s1/a1/l1/st1/a",
+            "value": 10.25,
+            "serial": "M-1",
+            "stored": True,
+        }
+        r = await api.client.post(url, json={"value": 17.0, "confirm": True}, headers=op)
+        assert r.status_code == 201  # confirmed: stored and judged (an N1 alarm)
+        points = (await api.client.get("/api/v1/characteristics/a/points", headers=op)).json()
+        assert points["serial"][-2:] == ["M-1", None] and points["statistic"][-1] == 17.0
+        assert any(a["rule"] == "N1" for a in gw.alarms.active())
+    finally:
+        stop.set()
+        await run
+    manual = [ln for ln in cap.lines if ln.startswith("measurement,")]
+    assert len(manual) == 2 and all(",source=manual" in ln for ln in manual)
+    assert 'operator="token:t-operator"' in manual[0] and 'machine="MC-9"' in manual[0]
+    assert 'serial="M-1"' in manual[0] and "value=10.25" in manual[0]
+
+
+async def test_manual_entry_plausibility_and_decimals(tmp_path) -> None:
+    cfg = config(
+        char("g", manual={"plausible_min": 5.0, "plausible_max": 15.0, "decimals": 2}),
+    )
+    gw = Gateway(cfg, {}, data_dir=tmp_path / "gw", sources=[], sinks=[RecordingSink()])
+    app = create_app(gw, _settings(tmp_path))
+    token = app.state.api.auth.create_token("t", "operator", "test")[1]
+    head = {"Authorization": f"Bearer {token}"}
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="https://testserver") as c:
+            url = "/api/v1/characteristics/g/measurements"
+            for value, what in ((4.9, "below"), (15.5, "above"), (10.123, "decimals")):
+                r = await c.post(url, json={"value": value}, headers=head)
+                assert _err(r) == (422, "value") and what in r.json()["error"]["message"]
+    finally:
+        close_app(app)
+        gw.close()
