@@ -56,6 +56,9 @@ if TYPE_CHECKING:
 
 __all__ = ["alarms_app"]
 
+#: Commands connect with these credentials instead of alarms.mqtt's when they are set.
+CMD_USER_ENV = "SHOPSPC_CMD_MQTT_USER"
+CMD_PASSWORD_ENV = "SHOPSPC_CMD_MQTT_PASSWORD"
 EXIT_NO_CONFIRMATION = 1
 EXIT_BAD = 2
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -750,9 +753,16 @@ async def _exchange(
                 f"environment variable {mqtt.password_env} (alarms.mqtt.password_env in "
                 f"{setup.config}) is not set"
             )
+    cmd_user = os.environ.get(CMD_USER_ENV)
+    if cmd_user:
+        # the operator's own broker account (an ACL that lets only MES users send commands)
+        password = os.environ.get(CMD_PASSWORD_ENV)
+        if password is None:
+            raise _UsageError(f"{CMD_USER_ENV} is set but {CMD_PASSWORD_ENV} is not")
     # a throw-away session: nothing of this client should outlive the command at the broker
     cfg = mqtt.model_copy(
         update={
+            "username": cmd_user or mqtt.username,
             "session_expiry_s": 0,
             "connect_timeout_s": min(mqtt.connect_timeout_s, max(timeout, 1.0)),
             "publish_timeout_s": min(mqtt.publish_timeout_s, max(timeout, 1.0)),

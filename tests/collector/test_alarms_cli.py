@@ -449,3 +449,34 @@ async def test_gateway_offline_nothing_sent(broker: Server, tmp_path: Path) -> N
         # a command queued in its session would have been carried out on connecting
         await asyncio.sleep(0.5)
         assert gw.alarms.get(aid)["status"] == "active"  # type: ignore[index]
+
+
+def test_commands_use_the_operators_own_broker_account(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SHOPSPC_CMD_MQTT_USER/PASSWORD replace alarms.mqtt's account (ACLs allow only MES users)."""
+    import connectors.mqtt.client as client_mod
+    from connectors.base import ConnectorError
+
+    seen: dict[str, object] = {}
+
+    class Recorder:
+        def __init__(self, cfg, client_id, *, password=None, **kw) -> None:
+            seen.update(username=cfg.username, password=password)
+
+        async def connect(self) -> bool:
+            raise ConnectorError("fake", "refused", retryable=True)
+
+        async def close(self, graceful_payload=None) -> None:
+            pass
+
+    config = write_config(tmp_path, port=9)
+    with manager(config) as m:
+        ids = plant(m)
+    monkeypatch.setattr(client_mod, "MqttLink", Recorder)
+    monkeypatch.setenv("SHOPSPC_CMD_MQTT_USER", "mes-li")
+    res = cli("ack", ids["b:mr"], "--config", str(config), "--user", "li", "--timeout", "1")
+    assert res.exit_code == 2 and "SHOPSPC_CMD_MQTT_PASSWORD is not" in res.stderr
+    monkeypatch.setenv("SHOPSPC_CMD_MQTT_PASSWORD", "s3cret")
+    res = cli("ack", ids["b:mr"], "--config", str(config), "--user", "li", "--timeout", "1")
+    assert res.exit_code == 1 and seen == {"username": "mes-li", "password": "s3cret"}
