@@ -35,10 +35,8 @@ import contextlib
 import json
 import math
 import os
-import re
 import sqlite3
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -50,6 +48,15 @@ from urllib.parse import quote
 import typer
 
 from collector.alarmconfig import picklists
+from collector.cliutil import UsageError as _UsageError
+from collector.cliutil import (
+    console,
+    now_us,
+    parse_time,
+    print_json,
+    table,
+    when,
+)
 
 if TYPE_CHECKING:
     from collector.config import Characteristic, GatewayConfig
@@ -62,7 +69,6 @@ CMD_PASSWORD_ENV = "SHOPSPC_CMD_MQTT_PASSWORD"
 EXIT_NO_CONFIRMATION = 1
 EXIT_BAD = 2
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_UNIT_US = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _OPEN = ("active", "acknowledged", "cleared_unacked")
 _STATUSES = (*_OPEN, "closed")
 #: 5M1E (人机料法环测): each category with its Chinese name.
@@ -77,6 +83,11 @@ _CATEGORIES = {
 _POLL_S = 0.2  # how often the read-only journal is looked at while waiting
 _WHOLE = frozenset({"alarm id", "characteristic", "raised", "time", "code", "event"})
 
+
+def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    table(title, columns, rows, _WHOLE)
+
+
 alarms_app = typer.Typer(
     no_args_is_help=True,
     help=(
@@ -86,34 +97,8 @@ alarms_app = typer.Typer(
 )
 
 
-class _UsageError(Exception):
-    """A bad request: one line, exit 2."""
-
-
 class _NoConfirmationError(Exception):
     """The gateway did not confirm: one line, exit 1."""
-
-
-def _parse_time(text: str, now_us: int, what: str) -> int:
-    """µs since the epoch from RFC 3339 (naive = UTC), ``now``, ``-2h``/``2h`` ago, ``+2h`` ahead."""
-    t = text.strip()
-    if t == "now":
-        return now_us
-    m = re.fullmatch(r"([+-]?)(\d+(?:\.\d+)?)([smhdw])", t)
-    if m:
-        delta = int(float(m[2]) * _UNIT_US[m[3]] * 1_000_000)
-        return now_us + delta if m[1] == "+" else now_us - delta
-    try:
-        stamp = datetime.fromisoformat(t.replace("Z", "+00:00") if t.endswith("Z") else t)
-    except ValueError:
-        raise _UsageError(
-            f"{what} {text!r} is not RFC 3339 (2026-11-26T08:00:00Z), 'now', "
-            "or relative like -2h, +30m, -7d"
-        ) from None
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=UTC)
-    d = stamp - _EPOCH
-    return (d.days * 86400 + d.seconds) * 1_000_000 + d.microseconds
 
 
 def _iso(us: int | None) -> str | None:
@@ -122,21 +107,10 @@ def _iso(us: int | None) -> str | None:
     return (_EPOCH + timedelta(microseconds=int(us))).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _when(us: int | None) -> str:
-    """A time for a table: to the second (JSON output keeps the µs)."""
-    if us is None:
-        return "—"
-    return (_EPOCH + timedelta(seconds=int(us) // 1_000_000)).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
 def _num(v: Any) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "—"
     return f"{v:.6g}" if isinstance(v, float) else str(v)
-
-
-def _now_us() -> int:
-    return time.time_ns() // 1000
 
 
 @contextlib.contextmanager
@@ -250,33 +224,10 @@ def _alarm_json(row: sqlite3.Row) -> dict[str, Any]:
 # --------------------------------------------------------------------------- output helpers
 
 
-def _print(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, ensure_ascii=False, indent=1, allow_nan=False) + "\n")
-
-
-def _console() -> Any:
-    from rich.console import Console
-
-    # user text (comments, serials) is shown as typed: no rich markup, no highlighting
-    return Console(highlight=False, markup=False, emoji=False)
-
-
-def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(title=Text(title), title_justify="left")
-    for c in columns:
-        table.add_column(Text(c), overflow="fold", no_wrap=c in _WHOLE)
-    for r in rows:
-        table.add_row(*(Text(cell) for cell in r))
-    _console().print(table)
-
-
 def _status(a: dict[str, Any]) -> str:
     s = a["status"]
     if a.get("shelved_until_us") is not None:
-        s += f", shelved until {_when(a['shelved_until_us'])}"
+        s += f", shelved until {when(a['shelved_until_us'])}"
     if a.get("held"):
         s += f", held ({a['held']})"
     return s
@@ -356,7 +307,7 @@ def list_(
     if as_json:
         for a in out:
             a.pop("payload")
-        _print(out)
+        print_json(out)
         return
     _table(
         f"{len(out)} {status or 'open'} alarm(s) in {setup.db}",
@@ -379,7 +330,7 @@ def list_(
                 a["rule"],
                 a["chart"],
                 a["path"],
-                _when(a["raised_us"]),
+                when(a["raised_us"]),
                 str(a["count"]),
                 _num(a["last_value"]),
             ]
@@ -418,7 +369,7 @@ def _journal_rows(out: list[dict[str, Any]]) -> list[list[str]]:
         )
         rows.append(
             [
-                _when(j["time_us"]),
+                when(j["time_us"]),
                 j["event"],
                 what,
                 j["path"] or "",
@@ -450,7 +401,7 @@ def show(
                 )
             ]
     if as_json:
-        _print({"alarm": a, "journal": journal})
+        print_json({"alarm": a, "journal": journal})
         return
     p = a["payload"]
     rows = [
@@ -471,7 +422,7 @@ def show(
         ["limits id", str(a["limits_id"])],
         [
             "count / last value",
-            f"{a['count']} / {_num(a['last_value'])} at {_when(a['last_time'])}",
+            f"{a['count']} / {_num(a['last_value'])} at {when(a['last_time'])}",
         ],
         ["context", ", ".join(f"{k}={v}" for k, v in (p.get("context") or {}).items()) or "—"],
         ["cleared", a["cleared"] or "—"],
@@ -509,7 +460,7 @@ def journal(
         where, params = ["1=1"], []
         if since is not None:
             where.append("time_us >= ?")
-            params.append(_parse_time(since, _now_us(), "--since"))
+            params.append(parse_time(since, now_us(), "--since"))
         if char is not None:
             paths = [c.path for c in setup.cfg.characteristics if char in (c.id, c.path)] or [char]
             where.append(f"path IN ({', '.join('?' * len(paths))})")
@@ -522,7 +473,7 @@ def journal(
             ).fetchall()
         out = [_journal_json(r) for r in reversed(rows)]
     if as_json:
-        _print(out)
+        print_json(out)
         return
     _table(f"Alarm journal ({len(out)} rows) in {setup.db}", _JOURNAL_HEAD, _journal_rows(out))
 
@@ -554,14 +505,14 @@ def pareto(
         setup = _setup(config, data_dir)
         if by not in ("cause", "category"):
             raise _UsageError(f"--by must be cause or category, not {by!r}")
-        now = _now_us()
+        now = now_us()
         where, params = ["cause_code IS NOT NULL"], []
         if since is not None:
             where.append("acked_us >= ?")
-            params.append(_parse_time(since, now, "--since"))
+            params.append(parse_time(since, now, "--since"))
         if until is not None:
             where.append("acked_us < ?")
-            params.append(_parse_time(until, now, "--until"))
+            params.append(parse_time(until, now, "--until"))
         _place_filter(line, char, where, params)
         group = "cause_category, cause_code" if by == "cause" else "cause_category"
         code_col = "cause_code" if by == "cause" else "''"
@@ -590,7 +541,7 @@ def pareto(
             r["percent"] = round(100 * r["count"] / total, 1)
             r["cumulative_percent"] = round(100 * cum / total, 1)
     if as_json:
-        _print(out)
+        print_json(out)
         return
     counts = [
         [str(r["count"]), f"{r['percent']:.1f}", f"{r['cumulative_percent']:.1f}"] for r in out
@@ -620,7 +571,7 @@ def causes(config: ConfigOpt, as_json: JsonOpt = False) -> None:
         setup = _setup(config, None)
         out = picklists(setup.cfg.alarms)
     if as_json:
-        _print(out)
+        print_json(out)
         return
     _table(
         "Assignable causes (--cause category:code)",
@@ -854,16 +805,16 @@ def _send(
 
 def _report(c: _Confirmation, text: str, as_json: bool) -> None:
     if as_json:
-        _print({"topic": c.topic, "message": c.message, "journal": c.journal})
+        print_json({"topic": c.topic, "message": c.message, "journal": c.journal})
         return
-    con = _console()
+    con = console()
     con.print(text)
     if c.message is not None:
         seq = c.message.get("seq")
         con.print(f"confirmed by the gateway on {c.topic}" + (f" (seq {seq})" if seq else ""))
     elif c.journal is not None and not c.journal["published"]:
         con.print(
-            f"recorded by the gateway in its journal at {_when(c.journal['time_us'])} "
+            f"recorded by the gateway in its journal at {when(c.journal['time_us'])} "
             "(not published: the alarm is held or its point is shelved)"
         )
     else:
@@ -910,9 +861,9 @@ def ack(
             payload["action"] = _resolve_action(setup, action)
         a = _open_alarm(setup, alarm_id)
         if a["acked_us"] is not None:
-            _console().print(
+            console().print(
                 f"{alarm_id} was acknowledged already by {a['ack_user']} at "
-                f"{_when(a['acked_us'])}: nothing sent"
+                f"{when(a['acked_us'])}: nothing sent"
             )
             return
         c = _send(
@@ -957,9 +908,9 @@ def shelve(
         if (minutes is None) == (until is None):
             raise _UsageError("give exactly one of --minutes N and --until TIME")
         payload: dict[str, Any] = {"alarm_id": alarm_id, "user": user, "comment": comment}
-        now = _now_us()
+        now = now_us()
         if until is not None:
-            until_us = _parse_time(until, now, "--until")
+            until_us = parse_time(until, now, "--until")
             if until_us <= now:
                 raise _UsageError(f"--until {until!r} ({_iso(until_us)}) is not in the future")
             payload["until"] = _iso(until_us)
@@ -1006,7 +957,7 @@ def unshelve(
         a = _open_alarm(setup, alarm_id)
         shelved = a.get("shelved_alarm_id")
         if shelved is None:
-            _console().print(f"{a['path']} {a['chart']} {a['rule']} is not shelved: nothing sent")
+            console().print(f"{a['path']} {a['chart']} {a['rule']} is not shelved: nothing sent")
             return
         c = _send(
             setup,
@@ -1048,7 +999,7 @@ def service(
         with _ro(setup) as con:
             now_out = con.execute("SELECT 1 FROM oos WHERE path = ?", (path,)).fetchone()
         if bool(now_out) == out:
-            _console().print(f"{path} is {'out of' if out else 'in'} service already: nothing sent")
+            console().print(f"{path} is {'out of' if out else 'in'} service already: nothing sent")
             return
 
         def matches(m: dict[str, Any]) -> bool:

@@ -29,11 +29,9 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import re
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -42,6 +40,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+from collector.cliutil import UsageError as _UsageError
+from collector.cliutil import (
+    console,
+    now_us,
+    parse_time,
+    print_json,
+    table,
+    when,
+)
 
 if TYPE_CHECKING:
     from collector.config import Characteristic, GatewayConfig
@@ -52,9 +60,13 @@ __all__ = ["limits_app", "parse_time"]
 
 EXIT_BAD = 2
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_UNIT_US = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _UNCHARTED = ("p", "np", "u")
 _WHOLE = frozenset({"characteristic", "limits id", "since", "at", "effective from", "effective"})
+
+
+def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    table(title, columns, rows, _WHOLE)
+
 
 limits_app = typer.Typer(
     no_args_is_help=True,
@@ -65,53 +77,16 @@ limits_app = typer.Typer(
 )
 
 
-class _UsageError(Exception):
-    """A user error: one line, exit 2."""
-
-
-def parse_time(text: str, now_us: int, what: str) -> int:
-    """µs since the epoch from RFC 3339/ISO 8601 (naive = UTC), ``now``, ``-2h``/``2h`` ago or ``+2h`` ahead."""
-    t = text.strip()
-    if t == "now":
-        return now_us
-    m = re.fullmatch(r"([+-]?)(\d+(?:\.\d+)?)([smhdw])", t)
-    if m:
-        delta = int(float(m[2]) * _UNIT_US[m[3]] * 1_000_000)
-        return now_us + delta if m[1] == "+" else now_us - delta
-    try:
-        stamp = datetime.fromisoformat(t)
-    except ValueError:
-        raise _UsageError(
-            f"{what} {text!r} is not RFC 3339 (2026-11-26T08:00:00Z), 'now', "
-            "or relative like -2h, +30m, -7d"
-        ) from None
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=UTC)
-    d = stamp - _EPOCH
-    return (d.days * 86400 + d.seconds) * 1_000_000 + d.microseconds
-
-
 def _iso(us: int | None) -> str:
     if us is None:
         return "—"
     return (_EPOCH + timedelta(microseconds=int(us))).isoformat().replace("+00:00", "Z")
 
 
-def _when(us: int | None) -> str:
-    """A time for a table: to the second (JSON output keeps the µs)."""
-    if us is None:
-        return "—"
-    return (_EPOCH + timedelta(seconds=int(us) // 1_000_000)).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
 def _num(v: float | None) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "—"
     return f"{v:.8g}"
-
-
-def _now_us() -> int:
-    return time.time_ns() // 1000
 
 
 @contextmanager
@@ -198,30 +173,6 @@ def _m(ch: Characteristic) -> int:
 
 
 # --------------------------------------------------------------------------- output helpers
-
-
-def _print(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, ensure_ascii=False, indent=1, allow_nan=False) + "\n")
-
-
-def _console() -> Any:
-    from rich.console import Console
-
-    # user text (reasons, serials) is shown as typed: no rich markup, no highlighting
-    return Console(highlight=False, markup=False, emoji=False)
-
-
-def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(title=Text(title), title_justify="left")
-    for c in columns:
-        # paths and ids stay whole; free text wraps
-        table.add_column(Text(c), overflow="fold", no_wrap=c in _WHOLE)
-    for r in rows:
-        table.add_row(*(Text(cell) for cell in r))
-    _console().print(table)
 
 
 def _record_json(rec: LimitsRecord | None, m: int) -> dict[str, Any] | None:
@@ -339,7 +290,7 @@ def list_(config: ConfigOpt, data_dir: DataDirOpt = None, as_json: JsonOpt = Fal
     """Every characteristic: the limits in force now, since when and by whom."""
     with _errors("list"):
         setup = _setup(config, data_dir)
-        now = _now_us()
+        now = now_us()
         out = []
         with _store(setup, write=False) as store:
             current = store.current_assignments(now) if store else {}
@@ -371,7 +322,7 @@ def list_(config: ConfigOpt, data_dir: DataDirOpt = None, as_json: JsonOpt = Fal
                         }
                     )
     if as_json:
-        _print(out)
+        print_json(out)
         return
     rows = []
     for item in out:
@@ -389,13 +340,13 @@ def list_(config: ConfigOpt, data_dir: DataDirOpt = None, as_json: JsonOpt = Fal
                 _num(lim["ucl"]),
                 _num(lim["sigma"]),
                 lim["method"],
-                _when(a["effective_from_us"]),
+                when(a["effective_from_us"]),
                 f"{a['user']} ({a['source']})",
                 str(item["pending"] or ""),
             ]
         )
     _table(
-        f"Limits in force at {_when(now)}",
+        f"Limits in force at {when(now)}",
         [
             "characteristic",
             "chart",
@@ -431,7 +382,7 @@ def show(
         setup = _setup(config, data_dir)
         ch = setup.characteristic(char)
         m = _m(ch)
-        now = _now_us()
+        now = now_us()
         at_us = now if at is None else parse_time(at, now, "--at")
         with _store(setup, write=False) as store:
             a = store.effective_assignment(ch.path, at_us) if store else None
@@ -448,11 +399,11 @@ def show(
         "pending": pending,
     }
     if as_json:
-        _print(out)
+        print_json(out)
         return
-    con = _console()
+    con = console()
     if rec is None or a is None:
-        con.print(f"{ch.path}: no limits in force at {_when(at_us)} in {setup.db}")
+        con.print(f"{ch.path}: no limits in force at {when(at_us)} in {setup.db}")
     else:
         lim = out["limits"]
         rows = [
@@ -466,8 +417,8 @@ def show(
             ["window", " … ".join(rec.window)],
             ["params", ", ".join(f"{k}={v:g}" for k, v in rec.params)],
             ["record made by", f"{rec.created_by} at {rec.created_at}: {rec.reason}"],
-            ["in force since", _when(a.effective_from_us)],
-            ["assigned by", f"{a.user} ({a.source}) at {_when(a.assigned_at_us)}: {a.reason}"],
+            ["in force since", when(a.effective_from_us)],
+            ["assigned by", f"{a.user} ({a.source}) at {when(a.assigned_at_us)}: {a.reason}"],
         ]
         rows += [[f"excluded #{e.index}", e.reason] for e in rec.exclusions]
         _table(ch.path, ["", ""], rows)
@@ -489,7 +440,7 @@ def history(
         setup = _setup(config, data_dir)
         ch = setup.characteristic(char)
         m = _m(ch)
-        now = _now_us()
+        now = now_us()
         out = []
         with _store(setup, write=False) as store:
             hist = store.history(ch.path) if store else []
@@ -512,12 +463,12 @@ def history(
                     }
                 )
     if as_json:
-        _print(out)
+        print_json(out)
         return
     rows = [
         [
             str(x["seq"]),
-            _when(x["effective_from_us"]),
+            when(x["effective_from_us"]),
             x["status"],
             x["limits_id"],
             _num((x["limits"] or {}).get("center")),
@@ -549,12 +500,12 @@ def audit(
     with _errors("audit"):
         setup = _setup(config, data_dir)
         path = setup.characteristic(char).path if char else None
-        since_us = parse_time(since, _now_us(), "--since") if since else None
+        since_us = parse_time(since, now_us(), "--since") if since else None
         with _store(setup, write=False) as store:
             entries = store.audit(path) if store else []
     entries = [e for e in entries if since_us is None or e.at_us >= since_us]
     if as_json:
-        _print([{**e.to_json(), "at": _iso(e.at_us)} for e in entries])
+        print_json([{**e.to_json(), "at": _iso(e.at_us)} for e in entries])
         return
 
     def brief(v: dict[str, Any] | None, lid: str | None) -> str:
@@ -565,12 +516,12 @@ def audit(
     rows = [
         [
             str(e.seq),
-            _when(e.at_us),
+            when(e.at_us),
             f"{e.user}@{e.host}",
             e.action,
             e.path,
             f"{brief(e.old, e.old_limits_id)} → {brief(e.new, e.new_limits_id)}",
-            _when(e.effective_from_us),
+            when(e.effective_from_us),
             e.why,
         ]
         for e in entries
@@ -638,7 +589,7 @@ def _report_change(
 ) -> None:
     ov, nv = _values(old, ch), _values(new, ch)
     if as_json:
-        _print(
+        print_json(
             {
                 "path": ch.path,
                 "old": ov,
@@ -652,7 +603,7 @@ def _report_change(
         )
         return
     _table(f"{ch.path}: old → new", ["", "old", "new", "change"], _compare(ov, nv))
-    con = _console()
+    con = console()
     for e in new.exclusions:
         con.print(f"excluded point {e.index}: {e.reason}")
     if assigned is None:
@@ -716,7 +667,7 @@ def set_(
             )
         if not attribute and (sigma is None or not math.isfinite(sigma) or sigma <= 0):
             raise _UsageError(f"--sigma: a {ch.chart} chart needs a known σ > 0")
-        now = _now_us()
+        now = now_us()
         eff = _effective_us(effective, now, allow_backdate)
         rec = LimitsRecord(
             chart=ch.chart,
@@ -768,7 +719,7 @@ def revert(
         _who(user, reason)
         setup = _setup(config, data_dir)
         ch = setup.characteristic(char)
-        now = _now_us()
+        now = now_us()
         eff = _effective_us(effective, now, allow_backdate)
         if not setup.db.exists():
             raise _UsageError(f"--to {to}: never assigned to {ch.path} (no {setup.db} yet)")
@@ -1147,7 +1098,7 @@ def recompute(
                 f"{ch.path}: {ch.chart} charts need sample sizes the gateway does not collect "
                 "yet; use `shopspc limits set`"
             )
-        now = _now_us()
+        now = now_us()
         since_us = parse_time(from_, now, "--from") if from_ else None
         until_us = parse_time(to, now, "--to") if to else None
         if csv_file is None and (since_us is None or until_us is None):
@@ -1226,7 +1177,7 @@ def recompute(
             change = None
             if old is not None and old.id == rec.id:
                 if as_json:
-                    _print({"path": ch.path, "unchanged": rec.id, **extra})
+                    print_json({"path": ch.path, "unchanged": rec.id, **extra})
                 else:
                     sys.stdout.write(f"{ch.path}: unchanged, {rec.id} is already in force\n")
                 return
