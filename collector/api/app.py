@@ -57,7 +57,7 @@ from collector.api.auth import (
 )
 from collector.api.metrics import CONTENT_TYPE, ApiMetrics
 from collector.api.recent import RecentPoints
-from collector.api.stream import StreamHub, stream_router
+from collector.api.stream import CharStates, StreamHub, stream_router
 from collector.limitstore import LimitsStoreError, limits_values
 from collector.outbox import OutboxError
 from spc.errors import SpcInputError
@@ -76,6 +76,9 @@ _CSP_DOCS = (
 _OPEN_STATUSES = ("active", "acknowledged", "cleared_unacked")
 _SINCE = "source time from: RFC 3339, 'now', relative (-2h, -30m) or µs since the epoch"
 _BODY_KEEP = 4096  # request bytes kept for the audit summary
+# the manual-entry form's 5M1E fields (measurement field names), shown even when unbound
+_ENTRY_FIELDS = ("operator", "machine", "lot", "method", "gauge_id")
+_ENTRY_HIDDEN = ("status", "gauge_calibration_due")
 
 
 class ApiSettings(BaseModel):
@@ -476,8 +479,14 @@ def _characteristics_router() -> APIRouter:
 
     @r.get("/characteristics")
     async def list_characteristics(request: Request, p: AsOperator) -> list[dict[str, Any]]:
-        """Every configured characteristic with its current state and open-alarm count."""
-        gw = _api(request).gateway
+        """Every configured characteristic with its current state and open-alarm count.
+
+        ``state`` is the alarm state topic's: ``in_control``, ``out_of_control``,
+        ``no_data`` or ``suspended`` (out of service or a suppressing process
+        state, ``state_reason`` says which).
+        """
+        api = _api(request)
+        gw = api.gateway
         open_by_path: dict[str, int] = {}
         for a in gw.alarms.active():
             open_by_path[a["path"]] = open_by_path.get(a["path"], 0) + 1
@@ -485,6 +494,13 @@ def _characteristics_router() -> APIRouter:
         for i in range(len(gw.chars)):
             row = _summary(gw, i)
             row["open_alarms"] = open_by_path.get(row["path"], 0)
+            known = api.stream.states.state(i) if api.stream.states is not None else None
+            if known is None:  # nothing published yet: what the alarm manager would say
+                n_open = row["open_alarms"]
+                known = ("out_of_control" if n_open else "in_control", None)
+                if not n_open and not row["n_points"]:
+                    known = ("no_data", None)
+            row["state"], row["state_reason"] = known
             out.append(row)
         return out
 
@@ -620,6 +636,46 @@ def _characteristics_router() -> APIRouter:
         payload = {"in_service": body.in_service, "user": p.name, "comment": body.comment}
         gw.command(path, payload, "service", source="api")
         return {"path": path, "in_service": body.in_service}
+
+    @r.get("/characteristics/{c:path}/entry")
+    async def entry_form(c: str, request: Request, p: AsOperator) -> dict[str, Any]:
+        """What the manual-entry form needs: unit, specs, entry checks and the context now.
+
+        ``fields`` are the 5M1E context fields to pre-fill (measurement field
+        names, as ``POST …/measurements`` takes them in ``context``; operator is
+        the signed-in user), ``context`` the same snapshot in the alarm
+        contract's shape.
+        """
+        from collector.pipeline import contract_context
+
+        gw = _api(request).gateway
+        i = _char_index(gw, c)
+        ch = gw.chars[i]
+        snap = gw.index.snapshot(i)
+        fields: dict[str, str | None] = dict.fromkeys(_ENTRY_FIELDS)
+        for key, v in snap.items():
+            if key not in _ENTRY_HIDDEN:
+                fields[key] = str(v)
+        fields["operator"] = p.name
+        m = ch.manual
+        return _jsonable(
+            {
+                "path": ch.path,
+                "id": ch.id,
+                "unit": ch.unit,
+                "chart": ch.chart,
+                "lsl": ch.lsl,
+                "usl": ch.usl,
+                "nominal": ch.nominal,
+                "manual": {
+                    "plausible_min": m.plausible_min,
+                    "plausible_max": m.plausible_max,
+                    "decimals": m.decimals,
+                },
+                "fields": fields,
+                "context": contract_context({**snap, "operator": p.name}, _now_us()),
+            }
+        )
 
     @r.post("/characteristics/{c:path}/measurements", status_code=201)
     async def enter_measurement(
@@ -1006,7 +1062,10 @@ def create_app(gateway: Any, settings: ApiSettings) -> FastAPI:
     """The HTTP API of ``gateway`` (see the module docstring); call :func:`close_app` when done."""
     auth = AuthStore(settings.users_db)
     stream = StreamHub(
-        gateway.paths, queue_size=settings.stream_queue, keepalive_s=settings.stream_keepalive_s
+        gateway.paths,
+        queue_size=settings.stream_queue,
+        keepalive_s=settings.stream_keepalive_s,
+        states=CharStates(gateway.alarms, gateway.paths),
     )
     state = ApiState(
         gateway=gateway,

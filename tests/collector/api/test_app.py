@@ -707,3 +707,80 @@ async def test_manual_entry_plausibility_and_decimals(tmp_path) -> None:
     finally:
         close_app(app)
         gw.close()
+
+
+async def test_characteristic_states_in_the_list_with_the_suspension_reason(api: Api) -> None:
+    """``state`` and ``state_reason``: no_data, out_of_control, in_control, suspended."""
+    op = api.as_("operator")
+    url = "/api/v1/characteristics"
+
+    def states(rows: list[dict[str, Any]]) -> dict[str, tuple[str, str | None]]:
+        return {c["id"]: (c["state"], c["state_reason"]) for c in rows}
+
+    before = states((await api.client.get(url, headers=op)).json())
+    assert before == dict.fromkeys("abc", ("no_data", None))
+    _alarm(api)
+    api.gw.process([("dev", [sample("b", 10.0, 2)])])
+    now = states((await api.client.get(url, headers=op)).json())
+    assert now["a"] == ("out_of_control", None) and now["b"] == ("in_control", None)
+    assert now["c"] == ("no_data", None)
+    r = await api.client.post(
+        "/api/v1/characteristics/b/service",
+        json={"in_service": False, "comment": "gauge at calibration"},
+        headers=api.as_("engineer"),
+    )
+    assert r.status_code == 200
+    now = states((await api.client.get(url, headers=op)).json())
+    assert now["b"] == ("suspended", "out_of_service: gauge at calibration")
+
+
+async def test_entry_form_gives_specs_checks_and_the_context_now(tmp_path) -> None:
+    """GET …/entry: unit, LSL/USL, nominal, manual checks, pre-filled 5M1E (401, 404)."""
+    cfg = config(
+        char(
+            "g",
+            unit="mm",
+            nominal=10.0,
+            manual={"plausible_min": 5.0, "plausible_max": 15.0, "decimals": 2},
+            context={
+                "machine": {"static": "MC-7"},
+                "material_lot": {"source": "dev", "binding": "lot"},
+                "environment": {"temperature": {"static": 21.5}},
+            },
+        ),
+    )
+    gw = Gateway(cfg, {}, data_dir=tmp_path / "gw", sources=[], sinks=[RecordingSink()])
+    app = create_app(gw, _settings(tmp_path))
+    token = app.state.api.auth.create_token("t", "operator", "test")[1]
+    head = {"Authorization": f"Bearer {token}"}
+    try:
+        gw.index.observe("dev", [sample("lot", 4711.0, 0)])  # the lot the line reported last
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="https://testserver") as c:
+            url = "/api/v1/characteristics/g/entry"
+            assert _err(await c.get(url)) == (401, "credentials")
+            r = await c.get("/api/v1/characteristics/zz/entry", headers=head)
+            assert _err(r) == (404, "characteristic")
+            r = await c.get(url, headers=head)
+            assert r.status_code == 200, r.json()
+            form = r.json()
+    finally:
+        close_app(app)
+        gw.close()
+    assert form["path"] == "s1/a1/l1/st1/g" and form["unit"] == "mm"
+    assert (form["lsl"], form["nominal"], form["usl"]) == (4.0, 10.0, 16.0)
+    assert form["manual"] == {"plausible_min": 5.0, "plausible_max": 15.0, "decimals": 2}
+    assert form["fields"] == {
+        "operator": "token:t",
+        "machine": "MC-7",
+        "lot": "4711",
+        "method": None,
+        "gauge_id": None,
+        "env_temperature": "21.5",
+    }
+    assert form["context"] == {
+        "operator": "token:t",
+        "machine": "MC-7",
+        "material_lot": 4711,
+        "environment": {"temperature": 21.5},
+    }

@@ -82,7 +82,7 @@ async def test_point_and_alarm_events_arrive_over_sse(served, capsys) -> None:
         assert (
             alarm["event"] == "raised" and alarm["rule"] == "N1" and alarm["characteristic"] == "a"
         )
-        assert got["state"][0]["state"] == "out_of_control"
+        assert got["state"][0]["state"] == "out_of_control" and got["state"][0]["path"] == A
         with capsys.disabled():
             # reported, not asserted (a shared box): judged → written to the socket → parsed here
             print(
@@ -90,6 +90,39 @@ async def test_point_and_alarm_events_arrive_over_sse(served, capsys) -> None:
             )
         r = await client.get("/healthz")
         assert r.status_code == 200 and "server" not in r.headers
+
+
+async def _states(lines: AsyncIterator[str], n: int, limit: int = 200) -> list[dict[str, Any]]:
+    """The next ``n`` state events' data (bounded in lines)."""
+    out, event = [], None
+    for _ in range(limit):
+        line = await anext(lines)
+        if line.startswith("event: "):
+            event = line[7:]
+        elif line.startswith("data: ") and event == "state":
+            out.append(json.loads(line[6:]))
+            if len(out) == n:
+                return out
+    raise AssertionError(f"{len(out)} of {n} state events in {limit} lines")
+
+
+@pytest.mark.integration
+async def test_state_events_name_their_characteristic(served) -> None:
+    """Equal state messages of several characteristics and a suspension each carry their path."""
+    gw = served["gw"]
+    async with (
+        httpx.AsyncClient(base_url=served["url"], timeout=10) as client,
+        client.stream("GET", "/api/v1/stream", headers=served["headers"]) as resp,
+    ):
+        lines = resp.aiter_lines()
+        assert await asyncio.wait_for(anext(lines), 10) == "retry: 2000"
+        gw.process([("dev", [sample(b, 10.0, 0) for b in "abc"])])
+        first = await asyncio.wait_for(_states(lines, 3), 10)
+        gw.command("s1/a1/l1/st1/b", {"in_service": False, "user": "x"}, "service")
+        (suspended,) = await asyncio.wait_for(_states(lines, 1), 10)
+    assert sorted(s["path"] for s in first) == [A, "s1/a1/l1/st1/b", "s1/a1/l2/st1/c"]
+    assert {s["state"] for s in first} == {"in_control"}
+    assert suspended["state"] == "suspended" and suspended["path"] == "s1/a1/l1/st1/b"
 
 
 @pytest.mark.integration
