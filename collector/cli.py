@@ -260,9 +260,9 @@ def demo(
     from collector.live import run_live_demo
 
     _quiet_logs(logging.WARNING)
-    # alarms are shown by the live screen; the pipeline's own alarm log lines would repeat them
-    logging.getLogger("collector.pipeline").setLevel(logging.ERROR)
-    logging.getLogger("connectors").setLevel(logging.ERROR)
+    # alarms are shown by the live screen; the alarm manager's log lines would repeat them
+    for name in ("collector.pipeline", "collector.alarms", "collector.notify", "connectors"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     try:
         cfg, connectors = load_config(config)
     except ConfigError as err:
