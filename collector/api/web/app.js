@@ -1,7 +1,7 @@
-// The gateway's web screens: sign-in, line overview, alarms, chart, engineer view.
+// The gateway's web screens: sign-in, line overview, alarms, chart, engineer view, manual entry.
 // One ES module, no build step; talks to /api/v1 (session cookie + X-CSRF-Token) and
 // listens to /api/v1/stream. Screens are hash routes: #/overview, #/alarms,
-// #/chart/<path>, #/engineer/<path>. No inline script or style (the CSP forbids them).
+// #/chart/<path>, #/engineer/<path>, #/entry/<path>. No inline script or style (the CSP forbids them).
 import { initialLanguage, language, setLanguage, t } from "./i18n.js";
 import { drawControlChart, drawHistogram, drawPareto } from "./chart.js";
 
@@ -81,6 +81,7 @@ function rfc3339(us) {
 }
 
 function tileState(c) {
+  if (c.state === "suspended") return "suspended";
   if (c.open_alarms > 0 || c.in_control === false) return "bad";
   if (c.phase !== "phase2" || !c.n_samples) return "warn";
   return "ok";
@@ -234,9 +235,17 @@ function route() {
   const view = $("#view");
   view.replaceChildren();
   screen?.destroy?.();
-  const make = { alarms: alarmScreen, chart: chartScreen, engineer: engineerScreen }[name];
+  const make = { alarms: alarmScreen, chart: chartScreen, engineer: engineerScreen, entry: entryScreen }[name];
   screen = (make || overviewScreen)(view, arg);
   screen.refresh();
+}
+
+/** A suspension reason in words: "out_of_service: comment" / "process_state: …". */
+function reasonText(reason) {
+  if (!reason) return t("state_suspended");
+  const [kind, ...rest] = reason.split(": ");
+  const words = { out_of_service: t("out_of_service"), process_state: t("process_state") }[kind] || kind;
+  return rest.length ? `${words}: ${rest.join(": ")}` : words;
 }
 
 function failBox(view, e) {
@@ -276,7 +285,15 @@ function overviewScreen(view) {
   function tile(c) {
     const state = tileState(c);
     const label =
-      state === "bad" ? t("state_bad") : !c.n_samples ? t("no_data") : state === "warn" ? t("phase1") : t("state_ok");
+      state === "suspended"
+        ? t("state_suspended")
+        : state === "bad"
+          ? t("state_bad")
+          : !c.n_samples
+            ? t("no_data")
+            : state === "warn"
+              ? t("phase1")
+              : t("state_ok");
     return h(
       "div",
       {
@@ -292,11 +309,23 @@ function overviewScreen(view) {
       h("div", { class: "name" }, c.id),
       h("div", { class: "where" }, `${c.station} · ${c.chart}`),
       h("div", { class: "value" }, fmtNum(c.last_value), " ", h("small", {}, c.unit || "")),
+      state === "suspended" ? h("div", { class: "reason" }, reasonText(c.state_reason)) : null,
       h(
         "div",
         { class: "meta" },
         h("span", { class: "state" }, label),
         h("span", { class: "alarms" }, `${t("open_alarms")}: ${c.open_alarms}`),
+        h(
+          "a",
+          {
+            class: "entry-link",
+            href: `#/entry/${c.path}`,
+            title: t("nav_entry"),
+            onclick: (ev) => ev.stopPropagation(), // the tile itself opens the chart
+            onkeydown: (ev) => ev.stopPropagation(),
+          },
+          `✎ ${t("enter_value")}`,
+        ),
       ),
     );
   }
@@ -924,6 +953,244 @@ function recomputeForm(path) {
     out,
   );
   return form;
+}
+
+// ------------------------------------------------------------------ manual entry
+
+// the 5M1E fields of the form, in this order; others the gateway names follow
+const ENTRY_FIELDS = ["operator", "machine", "lot", "method", "gauge_id"];
+const FIELD_KEY = { operator: "f_operator", machine: "f_machine", lot: "f_lot", method: "f_method", gauge_id: "f_gauge" };
+const fieldLabel = (name) =>
+  FIELD_KEY[name] ? t(FIELD_KEY[name]) : name.startsWith("env_") ? `${t("f_env")} · ${name.slice(4)}` : name;
+
+/** The client's mirror of the server's entry checks (the server decides): an error text or null. */
+export function entryProblem(text, form) {
+  const typed = String(text).trim().replace(",", ".");
+  if (!typed) return t("value_missing");
+  const v = Number(typed);
+  if (!/^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$/.test(typed) || !Number.isFinite(v)) return t("value_not_number");
+  const m = form.manual || {};
+  if (m.plausible_min !== null && m.plausible_min !== undefined && v < m.plausible_min)
+    return `${t("value_below")} ${fmtNum(m.plausible_min)}`;
+  if (m.plausible_max !== null && m.plausible_max !== undefined && v > m.plausible_max)
+    return `${t("value_above")} ${fmtNum(m.plausible_max)}`;
+  const frac = /e/i.test(typed) ? null : (typed.split(".")[1] || "").replace(/0+$/, "");
+  if (m.decimals !== null && m.decimals !== undefined && frac !== null && frac.length > m.decimals)
+    return `${t("value_decimals")} ${m.decimals}`;
+  return null;
+}
+
+function confirmDialog(form, value) {
+  return new Promise((resolve) => {
+    const unit = form.unit ? ` ${form.unit}` : "";
+    const side = form.usl !== null && value > form.usl ? "above_usl" : "below_lsl";
+    const by = side === "above_usl" ? value - form.usl : form.lsl - value;
+    const done = (ok) => {
+      closeDialog();
+      resolve(ok);
+    };
+    const rows = [
+      [t("usl"), form.usl === null ? "—" : `${fmtNum(form.usl)}${unit}`],
+      [t("value"), `${fmtNum(value)}${unit}`],
+      [t("lsl"), form.lsl === null ? "—" : `${fmtNum(form.lsl)}${unit}`],
+    ];
+    const box = h(
+      "form",
+      {
+        id: "confirm-form",
+        onsubmit: (ev) => {
+          ev.preventDefault();
+          done(true);
+        },
+      },
+      h("h2", {}, t("confirm_title")),
+      h("p", { class: "warn-text", id: "confirm-text" }, `${fmtNum(value)}${unit} ${t(side)} ${t("outside_by")} ${fmtNum(by)}${unit}`),
+      h("dl", { class: "kv spec-scale" }, rows.flatMap(([k, v]) => [h("dt", {}, k), h("dd", { class: k === t("value") ? "out" : "" }, v)])),
+      h("p", { class: "muted" }, t("confirm_hint")),
+      h(
+        "div",
+        { class: "buttons" },
+        h("button", { type: "button", class: "plain", id: "confirm-cancel", onclick: () => done(false) }, t("cancel")),
+        h("button", { type: "submit", class: "danger", id: "confirm-submit" }, t("confirm_store")),
+      ),
+    );
+    const d = $("#dialog");
+    d.replaceChildren(box);
+    d.addEventListener("cancel", () => resolve(false), { once: true });
+    d.showModal();
+    $("#confirm-cancel").focus(); // the safe choice has the focus
+  });
+}
+
+function entryScreen(view, path) {
+  const head = h("div", { class: "toolbar" });
+  const formBox = h("div", { class: "card", id: "entry" });
+  const chartBox = h("div", { class: "card", id: "entry-chart" });
+  view.append(head, h("div", { class: "cols entry-cols" }, formBox, chartBox));
+  const st = { path, form: null, pts: null, frame: 0 };
+
+  function drawChart() {
+    if (!st.pts) return;
+    const n = st.pts.n;
+    chartBox.dataset.n = String(n);
+    chartBox.replaceChildren(
+      h("h2", {}, `${t("chart_of")} · ${st.form?.id || ""}`),
+      n
+        ? drawControlChart(st.pts, Math.max(0, n - 30), n, {
+            lsl: st.form?.lsl,
+            usl: st.form?.usl,
+            labels: { center: t("center"), ucl: t("ucl"), lcl: t("lcl"), usl: t("usl"), lsl: t("lsl") },
+            height: 360,
+          })
+        : h("p", { class: "muted" }, t("no_data")),
+    );
+  }
+
+  function renderForm() {
+    const f = st.form;
+    const unit = f.unit || "";
+    const m = f.manual || {};
+    const step = m.decimals === null || m.decimals === undefined ? null : (10 ** -m.decimals).toFixed(m.decimals);
+    const value = h("input", {
+      id: "entry-value",
+      name: "value",
+      inputmode: "decimal",
+      autocomplete: "off",
+      required: true,
+      placeholder: step ? step.replace(/1$/, "0") : "",
+    });
+    const serial = h("input", { id: "entry-serial", name: "serial", autocomplete: "off" });
+    const names = [...ENTRY_FIELDS, ...Object.keys(f.fields || {}).filter((k) => !ENTRY_FIELDS.includes(k))];
+    const inputs = names.map((name) =>
+      h("input", { id: `entry-f-${name}`, dataset: { field: name }, value: f.fields?.[name] ?? "" }),
+    );
+    const err = h("p", { class: "error", role: "alert", id: "entry-error" });
+    const ok = h("p", { class: "ok-text", role: "status", id: "entry-ok" });
+    const specs = [
+      [t("lsl"), f.lsl],
+      [t("nominal"), f.nominal],
+      [t("usl"), f.usl],
+    ]
+      .filter(([, v]) => v !== null && v !== undefined)
+      .map(([k, v]) => `${k} ${fmtNum(v)}`)
+      .join(" · ");
+    const checks = [
+      m.plausible_min !== null || m.plausible_max !== null
+        ? `${t("plausible")} ${fmtNum(m.plausible_min)} … ${fmtNum(m.plausible_max)}`
+        : null,
+      m.decimals !== null && m.decimals !== undefined ? `${m.decimals} ${t("decimals")}` : null,
+    ].filter(Boolean);
+
+    async function send(v, confirm) {
+      const context = {};
+      for (const el of inputs) if (el.value.trim()) context[el.dataset.field] = el.value.trim();
+      return api(`/characteristics/${enc(f.path)}/measurements`, {
+        method: "POST",
+        body: { value: v, serial: serial.value.trim() || null, confirm, context },
+      });
+    }
+
+    const submit = h("button", { type: "submit", id: "entry-submit" }, t("store"));
+    const form = h(
+      "form",
+      {
+        id: "entry-form",
+        class: "stack",
+        novalidate: true,
+        onsubmit: async (ev) => {
+          ev.preventDefault();
+          err.textContent = ok.textContent = "";
+          const problem = entryProblem(value.value, f);
+          if (problem) {
+            err.textContent = problem;
+            value.focus();
+            return;
+          }
+          const v = Number(value.value.trim().replace(",", "."));
+          submit.disabled = true;
+          try {
+            let r;
+            try {
+              r = await send(v, false);
+            } catch (e) {
+              if (e.status !== 409) throw e;
+              if (!(await confirmDialog(f, v))) {
+                err.textContent = t("not_stored");
+                return;
+              }
+              r = await send(v, true);
+            }
+            ok.textContent = `${t("stored")}: ${fmtNum(r.value)} ${unit}${r.serial ? ` · ${t("serial")} ${r.serial}` : ""} · ${fmtTime(Date.now() * 1000).slice(11)}`;
+            value.value = "";
+            serial.value = "";
+          } catch (e) {
+            if (e.status !== 401) err.textContent = `${t(e.status === 422 ? "entry_rejected" : "error")}: ${e.message}`;
+          } finally {
+            submit.disabled = false;
+            value.focus();
+          }
+        },
+      },
+      h("label", { class: "value-field", for: "entry-value" }, t("value")),
+      h("div", { class: "with-unit" }, value, h("span", { class: "unit" }, unit), submit),
+      h("div", { class: "messages" }, err, ok),
+      h("label", {}, t("serial"), serial),
+      h(
+        "fieldset",
+        { class: "context" },
+        h("legend", {}, t("context")),
+        names.map((name, k) => h("label", {}, fieldLabel(name), inputs[k])),
+      ),
+    );
+    formBox.replaceChildren(
+      h("h2", {}, `${t("nav_entry")} · ${f.path}`),
+      h("p", { class: "specs", id: "entry-specs" }, specs ? `${specs} ${unit}` : t("no_specs")),
+      checks.length ? h("p", { class: "muted", id: "entry-checks" }, checks.join(" · ")) : null,
+      form,
+    );
+    value.focus();
+  }
+
+  async function refresh() {
+    try {
+      const { sel, chars } = await charPicker(st.path, "entry");
+      if (!st.path && chars.length) st.path = chars[0].path;
+      if (!st.path) return;
+      sel.value = st.path;
+      head.replaceChildren(
+        h("label", {}, t("pick_char"), sel),
+        h("a", { href: `#/chart/${st.path}`, id: "entry-to-chart" }, t("nav_chart")),
+      );
+      [st.form, st.pts] = await Promise.all([
+        api(`/characteristics/${enc(st.path)}/entry`),
+        api(`/characteristics/${enc(st.path)}/points?limit=200`),
+      ]);
+      if (!$("#entry-form")) renderForm(); // a reconnect keeps what is being typed
+      drawChart();
+    } catch (e) {
+      if (e.status !== 401) failBox(view, e);
+    }
+  }
+
+  const COLS = ["time_us", "statistic", "center", "lcl", "ucl", "violations"];
+  return {
+    refresh,
+    onAlarm: () => {},
+    onPoint(ev) {
+      if (!st.pts) return;
+      let added = 0;
+      ev.path.forEach((p, k) => {
+        if (p !== st.path) return;
+        for (const c of COLS) st.pts[c].push(ev[c][k]);
+        st.pts.sigma.push(ev.center[k] !== null && ev.ucl[k] !== null ? (ev.ucl[k] - ev.center[k]) / 3 : null);
+        added += 1;
+      });
+      if (!added) return;
+      st.pts.n += added;
+      cancelAnimationFrame(st.frame);
+      st.frame = requestAnimationFrame(drawChart);
+    },
+  };
 }
 
 // ------------------------------------------------------------------ boot

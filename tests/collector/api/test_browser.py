@@ -4,7 +4,9 @@ A real Gateway and the app are served by uvicorn on 127.0.0.1 in a thread of
 their own (Selenium blocks); the test signs in through the page, watches the
 overview, plants an out-of-control value with ``gw.process`` in the server's
 loop, sees the tile turn red and the alarm appear live, acknowledges it with
-a cause and sees it acknowledged. With ``SHOPSPC_SCREENSHOTS=1`` it writes a
+a cause and sees it acknowledged; on a RUNNING gateway (``gw.run`` in the
+server's loop) values are typed into the manual-entry screen and stored with
+``source=manual``. With ``SHOPSPC_SCREENSHOTS=1`` it writes a
 screenshot of every screen to ``docs/screenshots/`` (run
 ``SHOPSPC_SCREENSHOTS=1 .venv/bin/pytest tests/collector/api/test_browser.py``).
 """
@@ -23,10 +25,12 @@ import pytest
 
 from collector.api.app import ApiSettings, close_app, create_app
 from collector.api.server import serve
+from collector.pipeline import Gateway
+from connectors.base import ConnectorStats
 from connectors.localstore.store import SeriesStore
 from tests.servers import free_port, require_binary
 
-from .conftest import sample
+from .conftest import IdleSource, char, config, sample
 
 pytestmark = pytest.mark.integration
 
@@ -90,7 +94,30 @@ class Served:
 
         return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
 
+    def run_gateway(self) -> None:
+        """Start ``gw.run`` in the server's loop (``Gateway.enter`` waits for its processor)."""
+
+        async def go() -> None:
+            self._gw_stop = asyncio.Event()
+            self._gw_task = asyncio.create_task(self.gw.run(self._gw_stop))
+
+        asyncio.run_coroutine_threadsafe(go(), self.loop).result(10)
+
+    def stop_gateway(self) -> None:
+        """Stop a gateway started by :meth:`run_gateway` (idempotent)."""
+        task = getattr(self, "_gw_task", None)
+        if task is None or self.loop is None or not self.thread.is_alive():
+            return
+        self._gw_task = None
+
+        async def end() -> None:
+            self._gw_stop.set()
+            await asyncio.wait_for(task, 15)
+
+        asyncio.run_coroutine_threadsafe(end(), self.loop).result(20)
+
     def stop(self) -> None:
+        self.stop_gateway()
         if self.loop is not None and self._stop is not None and self.thread.is_alive():
             self.loop.call_soon_threadsafe(self._stop.set)
         self.thread.join(20)
@@ -392,3 +419,119 @@ def test_language_switch_is_remembered(served, browser) -> None:
     _wait(d, "Chinese after a reload", lambda d: _text(d, "#nav-alarms") == "报警")
     assert d.execute_script("return localStorage.getItem('shopspc.lang')") == "zh"
     assert _page_errors(d) == []
+
+
+class CaptureSink:
+    """Keeps the line protocol the gateway writes (what the series stores would get)."""
+
+    name, precision = "cap", "us"
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.stats = ConnectorStats(state="connected")
+
+    async def write(self, batch: Any) -> Any:
+        self.lines += [b.decode() if isinstance(b, bytes) else b for b in batch]
+
+    async def close(self) -> None:
+        return None
+
+
+@pytest.fixture
+def entry_served(tmp_path) -> Iterator[tuple[Served, CaptureSink]]:
+    """A running gateway: a (manual checks, a static machine, specs 4…16 mm) and b."""
+    sink = CaptureSink()
+    manual = {"plausible_min": 0.0, "plausible_max": 20.0, "decimals": 2}
+    gw = Gateway(
+        config(
+            char(
+                "a", unit="mm", nominal=10.0, manual=manual, context={"machine": {"static": "MC-7"}}
+            ),
+            char("b", unit="mm"),
+        ),
+        {},
+        data_dir=tmp_path / "gw",
+        sources=[IdleSource()],
+        sinks=[sink],
+    )
+    s = Served(gw, tmp_path)
+    gw.process([("dev", [sample(b, 10 + _WOBBLE[k % 8], k) for k in range(40) for b in "ab"])])
+    try:
+        s.start()
+        s.run_gateway()
+        yield s, sink
+    finally:
+        s.stop()
+        gw.close()
+
+
+def _entry_n(driver: Any) -> int:
+    return int(_attr(driver, "#entry-chart", "data-n") or -1)
+
+
+def _type_value(driver: Any, text: str) -> None:
+    box = driver.find_element("id", "entry-value")
+    box.clear()
+    box.send_keys(text)
+    _click(driver, "#entry-submit")
+
+
+def test_manual_entry_stores_confirms_and_refuses(entry_served, browser) -> None:
+    served, sink = entry_served
+    d = browser
+    B = "s1/a1/l1/st1/b"
+    _sign_in(d, served.url)
+    _wait(d, "two tiles", lambda d: len(_css(d, ".tile")) == 2)
+
+    # out of service: the tile turns amber and says why
+    served.call(
+        lambda: served.gw.command(
+            B, {"in_service": False, "user": USER, "comment": "gauge at cal"}, "service"
+        )
+    )
+    _wait(d, "the suspended tile", lambda d: _tile_state(d, B) == "suspended")
+    assert "out of service: gauge at cal" in _text(d, f'.tile[data-path="{B}"]')
+
+    # from the tile to the form: specs, checks and the 5M1E context pre-filled
+    _click(d, f'.tile[data-path="{A}"] .entry-link')
+    _wait(d, "the entry form", lambda d: _css(d, "#entry-form #entry-value"))
+    assert "nav-entry" in d.execute_script(
+        "return document.querySelector('header nav a.current').id"
+    )
+    assert _text(d, "#entry-specs") == "LSL 4 · Nominal 10 · USL 16 mm"
+    assert "2 decimals" in _text(d, "#entry-checks")
+    field = lambda name: d.find_element("id", f"entry-f-{name}").get_attribute("value")  # noqa: E731
+    assert (field("operator"), field("machine"), field("lot")) == (USER, "MC-7", "")
+    _wait(d, "the chart", lambda d: _entry_n(d) == 40)
+
+    # implausible and too fine: refused in the page, nothing sent
+    _type_value(d, "25")
+    _wait(d, "the plausibility error", lambda d: "plausible maximum 20" in _text(d, "#entry-error"))
+    _type_value(d, "10.123")
+    _wait(d, "the decimals error", lambda d: "resolves 2" in _text(d, "#entry-error"))
+
+    # in spec: stored, on the chart live
+    d.find_element("id", "entry-serial").send_keys("M-1")
+    d.find_element("id", "entry-f-lot").send_keys("L-42")
+    _type_value(d, "10.25")
+    _wait(d, "stored", lambda d: "Stored: 10.25 mm · Serial M-1" in _text(d, "#entry-ok"))
+    assert _text(d, "#entry-error") == ""
+    _wait(d, "the point on the chart", lambda d: _entry_n(d) == 41)
+
+    # out of spec: the server asks, the dialog shows the value against the limits
+    _type_value(d, "17")
+    _wait(d, "the confirm dialog", lambda d: _css(d, "#confirm-form #confirm-submit"))
+    assert "17 mm is above the USL by 1 mm" in _text(d, "#confirm-text")
+    _shot(d, "manual-entry-confirm")
+    _click(d, "#confirm-submit")
+    _wait(d, "stored", lambda d: "Stored: 17 mm" in _text(d, "#entry-ok"))
+    _wait(d, "the second point", lambda d: _entry_n(d) == 42)
+    _shot(d, "manual-entry")
+    assert _page_errors(d) == []
+
+    served.stop_gateway()  # its sinks are flushed on the way out
+    manual = [ln for ln in sink.lines if ln.startswith("measurement,") and "source=manual" in ln]
+    assert len(manual) == 2, sink.lines[-5:]
+    assert "value=10.25" in manual[0] and 'serial="M-1"' in manual[0]
+    assert f'operator="{USER}"' in manual[0] and 'lot="L-42"' in manual[0]
+    assert 'machine="MC-7"' in manual[0] and "value=17" in manual[1]
