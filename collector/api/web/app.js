@@ -307,14 +307,10 @@ function overviewScreen(view) {
         },
       },
       h("div", { class: "name" }, c.id),
-      h("div", { class: "where" }, `${c.station} · ${c.chart}`),
-      h("div", { class: "value" }, fmtNum(c.last_value), " ", h("small", {}, c.unit || "")),
-      state === "suspended" ? h("div", { class: "reason" }, reasonText(c.state_reason)) : null,
       h(
         "div",
-        { class: "meta" },
-        h("span", { class: "state" }, label),
-        h("span", { class: "alarms" }, `${t("open_alarms")}: ${c.open_alarms}`),
+        { class: "where" },
+        h("span", {}, `${c.station} · ${c.chart}`),
         h(
           "a",
           {
@@ -326,6 +322,14 @@ function overviewScreen(view) {
           },
           `✎ ${t("enter_value")}`,
         ),
+      ),
+      h("div", { class: "value" }, fmtNum(c.last_value), " ", h("small", {}, c.unit || "")),
+      state === "suspended" ? h("div", { class: "reason" }, reasonText(c.state_reason)) : null,
+      h(
+        "div",
+        { class: "meta" },
+        h("span", { class: "state" }, label),
+        h("span", { class: "alarms" }, `${t("open_alarms")}: ${c.open_alarms}`),
       ),
     );
   }

@@ -2,8 +2,9 @@
 
 ``.venv/bin/python -m tests.collector.api.screenshots`` serves a real Gateway
 (eight characteristics on two lines, one in Phase I, one without data, a few
-acknowledged alarms with causes and two open ones) on 127.0.0.1, drives headless
-Chromium through every screen and writes ``docs/screenshots/plant-*.png``.
+acknowledged alarms with causes and two open ones, one out of service, one
+measured with a hand gauge) on 127.0.0.1, drives headless Chromium through
+every screen and writes ``docs/screenshots/plant-*.png``.
 The browser test takes its own screenshots with ``SHOPSPC_SCREENSHOTS=1``.
 """
 
@@ -50,6 +51,14 @@ def _gateway(data_dir: Path) -> Gateway:
         over: dict[str, Any] = {"line": line, "station": station, "unit": unit, "lsl": lsl}
         over["usl"] = usl
         over["limits"] = {"center": c, "sigma": s} if given else {"phase1_subgroups": 25}
+        if cid == "flange_thk":  # a micrometer without an interface: typed in at the line
+            over["nominal"] = c
+            over["manual"] = {"plausible_min": 11.5, "plausible_max": 12.5, "decimals": 3}
+            over["context"] = {
+                "machine": {"static": "MC-20"},
+                "method": {"static": "P-2041 rev C"},
+                "gauge": {"id": {"static": "MIC-017"}},
+            }
         chars.append(char(cid, **over))
     return Gateway(
         config(*chars), {}, data_dir=data_dir, sources=[IdleSource()], sinks=[RecordingSink()]
@@ -89,7 +98,13 @@ def main() -> int:
         ):
             payload = {"alarm_id": a["alarm_id"], "user": "wang", "comment": "", "cause": cause}
             gw.command(a["path"], payload, "ack", source="api")
+        gw.command(
+            "s1/a1/l2/paint/paint_thk",
+            {"in_service": False, "user": "wang", "comment": "gauge at calibration"},
+            "service",
+        )
         served.start()
+        served.run_gateway()  # manual entry waits for the gateway's processor
         opts = webdriver.ChromeOptions()
         opts.binary_location = require_binary("chromium")
         for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--lang=en-US"):
@@ -122,6 +137,16 @@ def main() -> int:
             driver.set_window_size(1920, 1900)
             shot("engineer")
             driver.set_window_size(1920, 1080)
+            driver.get(f"{served.url}/#/entry/s1/a1/l1/op20/flange_thk")
+            _wait(driver, "the entry form", lambda d: _css(d, "#entry-form #entry-value"))
+            driver.find_element("id", "entry-serial").send_keys("FL00121")
+            driver.find_element("id", "entry-f-lot").send_keys("AL-2611-07")
+            driver.find_element("id", "entry-value").send_keys("12.004")
+            _click(driver, "#entry-submit")
+            _wait(driver, "stored", lambda d: "12.004" in (_text(d, "#entry-ok") or ""))
+            driver.find_element("id", "entry-serial").send_keys("FL00122")
+            driver.find_element("id", "entry-value").send_keys("11.99")
+            shot("entry")
             driver.get(f"{served.url}/#/overview")
             _click(driver, "#lang")
             _wait(driver, "Chinese", lambda d: _text(d, "#nav-overview") == "产线总览")
