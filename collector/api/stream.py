@@ -155,6 +155,8 @@ class StreamHub:
     def subscribe(self) -> Subscriber:
         """A new client's subscription (call :meth:`unsubscribe` when it goes)."""
         sub = Subscriber(asyncio.Queue(self.queue_size))
+        if self.states is not None and not self._subs:
+            self.states.sync()  # not kept while nobody listened
         if self.closed:
             sub.closed = True
         self._subs.add(sub)
@@ -192,7 +194,7 @@ class StreamHub:
 
     def on_points(self, judged: JudgedPoints) -> None:
         """A gateway point listener: one ``point`` event per judged batch."""
-        if self.states is not None:
+        if self.states is not None and self._subs:
             self.states.sync()  # point listeners run just before the batch's alarm judgement
         if not self._subs or judged.n == 0:
             return
@@ -216,11 +218,13 @@ class StreamHub:
 
     def on_alarm(self, outcome: Outcome) -> None:
         """A gateway alarm listener: ``alarm`` and ``state`` events (with the state's ``path``)."""
+        if not self._subs:
+            if self.states is not None and outcome.states:
+                self.states.sync()
+            return
         paths: list[str | None] = [None] * len(outcome.states)
         if self.states is not None and outcome.states:
             paths = self.states.paths_of(outcome.states)
-        if not self._subs:
-            return
         for ev in outcome.events:
             self.publish("alarm", ev)
         for st, path in zip(outcome.states, paths, strict=True):

@@ -237,7 +237,7 @@ export const STRINGS = {
     value_not_number: "不是数字",
     value_below: "低于合理下限",
     value_above: "高于合理上限",
-    value_decimals: "小数位过多；量具分辨率为小数位",
+    value_decimals: "小数位过多，允许的小数位数为",
     confirm_title: "超出规格",
     above_usl: "高于规格上限",
     below_lsl: "低于规格下限",

@@ -518,7 +518,18 @@ def test_manual_entry_stores_confirms_and_refuses(entry_served, browser) -> None
     assert _text(d, "#entry-error") == ""
     _wait(d, "the point on the chart", lambda d: _entry_n(d) == 41)
 
-    # out of spec: the server asks, the dialog shows the value against the limits
+    # the server decides: a value the page lets through (exponent form) is refused there
+    _type_value(d, "1.0001e1")
+    _wait(d, "the server's refusal", lambda d: "Refused: " in _text(d, "#entry-error"))
+    assert "more than 2 decimals" in _text(d, "#entry-error")
+
+    # out of spec: the server asks; cancelled, nothing is stored
+    _type_value(d, "17")
+    _wait(d, "the confirm dialog", lambda d: _css(d, "#confirm-form #confirm-cancel"))
+    _click(d, "#confirm-cancel")
+    _wait(d, "not stored", lambda d: _text(d, "#entry-error") == "Not stored")
+
+    # asked again and confirmed: the dialog shows the value against the limits
     _type_value(d, "17")
     _wait(d, "the confirm dialog", lambda d: _css(d, "#confirm-form #confirm-submit"))
     assert "17 mm is above the USL by 1 mm" in _text(d, "#confirm-text")
