@@ -816,6 +816,7 @@ function chartScreen(view, path, engineer = false) {
         h("label", {}, t("pick_char"), sel),
         h("label", {}, t("zoom"), zoom),
         h("label", {}, t("pan"), pan),
+        h("a", { href: `#/entry/${st.path}`, id: "chart-to-entry" }, `✎ ${t("nav_entry")}`),
       );
       [st.pts, st.info] = await Promise.all([
         api(`/characteristics/${enc(st.path)}/points?limit=1000`),
