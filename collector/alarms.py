@@ -769,6 +769,7 @@ class AlarmManager:
         content = (state, tuple(ids), reason, limits)
         msg = {
             "schema": STATE_SCHEMA,
+            "path": self.chars[i].path,
             "state": state,
             "active_alarms": ids,
             "reason": reason,
@@ -1699,6 +1700,12 @@ class AlarmManager:
         chars = [i for i, scopes in enumerate(self._char_scopes) if k in scopes]
         self._refresh_suspension(w, chars)
         return self._commit(w)
+
+    @_locked
+    def state_of(self, char: int) -> tuple[str, str | None] | None:
+        """``(state, reason)`` of characteristic ``char`` as last published (None before that)."""
+        content = self._last_state[int(char)]
+        return None if content is None else (content[0], content[2])
 
     @_locked
     def set_limits_ids(self, ids: Mapping[int, str]) -> None:

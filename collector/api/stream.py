@@ -49,72 +49,17 @@ def _floats(a: np.ndarray) -> list[float | None]:
 _STATES = ("in_control", "out_of_control", "no_data", "suspended")
 
 
-def _content(msg: dict[str, Any]) -> tuple:
-    return (
-        msg.get("state"),
-        tuple(msg.get("active_alarms") or ()),
-        msg.get("reason"),
-        msg.get("limits_id"),
-    )
-
-
 class CharStates:
-    """Each characteristic's alarm state and the path of each state message.
-
-    The state messages (``Outcome.states``) carry no path and the alarm manager
-    has no public per-characteristic accessor, so this reads the content of the
-    last state it published per characteristic (``(state, alarm ids, reason,
-    limits id)``, the retained message's content) and matches every new message
-    against the characteristics whose content changed since the last look.
-    Without that record (another alarm manager), :meth:`state` is ``None``.
-    Call everything from the event loop, where the gateway calls the alarm manager.
-    """
+    """Each characteristic's alarm state (as last published) and the path of a state message."""
 
     def __init__(self, alarms: Any, paths: list[str]) -> None:
         self._alarms = alarms
         self.paths = list(paths)
-        self._known: list[tuple | None] = list(self._last() or [None] * len(self.paths))
-
-    def _last(self) -> list[tuple | None] | None:
-        last = getattr(self._alarms, "_last_state", None)
-        return last if isinstance(last, list) and len(last) == len(self.paths) else None
-
-    def sync(self) -> None:
-        """Take the current contents as known (before a batch is judged)."""
-        last = self._last()
-        if last is not None:
-            self._known = last[:]
 
     def state(self, i: int) -> tuple[str, str | None] | None:
         """``(state, reason)`` of characteristic ``i`` as last published, if known."""
-        last = self._last()
-        content = last[i] if last is not None else None
-        if not content or content[0] not in _STATES:
-            return None
-        return content[0], content[2]
-
-    def paths_of(self, states: list[dict[str, Any]]) -> list[str | None]:
-        """The characteristic path of each state message (one outcome's, in order)."""
-        last = self._last()
-        if last is None:
-            return [None] * len(states)
-        changed: dict[tuple, list[int]] = {}
-        for i, (now, before) in enumerate(zip(last, self._known, strict=True)):
-            if now is not None and now != before:
-                changed.setdefault(now, []).append(i)
-        out: list[str | None] = []
-        for msg in states:
-            c = _content(msg)
-            hits = changed.get(c)
-            if hits:
-                # one call publishes in characteristic order: equal contents go in that order
-                out.append(self.paths[hits.pop(0)])
-                continue
-            # republished unchanged (limits re-announced, start): only a unique content tells
-            same = [i for i, now in enumerate(last) if now == c]
-            out.append(self.paths[same[0]] if len(same) == 1 else None)
-        self._known = last[:]
-        return out
+        found = self._alarms.state_of(i)
+        return found if found is not None and found[0] in _STATES else None
 
 
 @dataclass(eq=False)
@@ -155,8 +100,6 @@ class StreamHub:
     def subscribe(self) -> Subscriber:
         """A new client's subscription (call :meth:`unsubscribe` when it goes)."""
         sub = Subscriber(asyncio.Queue(self.queue_size))
-        if self.states is not None and not self._subs:
-            self.states.sync()  # not kept while nobody listened
         if self.closed:
             sub.closed = True
         self._subs.add(sub)
@@ -194,8 +137,6 @@ class StreamHub:
 
     def on_points(self, judged: JudgedPoints) -> None:
         """A gateway point listener: one ``point`` event per judged batch."""
-        if self.states is not None and self._subs:
-            self.states.sync()  # point listeners run just before the batch's alarm judgement
         if not self._subs or judged.n == 0:
             return
         n, pts = judged.n, judged.points
@@ -219,16 +160,11 @@ class StreamHub:
     def on_alarm(self, outcome: Outcome) -> None:
         """A gateway alarm listener: ``alarm`` and ``state`` events (with the state's ``path``)."""
         if not self._subs:
-            if self.states is not None and outcome.states:
-                self.states.sync()
             return
-        paths: list[str | None] = [None] * len(outcome.states)
-        if self.states is not None and outcome.states:
-            paths = self.states.paths_of(outcome.states)
         for ev in outcome.events:
             self.publish("alarm", ev)
-        for st, path in zip(outcome.states, paths, strict=True):
-            self.publish("state", {**st, "path": path})
+        for st in outcome.states:
+            self.publish("state", st)  # a state message names its characteristic's path
 
     async def events(self, sub: Subscriber) -> AsyncIterator[str]:
         """The SSE text of one client until the hub closes (the caller unsubscribes)."""
