@@ -70,7 +70,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -204,7 +204,9 @@ class JudgedPoints:
     Row j: ``points`` row j (characteristic ``points.char[j]``, statistic,
     limits, violation masks, dispersion chart), ``time_us[j]`` the completing
     sample's source time, ``serial[j]`` its part serial, ``limits_id[j]`` the
-    record judged against, ``violations[j]`` the rule codes ("N1,N5" or "").
+    record judged against, ``violations[j]`` the rule codes ("N1,N5" or ""),
+    ``context[j]`` the completing sample's 5M1E snapshot (measurement field
+    names; :func:`contract_context` gives the alarm contract's shape) or None.
     Only the first ``n`` rows of ``points`` belong to the batch.
     """
 
@@ -214,6 +216,7 @@ class JudgedPoints:
     serial: list[str | None]
     limits_id: list[str]
     violations: list[str]
+    context: list[Mapping[str, Any] | None] = field(default_factory=list)
 
 
 @dataclass
@@ -1934,11 +1937,11 @@ class Gateway:
         lines.extend(enc.lines)
         self.stats.points += n
         self._update_views(pts, chars)
+        contexts = [fed.ctx[j] for j in done.tolist()]
         if self.point_listeners:
-            judged = JudgedPoints(pts, n, times, serials, limits_ids, violations)
+            judged = JudgedPoints(pts, n, times, serials, limits_ids, violations, contexts)
             for listener in self.point_listeners:
                 listener(judged)
-        contexts = [fed.ctx[j] for j in done.tolist()]
         self._judge_alarms(pts, n, chars, times, serials, limits_ids, flagged, contexts, lines)
 
     def _judge_alarms(

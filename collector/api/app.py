@@ -535,6 +535,7 @@ def _characteristics_router() -> APIRouter:
             "disp_ucl": _floats(cols.disp_ucl),
             "limits_id": cols.limits_id,
             "serial": cols.serial,
+            "context": cols.context,
         }
 
     @r.get("/characteristics/{c:path}/capability")

@@ -5,16 +5,18 @@ with each :class:`~collector.pipeline.JudgedPoints` batch: one vectorised write
 per batch, no Python object per point. :meth:`RecentPoints.query` returns
 :class:`RecentColumns` in time order, with each point's zone (spc-semantics.md:
 ``z = (x − CL)/σ``; C: |z| ≤ 1, B: 1 < |z| ≤ 2, A: 2 < |z| ≤ 3, ``out`` beyond,
-``""`` for a missing point or an unknown σ; boundaries belong to the inner zone).
+``""`` for a missing point or an unknown σ; boundaries belong to the inner zone)
+and the 5M1E context of the sample that completed it (contract shape).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from collector.pipeline import JudgedPoints, violation_codes
+from collector.pipeline import JudgedPoints, contract_context, violation_codes
 
 __all__ = ["RecentColumns", "RecentPoints", "zones"]
 
@@ -67,6 +69,7 @@ class RecentColumns:
     z: np.ndarray
     zone: list[str]
     violations: list[str]
+    context: list[dict[str, Any] | None]
 
     def __len__(self) -> int:
         return int(self.time_us.shape[0])
@@ -91,6 +94,7 @@ class RecentPoints:
         self.disp_mask = np.zeros(shape, dtype=np.uint64)
         self.limits = np.zeros(shape, dtype=np.int32)
         self.serial = np.full(shape, None, dtype=object)
+        self.context = np.full(shape, None, dtype=object)  # references, shared within a batch
         self.count = np.zeros(n_chars, dtype=np.int64)  # points written since start
         self.limits_ids: list[str] = []
         self._limits_index: dict[str, int] = {}
@@ -137,6 +141,12 @@ class RecentPoints:
             self.serial[c, slot] = None
         else:
             self.serial[c, slot] = np.array(judged.serial, dtype=object)[rows]
+        if judged.context:
+            ctx = np.empty(n, dtype=object)
+            ctx[:] = judged.context[:n]
+            self.context[c, slot] = ctx[rows]
+        else:
+            self.context[c, slot] = None
         self.count += per_char
 
     def query(self, char: int, since_us: int | None = None, limit: int = 1000) -> RecentColumns:
@@ -173,4 +183,8 @@ class RecentPoints:
             z=z,
             zone=zones(cols["statistic"], cols["center"], cols["sigma"]).tolist(),
             violations=violations,
+            context=[
+                None if ctx is None else contract_context(ctx, int(ts))
+                for ctx, ts in zip(self.context[char, idx].tolist(), t.tolist(), strict=True)
+            ],
         )

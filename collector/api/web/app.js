@@ -739,7 +739,7 @@ function chartScreen(view, path, engineer = false) {
 
   const pointBox = h("div", { class: "card", id: "point-context" }, h("p", { class: "muted" }, t("click_point")));
 
-  async function showPoint(i) {
+  function showPoint(i) {
     const p = st.pts;
     const kv = [
       [t("time"), `${fmtTime(p.time_us[i])}.${String(Math.floor(p.time_us[i] / 1000) % 1000).padStart(3, "0")}`],
@@ -769,19 +769,10 @@ function chartScreen(view, path, engineer = false) {
         ),
       );
     }
-    // the 5M1E snapshot travels with alarms: show the one raised at this point, if any
-    try {
-      const alarms = await api(`/alarms?status=all&characteristic=${encodeURIComponent(st.path)}&limit=200`);
-      const hit = alarms.find((a) => a.last_time === p.time_us[i]);
-      if (hit) {
-        const full = await api(`/alarms/${encodeURIComponent(hit.alarm_id)}`);
-        const ctx = full.payload?.context || {};
-        const rows = Object.entries(ctx).map(([k, v]) => [k, typeof v === "object" ? JSON.stringify(v) : String(v)]);
-        if (rows.length) box.push(h("h2", {}, t("context")), h("dl", { class: "kv" }, rows.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])));
-      }
-    } catch {
-      /* the context is a nicety; the point itself is shown */
-    }
+    // the 5M1E snapshot of the sample that completed the point (kept with each recent point)
+    const ctx = (p.context && p.context[i]) || {};
+    const rows = Object.entries(ctx).map(([k, v]) => [k, typeof v === "object" ? JSON.stringify(v) : String(v)]);
+    if (rows.length) box.push(h("h2", {}, t("context")), h("dl", { class: "kv" }, rows.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])));
     pointBox.replaceChildren(...box);
   }
 
@@ -843,6 +834,7 @@ function chartScreen(view, path, engineer = false) {
         if (p !== st.path) return;
         for (const c of COLS) st.pts[c].push(ev[c][k]);
         st.pts.serial.push(null);
+        st.pts.context?.push(null); // the stream carries no context: a reload shows it
         for (const c of DISP) st.pts[c]?.push(null); // the stream carries the centre chart only
         // the stream carries no σ; the limits are centre ± 3σ for the charts drawn here
         st.pts.sigma.push(ev.center[k] !== null && ev.ucl[k] !== null ? (ev.ucl[k] - ev.center[k]) / 3 : null);
@@ -852,7 +844,7 @@ function chartScreen(view, path, engineer = false) {
       st.pts.n += added;
       if (st.pts.n > 1000) {
         const cut = st.pts.n - 1000;
-        for (const c of [...COLS, ...DISP, "serial", "sigma"]) st.pts[c]?.splice(0, cut);
+        for (const c of [...COLS, ...DISP, "serial", "sigma", "context"]) st.pts[c]?.splice(0, cut);
         st.pts.n = 1000;
         if (st.sel !== null) st.sel = st.sel >= cut ? st.sel - cut : null;
       }

@@ -68,3 +68,38 @@ def test_limits_ids_and_serials_of_a_mixed_batch() -> None:
     assert one.statistic.tolist() == [3.0, 5.0] and one.limits_id == ["L-c", "L-b"]
     assert zero.serial == [None, "S4"] and one.serial == ["S3", None]
     assert rp.limits_ids == ["L-a", "L-b", "L-c"]
+
+
+def test_each_point_keeps_its_completing_samples_context(tmp_path) -> None:
+    from collector.pipeline import Gateway
+    from connectors.base import Quality, Sample
+
+    from .conftest import RecordingSink, char, config
+
+    ctx = {
+        "operator": {"source": "dev", "binding": "operator"},
+        "machine": {"static": "MC-1"},
+        "environment": {"temperature": {"static": 21.0}},
+        "gauge": {"id": {"static": "G-7"}, "calibration_due": {"static": "2020-01-01"}},
+    }
+    gw = Gateway(
+        config(char("a", context=ctx)), {}, data_dir=tmp_path, sources=[], sinks=[RecordingSink()]
+    )
+    try:
+        rp = RecentPoints(1)
+        gw.point_listeners.append(rp.on_points)
+        batch = [
+            Sample("a", 10.0 + k, Quality.GOOD, T0 + k, T0 + k, fields={"operator": op})
+            for k, op in enumerate(("li", "wang"))
+        ]
+        gw.process([("dev", batch)])
+        got = rp.query(0).context
+    finally:
+        gw.close()
+    assert [c["operator"] for c in got] == ["li", "wang"]  # each part's own, not the batch's last
+    assert got[0]["machine"] == "MC-1" and got[0]["environment"] == {"temperature": 21.0}
+    assert got[0]["gauge"] == {
+        "id": "G-7",
+        "calibration_due": "2020-01-01",
+        "calibration_status": "overdue",
+    }
