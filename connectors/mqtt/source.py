@@ -50,6 +50,10 @@ class MqttStats(ConnectorStats):
     retained_skipped: int = 0  # retained (stale) messages not mapped (``retained: skip``)
 
 
+#: Batches handed to the gateway but not yet committed before receiving waits (deferred acks).
+_UNCOMMITTED_BATCHES = 2
+
+
 @register_source("mqtt")
 class MqttSource:
     """An MQTT broker connection feeding samples to ``emit`` (see the module docstring)."""
@@ -190,6 +194,10 @@ class MqttSource:
                 if fut is not None:
                     fut.add_done_callback(flush)
                 flush()
+                waiting = [f for f, _ in pending if f is not None and not f.done()]
+                if len(waiting) >= _UNCOMMITTED_BATCHES:
+                    # under load: let messages gather into larger batches meanwhile
+                    await asyncio.wait({waiting[0]})
             self.stats.dropped = self._dropped_before + client.dropped
 
     def _map(self, m: Message) -> list[Sample]:

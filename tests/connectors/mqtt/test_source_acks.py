@@ -108,3 +108,36 @@ async def test_a_failed_commit_is_never_acknowledged() -> None:
     async with asyncio.timeout(5):
         with contextlib.suppress(ConnectorError):
             await pump
+
+
+async def test_receiving_waits_while_two_batches_are_uncommitted() -> None:
+    """Under load messages gather into larger batches instead of many small ones."""
+    loop = asyncio.get_running_loop()
+    futures: list[asyncio.Future[None]] = []
+
+    async def emit(samples: Any) -> None:
+        raise AssertionError
+
+    async def nowait(samples: Any) -> asyncio.Future[None]:
+        futures.append(loop.create_future())
+        return futures[-1]
+
+    emit.nowait = nowait  # type: ignore[attr-defined]
+    client = FakeClient([[_msg(1)], [_msg(2)], [_msg(3)]])
+    pump = asyncio.create_task(_source()._pump(client, emit))  # type: ignore[arg-type]
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert len(futures) == 2 and len(client.batches) == 1  # the third batch not taken yet
+    futures[0].set_result(None)
+    async with asyncio.timeout(5):
+        while len(futures) < 3:
+            await asyncio.sleep(0)
+    assert client.acked == [1]
+    for f in futures[1:]:
+        f.set_result(None)
+    await asyncio.sleep(0)
+    assert client.acked == [1, 2, 3]
+    client.gone.set()
+    async with asyncio.timeout(5):
+        with contextlib.suppress(ConnectorError):
+            await pump
