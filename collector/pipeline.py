@@ -1,15 +1,19 @@
 """The live gateway pipeline: sources → queue → SPC engine → durable outbox → sinks.
 
-One :class:`Gateway` runs everything in one ``asyncio.TaskGroup``: a task per
-source connector, the processor, the sink drainer, the periodic state saver.
+One :class:`Gateway` runs everything in one ``asyncio.TaskGroup``: the alarm
+notifiers, a task per source connector, the processor, the appender, the sink
+drainer, the periodic state saver and the limits watcher.
 
 * **Queue.** Sources hand batches to one bounded ``asyncio.Queue`` (``queue_size``
   batches). Overflow policy: *back-pressure* — a source's ``emit`` waits until
   there is room (its own bounded buffer then applies its own policy); every
   wait is counted in ``queue_waits``. Nothing is dropped here. ``emit`` returns
-  only after the batch's lines are committed to the outbox, so a source that
-  acknowledges its peer after ``emit`` (MQTT QoS 1) never acknowledges a value
-  that ``kill -9`` could still lose.
+  only after the batch's lines are committed to the outbox (OPC UA and Modbus
+  trigger acks follow it); ``emit.nowait`` returns a future done at that commit,
+  for a source that acknowledges later, in order, and keeps receiving meanwhile
+  (MQTT QoS 1). Either way no peer is acknowledged for a value ``kill -9`` could
+  still lose. Values typed in by hand come through :meth:`Gateway.enter`
+  (source ``manual``).
 * **Mapping.** A binding index built once maps (source, binding id) to the
   characteristics it feeds and to the context values it carries. Context
   bindings keep the latest value per binding (also taken from ``Sample.fields``
@@ -33,8 +37,9 @@ source connector, the processor, the sink drainer, the periodic state saver.
   own outbox before the MQTT/webhook notifiers publish them (they are woken
   at once; the alarm path never waits for the series sinks), ``alarm`` lines,
   a log line and the ``on_alarm`` callback per raised alarm. Process-state
-  tags (``alarms.process_state``) suppress raising; acknowledgements arrive on
-  the MQTT command topic (:meth:`Gateway.on_command`). Lines are appended to the outbox
+  tags (``alarms.process_state``) suppress raising; acknowledgements and other
+  operator commands arrive on the MQTT command topics (:meth:`Gateway.on_command`)
+  or from the HTTP API (:meth:`Gateway.command`). Lines are appended to the outbox
   stream ``series`` (``NORMAL`` durability: survives ``kill -9``), up to
   ``CHUNK_LINES`` lines per entry, before they count as accepted; the
   stream is bounded in bytes (``outbox_max_bytes``, back-pressure when full). The
@@ -42,7 +47,8 @@ source connector, the processor, the sink drainer, the periodic state saver.
   smaller batch waits at most ``series_linger_s`` for more; a ``localstore`` at ``data_dir/series.db``
   when none is configured), acks on success, retries later with ``Backoff`` on
   a retryable :class:`~connectors.base.ConnectorError` and dead-letters lines
-  a sink rejects as malformed.
+  a sink rejects as malformed. The processor hands its lines to an appender
+  that commits several batches at once while the next batch is judged.
 * **Limits.** Every record in force comes from the audited limits store
   (:class:`collector.limitstore.LimitsStore`, ``data_dir/limits.db``): configured
   standards and frozen Phase I limits are assigned there (audited, user
