@@ -167,9 +167,9 @@ def _store(setup: _Setup, *, write: bool) -> Iterator[LimitsStore | None]:
 
 
 def _m(ch: Characteristic) -> int:
-    from collector.pipeline import _width
+    from collector.pipeline import subgroup_width
 
-    return _width(ch)
+    return subgroup_width(ch)
 
 
 # --------------------------------------------------------------------------- output helpers
@@ -651,7 +651,7 @@ def set_(
     as_json: JsonOpt = False,
 ) -> None:
     """Assign known standards (method ``known``): centre and σ given, not estimated."""
-    from collector.pipeline import _params
+    from collector.pipeline import chart_params
     from spc.limits import LimitsRecord
 
     with _errors("set"):
@@ -675,7 +675,7 @@ def set_(
             sigma=math.nan if sigma is None else float(sigma),
             method="known",
             n_points=0,
-            params=_params(ch),
+            params=chart_params(ch),
             created_by=user,
             created_at=_iso(now),
             reason=reason,
@@ -951,7 +951,7 @@ def _subgroups(ch: Characteristic, points: list[_Point]) -> tuple[list[list[_Poi
     """The gateway's subgrouping: ``m`` consecutive parts; a close_on context change or an
     elapsed window_s (on source time) closes a subgroup early. Returns the complete-or-closed
     subgroups and how many values a trailing open subgroup left out."""
-    from collector.pipeline import _CLOSE_FIELD
+    from collector.pipeline import CONTEXT_FIELD
 
     m = _m(ch)
     sg = ch.subgroup
@@ -961,7 +961,7 @@ def _subgroups(ch: Characteristic, points: list[_Point]) -> tuple[list[list[_Poi
     for p in points:
         changed = False
         if sg.close_on:
-            key = tuple(p.fields.get(_CLOSE_FIELD[n]) for n in sg.close_on)
+            key = tuple(p.fields.get(CONTEXT_FIELD[n]) for n in sg.close_on)
             changed = ctx is not None and key != ctx
             ctx = key
         if not changed and sg.window_s is not None and open_ and p.time_us is not None:
@@ -1084,7 +1084,7 @@ def recompute(
     """
     import numpy as np
 
-    from collector.pipeline import _params
+    from collector.pipeline import chart_params
     from spc.charts.attributes import estimate_c
     from spc.charts.variables import estimate_imr, estimate_xbar
     from spc.limits import Exclusion, LimitsRecord
@@ -1160,7 +1160,7 @@ def recompute(
             n_points=len(groups),
             window=window,
             exclusions=tuple(Exclusion(g, "; ".join(r)) for g, r in sorted(hits.items())),
-            params=_params(ch),
+            params=chart_params(ch),
             created_by=user,
             created_at=_iso(now),
             reason=reason,

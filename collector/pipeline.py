@@ -110,6 +110,7 @@ from spc.limits import LimitsRecord
 from spc.rules import BITS
 
 __all__ = [
+    "CONTEXT_FIELD",
     "AlarmEvent",
     "BindingIndex",
     "CharView",
@@ -117,7 +118,9 @@ __all__ = [
     "GatewayStats",
     "JudgedPoints",
     "alarm_id",
+    "chart_params",
     "contract_context",
+    "subgroup_width",
     "violation_codes",
 ]
 
@@ -321,8 +324,8 @@ def _context_fields(ch: Characteristic) -> list[tuple[str, Binding]]:
     return out
 
 
-# close_on names → context field names
-_CLOSE_FIELD = {
+#: Context names in the configuration (``close_on``, ``shortrun.by``) → measurement field names.
+CONTEXT_FIELD = {
     "operator": "operator",
     "machine": "machine",
     "material_lot": "lot",
@@ -387,7 +390,7 @@ def _due_us(v: Any) -> int | None:
 
 def _context_key(by: str) -> str:
     """The context field a short-run ``by`` names (config names → measurement field names)."""
-    return _CLOSE_FIELD.get(by, by)
+    return CONTEXT_FIELD.get(by, by)
 
 
 def _static(value: Any) -> Any:
@@ -530,7 +533,7 @@ class _Dedup:
 # --------------------------------------------------------------------------- per characteristic
 
 
-def _width(ch: Characteristic) -> int:
+def subgroup_width(ch: Characteristic) -> int:
     """Values per engine subgroup."""
     if ch.chart in ("xbar-r", "xbar-s") and ch.subgroup.size < 2:
         return WINDOW_M
@@ -539,7 +542,8 @@ def _width(ch: Characteristic) -> int:
     return ch.subgroup.size
 
 
-def _params(ch: Characteristic) -> tuple[tuple[str, float], ...]:
+def chart_params(ch: Characteristic) -> tuple[tuple[str, float], ...]:
+    """The chart parameters a limits record keeps (its content id depends on them)."""
     return (("nsigmas", float(ch.nsigmas)),)
 
 
@@ -553,7 +557,7 @@ def _known_record(ch: Characteristic) -> LimitsRecord | None:
             sigma=1.0,
             method="known",
             n_points=0,
-            params=_params(ch),
+            params=chart_params(ch),
             created_by="config",
         )
     if lim.center is None:
@@ -567,14 +571,14 @@ def _known_record(ch: Characteristic) -> LimitsRecord | None:
         sigma=float(sigma),
         method="known",
         n_points=0,
-        params=_params(ch),
+        params=chart_params(ch),
         created_by="config",
     )
 
 
 def _spec(ch: Characteristic, record: LimitsRecord | None) -> Spec:
     kwargs: dict[str, Any] = {
-        "subgroup_size": _width(ch),
+        "subgroup_size": subgroup_width(ch),
         "nsigmas": float(ch.nsigmas),
         "rules": ch.rules,
         "rules_dispersion": ch.rules_dispersion,
@@ -599,7 +603,7 @@ def estimate_phase1(
 
     ``sizes``: the sample size of each count (p, np and u charts).
     """
-    m = _width(ch)
+    m = subgroup_width(ch)
     if ch.chart in _SIZED:
         if sizes is None:
             raise ValueError(f"a {ch.chart} chart needs the sample sizes of its counts")
@@ -621,7 +625,7 @@ def estimate_phase1(
         method=est.method,
         n_points=n_points,
         window=(_rfc3339(times_us[0]), _rfc3339(times_us[-1])) if times_us else ("", ""),
-        params=_params(ch),
+        params=chart_params(ch),
         created_by="phase1",
         created_at=_rfc3339(now_us),
     )
@@ -798,14 +802,14 @@ class Gateway:
         self._last_metrics = 0.0
         # per characteristic: engine width, fill of the open subgroup, open subgroup start
         K = len(self.chars)
-        self._m = np.array([_width(c) for c in self.chars], dtype=np.int64)
+        self._m = np.array([subgroup_width(c) for c in self.chars], dtype=np.int64)
         self._fill = np.zeros(K, dtype=np.int64)
         self._open_since = np.zeros(K, dtype=np.int64)
         self._open_gw = np.zeros(K, dtype=np.int64)
         self._windowed = [
             (i, int(c.subgroup.window_s * 1e6))
             for i, c in enumerate(self.chars)
-            if c.subgroup.window_s is not None and _width(c) > 1
+            if c.subgroup.window_s is not None and subgroup_width(c) > 1
         ]
         self._last_time = np.zeros(K, dtype=np.int64)
         self._last_serial: list[str | None] = [None] * K
@@ -1794,7 +1798,7 @@ class Gateway:
         """Pad the open subgroup with missing values when its context changed or its window passed."""
         sg = ch.subgroup
         if sg.close_on:
-            key = tuple(context.get(_CLOSE_FIELD[n]) for n in sg.close_on)
+            key = tuple(context.get(CONTEXT_FIELD[n]) for n in sg.close_on)
             changed = self._close_ctx[i] is not None and key != self._close_ctx[i]
             self._close_ctx[i] = key
         else:

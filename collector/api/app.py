@@ -191,7 +191,7 @@ def _char_index(gw: Any, key: str) -> int:
 
 
 def _width(ch: Any) -> int:
-    from collector.pipeline import _width as width
+    from collector.pipeline import subgroup_width as width
 
     return width(ch)
 
@@ -735,7 +735,7 @@ def _stored_values(
 def _recompute(gw: Any, i: int, body: RecomputeRequest, p: Principal) -> dict[str, Any]:
     """The API's ``shopspc limits recompute`` (same subgrouping, exclusions and estimators)."""
     from collector import limits_cli as lc
-    from collector.pipeline import _params
+    from collector.pipeline import chart_params
     from spc.charts.attributes import estimate_c
     from spc.charts.variables import estimate_imr, estimate_xbar
     from spc.limits import Exclusion, LimitsRecord
@@ -788,7 +788,7 @@ def _recompute(gw: Any, i: int, body: RecomputeRequest, p: Principal) -> dict[st
         n_points=len(groups),
         window=(lc._iso(since), lc._iso(until)),
         exclusions=tuple(Exclusion(g, "; ".join(r)) for g, r in sorted(hits.items())),
-        params=_params(ch),
+        params=chart_params(ch),
         created_by=p.name,
         created_at=lc._iso(now),
         reason=body.reason,
