@@ -517,24 +517,6 @@ def config_text(
 
 
 @contextlib.contextmanager
-def _victoria_metrics(tmp: Path):
-    """VictoriaMetrics on a free loopback port (as benchmarks/bench_gateway.py starts it)."""
-    from tests.servers import free_port, require_binary, run_server
-
-    binary = require_binary("victoria-metrics")
-    port = free_port()
-    argv = [
-        binary,
-        f"-httpListenAddr={HOST}:{port}",
-        f"-storageDataPath={tmp / 'data'}",
-        "-retentionPeriod=100y",
-        "-loggerLevel=WARN",
-    ]
-    with run_server(argv, port, tmp, timeout=20.0) as server:
-        yield server
-
-
-@contextlib.contextmanager
 def _mosquitto(tmp: Path, max_inflight: int | None, nodelay: bool):
     """mosquitto as tests/servers.py starts it, plus ``max_inflight_messages`` and
     ``set_tcp_nodelay`` when asked (tuning the broker, not the gateway)."""
@@ -567,12 +549,6 @@ def _vm_writes(port: int) -> int:
         for line in text.splitlines()
         if line.startswith("vm_http_requests_total{") and 'protocol="influx"' in line
     )
-
-
-def _cpu_of(pid: int) -> float:
-    """User + system CPU seconds of a running process."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _line(stream: asyncio.StreamReader, want: str, timeout: float) -> bool:
@@ -671,6 +647,7 @@ async def _one(
     args: argparse.Namespace,
     base_ms: int,
 ) -> dict[str, Any]:
+    from benchmarks.bench_gateway import cpu_of
     from collector.config import parse_config
     from collector.pipeline import Gateway
 
@@ -728,7 +705,7 @@ async def _one(
             s = gw.stats
             base = {"samples": s.samples_in, "written": s.lines_written, "alarms": s.alarms}
             cpu0 = time.process_time()
-            srv0 = {"mosquitto": _cpu_of(broker.pid), "victoria_metrics": _cpu_of(vm.pid)}
+            srv0 = {"mosquitto": cpu_of(broker.pid), "victoria_metrics": cpu_of(vm.pid)}
             writes0 = await asyncio.to_thread(_vm_writes, vm.port)
             prod = await asyncio.create_subprocess_exec(
                 *here,
@@ -765,8 +742,8 @@ async def _one(
             await asyncio.sleep(0.5)  # the last PUBACKed events on their way to the subscriber
             out["cpu_seconds"] = {
                 "gateway_process": round(time.process_time() - cpu0, 2),
-                "mosquitto": round(_cpu_of(broker.pid) - srv0["mosquitto"], 2),
-                "victoria_metrics": round(_cpu_of(vm.pid) - srv0["victoria_metrics"], 2),
+                "mosquitto": round(cpu_of(broker.pid) - srv0["mosquitto"], 2),
+                "victoria_metrics": round(cpu_of(vm.pid) - srv0["victoria_metrics"], 2),
             }
             values = s.samples_in - base["samples"]
             out["gateway_cpu_us_per_value"] = round(
@@ -812,23 +789,13 @@ async def _one(
     return out
 
 
-def _missing_server() -> str | None:
-    """Why the servers cannot start (a binary is not installed), or None."""
-    import pytest
-
-    from tests.servers import require_binary
-
-    for name in ("mosquitto", "victoria-metrics"):
-        try:
-            require_binary(name)
-        except (pytest.skip.Exception, pytest.fail.Exception) as exc:
-            return f"{exc.msg} (`make servers` installs them)"
-    return None
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Start the servers, run every (durability, rate), stop the servers."""
-    missing = _missing_server()
+    # the servers as the throughput benchmark starts them (imported here: the producer and
+    # subscriber processes run this module too and need none of it)
+    from benchmarks.bench_gateway import missing_server, victoria_metrics
+
+    missing = missing_server()
     if missing:
         return {"note": NOTE, "skipped": missing}
     os.environ.setdefault(TOKEN_ENV, "not-checked-by-victoriametrics")
@@ -861,7 +828,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             with (
                 contextlib.closing(handler),
                 _mosquitto(tmp / "mqtt", args.broker_inflight, not args.broker_nagle) as broker,
-                _victoria_metrics(tmp / "vm") as vm,
+                victoria_metrics(tmp / "vm") as vm,
             ):
                 i = 0
                 for durability in args.durability:

@@ -50,7 +50,7 @@ from collector.config import parse_config
 from collector.pipeline import Gateway
 from tests.servers import HOST, Server, free_port, mosquitto, require_binary, run_server
 
-__all__ = ["main"]
+__all__ = ["cpu_of", "main", "missing_server", "victoria_metrics"]
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN_ENV = "SHOPSPC_BENCH_TOKEN"
@@ -66,7 +66,7 @@ NOTE = (
 
 
 @contextlib.contextmanager
-def _victoria_metrics(tmp: Path):
+def victoria_metrics(tmp: Path):
     """VictoriaMetrics on a free loopback port (as tests/connectors/influxdb/conftest.py starts it)."""
     binary = require_binary("victoria-metrics")
     port = free_port()
@@ -100,7 +100,7 @@ def _count(port: int, name: str, station: str, **labels: str) -> Counter:
     return counts
 
 
-def _cpu_of(pid: int) -> float:
+def cpu_of(pid: int) -> float:
     """User + system CPU seconds of a running process."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -204,7 +204,7 @@ async def _scenario(
             samples0 = gw.stats.samples_in
             cpu0 = time.process_time()
             kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-            srv0 = {"mosquitto": _cpu_of(broker.pid), "victoria_metrics": _cpu_of(vm.pid)}
+            srv0 = {"mosquitto": cpu_of(broker.pid), "victoria_metrics": cpu_of(vm.pid)}
             argv = [
                 sys.executable,
                 "-m",
@@ -242,8 +242,8 @@ async def _scenario(
                 await asyncio.sleep(0.005)
             cpu_gw = time.process_time() - cpu0
             srv = {
-                "mosquitto": _cpu_of(broker.pid) - srv0["mosquitto"],
-                "victoria_metrics": _cpu_of(vm.pid) - srv0["victoria_metrics"],
+                "mosquitto": cpu_of(broker.pid) - srv0["mosquitto"],
+                "victoria_metrics": cpu_of(vm.pid) - srv0["victoria_metrics"],
             }
             try:
                 stdout, stderr = await asyncio.wait_for(proc.communicate(), 15.0)
@@ -314,7 +314,7 @@ async def _scenario(
     return out
 
 
-def _missing_server() -> str | None:
+def missing_server() -> str | None:
     """Why the servers cannot start (a binary is not installed), or None."""
     for name in ("mosquitto", "victoria-metrics"):
         try:
@@ -326,7 +326,7 @@ def _missing_server() -> str | None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Start the servers, run both scenarios, stop the servers."""
-    missing = _missing_server()
+    missing = missing_server()
     if missing:
         return {"note": NOTE, "skipped": missing}
     os.environ.setdefault(TOKEN_ENV, "not-checked-by-victoriametrics")
@@ -343,7 +343,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with (
             contextlib.closing(handler),
             mosquitto(tmp / "mqtt") as broker,
-            _victoria_metrics(tmp / "vm") as vm,
+            victoria_metrics(tmp / "vm") as vm,
         ):
             plan = [("single", args.single, 1), ("batch", args.batch, args.per_message)]
             for i, (name, messages, per) in enumerate(plan):
@@ -363,7 +363,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
             for name, server in (("mosquitto", broker), ("victoria_metrics", vm)):
                 results.setdefault("server_cpu_seconds_total", {})[name] = round(
-                    _cpu_of(server.pid), 2
+                    cpu_of(server.pid), 2
                 )
         logging.getLogger().removeHandler(handler)
     return results
