@@ -60,6 +60,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from collector.sqlitefile import check_identity
 from spc.limits import LimitsRecord
 
 __all__ = [
@@ -347,27 +348,14 @@ class LimitsStore:
         return conn
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
-        try:
-            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            n_objects = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-        except sqlite3.Error as e:
-            raise LimitsStoreError(
-                self.path, f"is not a shopspc limits store ({e}); it was left untouched"
-            ) from e
-        fresh = app_id == 0 and version == 0 and n_objects == 0
-        if not fresh and app_id != APPLICATION_ID:
-            raise LimitsStoreError(
-                self.path,
-                f"is an SQLite database but not a shopspc limits store (application_id={app_id:#x});"
-                " it was left untouched",
-            )
-        if not fresh and version != SCHEMA_VERSION:
-            raise LimitsStoreError(
-                self.path,
-                f"limits store schema version {version} is not supported (expected "
-                f"{SCHEMA_VERSION}); it was left untouched",
-            )
+        fresh = check_identity(
+            conn,
+            self.path,
+            what="shopspc limits store",
+            application_id=APPLICATION_ID,
+            schema_version=SCHEMA_VERSION,
+            error=LimitsStoreError,
+        )
         if fresh and self.readonly:
             raise LimitsStoreError(self.path, "is an empty file, not a limits store")
         try:

@@ -89,6 +89,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from collector.sqlitefile import check_identity
+
 __all__ = [
     "AsyncOutbox",
     "DeadLetter",
@@ -460,27 +462,14 @@ class Outbox:
         return conn
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
-        try:
-            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            n_objects = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-        except sqlite3.Error as e:
-            raise OutboxError(
-                self.path, f"cannot read the file as an SQLite outbox ({e}); it was left untouched"
-            ) from e
-        fresh = app_id == 0 and version == 0 and n_objects == 0
-        if not fresh and app_id != APPLICATION_ID:
-            raise OutboxError(
-                self.path,
-                f"is an SQLite database but not a shopspc outbox (application_id={app_id:#x}); "
-                "it was left untouched",
-            )
-        if not fresh and version != SCHEMA_VERSION:
-            raise OutboxError(
-                self.path,
-                f"outbox schema version {version} is not supported (expected {SCHEMA_VERSION}); "
-                "it was left untouched",
-            )
+        fresh = check_identity(
+            conn,
+            self.path,
+            what="shopspc outbox",
+            application_id=APPLICATION_ID,
+            schema_version=SCHEMA_VERSION,
+            error=OutboxError,
+        )
         try:
             if fresh:
                 # Only takes effect before WAL mode and the first table; lets compact()
