@@ -1360,10 +1360,10 @@ class Gateway:
             if self._processor_done.is_set() and deadline is None:
                 deadline = time.monotonic() + self.drain_deadline_s
             entries = await self._aio.peek(STREAM, 4)  # up to 4 × CHUNK_LINES lines
-            entries = _up_to(entries, CHUNK_LINES)
+            entries, n_lines = _up_to(entries, CHUNK_LINES)
             wait = (
                 entries[0].created + self.series_linger_s - time.time()
-                if entries and deadline is None and _lines_in(entries) < CHUNK_LINES
+                if entries and deadline is None and n_lines < CHUNK_LINES
                 else 0.0
             )
             if wait > 0:
@@ -2041,18 +2041,15 @@ def _until(payload: Mapping[str, Any], now_us: int) -> int:
     raise AlarmError("until", "give until (RFC 3339) or minutes (> 0)")
 
 
-def _lines_in(entries: list[Any]) -> int:
-    return sum(e.payload.count(b"\n") + 1 for e in entries)
-
-
-def _up_to(entries: list[Any], max_lines: int) -> list[Any]:
-    """The first entries holding at most ``max_lines`` lines together (at least one entry)."""
+def _up_to(entries: list[Any], max_lines: int) -> tuple[list[Any], int]:
+    """The first entries holding at most ``max_lines`` lines together (at least one), and their lines."""
     total = 0
     for k, e in enumerate(entries):
-        total += e.payload.count(b"\n") + 1
-        if total > max_lines and k:
-            return entries[:k]
-    return entries
+        lines = e.payload.count(b"\n") + 1
+        if total + lines > max_lines and k:
+            return entries[:k], total
+        total += lines
+    return entries, total
 
 
 class _NoCounts:
