@@ -1618,32 +1618,29 @@ class Gateway:
                     raise AlarmError(name, "must be a string")
             if verb == "ack" and source == "mqtt":
                 event = self.alarms.ack_command(path, payload, now_us=now)
-            elif verb == "ack":
-                aid = payload.get("alarm_id") or ""
-                found = self.alarms.get(aid)
-                if found is None or found.get("path") != path:
-                    raise AlarmError("alarm_id", f"no alarm {aid!r} on {path}")
-                event = self.alarms.ack(
-                    aid,
-                    payload.get("user") or "",
-                    payload.get("comment") or "",
-                    payload.get("cause"),
-                    payload.get("action"),
-                    now_us=now,
-                    source=source,  # type: ignore[arg-type]
-                )
-            elif verb in ("shelve", "unshelve"):
+            elif verb in ("ack", "shelve", "unshelve"):
                 aid = payload.get("alarm_id") or ""
                 found = self.alarms.get(aid)
                 if found is None or found.get("path") != path:
                     raise AlarmError("alarm_id", f"no alarm {aid!r} on {path}")
                 user = payload.get("user") or ""
                 comment = payload.get("comment") or ""
-                if verb == "unshelve":
-                    out = self.alarms.unshelve(aid, user, comment, now_us=now)
-                    self._route(out, self._extra_lines)
-                else:
+                if verb == "ack":
+                    event = self.alarms.ack(
+                        aid,
+                        user,
+                        comment,
+                        payload.get("cause"),
+                        payload.get("action"),
+                        now_us=now,
+                        source=source,  # type: ignore[arg-type]
+                    )
+                elif verb == "shelve":
                     event = self.alarms.shelve(aid, user, comment, _until(payload, now), now_us=now)
+                else:
+                    self._route(
+                        self.alarms.unshelve(aid, user, comment, now_us=now), self._extra_lines
+                    )
             elif verb == "service":
                 i = self._path_index.get(path)
                 flag = payload.get("in_service")
