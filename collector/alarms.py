@@ -76,7 +76,6 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -84,6 +83,7 @@ import numpy as np
 
 from collector.alarmconfig import CATEGORIES, AlarmsConfig, resolve_severity
 from collector.outbox import Outbox, OutboxTransaction
+from collector.timefmt import rfc3339
 from connectors.influxdb.lineprotocol import Precision, encode_line
 from spc.rules import BITS, MAX_WINDOW, RULE_TEXT, RULES, make_rule
 
@@ -112,7 +112,6 @@ _DISP_NAMES = frozenset({"mr", "r", "s"})
 _CHART_SET = frozenset(CHARTS)
 _CODES = sorted(BITS.items(), key=lambda kv: kv[1])
 _ALL_BITS = sum(1 << bit for _, bit in _CODES)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _OPEN = ("active", "acknowledged", "cleared_unacked")
 _LIVE = ("active", "acknowledged")
 _STATE_CODES = {"no_data": 0, "in_control": 1, "out_of_control": 2, "suspended": 3}
@@ -214,18 +213,6 @@ def alarm_id(
     key = f"{chart}:{rule}" if chart in _DISP_NAMES else rule
     body = f"{path}|{key}|{limits_id}|{time_us}|{serial or ''}"
     return "A-" + hashlib.sha256(body.encode()).hexdigest()[:16]
-
-
-def rfc3339(time_us: int) -> str:
-    """RFC 3339 UTC with microseconds (``2026-11-26T09:30:00.123456Z``), exact for integer µs."""
-    sec, us = divmod(int(time_us), 1_000_000)
-    return f"{_second(sec)}.{us:06d}Z"
-
-
-@functools.lru_cache(maxsize=4096)
-def _second(sec: int) -> str:
-    # the date and time of one second, formatted once: an alarm's samples share seconds
-    return (_EPOCH + timedelta(seconds=sec)).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def _num(x: Any) -> float | None:

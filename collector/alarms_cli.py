@@ -40,7 +40,6 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import quote
@@ -57,6 +56,7 @@ from collector.cliutil import (
     table,
     when,
 )
+from collector.timefmt import rfc3339
 
 if TYPE_CHECKING:
     from collector.config import Characteristic, GatewayConfig
@@ -68,7 +68,6 @@ CMD_USER_ENV = "SHOPSPC_CMD_MQTT_USER"
 CMD_PASSWORD_ENV = "SHOPSPC_CMD_MQTT_PASSWORD"
 EXIT_NO_CONFIRMATION = 1
 EXIT_BAD = 2
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _OPEN = ("active", "acknowledged", "cleared_unacked")
 _STATUSES = (*_OPEN, "closed")
 #: 5M1E (人机料法环测): each category with its Chinese name.
@@ -104,7 +103,7 @@ class _NoConfirmationError(Exception):
 def _iso(us: int | None) -> str | None:
     if us is None:
         return None
-    return (_EPOCH + timedelta(microseconds=int(us))).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return rfc3339(us)
 
 
 def _num(v: Any) -> str:

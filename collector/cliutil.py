@@ -10,6 +10,8 @@ from collections.abc import Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from collector.timefmt import parse_rfc3339
+
 __all__ = ["UsageError", "console", "now_us", "parse_time", "print_json", "table", "when"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -35,16 +37,12 @@ def parse_time(text: str, now: int, what: str) -> int:
         delta = int(float(m[2]) * _UNIT_S[m[3]] * 1_000_000)
         return now + delta if m[1] == "+" else now - delta
     try:
-        stamp = datetime.fromisoformat(t)
+        return parse_rfc3339(t)
     except ValueError:
         raise UsageError(
             f"{what} {text!r} is not RFC 3339 (2026-11-26T08:00:00Z), 'now', "
             "or relative like -2h, +30m, -7d"
         ) from None
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=UTC)
-    d = stamp - _EPOCH
-    return (d.days * 86400 + d.seconds) * 1_000_000 + d.microseconds
 
 
 def when(us: int | None) -> str:

@@ -39,10 +39,10 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from collector.outbox import Entry, Outbox
+from collector.timefmt import rfc3339 as rfc3339_us
 from connectors.base import Backoff, ConnectorError
 from connectors.mqtt.client import MqttLink, Outgoing, PublishRefusedError
 from connectors.mqtt.config import MqttPublisherConfig
@@ -141,13 +141,6 @@ def _decode_payload(entry: Entry) -> Envelope:
     if isinstance(inner, dict) and isinstance(doc.get("topic"), str):
         doc = inner
     return Envelope(entry.seq, "", 1, False, _compact(doc), doc)
-
-
-def rfc3339_us(time_us: int) -> str:
-    """RFC 3339 UTC with microseconds: ``2026-11-26T08:00:00.125000Z``."""
-    seconds, micros = divmod(time_us, 1_000_000)
-    stamp = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{stamp}.{micros:06d}Z"
 
 
 def _secret_from_env(name: str | None, where: str, what: str) -> str | None:

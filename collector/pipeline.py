@@ -77,7 +77,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +94,7 @@ from collector.alarms import (
 from collector.config import Binding, Characteristic, GatewayConfig
 from collector.limitstore import LimitsStore, LimitsStoreError
 from collector.outbox import Outbox, OutboxError, OutboxFull, StreamPolicy
+from collector.timefmt import parse_rfc3339, rfc3339
 from connectors.base import Backoff, ConnectorError, Quality, Sample, sink_class, source_class
 from connectors.influxdb.lineprotocol import (
     encode_rows,
@@ -160,10 +160,6 @@ def _version() -> str:
         return version("shopspc")
     except PackageNotFoundError:
         return "0+unknown"
-
-
-def _rfc3339(time_us: int) -> str:
-    return datetime.fromtimestamp(time_us / 1e6, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _now_us() -> int:
@@ -275,7 +271,6 @@ class AlarmEvent:
             return math.nan if v is None else float(v)
 
         path = "/".join(str(p.get(k, "")) for k in _PATH_KEYS)
-        stamp = datetime.strptime(p["sample_time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
         return cls(
             p["alarm_id"],
             path,
@@ -288,13 +283,12 @@ class AlarmEvent:
             num("lcl"),
             num("ucl"),
             p.get("limits_id") or "",
-            int((stamp - _EPOCH).total_seconds() * 1_000_000),
+            parse_rfc3339(p["sample_time"]),
             p.get("part_serial"),
         )
 
 
 _PATH_KEYS = ("site", "area", "line", "station", "characteristic")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 # --------------------------------------------------------------------------- bindings
@@ -377,15 +371,10 @@ def _due_us(v: Any) -> int | None:
     """A calibration due date (``2026-12-31`` or RFC 3339) as µs: the end of that day, UTC."""
     text = str(v)
     try:
-        if len(text) == 10:
-            day = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
-            return int((day - _EPOCH).total_seconds() * 1_000_000) + 86_400_000_000
-        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        us = parse_rfc3339(text)
     except ValueError:
         return None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=UTC)
-    return int((t - _EPOCH).total_seconds() * 1_000_000)
+    return us + 86_400_000_000 if len(text) == 10 else us
 
 
 def _context_key(by: str) -> str:
@@ -624,10 +613,10 @@ def estimate_phase1(
         sigma=float(est.sigma),
         method=est.method,
         n_points=n_points,
-        window=(_rfc3339(times_us[0]), _rfc3339(times_us[-1])) if times_us else ("", ""),
+        window=(rfc3339(times_us[0]), rfc3339(times_us[-1])) if times_us else ("", ""),
         params=chart_params(ch),
         created_by="phase1",
-        created_at=_rfc3339(now_us),
+        created_at=rfc3339(now_us),
     )
 
 
@@ -1011,7 +1000,7 @@ class Gateway:
             user=assignment.user,
             reason=assignment.reason,
             source=assignment.source,
-            effective_from=_rfc3339(assignment.effective_from_us),
+            effective_from=rfc3339(assignment.effective_from_us),
         )
         self._alarm_call(lambda: self.alarms.limits_changed(i, info, now_us=_now_us()), lines)
         p1 = self._phase1.pop(i, None)
@@ -2026,12 +2015,9 @@ def _until(payload: Mapping[str, Any], now_us: int) -> int:
     """A shelve command's expiry: ``until`` (RFC 3339) or ``minutes`` from now."""
     if payload.get("until"):
         try:
-            t = datetime.fromisoformat(str(payload["until"]).replace("Z", "+00:00"))
+            return parse_rfc3339(str(payload["until"]), require_zone=True)
         except ValueError as exc:
-            raise AlarmError("until", f"not an RFC 3339 time: {exc}") from None
-        if t.tzinfo is None:
-            raise AlarmError("until", "needs a time zone (e.g. Z)")
-        return int((t - _EPOCH).total_seconds() * 1_000_000)
+            raise AlarmError("until", f"not an RFC 3339 time with its zone: {exc}") from None
     minutes = payload.get("minutes")
     if isinstance(minutes, int | float) and not isinstance(minutes, bool) and minutes > 0:
         return now_us + int(minutes * 60_000_000)

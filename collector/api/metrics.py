@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from collector.alarms import Outcome
+from collector.timefmt import parse_rfc3339
 
 __all__ = ["CONTENT_TYPE", "ApiMetrics", "GatewayCollector"]
 
@@ -27,11 +27,6 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _GAUGES = {"queue_depth", "outbox_pending", "alarm_pending"}
 CONNECTOR_STATES = ("starting", "connected", "disconnected", "failed", "stopped")
 _LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0)
-
-
-def _stamp_us(text: str) -> int:
-    t = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-    return int(t.timestamp()) * 1_000_000 + t.microsecond
 
 
 class GatewayCollector:
@@ -143,7 +138,7 @@ class ApiMetrics:
             if ev.get("event") != "raised":
                 continue
             try:
-                latency = _stamp_us(ev["event_time"]) - _stamp_us(ev["sample_time"])
+                latency = parse_rfc3339(ev["event_time"]) - parse_rfc3339(ev["sample_time"])
             except (KeyError, ValueError, TypeError):
                 continue
             self.alarm_latency.observe(max(latency, 0) / 1e6)
