@@ -1,7 +1,13 @@
 """The one module that imports paho-mqtt: a connection as a small asyncio surface.
 
-paho's threaded network loop (``loop_start``) does the socket work; its
-callbacks are bridged into the event loop with ``loop.call_soon_threadsafe``.
+paho runs inside the asyncio event loop, not in a network thread of its own
+(:class:`_OnLoop`): the selector tells it when the socket can be read or
+written (``loop_read``/``loop_write``), a timer runs its keepalive
+(``loop_misc``), and its callbacks run in the loop directly. Only the blocking
+TCP connect and TLS handshake run in a worker thread. A gateway under load
+then has no second Python thread contending for the GIL with the one that
+judges, and no hand-off per message; reads take what the socket has in one
+``recv`` (:class:`_Client`) instead of three system calls per packet.
 One :class:`MqttClient` is one connection: the source builds a new one for every
 (re)connect, so no paho state outlives a connection — the *broker* keeps the
 persistent session (fixed client id, clean_start/clean_session False).
@@ -12,14 +18,14 @@ QoS 1/2 message that was received but not yet emitted when the connection or the
 gateway went away is redelivered by the broker: at least once, never lost where
 the protocol allows it.
 
-Buffer and overflow policy: at most ``queue_size`` received messages wait for
-the source. When it is full, paho's network thread blocks (backpressure):
-for a QoS 0 message up to ``queue_block_s``, then the newest message is dropped
-and counted in :attr:`MqttClient.dropped`; a QoS≥1 message is never dropped
-while the connection is open — it waits, and the broker sends no more than its
-in-flight window (MQTT 5: our Receive Maximum ≤ ``queue_size``) un-acknowledged.
-Only at close can a waiting QoS≥1 message be given up; it was not acknowledged,
-so the broker redelivers it on the next connection.
+Buffer and overflow policy: ``queue_size`` received messages wait for the
+source. When the buffer is full the client stops reading its socket
+(backpressure: TCP, then the broker, holds the rest). A QoS≥1 message is never
+dropped — the broker sends no more than its in-flight window un-acknowledged
+(MQTT 5: our Receive Maximum ≤ ``queue_size``). After ``queue_block_s`` of a
+full buffer, reading resumes for QoS 0: a QoS 0 message that arrives while the
+buffer is still full is dropped (the newest) and counted in
+:attr:`MqttClient.dropped`.
 
 Errors are translated into :class:`ConnectorError`: bad credentials, a client id
 the broker rejects, TLS certificate failures and missing TLS files are not
@@ -29,7 +35,6 @@ retryable; refused connections, timeouts, DNS failures and lost connections are.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import socket
@@ -63,9 +68,6 @@ _FATAL_CONNACK = {
     0x8A,  # banned
     0x8C,  # bad authentication method
 }
-
-
-_WAIT_SLICE_S = 0.25  # how often a blocked network thread checks whether we are closing
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +131,181 @@ def _nodelay(sock: Any, where: str) -> None:
         log.debug("%s: could not set TCP_NODELAY", where)
 
 
+_READ_CHUNK = 65536
+_MISC_INTERVAL_S = 1.0  # paho's own loop runs loop_misc about once a second
+
+
+class _Client(paho.Client):
+    """paho's client reading its socket in chunks.
+
+    paho asks the socket for each packet's first byte, its length bytes and
+    its body separately: three system calls per packet. This takes what the
+    socket has (up to 64 KiB) in one ``recv`` and serves paho's reads from
+    that buffer. ``_sock_recv`` is paho's own single point of socket reads
+    (paho 2.0–2.2; tests/connectors/mqtt/test_client.py checks it is there).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._rbuf = bytearray()
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        buf = self._rbuf
+        if not buf:
+            data = super()._sock_recv(_READ_CHUNK)  # BlockingIOError when there is nothing
+            if not data:
+                return b""  # end of stream: paho sees the connection lost
+            if len(data) <= bufsize:
+                return data
+            buf += data
+        out = bytes(buf[:bufsize])
+        del buf[:bufsize]
+        return out
+
+    def buffered(self) -> bool:
+        """Bytes already read from the socket but not yet parsed (TLS: or still decrypted)."""
+        if self._rbuf:
+            return True
+        sock = self._sock
+        return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+
+
+class _OnLoop:
+    """Runs a paho client's network I/O in the asyncio event loop (no network thread).
+
+    paho reports its socket through the socket callbacks; reads and writes
+    run when the selector says the socket is ready, ``loop_misc``
+    (keepalive, ping timeout) once a second. A callback that fires in the
+    connect worker thread is carried over to the loop. ``paused`` stops
+    reading (receive-buffer backpressure) until :meth:`resume`.
+    """
+
+    def __init__(self, client: _Client, where: str) -> None:
+        self.client = client
+        self.where = where
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.paused = False
+        self._thread: int | None = None
+        self._sock: Any = None
+        self._misc: asyncio.TimerHandle | None = None
+        client.on_socket_open = self._on_open
+        client.on_socket_close = self._on_close
+        client.on_socket_register_write = self._on_want_write
+        client.on_socket_unregister_write = self._on_no_write
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._thread = threading.get_ident()
+
+    def call(self, fn: Any, *args: Any) -> None:
+        """Run ``fn(*args)`` in the event loop: now if this is the loop's thread."""
+        loop = self.loop
+        if loop is None:
+            return
+        if threading.get_ident() == self._thread:
+            fn(*args)
+            return
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+            loop.call_soon_threadsafe(fn, *args)
+
+    # paho's socket callbacks (the connect thread or the loop)
+    def _on_open(self, client: Any, userdata: Any, sock: Any) -> None:
+        _nodelay(sock, self.where)
+        self.call(self._attach, sock)
+
+    def _on_close(self, client: Any, userdata: Any, sock: Any) -> None:
+        self.call(self._detach, sock)
+
+    def _on_want_write(self, client: Any, userdata: Any, sock: Any) -> None:
+        self.call(self._want_write, sock)
+
+    def _on_no_write(self, client: Any, userdata: Any, sock: Any) -> None:
+        self.call(self._no_write, sock)
+
+    # the loop's side
+    def _attach(self, sock: Any) -> None:
+        assert self.loop is not None
+        if sock.fileno() < 0:  # closed before the loop got to it
+            return
+        self._sock = sock
+        if not self.paused:
+            self.loop.add_reader(sock, self._read)
+        self._misc = self.loop.call_later(_MISC_INTERVAL_S, self._tick)
+
+    def _detach(self, sock: Any) -> None:
+        if self._sock is not sock or self.loop is None:
+            return
+        self._sock = None
+        with contextlib.suppress(ValueError, OSError):
+            self.loop.remove_reader(sock)
+        with contextlib.suppress(ValueError, OSError):
+            self.loop.remove_writer(sock)
+        if self._misc is not None:
+            self._misc.cancel()
+            self._misc = None
+
+    def _want_write(self, sock: Any) -> None:
+        if self._sock is sock and self.loop is not None:
+            self.loop.add_writer(sock, self.client.loop_write)
+
+    def _no_write(self, sock: Any) -> None:
+        if self._sock is sock and self.loop is not None:
+            with contextlib.suppress(ValueError, OSError):
+                self.loop.remove_writer(sock)
+
+    def _read(self) -> None:
+        client = self.client
+        while True:
+            if client.loop_read() != paho.MQTT_ERR_SUCCESS:
+                return  # paho closed the socket and reported the loss
+            if self.paused or self._sock is None or not client.buffered():
+                return  # the selector calls again when the socket has more
+
+    def _tick(self) -> None:
+        self._misc = None
+        if self._sock is None:
+            return
+        self.client.loop_misc()
+        if self._sock is not None and self.loop is not None:
+            self._misc = self.loop.call_later(_MISC_INTERVAL_S, self._tick)
+
+    def pause(self) -> None:
+        """Stop reading the socket until :meth:`resume` (the receive buffer is full)."""
+        if self.paused:
+            return
+        self.paused = True
+        if self._sock is not None and self.loop is not None:
+            with contextlib.suppress(ValueError, OSError):
+                self.loop.remove_reader(self._sock)
+
+    def resume(self) -> None:
+        """Read again; what was already read from the socket is parsed now."""
+        if not self.paused:
+            return
+        self.paused = False
+        if self._sock is not None and self.loop is not None:
+            self.loop.add_reader(self._sock, self._read)
+            if self.client.buffered():
+                self.loop.call_soon(self._read)
+
+    async def close(self) -> None:
+        """Send DISCONNECT (a clean one keeps a session and drops the Will) and close."""
+        client = self.client
+        if self._sock is not None:
+            client.disconnect()
+            client.loop_write()  # paho closes the socket once DISCONNECT is written
+            for _ in range(100):  # a full send buffer: give it a second
+                if self._sock is None:
+                    break
+                await asyncio.sleep(0.01)
+                if self._sock is not None:
+                    client.loop_write()
+        sock = self._sock
+        if sock is not None:
+            self._detach(sock)
+            sock.close()
+
+
 async def _opened(
     where: str,
     opening: asyncio.Future[None],
@@ -184,19 +361,15 @@ class MqttClient:
         self._password = password
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[Message | _Lost] = asyncio.Queue()
-        # messages cross from paho's thread through a deque; the loop is woken once per
-        # burst, not once per message (a self-pipe write each, the cost that dominated)
-        self._inbox: collections.deque[Message] = collections.deque()
-        self._inbox_lock = threading.Lock()
-        self._inbox_wake = False
-        self._credits = threading.Semaphore(cfg.queue_size)
+        self._full_since: float | None = None  # monotonic time the buffer became full
+        self._unblock: asyncio.TimerHandle | None = None
         self._connack: asyncio.Future[tuple[bool, int, str]] | None = None
         self._subacks: dict[int, asyncio.Future[list[Any]]] = {}
         self._lost: str | None = None
         self._closed = False
         self._drop_logged = False
         v5 = cfg.protocol == "5"
-        self._client = paho.Client(
+        self._client = _Client(
             CallbackAPIVersion.VERSION2,
             client_id=cfg.client_id,
             clean_session=None if v5 else not cfg.persistent_session,
@@ -205,11 +378,11 @@ class MqttClient:
             manual_ack=True,
         )
         self._client.connect_timeout = cfg.connect_timeout_s
-        # A bug in a callback must not kill the network thread; paho logs it instead.
+        # A bug in a callback must not break the connection; paho logs it instead.
         self._client.suppress_exceptions = True
         self._client.enable_logger(_PahoLog())  # type: ignore[arg-type]
+        self._io = _OnLoop(self._client, where)
         self._opening: asyncio.Future[None] | None = None
-        self._client.on_socket_open = self._on_socket_open
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_subscribe = self._on_subscribe
@@ -223,75 +396,65 @@ class MqttClient:
         assert self.cfg.tls is not None
         _set_tls(self._client, self.cfg.tls, self.where)
 
-    # -- paho thread ---------------------------------------------------------
+    def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._io.bind(loop)
 
-    def _call(self, fn: Any, *args: Any) -> None:
-        """Run ``fn(*args)`` in the event loop (from paho's thread); ignore a closed loop."""
-        loop = self._loop
-        if loop is None:
-            return
-        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
-            loop.call_soon_threadsafe(fn, *args)
-
-    def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
-        _nodelay(sock, self.where)
+    # -- paho callbacks (in the loop; CONNACK may come while connect's thread ends) ----
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
-        self._call(self._set_connack, bool(flags.session_present), int(rc.value), str(rc))
+        self._io.call(self._set_connack, bool(flags.session_present), int(rc.value), str(rc))
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
-        self._call(self._set_lost, f"connection lost ({rc})")
+        self._io.call(self._set_lost, f"connection lost ({rc})")
 
     def _on_subscribe(self, client: Any, userdata: Any, mid: int, codes: Any, props: Any) -> None:
-        self._call(self._set_suback, mid, list(codes))
+        self._io.call(self._set_suback, mid, list(codes))
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         received_us = time.time_ns() // 1000
-        if msg.qos == 0:
-            room = self._credits.acquire(timeout=self.cfg.queue_block_s)
-        else:
-            # QoS≥1 waits for room as long as the connection is open: the broker's in-flight
-            # window (our Receive Maximum) bounds how many can be waiting, and close() ends it.
-            room = False
-            while not room and not self._closed:
-                room = self._credits.acquire(timeout=_WAIT_SLICE_S)
-        if not room:
-            self.dropped += 1
-            if not self._drop_logged:
-                self._drop_logged = True
-                log.warning(
-                    "%s: receive buffer full (%d messages), dropping QoS 0 messages",
-                    self.where,
-                    self.cfg.queue_size,
-                )
-            return  # not acknowledged: a QoS≥1 message comes back on the next connection
-        m = Message(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), received_us, msg.mid)
-        self._inbox.append(m)
-        with self._inbox_lock:
-            if self._inbox_wake:
+        queue = self._queue
+        if queue.qsize() >= self.cfg.queue_size:
+            if self._full_since is None:
+                # stop reading: TCP and the broker hold the rest; QoS 0 is dropped only
+                # once the buffer has stayed full for queue_block_s (reading resumes then)
+                self._full_since = time.monotonic()
+                self._io.pause()
+                assert self._loop is not None
+                self._unblock = self._loop.call_later(self.cfg.queue_block_s, self._io.resume)
+            elif msg.qos == 0 and not self._io.paused:
+                self.dropped += 1
+                if not self._drop_logged:
+                    self._drop_logged = True
+                    log.warning(
+                        "%s: receive buffer full (%d messages) for %s s, dropping QoS 0 messages",
+                        self.where,
+                        self.cfg.queue_size,
+                        self.cfg.queue_block_s,
+                    )
                 return
-            self._inbox_wake = True
-        self._call(self._take_inbox)
+            # a QoS≥1 message is never dropped: the broker's in-flight window bounds them
+        queue.put_nowait(
+            Message(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), received_us, msg.mid)
+        )
 
-    # -- event loop side of the callbacks ------------------------------------
-
-    def _take_inbox(self) -> None:
-        with self._inbox_lock:
-            self._inbox_wake = False
-        # after the flag is down: a message appended from now on schedules another call
-        inbox, put = self._inbox, self._queue.put_nowait
-        while inbox:
-            put(inbox.popleft())
+    def _room(self) -> None:
+        """The source took messages: read again once the buffer has room."""
+        if self._full_since is not None and self._queue.qsize() < self.cfg.queue_size:
+            self._full_since = None
+            if self._unblock is not None:
+                self._unblock.cancel()
+                self._unblock = None
+            self._io.resume()
 
     def _set_connack(self, session_present: bool, code: int, text: str) -> None:
         if self._connack is not None and not self._connack.done():
             self._connack.set_result((session_present, code, text))
 
     def _set_lost(self, reason: str) -> None:
-        self._take_inbox()  # messages received before the loss come before its marker
         if self._lost is None:
             self._lost = reason
-            self._queue.put_nowait(_Lost(reason))
+            self._queue.put_nowait(_Lost(reason))  # after every message received before it
         if self._connack is not None and not self._connack.done():
             self._connack.set_exception(ConnectorError(self.where, reason, retryable=True))
         for fut in self._subacks.values():
@@ -307,7 +470,8 @@ class MqttClient:
 
     async def connect(self) -> bool:
         """Open the connection and wait for CONNACK; True when the broker kept our session."""
-        self._loop = asyncio.get_running_loop()
+        self._bind(asyncio.get_running_loop())
+        assert self._loop is not None
         self._connack = self._loop.create_future()
         cfg = self.cfg
         kwargs: dict[str, Any] = {}
@@ -319,13 +483,11 @@ class MqttClient:
             props.ReceiveMaximum = min(cfg.queue_size, 65535)
             kwargs = {"clean_start": not cfg.persistent_session, "properties": props}
 
-        def open_() -> None:
+        def open_() -> None:  # the blocking TCP connect and TLS handshake
             self._client.connect(cfg.host, cfg.port, cfg.keepalive, **kwargs)
-            self._client.loop_start()
 
         # Shielded so that close() can wait for a connect the caller gave up on.
         self._opening = asyncio.ensure_future(asyncio.to_thread(open_))
-        assert self._connack is not None
         self.session_present = await _opened(
             self.where, self._opening, self._connack, cfg.connect_timeout_s
         )
@@ -383,14 +545,14 @@ class MqttClient:
         first = await self._queue.get()
         if isinstance(first, _Lost):
             raise ConnectorError(self.where, first.reason, retryable=True)
-        self._credits.release()
         out = [first]
-        while len(out) < max_messages and not self._queue.empty():
-            item = self._queue.get_nowait()
+        queue = self._queue
+        while len(out) < max_messages and not queue.empty():
+            item = queue.get_nowait()
             if isinstance(item, _Lost):
                 break  # self._lost is set: the next call raises
-            self._credits.release()
             out.append(item)
+        self._room()
         return out
 
     def ack(self, messages: Sequence[Message]) -> None:
@@ -402,19 +564,16 @@ class MqttClient:
                 self._client.ack(m.mid, m.qos)
 
     async def close(self) -> None:
-        """Disconnect (a clean DISCONNECT keeps a persistent session) and stop the network thread."""
+        """Disconnect (a clean DISCONNECT keeps a persistent session) and close the socket."""
         if self._closed:
             return
-        self._closed = True  # also releases a network thread waiting for buffer room
+        self._closed = True
+        if self._unblock is not None:
+            self._unblock.cancel()
         if self._opening is not None:
             with contextlib.suppress(Exception):
                 await self._opening
-
-        def stop() -> None:
-            self._client.disconnect()
-            self._client.loop_stop()
-
-        await asyncio.to_thread(stop)
+        await self._io.close()
 
 
 # -- for the simulated station (connectors/mqtt/station.py) ------------------------------
@@ -542,7 +701,7 @@ class MqttLink:
         self._opening: asyncio.Future[None] | None = None
         self._lost: str | None = None
         self._closed = False
-        self._client = paho.Client(
+        self._client = _Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             clean_session=None if self._v5 else False,
@@ -553,7 +712,8 @@ class MqttLink:
         self._client.suppress_exceptions = True
         self._client.enable_logger(_PahoLog())  # type: ignore[arg-type]
         self._client.max_inflight_messages_set(cfg.max_inflight)
-        self._client.on_socket_open = lambda c, u, sock: _nodelay(sock, self.where)
+        self._io = _OnLoop(self._client, self.where)
+        self._call = self._io.call
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_subscribe = self._on_subscribe
@@ -570,14 +730,7 @@ class MqttLink:
                 props.ContentType = "application/json"
             self._client.will_set(will.topic, will.payload, will.qos, will.retain, props)
 
-    # -- paho thread ---------------------------------------------------------
-
-    def _call(self, fn: Any, *args: Any) -> None:
-        loop = self._loop
-        if loop is None:
-            return
-        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
-            loop.call_soon_threadsafe(fn, *args)
+    # -- paho callbacks (in the loop; CONNACK may come while connect's thread ends) ----
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
         self._call(self._set_connack, bool(flags.session_present), int(rc.value), str(rc))
@@ -593,8 +746,6 @@ class MqttLink:
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         self._call(self._deliver, msg.topic, bytes(msg.payload))
-
-    # -- event loop side -----------------------------------------------------
 
     def _set_connack(self, session_present: bool, code: int, text: str) -> None:
         if self._connack is not None and not self._connack.done():
@@ -629,6 +780,7 @@ class MqttLink:
     async def connect(self) -> bool:
         """Open the connection and wait for CONNACK; True when the broker kept our session."""
         self._loop = asyncio.get_running_loop()
+        self._io.bind(self._loop)
         self._connack = self._loop.create_future()
         cfg = self.cfg
         kwargs: dict[str, Any] = {}
@@ -637,9 +789,8 @@ class MqttLink:
             props.SessionExpiryInterval = cfg.session_expiry_s
             kwargs = {"clean_start": False, "properties": props}
 
-        def open_() -> None:
+        def open_() -> None:  # the blocking TCP connect and TLS handshake
             self._client.connect(cfg.host, cfg.port, cfg.keepalive_s, **kwargs)
-            self._client.loop_start()
 
         # Shielded so that close() can wait for a connect the caller gave up on.
         self._opening = asyncio.ensure_future(asyncio.to_thread(open_))
@@ -708,7 +859,7 @@ class MqttLink:
                         f"publish #{i} on {topic!r}: {paho.error_string(info.rc)}",
                         retryable=True,
                     )
-                # paho reports the PUBACK through the event loop, so it cannot overtake this.
+                # paho runs in this loop: the PUBACK cannot come before this is registered
                 fut = self._loop.create_future()
                 self._pubacks[info.mid] = fut
                 topics.append(topic)
@@ -753,12 +904,7 @@ class MqttLink:
         if self._opening is not None:
             with contextlib.suppress(Exception):
                 await self._opening
-
-        def stop() -> None:
-            self._client.disconnect()
-            self._client.loop_stop()
-
-        await asyncio.to_thread(stop)
+        await self._io.close()
 
 
 def _resolve(futures: dict[int, asyncio.Future[Any]], mid: int, value: Any) -> None:

@@ -1,18 +1,22 @@
 """MqttClient's receive buffer without a broker: overflow policy, ordering, loss of connection.
 
-paho's callbacks are called from a worker thread, as its network thread would.
+paho runs in the event loop (connectors/mqtt/client.py), so its callbacks are called
+directly here, as the loop would.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 from types import SimpleNamespace
 from typing import Any
 
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from connectors.base import ConnectorError
-from connectors.mqtt.client import MqttClient
+from connectors.mqtt.client import MqttClient, _Client
 from connectors.mqtt.config import MqttSourceConfig
 
 
@@ -26,7 +30,7 @@ def make_client(**kw: Any) -> MqttClient:
         }
     )
     client = MqttClient(cfg, "unit")
-    client._loop = asyncio.get_running_loop()
+    client._bind(asyncio.get_running_loop())
     return client
 
 
@@ -34,18 +38,16 @@ def msg(n: int, qos: int = 0) -> SimpleNamespace:
     return SimpleNamespace(topic=f"t/{n}", payload=str(n).encode(), qos=qos, retain=False, mid=n)
 
 
-async def deliver(client: MqttClient, *messages: SimpleNamespace) -> None:
-    def run() -> None:
-        for m in messages:
-            client._on_message(None, None, m)
-
-    await asyncio.to_thread(run)
+def deliver(client: MqttClient, *messages: SimpleNamespace) -> None:
+    # paho runs in the event loop: its callbacks are plain calls there
+    for m in messages:
+        client._on_message(None, None, m)
 
 
 async def test_batches_keep_arrival_order_and_stamp_receive_time() -> None:
     client = make_client()
     try:
-        await deliver(client, *(msg(i, qos=1) for i in range(5)))
+        deliver(client, *(msg(i, qos=1) for i in range(5)))
         got = await client.receive(3)
         assert [m.topic for m in got] == ["t/0", "t/1", "t/2"]
         rest = await client.receive(10)
@@ -56,49 +58,79 @@ async def test_batches_keep_arrival_order_and_stamp_receive_time() -> None:
         await client.close()
 
 
-async def test_qos0_overflow_drops_newest_and_counts() -> None:
-    client = make_client(queue_size=2, queue_block_s=0.01)
+async def test_a_full_buffer_stops_reading_until_the_source_takes_messages() -> None:
+    client = make_client(queue_size=2, queue_block_s=60)
     try:
-        await deliver(client, msg(1), msg(2), msg(3), msg(4))
-        assert client.dropped == 2
+        deliver(client, msg(1), msg(2))
+        assert not client._io.paused
+        deliver(client, msg(3))  # already parsed when the buffer was found full: kept
+        assert client._io.paused and client.dropped == 0
+        assert [m.topic for m in await client.receive(10)] == ["t/1", "t/2", "t/3"]
+        assert not client._io.paused
+    finally:
+        await client.close()
+
+
+async def test_qos0_is_dropped_only_after_the_buffer_stayed_full_for_queue_block_s() -> None:
+    client = make_client(queue_size=2, queue_block_s=0.05)
+    try:
+        deliver(client, msg(1), msg(2), msg(3))
+        assert client._io.paused
+        for _ in range(100):
+            if not client._io.paused:
+                break
+            await asyncio.sleep(0.01)
+        assert not client._io.paused  # reading resumed to drop QoS 0
+        deliver(client, msg(4), msg(5), msg(6, qos=1))
+        assert client.dropped == 2  # the newest QoS 0 ones; QoS 1 is never dropped
         got = await client.receive(10)
-        assert [m.topic for m in got] == ["t/1", "t/2"]
-        await deliver(client, msg(5))  # room again
-        assert [m.topic for m in await client.receive(10)] == ["t/5"]
+        assert [m.topic for m in got] == ["t/1", "t/2", "t/3", "t/6"]
+        deliver(client, msg(7))  # room again
+        assert [m.topic for m in await client.receive(10)] == ["t/7"]
         assert client.dropped == 2
     finally:
         await client.close()
 
 
-async def test_qos1_waits_for_room_instead_of_dropping() -> None:
-    client = make_client(queue_size=2, queue_block_s=0.01)
+async def test_qos1_is_kept_while_the_buffer_is_full() -> None:
+    client = make_client(queue_size=2, queue_block_s=0)
     try:
-        await deliver(client, msg(1, 1), msg(2, 1))
-        blocked = asyncio.ensure_future(deliver(client, msg(3, 1)))
-        await asyncio.sleep(0.1)
-        assert not blocked.done()  # waiting for room, not dropped
-        assert [m.topic for m in await client.receive(1)] == ["t/1"]
-        await asyncio.wait_for(blocked, 10)
-        assert [m.topic for m in await client.receive(10)] == ["t/2", "t/3"]
+        deliver(client, *(msg(i, 1) for i in range(1, 6)))
+        await asyncio.sleep(0.01)
+        deliver(client, msg(6, 1))
+        got = await client.receive(10)
+        assert [m.topic for m in got] == [f"t/{i}" for i in range(1, 7)]
         assert client.dropped == 0
     finally:
         await client.close()
 
 
-async def test_close_releases_a_waiting_network_thread() -> None:
-    client = make_client(queue_size=1)
-    await deliver(client, msg(1, 1))
-    blocked = asyncio.ensure_future(deliver(client, msg(2, 1)))
-    await asyncio.sleep(0.05)
-    await client.close()
-    await asyncio.wait_for(blocked, 10)
-    assert client.dropped == 1  # not acknowledged: the broker redelivers it next time
+def test_reads_take_what_the_socket_has_in_one_recv() -> None:
+    assert callable(getattr(paho.Client, "_sock_recv", None))  # the hook _Client overrides
+    a, b = socket.socketpair()
+    try:
+        a.setblocking(False)
+        client = _Client(CallbackAPIVersion.VERSION2, client_id="unit")
+        client._sock = a
+        b.sendall(b"\x30\x05hello")
+        assert client._sock_recv(1) == b"\x30"
+        assert client.buffered()
+        assert client._sock_recv(1) == b"\x05"
+        assert client._sock_recv(5) == b"hello"
+        assert not client.buffered()
+        with pytest.raises(BlockingIOError):
+            client._sock_recv(1)
+        b.close()
+        assert client._sock_recv(1) == b""  # end of stream: paho sees the connection lost
+    finally:
+        a.close()
+        b.close()
 
 
 async def test_lost_connection_after_the_buffered_messages() -> None:
     client = make_client()
     try:
-        await deliver(client, msg(1, 1), msg(2, 1))
+        deliver(client, msg(1, 1), msg(2, 1))
         client._set_lost("connection lost (test)")
         assert [m.topic for m in await client.receive(10)] == ["t/1", "t/2"]
         with pytest.raises(ConnectorError, match="connection lost") as e:
