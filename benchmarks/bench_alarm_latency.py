@@ -35,7 +35,7 @@ How (three processes beside the servers, one clock):
   ``full`` (``--durability full,normal`` runs both), flood protection set out
   of reach (every planted alarm must be published, none summarised).
   Probes (wrapping the source's ``run``/``emit``, ``on_alarm`` and the alarm
-  publisher transport's ``deliver`` of this instance; no gateway file is
+  publisher transport's ``send`` of this instance; no gateway file is
   changed) time each planted value when the gateway's MQTT network thread
   received it (the sample's ``gateway_time_us``), when the source called
   ``emit``, when its alarm was committed, when the publisher started to
@@ -613,13 +613,13 @@ def _probe_source(source: Any, received: dict[str, int], at_gateway: dict[str, i
 
 def _probe_publisher(notifier: Any, publishing: dict[str, int], puback: dict[str, int]) -> None:
     """Time each planted value's raised event when the alarm publisher starts to publish it
-    and when the broker acknowledged it (its transport's ``deliver``; skipped if absent)."""
+    and when the broker acknowledged it (its transport's ``send``; skipped if absent)."""
     transport = getattr(notifier, "_transport", None)
-    deliver = getattr(transport, "deliver", None)
-    if deliver is None:
+    send = getattr(transport, "send", None)
+    if send is None:
         return
 
-    async def probed(envelopes):
+    def probed(envelopes):
         start = time.monotonic_ns()
         mine = []
         for e in envelopes:
@@ -628,13 +628,18 @@ def _probe_publisher(notifier: Any, publishing: dict[str, int], puback: dict[str
             if isinstance(ser, str) and ser[:1] == "p":
                 publishing.setdefault(ser, start)
                 mine.append(ser)
-        result = await deliver(envelopes)
-        end = time.monotonic_ns()
-        for ser in mine:
-            puback.setdefault(ser, end)
-        return result
+        outcome = send(envelopes)
 
-    transport.deliver = probed
+        async def confirmed():
+            result = await outcome()
+            end = time.monotonic_ns()
+            for ser in mine:
+                puback.setdefault(ser, end)
+            return result
+
+        return confirmed
+
+    transport.send = probed
 
 
 async def _one(

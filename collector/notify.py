@@ -32,12 +32,13 @@ Webhook signature: see :func:`connectors.webhook.verify_signature`
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -167,16 +168,27 @@ class _Delivery:
     error: ConnectorError | None = None
 
 
+async def _ready(result: _Delivery) -> _Delivery:
+    return result
+
+
 class _Transport(Protocol):
     where: str
     # True when open() talks to the far side (MQTT); False when only a delivery proves it (HTTP).
     proves_link: bool
 
+    #: rounds in flight at once (sent, confirmation pending)
+    window: int
+
     async def open(self) -> None: ...
 
     def check(self) -> None: ...
 
-    async def deliver(self, envelopes: Sequence[Envelope]) -> _Delivery: ...
+    def send(self, envelopes: Sequence[Envelope]) -> Callable[[], Awaitable[_Delivery]]:
+        """Start delivering (MQTT: the messages are written now); await the result's call
+        for the outcome. Called in seq order; never raises a retryable error (the outcome
+        carries it)."""
+        ...
 
     async def reset(self) -> None: ...
 
@@ -211,9 +223,14 @@ class _Drainer:
         self._wake.set()  # the first round looks at what is already pending
         self._loop: asyncio.AbstractEventLoop | None = None
         self._up: bool | None = None  # None: never connected yet
+        # rounds sent and not yet settled, oldest first, and the last seq sent (one drain)
+        self._flight: collections.deque[asyncio.Task[None]] = collections.deque()
+        self._sent = 0
+        self._serving = False  # a drain is running and may be pumped by notify()
 
     def notify(self) -> None:
-        """Wake the drain loop now (thread-safe; cheap when it is already awake)."""
+        """Entries were committed: in the loop, send them now; from another thread, wake
+        the drain loop (thread-safe; cheap when it is already awake)."""
         loop = self._loop
         if loop is None:
             self._wake.set()
@@ -224,6 +241,14 @@ class _Drainer:
             running = None
         if running is loop:
             self._wake.set()
+            if self._serving:
+                # publish in the committing call itself: no wait for the drain task's turn,
+                # which under load comes only after the loop has read and judged more input
+                try:
+                    self.transport.check()
+                    self._pump()
+                except Exception as exc:  # the drain loop meets it again and handles it
+                    log.debug("%s: immediate publish skipped: %s", self.transport.where, exc)
         else:
             with contextlib.suppress(RuntimeError):  # loop closed: nobody to wake
                 loop.call_soon_threadsafe(self._wake.set)
@@ -280,15 +305,39 @@ class _Drainer:
                     await asyncio.wait_for(stop.wait(), self.backoff.next_delay())
 
     async def _drain(self, stop: asyncio.Event, *, until_empty: bool) -> None:
-        while True:
-            self.transport.check()
-            if stop.is_set() and not until_empty:
-                return
-            self._wake.clear()  # a notify() from here on triggers another round
-            # read on the loop: a few small rows, no worker-thread hop between an alarm's
-            # commit and its publish (that hop waits for the GIL under load)
-            entries = self.outbox.peek(self.stream, self.batch, in_order=True)
-            if not entries:
+        """Deliver rounds in seq order, up to ``transport.window`` of them at once.
+
+        A round is sent while earlier ones still wait for their confirmations
+        (MQTT: PUBACKs come back in order), so a new alarm does not wait for the
+        previous round's round trip; rounds are settled in the outbox in order,
+        and the first failed one ends the drain (the rest are sent again after
+        the reconnect: at least once, in order).
+        """
+        flight = self._flight = collections.deque()
+        self._sent = 0
+        self._serving = not until_empty
+        try:
+            while True:
+                self.transport.check()
+                while flight and flight[0].done():
+                    flight.popleft().result()  # raises the round's error
+                if stop.is_set() and not until_empty:
+                    self._serving = False
+                    while flight:  # what was sent is settled, not sent again at the final drain
+                        await asyncio.wait({flight[0]})
+                        flight.popleft().result()
+                    return
+                if len(flight) >= self.transport.window:
+                    await asyncio.wait({flight[0]})
+                    continue
+                self._wake.clear()  # a notify() from here on triggers another round
+                if self._pump():
+                    continue
+                if flight:  # the oldest round's answer or a new alarm, whichever is first
+                    wake = asyncio.ensure_future(self._wake.wait())
+                    await asyncio.wait({flight[0], wake}, return_when=asyncio.FIRST_COMPLETED)
+                    wake.cancel()
+                    continue
                 if until_empty:
                     return
                 due = await self._aio.next_due(self.stream, in_order=True)
@@ -297,10 +346,33 @@ class _Drainer:
                 else:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), max(0.0, due - time.time()))
-                continue
-            await self._round(entries)
+        finally:
+            self._serving = False
+            for task in flight:
+                task.cancel()
+            for task in flight:
+                with contextlib.suppress(BaseException):
+                    await task
 
-    async def _round(self, entries: list[Entry]) -> None:
+    def _pump(self) -> bool:
+        """Send the pending entries after those in flight, as the window allows; True if any.
+
+        Reads on the loop (a few small rows): no worker-thread hop between an
+        alarm's commit and its publish (that hop waits for the GIL under load).
+        """
+        flight = self._flight
+        any_sent = False
+        while len(flight) < self.transport.window:
+            entries = self.outbox.peek(self.stream, self.batch, in_order=True, after=self._sent)
+            if not entries:
+                break
+            self._sent = entries[-1].seq
+            flight.append(self._send(entries, flight[-1] if flight else None))
+            any_sent = True
+        return any_sent
+
+    def _send(self, entries: list[Entry], before: asyncio.Task[None] | None) -> asyncio.Task[None]:
+        """Send a round now (in seq order) and return the task that settles it."""
         envelopes: list[Envelope] = []
         bad: dict[int, str] = {}
         for e in entries:
@@ -308,7 +380,19 @@ class _Drainer:
                 envelopes.append(self.decode(e))
             except ValueError as exc:
                 bad[e.seq] = str(exc)
-        result = await self.transport.deliver(envelopes) if envelopes else _Delivery()
+        outcome = self.transport.send(envelopes) if envelopes else None
+        return asyncio.ensure_future(self._round(entries, outcome, bad, before))
+
+    async def _round(
+        self,
+        entries: list[Entry],
+        outcome: Callable[[], Awaitable[_Delivery]] | None,
+        bad: dict[int, str],
+        before: asyncio.Task[None] | None,
+    ) -> None:
+        result = await outcome() if outcome is not None else _Delivery()
+        if before is not None:
+            await before  # settled in order; an earlier failure fails this round too
         result.refused.update(bad)
         if result.delivered:
             last = max(result.delivered)
@@ -382,6 +466,7 @@ class _Drainer:
 
 class _MqttTransport:
     proves_link = True
+    window = 8  # PUBACKs come back in order: later rounds go out meanwhile
 
     def __init__(self, owner: MqttAlarmPublisher) -> None:
         self.owner = owner
@@ -423,20 +508,31 @@ class _MqttTransport:
         if self._lost is not None or self._link is None:
             raise ConnectorError(self.where, self._lost or "not connected", retryable=True)
 
-    async def deliver(self, envelopes: Sequence[Envelope]) -> _Delivery:
+    def send(self, envelopes: Sequence[Envelope]) -> Callable[[], Awaitable[_Delivery]]:
         assert self._link is not None
         seqs = [e.seq for e in envelopes]
         msgs = [Outgoing(e.topic, e.body, e.qos, e.retain) for e in envelopes]
         try:
-            await self._link.publish_many(msgs)
-        except PublishRefusedError as exc:
-            refused = {seqs[i]: f"broker refused: {r}" for i, r in exc.refused.items()}
-            return _Delivery([s for s in seqs if s not in refused], refused)
+            sent = self._link.publish_nowait(msgs)  # written to the socket now
         except ConnectorError as exc:
             if not exc.retryable:
                 raise
-            return _Delivery(error=exc)
-        return _Delivery(seqs)
+            failed = _Delivery(error=exc)
+            return lambda: _ready(failed)
+
+        async def confirmed() -> _Delivery:
+            try:
+                await sent.wait()
+            except PublishRefusedError as exc:
+                refused = {seqs[i]: f"broker refused: {r}" for i, r in exc.refused.items()}
+                return _Delivery([s for s in seqs if s not in refused], refused)
+            except ConnectorError as exc:
+                if not exc.retryable:
+                    raise
+                return _Delivery(error=exc)
+            return _Delivery(seqs)
+
+        return confirmed
 
     async def reset(self) -> None:
         link, self._link = self._link, None
@@ -571,6 +667,7 @@ class MqttAlarmPublisher:
 
 class _WebhookTransport:
     proves_link = False
+    window = 1  # one POST after the other: a retried one must not be overtaken
 
     def __init__(self, cfg: WebhookConfig) -> None:
         self.cfg = cfg
@@ -585,7 +682,10 @@ class _WebhookTransport:
     def check(self) -> None:
         pass  # HTTP has no standing connection to lose; a failed POST tells
 
-    async def deliver(self, envelopes: Sequence[Envelope]) -> _Delivery:
+    def send(self, envelopes: Sequence[Envelope]) -> Callable[[], Awaitable[_Delivery]]:
+        return lambda: self._post(envelopes)
+
+    async def _post(self, envelopes: Sequence[Envelope]) -> _Delivery:
         assert self._client is not None
         out = _Delivery()
         for e in envelopes:

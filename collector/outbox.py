@@ -947,8 +947,11 @@ class Outbox:
         *,
         now: float | None = None,
         in_order: bool = False,
+        after: int = 0,
     ) -> list[Entry]:
         """Up to ``limit`` pending entries of ``stream`` that are due (``next_attempt <= now``), by seq.
+
+        ``after``: only entries with a larger seq (those before it are in flight).
 
         Entries stay until acked. With ``in_order=True`` the result stops at the
         first entry that is not yet due (head-of-line blocking, for consumers
@@ -965,14 +968,15 @@ class Outbox:
                 return []
             if in_order:
                 rows = conn.execute(
-                    f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE stream_id=? ORDER BY seq LIMIT ?",
-                    (sid, limit),
+                    f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE stream_id=? AND seq>? "
+                    "ORDER BY seq LIMIT ?",
+                    (sid, after, limit),
                 ).fetchall()
             else:
                 rows = conn.execute(
-                    f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE stream_id=? AND next_attempt<=? "
-                    "ORDER BY seq LIMIT ?",
-                    (sid, t, limit),
+                    f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE stream_id=? AND seq>? "
+                    "AND next_attempt<=? ORDER BY seq LIMIT ?",
+                    (sid, after, t, limit),
                 ).fetchall()
         out = []
         for seq, created, attempts, next_attempt, last_error, payload in rows:
@@ -1143,10 +1147,18 @@ class AsyncOutbox:
         return await asyncio.to_thread(self.outbox.next_seq, name, count)
 
     async def peek(
-        self, stream: str, limit: int = 100, *, now: float | None = None, in_order: bool = False
+        self,
+        stream: str,
+        limit: int = 100,
+        *,
+        now: float | None = None,
+        in_order: bool = False,
+        after: int = 0,
     ) -> list[Entry]:
         """See :meth:`Outbox.peek`."""
-        return await asyncio.to_thread(self.outbox.peek, stream, limit, now=now, in_order=in_order)
+        return await asyncio.to_thread(
+            self.outbox.peek, stream, limit, now=now, in_order=in_order, after=after
+        )
 
     async def ack(self, stream: str, seqs: Iterable[int]) -> int:
         """See :meth:`Outbox.ack`."""

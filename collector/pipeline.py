@@ -1458,8 +1458,9 @@ class Gateway:
                     continue
                 for i in targets:
                     self._accept(i, s, source, kind, ctx, rows, fed)
-        lines += self._measurement_lines(rows)
+        # judged (alarms committed) before the measurement lines are encoded
         self._feed(fed, lines, now)
+        lines += self._measurement_lines(rows)
         return lines
 
     # ------------------------------------------------------------------ alarms
@@ -1502,8 +1503,6 @@ class Gateway:
             listener(out)
         self.stats.alarms += out.raised
         self.stats.alarm_events += len(out.events)
-        for n in self.notifiers:
-            n.notify()
         for ev in out.events:
             if ev.get("event") != "raised":
                 continue
@@ -1516,6 +1515,8 @@ class Gateway:
                 )
             if self.on_alarm is not None:
                 self.on_alarm(a)
+        for n in self.notifiers:
+            n.notify()  # publishes at once (MQTT)
 
     def _retry_alarms(self, lines: list[str], now: int) -> None:
         while self._alarm_backlog:
@@ -1911,6 +1912,9 @@ class Gateway:
         for j in flagged:
             codes = violation_codes(int(pts.mask[j])) + violation_codes(int(pts.disp_mask[j]))
             violations[j] = ",".join(dict.fromkeys(codes))
+        contexts = [fed.ctx[j] for j in done.tolist()]
+        # alarms first: their commit and publish do not wait for the series encoding
+        self._judge_alarms(pts, n, chars, times, serials, limits_ids, flagged, contexts, lines)
         char_list = chars.tolist()
         enc = encode_rows(
             [self._sprefix[i] for i in char_list],
@@ -1933,12 +1937,10 @@ class Gateway:
         lines.extend(enc.lines)
         self.stats.points += n
         self._update_views(pts, chars)
-        contexts = [fed.ctx[j] for j in done.tolist()]
         if self.point_listeners:
             judged = JudgedPoints(pts, n, times, serials, limits_ids, violations, contexts)
             for listener in self.point_listeners:
                 listener(judged)
-        self._judge_alarms(pts, n, chars, times, serials, limits_ids, flagged, contexts, lines)
 
     def _judge_alarms(
         self,

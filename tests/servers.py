@@ -133,10 +133,9 @@ def mosquitto(tmp: Path) -> Iterator[Server]:
         f"listener {port} {HOST}\nallow_anonymous true\npersistence true\n"
         f"persistence_location {tmp}/\nlog_dest stdout\nmax_queued_messages 100000\n"
         # Nagle off, as deploy/mosquitto/mosquitto.conf: PUBACKs otherwise wait ~40 ms
-        "set_tcp_nodelay true\n"
+        "set_tcp_nodelay true\n" + ("user root\n" if os.geteuid() == 0 else "")
         # As root, mosquitto drops to the `mosquitto` user, which cannot write pytest's 0700
         # temp dir, and persistence (sessions across a restart) silently fails.
-        + ("user root\n" if os.geteuid() == 0 else "")
     )
     with run_server([binary, "-c", str(conf)], port, tmp) as server:
         yield server

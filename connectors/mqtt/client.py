@@ -54,7 +54,15 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from connectors.base import ConnectorError
 from connectors.mqtt.config import MqttPublisherConfig, MqttSourceConfig, TlsConfig
 
-__all__ = ["Message", "MqttClient", "MqttLink", "MqttPublisher", "Outgoing", "PublishRefusedError"]
+__all__ = [
+    "Message",
+    "MqttClient",
+    "MqttLink",
+    "MqttPublisher",
+    "Outgoing",
+    "PublishRefusedError",
+    "Published",
+]
 
 log = logging.getLogger(__name__)
 
@@ -268,6 +276,11 @@ class _OnLoop:
         self.client.loop_misc()
         if self._sock is not None and self.loop is not None:
             self._misc = self.loop.call_later(_MISC_INTERVAL_S, self._tick)
+
+    def flush(self) -> None:
+        """Write what paho has queued now, not at the selector's next turn (latency)."""
+        if self._sock is not None and self.client.want_write():
+            self.client.loop_write()
 
     def pause(self) -> None:
         """Stop reading the socket until :meth:`resume` (the receive buffer is full)."""
@@ -562,6 +575,7 @@ class MqttClient:
         for m in messages:
             if m.qos:
                 self._client.ack(m.mid, m.qos)
+        self._io.flush()
 
     async def close(self) -> None:
         """Disconnect (a clean DISCONNECT keeps a persistent session) and close the socket."""
@@ -836,17 +850,27 @@ class MqttLink:
         unusable: reconnect), and :class:`PublishRefusedError` when the broker refused
         some messages (all others were acknowledged).
         """
+        await self.publish_nowait(msgs, content_type=content_type).wait()
+
+    def publish_nowait(
+        self,
+        msgs: Sequence[Outgoing | tuple[str, bytes, int, bool]],
+        *,
+        content_type: str | None = "application/json",
+    ) -> Published:
+        """Publish ``msgs`` in order now (written to the socket before this returns, as far
+        as the in-flight window allows); :meth:`Published.wait` waits for their PUBACKs.
+
+        Raises a retryable :class:`ConnectorError` at once when the link is down; other
+        errors as :meth:`publish_many`, from ``wait``.
+        """
         self._check()
         assert self._loop is not None
-        if not msgs:
-            return
         props = None
         if self._v5 and content_type:
             props = Properties(PacketTypes.PUBLISH)
             props.ContentType = content_type
-        topics: list[str] = []
-        waiting: list[asyncio.Future[tuple[int, str]]] = []
-        mids: list[int] = []
+        out = Published(self)
         try:
             for i, (topic, payload, qos, retain) in enumerate(msgs):
                 info = self._client.publish(
@@ -862,30 +886,15 @@ class MqttLink:
                 # paho runs in this loop: the PUBACK cannot come before this is registered
                 fut = self._loop.create_future()
                 self._pubacks[info.mid] = fut
-                topics.append(topic)
-                waiting.append(fut)
-                mids.append(info.mid)
-            try:
-                results = await asyncio.wait_for(
-                    asyncio.gather(*waiting), self.cfg.publish_timeout_s
-                )
-            except TimeoutError:
-                missing = sum(not f.done() for f in waiting)
-                reason = (
-                    f"no PUBACK for {missing} of {len(waiting)} messages within "
-                    f"{self.cfg.publish_timeout_s} s"
-                )
-                self._set_lost(reason)
-                raise ConnectorError(self.where, reason, retryable=True) from None
+                out.topics.append(topic)
+                out.waiting.append(fut)
+                out.mids.append(info.mid)
+        except BaseException:
+            out.forget()
+            raise
         finally:
-            for mid in mids:
-                self._pubacks.pop(mid, None)
-            for fut in waiting:
-                if fut.done() and not fut.cancelled():
-                    fut.exception()  # retrieved: a lost link fails them all, we raise once
-        refused = {i: text for i, (code, text) in enumerate(results) if code >= 0x80}
-        if refused:
-            raise PublishRefusedError(self.where, refused, topics)
+            self._io.flush()
+        return out
 
     async def close(self, graceful_payload: bytes | None = None) -> None:
         """Publish ``graceful_payload`` retained on the Will's topic if given, then disconnect cleanly.
@@ -905,6 +914,46 @@ class MqttLink:
             with contextlib.suppress(Exception):
                 await self._opening
         await self._io.close()
+
+
+class Published:
+    """Messages handed to the broker by :meth:`MqttLink.publish_nowait`; ``wait`` for the PUBACKs."""
+
+    def __init__(self, link: MqttLink) -> None:
+        self.link = link
+        self.topics: list[str] = []
+        self.waiting: list[asyncio.Future[tuple[int, str]]] = []
+        self.mids: list[int] = []
+
+    def forget(self) -> None:
+        for mid in self.mids:
+            self.link._pubacks.pop(mid, None)
+        for fut in self.waiting:
+            if fut.done() and not fut.cancelled():
+                fut.exception()  # retrieved: a lost link fails them all, we raise once
+
+    async def wait(self) -> None:
+        """Return once every message was acknowledged; raises as :meth:`MqttLink.publish_many`."""
+        link = self.link
+        if not self.waiting:
+            return
+        try:
+            results = await asyncio.wait_for(
+                asyncio.gather(*self.waiting), link.cfg.publish_timeout_s
+            )
+        except TimeoutError:
+            missing = sum(not f.done() for f in self.waiting)
+            reason = (
+                f"no PUBACK for {missing} of {len(self.waiting)} messages within "
+                f"{link.cfg.publish_timeout_s} s"
+            )
+            link._set_lost(reason)
+            raise ConnectorError(link.where, reason, retryable=True) from None
+        finally:
+            self.forget()
+        refused = {i: text for i, (code, text) in enumerate(results) if code >= 0x80}
+        if refused:
+            raise PublishRefusedError(link.where, refused, self.topics)
 
 
 def _resolve(futures: dict[int, asyncio.Future[Any]], mid: int, value: Any) -> None:

@@ -51,7 +51,10 @@ class MqttStats(ConnectorStats):
 
 
 #: Batches handed to the gateway but not yet committed before receiving waits (deferred acks).
-_UNCOMMITTED_BATCHES = 2
+#: High enough that a value is judged without waiting for earlier batches' outbox commits
+#: (the gateway gathers queued batches into one judging call under load); the messages
+#: themselves are bounded by the broker's in-flight window (Receive Maximum).
+_UNCOMMITTED_BATCHES = 32
 
 
 @register_source("mqtt")
@@ -196,7 +199,6 @@ class MqttSource:
                 flush()
                 waiting = [f for f, _ in pending if f is not None and not f.done()]
                 if len(waiting) >= _UNCOMMITTED_BATCHES:
-                    # under load: let messages gather into larger batches meanwhile
                     await asyncio.wait({waiting[0]})
             self.stats.dropped = self._dropped_before + client.dropped
 

@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import random
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,29 +87,44 @@ class CrashError(Exception):
 
 
 class StubTransport:
-    """Hands envelopes to the subscriber; crashes or loses the link at random points."""
+    """Hands envelopes to the subscriber; crashes or loses the link at random points.
+
+    Like one TCP connection: once a round broke the link, rounds sent after it
+    on the same link reach nobody (``window`` rounds are in flight at once).
+    """
 
     where = "stub transport"
     proves_link = True
 
-    def __init__(self, rng: random.Random | None, received: list[dict[str, Any]]) -> None:
+    def __init__(
+        self, rng: random.Random | None, received: list[dict[str, Any]], window: int = 1
+    ) -> None:
         self.rng = rng
         self.received = received
+        self.window = window
+        self.broken = False
 
     async def open(self) -> None:
-        pass
+        self.broken = False
 
     def check(self) -> None:
         pass
 
+    def send(self, envelopes: Sequence[Envelope]) -> Callable[[], Awaitable[_Delivery]]:
+        return lambda: self.deliver(envelopes)
+
     async def deliver(self, envelopes: Sequence[Envelope]) -> _Delivery:
         rng, n = self.rng, len(envelopes)
+        if self.broken:
+            return _Delivery(error=ConnectorError(self.where, "connection lost", retryable=True))
         roll = rng.random() if rng is not None else 1.0
         if roll < 0.3:  # crash: k reached the subscriber, none acknowledged
             k = rng.randint(0, n)
             self.received.extend(dict(e.payload, _topic=e.topic) for e in envelopes[:k])
+            self.broken = True
             raise CrashError
         if roll < 0.5:  # link lost: k reached the subscriber, the first j ≤ k confirmed
+            self.broken = True
             k = rng.randint(0, n)
             j = rng.randint(0, k)
             self.received.extend(dict(e.payload, _topic=e.topic) for e in envelopes[:k])
@@ -132,7 +147,9 @@ def pending(outbox: Outbox) -> int:
     return 0 if counts is None else counts.pending
 
 
-async def deliver(path: Path, rng: random.Random | None, batch: int) -> tuple[list[dict], int]:
+async def deliver(
+    path: Path, rng: random.Random | None, batch: int, window: int = 1
+) -> tuple[list[dict], int]:
     """Drain the ``mqtt`` stream of ``path`` to a subscriber list; restarts after each crash."""
     received: list[dict[str, Any]] = []
     restarts = 0
@@ -144,7 +161,7 @@ async def deliver(path: Path, rng: random.Random | None, batch: int) -> tuple[li
             drainer = _Drainer(
                 outbox,
                 "mqtt",
-                StubTransport(rng, received),  # type: ignore[arg-type]
+                StubTransport(rng, received, window),  # type: ignore[arg-type]
                 NotifyStats(),
                 batch=batch,
                 backoff=Backoff(0.001, 0.002),
@@ -195,17 +212,18 @@ def last_states(received: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     steps=st.lists(step, min_size=1, max_size=6),
     seed=st.integers(0, 2**32 - 1),
     batch=st.integers(1, 6),
+    window=st.integers(1, 3),
 )
 def test_replaying_the_outbox_never_changes_the_deduplicated_view(
-    steps: list[tuple[list[tuple[int, int]], bool]], seed: int, batch: int
+    steps: list[tuple[list[tuple[int, int]], bool]], seed: int, batch: int, window: int
 ) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         clean_db, crashy_db = Path(tmp, "clean.db"), Path(tmp, "crashy.db")
         n_clean = build(clean_db, steps)
         n_crashy = build(crashy_db, steps)
         assert n_clean == n_crashy  # the manager is deterministic for the same input
-        clean, _ = asyncio.run(deliver(clean_db, None, batch))
-        crashy, restarts = asyncio.run(deliver(crashy_db, random.Random(seed), batch))
+        clean, _ = asyncio.run(deliver(clean_db, None, batch, window))
+        crashy, restarts = asyncio.run(deliver(crashy_db, random.Random(seed), batch, window))
 
     clean_view = unique_events(clean)
     assert len(clean) == n_clean and len(clean_view) == sum(

@@ -10,7 +10,7 @@ from typing import Any
 from connectors.base import ConnectorError
 from connectors.mqtt.client import Message
 from connectors.mqtt.config import MqttSourceConfig
-from connectors.mqtt.source import MqttSource
+from connectors.mqtt.source import _UNCOMMITTED_BATCHES, MqttSource
 
 
 class FakeClient:
@@ -110,10 +110,11 @@ async def test_a_failed_commit_is_never_acknowledged() -> None:
             await pump
 
 
-async def test_receiving_waits_while_two_batches_are_uncommitted() -> None:
-    """Under load messages gather into larger batches instead of many small ones."""
+async def test_receiving_waits_while_too_many_batches_are_uncommitted() -> None:
+    """The backlog of uncommitted batches is bounded: then receiving waits for the oldest."""
     loop = asyncio.get_running_loop()
     futures: list[asyncio.Future[None]] = []
+    limit = _UNCOMMITTED_BATCHES
 
     async def emit(samples: Any) -> None:
         raise AssertionError
@@ -123,20 +124,20 @@ async def test_receiving_waits_while_two_batches_are_uncommitted() -> None:
         return futures[-1]
 
     emit.nowait = nowait  # type: ignore[attr-defined]
-    client = FakeClient([[_msg(1)], [_msg(2)], [_msg(3)]])
+    client = FakeClient([[_msg(k)] for k in range(1, limit + 2)])
     pump = asyncio.create_task(_source()._pump(client, emit))  # type: ignore[arg-type]
-    for _ in range(50):
+    for _ in range(10 * limit):
         await asyncio.sleep(0)
-    assert len(futures) == 2 and len(client.batches) == 1  # the third batch not taken yet
+    assert len(futures) == limit and len(client.batches) == 1  # the last batch not taken yet
     futures[0].set_result(None)
     async with asyncio.timeout(5):
-        while len(futures) < 3:
+        while len(futures) < limit + 1:
             await asyncio.sleep(0)
     assert client.acked == [1]
     for f in futures[1:]:
         f.set_result(None)
     await asyncio.sleep(0)
-    assert client.acked == [1, 2, 3]
+    assert client.acked == list(range(1, limit + 2))
     client.gone.set()
     async with asyncio.timeout(5):
         with contextlib.suppress(ConnectorError):
