@@ -926,15 +926,22 @@ class AlarmManager:
         new[0] = True
         np.not_equal(sk[1:], sk[:-1], out=new[1:])
         starts = np.flatnonzero(new)
-        sizes = np.diff(np.append(starts, n))
+        sizes = np.empty_like(starts)  # np.diff(append=) costs more than the arithmetic
+        sizes[:-1] = starts[1:]
+        sizes[-1] = n
+        sizes -= starts
         rank_sorted = np.arange(n) - np.repeat(starts, sizes)
         pos = np.empty(n, dtype=np.intp)
         pos[order] = np.arange(n)
 
         # Python looks only at groups with an alarm now or a violation in this batch
-        hot = self._has_active.copy()
-        hot[key[(mask & _ALL_BITS) != 0]] = True
-        interesting = np.flatnonzero(hot[key])
+        violating = (mask & _ALL_BITS) != 0
+        if violating.any():  # a violation makes its whole (char, chart) group interesting
+            hot = self._has_active.copy()
+            hot[key[violating]] = True
+            interesting = np.flatnonzero(hot[key])
+        else:
+            interesting = np.flatnonzero(self._has_active[key])
         if len(interesting):
             self._judge_rows(
                 w, batch, interesting, char, key, mask, times, charts, serial, order, pos,
@@ -968,8 +975,9 @@ class AlarmManager:
                 for i in fresh.tolist()
             )
         self._seen[uniq] = True
-        live_char = self._has_active.reshape(-1, 2).any(axis=1)[uniq]
-        code = np.where(self._suspended[uniq], 3, np.where(live_char, 2, 1)).astype(np.int8)
+        live_char = self._has_active[keys & ~1] | self._has_active[keys | 1]
+        code = live_char.astype(np.int8) + 1
+        code[self._suspended[uniq]] = 3
         changed = (code != self._state_code[uniq]) | (self._limits[uniq] != lims)
         self._limits[uniq] = lims
         w.state_chars.update(uniq[changed].tolist())

@@ -67,6 +67,7 @@ drainer, the periodic state saver and the limits watcher.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import json
@@ -1999,18 +2000,21 @@ class Gateway:
 
     def _update_views(self, pts: Points, chars: np.ndarray) -> None:
         """The live table's view of each characteristic: its newest point of the batch."""
-        n = chars.shape[0]
-        last_rev = np.unique(chars[::-1], return_index=True)
-        counts = np.bincount(chars, minlength=len(self.chars))
-        for i, r in zip(last_rev[0].tolist(), last_rev[1].tolist(), strict=True):
-            j = n - 1 - r
+        char_list = chars.tolist()
+        counts = collections.Counter(char_list)
+        last = {i: j for j, i in enumerate(char_list)}  # each characteristic's newest point
+        rows = list(last.values())
+        center = pts.center[rows].tolist()
+        lcls, ucls = pts.lcl[rows].tolist(), pts.ucl[rows].tolist()
+        flagged = ((pts.mask[rows] | pts.disp_mask[rows]) != 0).tolist()
+        for k, i in enumerate(last):
             view = self.views[i]
-            view.n_points += int(counts[i])
-            view.center = float(pts.center[j])
-            lcl, ucl = float(pts.lcl[j]), float(pts.ucl[j])
+            view.n_points += counts[i]
+            view.center = center[k]
+            lcl, ucl = lcls[k], ucls[k]
             if math.isfinite(lcl) or math.isfinite(ucl):
                 view.lcl, view.ucl = lcl, ucl
-            view.in_control = not (pts.mask[j] or pts.disp_mask[j])
+            view.in_control = not flagged[k]
 
 
 def _until(payload: Mapping[str, Any], now_us: int) -> int:

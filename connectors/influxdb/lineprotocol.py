@@ -439,6 +439,32 @@ def fields_text(fields: Mapping[str, Any]) -> str:
 _FEW_ROWS = 4  # up to this many rows, field by field (columns cost more per call than they save)
 
 
+_KEYS: dict[str, str] = {}  # field key → escaped "key=" (a handful of names, reused per call)
+
+
+def _key_eq(key: str) -> str:
+    k = _KEYS.get(key)
+    if k is None:
+        if len(_KEYS) > 4096:
+            _KEYS.clear()
+        k = _KEYS[key] = key.translate(_ESCAPE_KEY) + "="
+    return k
+
+
+def _few_texts(col: Any) -> list[str | None]:
+    """A short column's value texts (as :func:`format_field_value`), typed arrays at once."""
+    if isinstance(col, np.ndarray):
+        kind = col.dtype.kind
+        values = col.tolist()
+        if kind == "f":
+            # v - v is 0.0 for a finite float, NaN for NaN and ±inf (left out)
+            return [repr(v) if v - v == 0 else None for v in values]
+        if kind in "iu":
+            return [f"{v}i" for v in values]
+        return [format_field_value(v) for v in values]
+    return [format_field_value(v.item() if isinstance(v, np.generic) else v) for v in col]
+
+
 def _encode_few(
     prefixes: Sequence[str],
     fields: Mapping[str, Any],
@@ -446,21 +472,17 @@ def _encode_few(
     extra: Sequence[str] | None,
 ) -> EncodedLines:
     n = len(stamps)
-    keys = [(key.translate(_ESCAPE_KEY) + "=", col) for key, col in fields.items()]
-    for key, col in keys:
+    cols = []
+    for key, col in fields.items():
         if len(col) != n:
-            raise ValueError(f"field {key[:-1]!r} has {len(col)} values, expected {n}")
+            raise ValueError(f"field {key!r} has {len(col)} values, expected {n}")
+        cols.append((_key_eq(key), _few_texts(col)))
     if extra is not None and len(extra) != n:
         raise ValueError(f"{len(extra)} extra field blocks for {n} rows")
     lines = []
     skipped = 0
     for j in range(n):
-        parts = []
-        for key, col in keys:
-            v = col[j]
-            text = format_field_value(v.item() if isinstance(v, np.generic) else v)
-            if text is not None:
-                parts.append(key + text)
+        parts = [key + texts[j] for key, texts in cols if texts[j] is not None]
         if extra is not None and extra[j]:
             parts.append(extra[j])
         if not parts:
