@@ -72,13 +72,14 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from benchmarks.rawmqtt import Pubacks, connect_packet, publish_packet
 
 __all__ = [
     "IN_CONTROL",
@@ -242,71 +243,6 @@ def summarize(
 # ------------------------------------------------------------------ producer process
 
 
-def _varint(n: int) -> bytes:
-    """MQTT remaining length."""
-    out = bytearray()
-    while True:
-        n, digit = divmod(n, 128)
-        out.append(digit | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _str(s: str | bytes) -> bytes:
-    b = s.encode() if isinstance(s, str) else s
-    return len(b).to_bytes(2, "big") + b
-
-
-def publish_packet(topic: str, payload: bytes, mid: int) -> bytes:
-    """An MQTT 3.1.1 PUBLISH packet, QoS 1, packet id ``mid``."""
-    body = _str(topic) + mid.to_bytes(2, "big") + payload
-    return b"\x32" + _varint(len(body)) + body
-
-
-def connect_packet(client_id: str, keepalive: int = 60) -> bytes:
-    """An MQTT 3.1.1 CONNECT packet with a clean session."""
-    body = _str("MQTT") + b"\x04\x02" + keepalive.to_bytes(2, "big") + _str(client_id)
-    return b"\x10" + _varint(len(body)) + body
-
-
-class _Pubacks:
-    """Counts PUBACKs (and checks the CONNACK) read by a thread from the producer's socket."""
-
-    def __init__(self, sock: Any, expected: int) -> None:
-        self.sock = sock
-        self.expected = expected
-        self.acked = 0
-        self.connack = threading.Event()
-        self.refused: int | None = None
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self._read, name="pubacks", daemon=True)
-
-    def _read(self) -> None:
-        buf = b""
-        while not self.done.is_set():
-            try:
-                chunk = self.sock.recv(65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            buf += chunk
-            while len(buf) >= 2:
-                # CONNACK and PUBACK are 4 bytes with a 1-byte remaining length; nothing else comes
-                kind, size = buf[0] >> 4, buf[1]
-                if len(buf) < 2 + size:
-                    break
-                if kind == 2:
-                    self.refused = buf[3] or None
-                    self.connack.set()
-                elif kind == 4:
-                    self.acked += 1
-                    if self.acked >= self.expected:
-                        self.done.set()
-                buf = buf[2 + size :]
-        self.done.set()
-
-
 def producer_main(argv: Sequence[str]) -> int:
     """Publish a plan open-loop (see the module docstring) and write the timing file.
 
@@ -341,7 +277,7 @@ def producer_main(argv: Sequence[str]) -> int:
     sock = socket.create_connection((HOST, a.port), timeout=10)
     sock.settimeout(None)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    acks = _Pubacks(sock, n)
+    acks = Pubacks(sock, n)
     acks.thread.start()
     planted: list[tuple[str, int, int]] = []
     late = 0

@@ -3,7 +3,8 @@
 Publishes ``--messages`` QoS 1 messages to a broker on 127.0.0.1 as fast as the
 broker acknowledges them, with at most ``--window`` unacknowledged at a time
 (so a slow subscriber slows the producer instead of piling messages up in
-memory). ``--layout single``: one value per message on ``<prefix>/c<k>``;
+memory). Raw MQTT 3.1.1 packets encoded in advance (:mod:`benchmarks.rawmqtt`):
+paho's per-message cost made the producer, not the gateway, the limit. ``--layout single``: one value per message on ``<prefix>/c<k>``;
 ``--layout batch``: ``--per-message`` items ``{"c": "c<k>", "v": …, "t": …}``
 on ``<prefix>``. Characteristic ``k`` takes values round robin over
 ``--chars`` ids; every value of one characteristic has its own millisecond
@@ -17,12 +18,13 @@ Prints one JSON line: ``{"first": t, "last": t, "acked": n}`` with
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
-import threading
+import socket
 import time
 
-import paho.mqtt.client as mqtt
+from benchmarks.rawmqtt import Pubacks, connect_packet, publish_packet
 
 __all__ = ["main", "payloads"]
 
@@ -61,45 +63,41 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
 
     msgs = list(payloads(a.layout, a.messages, a.per_message, a.chars, a.base_ms, a.seed))
-    window = threading.BoundedSemaphore(a.window)
-    acked = 0
-    done = threading.Event()
-    connected = threading.Event()
-
-    def on_connect(client, userdata, flags, reason, props) -> None:
-        connected.set()
-
-    def on_publish(client, userdata, mid, reason, props) -> None:
-        nonlocal acked
-        acked += 1
-        window.release()
-        if acked >= len(msgs):
-            done.set()
-
-    client = mqtt.Client(
-        mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-producer-{a.prefix.replace('/', '-')}"
-    )
-    client.max_inflight_messages_set(a.window)
-    client.max_queued_messages_set(0)
-    client.on_connect = on_connect
-    client.on_publish = on_publish
-    client.connect("127.0.0.1", a.port, keepalive=30)
-    client.loop_start()
+    packets = [
+        publish_packet(a.prefix + suffix, body, k % 65535 + 1)
+        for k, (suffix, body) in enumerate(msgs)
+    ]
+    n = len(packets)
+    window = min(a.window, 65535)  # packet ids stay unique among the unacknowledged
+    sock = socket.create_connection(("127.0.0.1", a.port), timeout=10)
+    sock.settimeout(None)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    acks = Pubacks(sock, n)
+    acks.thread.start()
     deadline = time.monotonic() + a.timeout
     try:
-        if not connected.wait(10):
-            raise SystemExit("producer: no CONNACK from the broker within 10 s")
+        sock.sendall(connect_packet(f"bench-producer-{a.prefix.replace('/', '-')}", 30))
+        if not acks.connack.wait(10) or acks.refused:
+            raise SystemExit(f"producer: no CONNACK from the broker (refused: {acks.refused})")
         first = time.monotonic()
-        for suffix, body in msgs:
-            if not window.acquire(timeout=max(0.0, deadline - time.monotonic())):
-                break  # bounded: give up at the deadline, the parent reports the shortfall
-            client.publish(a.prefix + suffix, body, qos=1)
-        done.wait(max(0.0, deadline - time.monotonic()))
+        k = 0
+        while k < n and time.monotonic() < deadline:  # bounded: the parent reports a shortfall
+            room = window - (k - acks.acked)
+            if room <= 0:
+                acks.progress.wait(0.01)
+                acks.progress.clear()
+                continue
+            j = min(n, k + room, k + 256)
+            sock.sendall(b"".join(packets[k:j]))
+            k = j
+        acks.done.wait(max(0.0, deadline - time.monotonic()))
         last = time.monotonic()
+        with contextlib.suppress(OSError):
+            sock.sendall(b"\xe0\x00")  # DISCONNECT
     finally:
-        client.disconnect()
-        client.loop_stop()
-    print(json.dumps({"first": first, "last": last, "acked": acked, "messages": len(msgs)}))
+        acks.done.set()
+        sock.close()
+    print(json.dumps({"first": first, "last": last, "acked": acks.acked, "messages": n}))
     return 0
 
 
