@@ -48,7 +48,8 @@ drainer, the periodic state saver and the limits watcher.
   when none is configured), acks on success, retries later with ``Backoff`` on
   a retryable :class:`~connectors.base.ConnectorError` and dead-letters lines
   a sink rejects as malformed. The processor hands its lines to an appender
-  that commits several batches at once while the next batch is judged.
+  that commits several batches at once while the next batch is judged (it
+  waits ``commit_linger_s`` after the first for more: a group commit).
 * **Limits.** Every record in force comes from the audited limits store
   (:class:`collector.limitstore.LimitsStore`, ``data_dir/limits.db``): configured
   standards and frozen Phase I limits are assigned there (audited, user
@@ -728,6 +729,7 @@ class Gateway:
         metrics_interval_s: float = 10.0,
         limits_poll_s: float = 1.0,
         series_linger_s: float = 0.2,
+        commit_linger_s: float = 0.01,
         outbox_max_bytes: int = 2 * 1024**3,
         on_alarm: Callable[[AlarmEvent], None] | None = None,
     ) -> None:
@@ -744,6 +746,7 @@ class Gateway:
         self.metrics_interval_s = metrics_interval_s
         self.limits_poll_s = limits_poll_s
         self.series_linger_s = series_linger_s
+        self.commit_linger_s = commit_linger_s
         self.on_alarm = on_alarm
         self._dedup = _Dedup(dedup_size)
         self._queue: asyncio.Queue[tuple[str, list[Sample], asyncio.Future[None]]] = asyncio.Queue(
@@ -1249,6 +1252,10 @@ class Gateway:
             if item is None:
                 return
             batch = [item]
+            if self.commit_linger_s > 0 and self._appends.empty():
+                # group commit: a few ms of batches share one transaction (and one worker-thread
+                # hop) instead of one each; only acknowledgements wait, never the judging
+                await asyncio.sleep(self.commit_linger_s)
             while not self._appends.empty() and len(batch) < 64:
                 nxt = self._appends.get_nowait()
                 if nxt is None:

@@ -140,6 +140,7 @@ def _nodelay(sock: Any, where: str) -> None:
 
 
 _READ_CHUNK = 65536
+_PUBACK_HEAD = bytes((paho.PUBACK, 2))  # PUBACK, remaining length 2 (the packet id)
 _MISC_INTERVAL_S = 1.0  # paho's own loop runs loop_misc about once a second
 
 
@@ -169,6 +170,59 @@ class _Client(paho.Client):
         out = bytes(buf[:bufsize])
         del buf[:bufsize]
         return out
+
+    #: Receives ``(topic, payload, qos, retain, mid)`` of each QoS 0/1 PUBLISH without paho's
+    #: message object and MQTT 5 property parsing (the source uses neither); None: paho's path.
+    fast_publish: Callable[[str, bytes, int, bool, int], None] | None = None
+
+    def _handle_publish(self) -> Any:
+        """paho's PUBLISH handling, decoded here for QoS 0 and 1 when ``fast_publish`` is set.
+
+        paho builds a Properties object (MQTT 5) and an MQTTMessage per message, about a
+        third of the gateway's receive cost; the source needs topic, payload, QoS, retain
+        and packet id only (it sets no per-topic callbacks). Anything unusual (QoS 2, a
+        malformed or aliased packet) takes paho's own path, which reports it as always.
+        """
+        deliver = self.fast_publish
+        header = self._in_packet["command"]
+        qos = (header & 0x06) >> 1
+        if deliver is None or qos == 2:
+            return super()._handle_publish()
+        pkt = self._in_packet["packet"]
+        try:
+            end = 2 + int.from_bytes(pkt[0:2], "big")
+            topic = pkt[2:end].decode("utf-8")
+            mid = 0
+            if qos:
+                mid = int.from_bytes(pkt[end : end + 2], "big")
+                end += 2
+            if self._protocol == paho.MQTTv5:
+                size, mult = 0, 1
+                while True:  # the properties' length (variable byte integer), then skip them
+                    byte = pkt[end]
+                    end += 1
+                    size += (byte & 127) * mult
+                    if byte < 128:
+                        break
+                    mult *= 128
+                    if mult > 128**3:
+                        raise ValueError("properties length over 4 bytes")
+                end += size
+        except (ValueError, IndexError, UnicodeDecodeError):
+            return super()._handle_publish()
+        if not topic or end > len(pkt) or (qos and not mid):
+            return super()._handle_publish()
+        try:
+            deliver(topic, bytes(pkt[end:]), qos, bool(header & 0x01), mid)
+        except Exception:
+            log.exception("handling a message received on %r failed", topic)
+        return paho.MQTT_ERR_SUCCESS
+
+    def ack_many(self, mids: Sequence[int]) -> None:
+        """PUBACK QoS 1 messages (manual acknowledgement), all in one queued write."""
+        if mids:
+            packet = b"".join([_PUBACK_HEAD + mid.to_bytes(2, "big") for mid in mids])
+            self._packet_queue(paho.PUBACK, packet, 0, 0)
 
     def buffered(self) -> bool:
         """Bytes already read from the socket but not yet parsed (TLS: or still decrypted)."""
@@ -400,6 +454,7 @@ class MqttClient:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
+        self._client.fast_publish = self._received
         if cfg.username is not None:
             self._client.username_pw_set(cfg.username, password)
         if cfg.tls is not None:
@@ -425,6 +480,9 @@ class MqttClient:
         self._io.call(self._set_suback, mid, list(codes))
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        self._received(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), msg.mid)
+
+    def _received(self, topic: str, payload: bytes, qos: int, retain: bool, mid: int) -> None:
         received_us = time.time_ns() // 1000
         queue = self._queue
         if queue.qsize() >= self.cfg.queue_size:
@@ -435,7 +493,7 @@ class MqttClient:
                 self._io.pause()
                 assert self._loop is not None
                 self._unblock = self._loop.call_later(self.cfg.queue_block_s, self._io.resume)
-            elif msg.qos == 0 and not self._io.paused:
+            elif qos == 0 and not self._io.paused:
                 self.dropped += 1
                 if not self._drop_logged:
                     self._drop_logged = True
@@ -447,9 +505,7 @@ class MqttClient:
                     )
                 return
             # a QoS≥1 message is never dropped: the broker's in-flight window bounds them
-        queue.put_nowait(
-            Message(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), received_us, msg.mid)
-        )
+        queue.put_nowait(Message(topic, payload, qos, retain, received_us, mid))
 
     def _room(self) -> None:
         """The source took messages: read again once the buffer has room."""
@@ -572,8 +628,9 @@ class MqttClient:
         """Acknowledge QoS≥1 messages (after their samples were emitted), in arrival order."""
         if self._lost is not None or self._closed:
             return  # the broker redelivers them on the next connection
+        self._client.ack_many([m.mid for m in messages if m.qos == 1])
         for m in messages:
-            if m.qos:
+            if m.qos == 2:
                 self._client.ack(m.mid, m.qos)
         self._io.flush()
 

@@ -277,12 +277,12 @@ class MqttSourceConfig(_Strict):
     )
     connect_timeout_s: float = Field(10.0, gt=0, description="TCP connect and CONNACK timeout")
     queue_size: int = Field(
-        10000, ge=1, description="received messages buffered between network thread and source"
+        10000, ge=1, description="received messages buffered for the source; when full, reading the socket pauses"
     )
     queue_block_s: float = Field(
         2.0,
         ge=0,
-        description="buffer full: a QoS 0 message waits this long, then is dropped (QoS≥1 waits)",
+        description="buffer full this long: QoS 0 messages arriving then are dropped (QoS≥1 never)",
     )
     max_batch: int = Field(1000, ge=1, description="messages turned into one emitted batch")
     retained: Literal["skip", "accept"] = Field(

@@ -161,6 +161,40 @@ async def test_publishes_envelopes_in_order_with_status_and_retained_state(
 
 
 @pytest.mark.integration
+async def test_notify_in_the_loop_publishes_at_once_and_rounds_overlap(
+    broker: Server, outbox: Outbox
+) -> None:
+    """An alarm committed in the loop is handed to the broker inside notify() itself; later
+    rounds go out while earlier ones wait for their PUBACKs, and arrive in seq order."""
+    pub = publisher(broker.port, outbox, batch_size=1)
+    drainer = pub._drainer
+    most = 0
+    send = drainer._send
+
+    def counting(entries: Any, before: Any) -> Any:
+        nonlocal most
+        task = send(entries, before)
+        most = max(most, len(drainer._flight) + 1)
+        return task
+
+    drainer._send = counting  # type: ignore[method-assign]
+    with subscriber(broker.port, f"{PREFIX}/alarm/#") as sub:
+        async with running(pub):
+            await until(lambda: pub.stats.state == "connected", "connected")
+            await until(lambda: not drainer._flight, "idle")
+            append_alarms(outbox, range(1))
+            pub.notify()
+            assert len(drainer._flight) == 1  # sent before notify() returned
+            append_alarms(outbox, range(1, 40))
+            pub.notify()
+            got = [json.loads((await sub.get()).payload)["alarm_id"] for _ in range(40)]
+            await until(lambda: pending(outbox) == 0, "all acked")
+    assert got == [f"A-{i}" for i in range(40)]
+    assert most > 1  # rounds in flight together (batch_size 1: one entry each)
+    assert pub.stats.published == 40
+
+
+@pytest.mark.integration
 async def test_graceful_stop_publishes_offline_retained(broker: Server, outbox: Outbox) -> None:
     pub = publisher(broker.port, outbox)
     async with running(pub):

@@ -13,6 +13,8 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
 from connectors.base import ConnectorError
@@ -152,3 +154,92 @@ async def test_lost_connection_fails_a_pending_connect() -> None:
         assert e.value.retryable
     finally:
         await client.close()
+
+
+def _publish_packet(
+    topic: bytes, payload: bytes, qos: int, retain: bool, mid: int, props: bytes, v5: bool
+) -> tuple[int, bytearray]:
+    header = 0x30 | (qos << 1) | int(retain)
+    body = len(topic).to_bytes(2, "big") + topic
+    if qos:
+        body += mid.to_bytes(2, "big")
+    if v5:
+        n, size = b"", len(props)
+        while True:
+            size, digit = divmod(size, 128)
+            n += bytes((digit | (0x80 if size else 0),))
+            if not size:
+                break
+        body += n + props
+    return header, bytearray(body + payload)
+
+
+_PROPS = st.sampled_from(
+    [
+        b"",
+        b"\x03\x00\x10application/json",  # content type
+        b"\x01\x01",  # payload format indicator
+        b"\x26\x00\x01k\x00\x01v" * 20,  # user properties (over 127 bytes: 2-byte length)
+    ]
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    topic=st.text(min_size=1, max_size=40).filter(lambda t: "\x00" not in t),
+    payload=st.binary(max_size=300),
+    qos=st.sampled_from([0, 1]),
+    retain=st.booleans(),
+    mid=st.integers(1, 65535),
+    props=_PROPS,
+    v5=st.booleans(),
+)
+def test_the_fast_publish_path_decodes_what_paho_decodes(
+    topic: str, payload: bytes, qos: int, retain: bool, mid: int, props: bytes, v5: bool
+) -> None:
+    """The source's PUBLISH decoding gives what paho's own gives, for both protocols."""
+    header, packet = _publish_packet(topic.encode(), payload, qos, retain, mid, props, v5)
+    proto = paho.MQTTv5 if v5 else paho.MQTTv311
+    fast: list[tuple] = []
+    slow: list[tuple] = []
+    a = _Client(CallbackAPIVersion.VERSION2, client_id="a", protocol=proto, manual_ack=True)
+    a.fast_publish = lambda *fields: fast.append(fields)
+    b = _Client(CallbackAPIVersion.VERSION2, client_id="b", protocol=proto, manual_ack=True)
+    b.on_message = lambda c, u, m: slow.append(
+        (m.topic, bytes(m.payload), m.qos, bool(m.retain), m.mid if m.qos else 0)
+    )
+    for c in (a, b):
+        c._in_packet = {"command": header, "packet": bytearray(packet)}
+        assert c._handle_publish() == paho.MQTT_ERR_SUCCESS
+    assert fast == slow and len(fast) == 1
+
+
+def test_a_malformed_publish_takes_pahos_path() -> None:
+    a = _Client(CallbackAPIVersion.VERSION2, client_id="a", manual_ack=True)
+    got: list[tuple] = []
+    a.fast_publish = lambda *fields: got.append(fields)
+    a._in_packet = {"command": 0x32, "packet": bytearray(b"\x00\x09ab")}  # topic runs past the end
+    with pytest.raises(Exception, match=r"(?i)malformed|unpack|struct"):
+        a._handle_publish()
+    assert got == []
+
+
+def test_acks_of_a_batch_are_one_write() -> None:
+    a, b = socket.socketpair()
+    try:
+        client = _Client(CallbackAPIVersion.VERSION2, client_id="unit", manual_ack=True)
+        client._sock = a
+        sends: list[int] = []
+        send = client._sock_send
+
+        def counted(buf: Any) -> int:
+            sends.append(len(buf))
+            return send(buf)
+
+        client._sock_send = counted  # type: ignore[method-assign]
+        client.ack_many([1, 258, 65535])  # no event loop registered: paho writes at once
+        assert sends == [12]
+        assert b.recv(100) == b"\x40\x02\x00\x01\x40\x02\x01\x02\x40\x02\xff\xff"
+    finally:
+        a.close()
+        b.close()
