@@ -1235,6 +1235,7 @@ class Gateway:
             lines += self.tick_alarms(now) + self.close_windows(now)
             await self._commit(lines, [done for *_, done in items])
             await self._periodic()
+            await asyncio.sleep(0)  # sources and sockets get their turn between batches
         await self._appends.put(None)  # the appender commits what is left, then ends
 
     async def _commit(self, lines: list[str], done: list[asyncio.Future[None]]) -> None:

@@ -201,6 +201,9 @@ class MqttSource:
                 if len(waiting) >= _UNCOMMITTED_BATCHES:
                     await asyncio.wait({waiting[0]})
             self.stats.dropped = self._dropped_before + client.dropped
+            # let the gateway judge this batch before the next is mapped: with a backlog,
+            # receive() returns at once and mapping batch after batch would hold the loop
+            await asyncio.sleep(0)
 
     def _map(self, m: Message) -> list[Sample]:
         self.stats.messages += 1
