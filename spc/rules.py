@@ -74,6 +74,7 @@ __all__ = [
 
 #: Contiguous runs shorter than this are gathered unless their slice views are bound already.
 _SLICE_MIN = 32
+_BOUND_CAP = 256  # cached call shapes (views into the scratch buffers: small objects)
 
 #: Longest window any rule may look at (runs and k-of-m windows), in points.
 MAX_WINDOW = 64
@@ -1911,7 +1912,9 @@ class RuleBank:
 
         b.derive = bind(pr.derive)
         b.tests = bind(pr.tests)
-        if len(self._bound) > 16:
+        # one entry per call shape: gathered calls are keyed by their size, which varies
+        # from batch to batch under streaming load; a small cap made them rebind often
+        if len(self._bound) > _BOUND_CAP:
             self._bound.clear()
         self._bound[key] = b
         return b

@@ -357,6 +357,8 @@ def _column_texts(key: str, column: Any, n: int) -> tuple[list[str | None], bool
     kind = arr.dtype.kind
     if kind == "f":
         ok = np.isfinite(arr)
+        if not ok.any():  # a column the chart does not plot (EWMA, CUSUM of an I-MR point)
+            return [None] * n, True
         texts: list[str | None] = [ek + repr(v) for v in arr.astype(np.float64).tolist()]
         missing = not ok.all()
         if missing:
