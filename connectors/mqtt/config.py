@@ -277,7 +277,9 @@ class MqttSourceConfig(_Strict):
     )
     connect_timeout_s: float = Field(10.0, gt=0, description="TCP connect and CONNACK timeout")
     queue_size: int = Field(
-        10000, ge=1, description="received messages buffered for the source; when full, reading the socket pauses"
+        10000,
+        ge=1,
+        description="received messages buffered for the source; when full, reading the socket pauses",
     )
     queue_block_s: float = Field(
         2.0,
