@@ -129,13 +129,14 @@ def mosquitto(tmp: Path) -> Iterator[Server]:
     binary = require_binary("mosquitto")
     port = free_port()
     conf = tmp / "mosquitto.conf"
+    # As root, mosquitto drops to the `mosquitto` user, which cannot write pytest's 0700
+    # temp dir, and persistence (sessions across a restart) silently fails.
+    user = "user root\n" if os.geteuid() == 0 else ""
     conf.write_text(
         f"listener {port} {HOST}\nallow_anonymous true\npersistence true\n"
         f"persistence_location {tmp}/\nlog_dest stdout\nmax_queued_messages 100000\n"
         # Nagle off, as deploy/mosquitto/mosquitto.conf: PUBACKs otherwise wait ~40 ms
-        "set_tcp_nodelay true\n" + ("user root\n" if os.geteuid() == 0 else "")
-        # As root, mosquitto drops to the `mosquitto` user, which cannot write pytest's 0700
-        # temp dir, and persistence (sessions across a restart) silently fails.
+        "set_tcp_nodelay true\n" + user
     )
     with run_server([binary, "-c", str(conf)], port, tmp) as server:
         yield server
