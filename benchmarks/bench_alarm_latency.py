@@ -604,7 +604,14 @@ async def _one(
         if a.serial is not None:
             committed.setdefault(a.serial, time.monotonic_ns())
 
-    gw = Gateway(cfg, models, data_dir=work / "gw", metrics_interval_s=5.0, on_alarm=on_alarm)
+    gw = Gateway(
+        cfg,
+        models,
+        data_dir=work / "gw",
+        metrics_interval_s=5.0,
+        on_alarm=on_alarm,
+        freeze_gc=True,  # as `shopspc run`
+    )
     for source in gw.sources:
         _probe_source(source, probes["received"], at_gateway)
     out: dict[str, Any] = {"rate": rate, "durability": durability, "messages": p.messages}

@@ -184,7 +184,9 @@ async def _scenario(
     base_ms: int,
 ) -> dict[str, Any]:
     cfg, models = parse_config(config_text(scenario, K, broker.port, vm.port))
-    gw = Gateway(cfg, models, data_dir=tmp / f"gw-{scenario}", metrics_interval_s=5.0)
+    gw = Gateway(
+        cfg, models, data_dir=tmp / f"gw-{scenario}", metrics_interval_s=5.0, freeze_gc=True
+    )  # as `shopspc run`
     stop = asyncio.Event()
     points = messages * per_message
     out: dict[str, Any] = {

@@ -691,7 +691,9 @@ def run(
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(sig, stop.set)
         try:
-            gw = Gateway(cfg, connectors, data_dir=data_dir, drain_deadline_s=drain_deadline)
+            gw = Gateway(
+                cfg, connectors, data_dir=data_dir, drain_deadline_s=drain_deadline, freeze_gc=True
+            )
             await _run_with_api(gw, stop)
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):

@@ -466,7 +466,7 @@ class _Drainer:
 
 class _MqttTransport:
     proves_link = True
-    window = 8  # PUBACKs come back in order: later rounds go out meanwhile
+    window = 32  # PUBACKs come back in order: later rounds go out meanwhile
 
     def __init__(self, owner: MqttAlarmPublisher) -> None:
         self.owner = owner

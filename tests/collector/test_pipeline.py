@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -305,6 +306,31 @@ async def test_changed_characteristics_keep_limits_restart_engine(tmp_path, capl
         assert "not restored" in caplog.text
     finally:
         gw2.outbox.close()
+
+
+async def test_freeze_gc_takes_start_up_objects_out_of_collections(tmp_path) -> None:
+    """``shopspc run`` freezes what start-up built, so full collections stay short."""
+    src = FakeSource([[_s("a", 10.0, 0, serial="P0")]])
+    gw = Gateway(
+        _cfg(_char("a")), {}, data_dir=tmp_path, sources=[src], sinks=[RecordingSink()],
+        freeze_gc=True,
+    )  # fmt: skip
+    stop = asyncio.Event()
+    frozen: list[int] = []
+
+    async def stopper() -> None:
+        await asyncio.wait_for(src.done.wait(), 20)
+        frozen.append(gc.get_freeze_count())
+        stop.set()
+
+    try:
+        assert gc.get_freeze_count() == 0
+        async with asyncio.timeout(30):
+            await asyncio.gather(gw.run(stop), stopper())
+        assert frozen[0] > 1000  # the configuration, models, engine and modules
+        assert gw.stats.points == 1
+    finally:
+        gc.unfreeze()
 
 
 async def test_run_drains_outbox_on_stop(tmp_path) -> None:
