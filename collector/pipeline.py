@@ -59,7 +59,8 @@ drainer, the periodic state saver and the limits watcher.
   adopted once.
 * **Garbage collection.** With ``freeze_gc`` (``shopspc run``) what start-up
   built is moved out of the collector's reach (``gc.freeze``) before the
-  tasks start: a full collection walking it paused the loop for 40–80 ms.
+  tasks start (and given back when ``run`` ends): a full collection walking
+  it paused the loop for 40–80 ms.
 * **State.** The engine snapshot (``engine.npz`` + ``state.json``) is saved every
   ``save_interval_s`` and at shutdown; on start it is restored if the
   characteristics are unchanged.
@@ -1144,6 +1145,8 @@ class Gateway:
                 for t in notify_tasks:
                     await t
         finally:
+            if self.freeze_gc:
+                gc.unfreeze()  # the process may go on (a test, an embedding application)
             await self._close()
 
     def _make_notifiers(self) -> list[Any]:
