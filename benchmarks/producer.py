@@ -4,7 +4,8 @@ Publishes ``--messages`` QoS 1 messages to a broker on 127.0.0.1 as fast as the
 broker acknowledges them, with at most ``--window`` unacknowledged at a time
 (so a slow subscriber slows the producer instead of piling messages up in
 memory). Raw MQTT 3.1.1 packets encoded in advance (:mod:`benchmarks.rawmqtt`):
-paho's per-message cost made the producer, not the gateway, the limit. ``--layout single``: one value per message on ``<prefix>/c<k>``;
+paho's per-message cost made the producer, not the gateway, the limit.
+``--layout single``: one value per message on ``<prefix>/c<k>``;
 ``--layout batch``: ``--per-message`` items ``{"c": "c<k>", "v": …, "t": …}``
 on ``<prefix>``. Characteristic ``k`` takes values round robin over
 ``--chars`` ids; every value of one characteristic has its own millisecond
