@@ -438,7 +438,7 @@ def fields_text(fields: Mapping[str, Any]) -> str:
     return ",".join(parts)
 
 
-_FEW_ROWS = 4  # up to this many rows, field by field (columns cost more per call than they save)
+_FEW_ROWS = 12  # up to this many rows, field by field (columns cost more per call than they save)
 
 
 _KEYS: dict[str, str] = {}  # field key → escaped "key=" (a handful of names, reused per call)
