@@ -32,7 +32,7 @@ import io
 import math
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -170,6 +170,33 @@ def _m(ch: Characteristic) -> int:
     from collector.pipeline import subgroup_width
 
     return subgroup_width(ch)
+
+
+def estimate_subgroups(
+    ch: Characteristic, groups: Sequence[Sequence[Any]], hits: Mapping[int, Any]
+) -> tuple[Any, float]:
+    """Phase I estimate from ``ch``'s subgroups of points (``.value``), those in ``hits``
+    (subgroup index → reasons) excluded: (estimate, spread), the spread being c̄ on a c
+    chart and σ̂ otherwise. ``shopspc limits recompute`` and the HTTP API both use it."""
+    import numpy as np
+
+    from spc.charts.attributes import estimate_c
+    from spc.charts.variables import estimate_imr, estimate_xbar
+
+    m = _m(ch)
+    values = np.full((len(groups), m), np.nan)
+    for g, members in enumerate(groups):
+        values[g, : len(members)] = [p.value for p in members]
+    mask = np.zeros(len(groups), dtype=bool)
+    mask[list(hits)] = True
+    if ch.chart == "c":
+        est = estimate_c(values[:, 0], exclude=mask)
+    elif m == 1:
+        est = estimate_imr(values[:, 0], exclude=mask)
+    else:
+        method = "sbar" if ch.chart == "xbar-s" else "rbar"
+        est = estimate_xbar(values, method=method, exclude=mask)
+    return est, float(est.center if ch.chart == "c" else est.sigma)
 
 
 # --------------------------------------------------------------------------- output helpers
@@ -1082,11 +1109,7 @@ def recompute(
 
     Times: RFC 3339 (UTC if no zone), 'now', -2h (ago), +30m (ahead).
     """
-    import numpy as np
-
     from collector.pipeline import chart_params
-    from spc.charts.attributes import estimate_c
-    from spc.charts.variables import estimate_imr, estimate_xbar
     from spc.limits import Exclusion, LimitsRecord
 
     with _errors("recompute"):
@@ -1128,19 +1151,7 @@ def recompute(
                 f"{len(groups)} subgroups of {m}, {len(hits)} excluded, {usable} usable; "
                 f"{need} needed (--min-points)"
             )
-        values = np.full((len(groups), m), np.nan)
-        for g, members in enumerate(groups):
-            values[g, : len(members)] = [p.value for p in members]
-        mask = np.zeros(len(groups), dtype=bool)
-        mask[list(hits)] = True
-        if ch.chart == "c":
-            est = estimate_c(values[:, 0], exclude=mask)
-        elif m == 1:
-            est = estimate_imr(values[:, 0], exclude=mask)
-        else:
-            method = "sbar" if ch.chart == "xbar-s" else "rbar"
-            est = estimate_xbar(values, method=method, exclude=mask)
-        spread = est.center if ch.chart == "c" else est.sigma
+        est, spread = estimate_subgroups(ch, groups, hits)
         if not (math.isfinite(spread) and spread > 0):
             what = "c̄" if ch.chart == "c" else "σ̂"
             raise _UsageError(

@@ -736,8 +736,6 @@ def _recompute(gw: Any, i: int, body: RecomputeRequest, p: Principal) -> dict[st
     """The API's ``shopspc limits recompute`` (same subgrouping, exclusions and estimators)."""
     from collector import limits_cli as lc
     from collector.pipeline import chart_params
-    from spc.charts.attributes import estimate_c
-    from spc.charts.variables import estimate_imr, estimate_xbar
     from spc.limits import Exclusion, LimitsRecord
 
     ch = gw.chars[i]
@@ -766,18 +764,7 @@ def _recompute(gw: Any, i: int, body: RecomputeRequest, p: Principal) -> dict[st
             f"{ch.path}: {len(points)} good measurements make {len(groups)} subgroups of {m}, "
             f"{len(hits)} excluded, {usable} usable; {need} needed (min_points)",
         )
-    values = np.full((len(groups), m), np.nan)
-    for g, members in enumerate(groups):
-        values[g, : len(members)] = [pt.value for pt in members]
-    mask = np.zeros(len(groups), dtype=bool)
-    mask[list(hits)] = True
-    if ch.chart == "c":
-        est = estimate_c(values[:, 0], exclude=mask)
-    elif m == 1:
-        est = estimate_imr(values[:, 0], exclude=mask)
-    else:
-        est = estimate_xbar(values, method="sbar" if ch.chart == "xbar-s" else "rbar", exclude=mask)
-    spread = est.center if ch.chart == "c" else est.sigma
+    est, spread = lc.estimate_subgroups(ch, groups, hits)
     if not (math.isfinite(spread) and spread > 0):
         raise ApiError(422, "window", f"{ch.path}: no variation in the window ({spread:g})")
     rec = LimitsRecord(
