@@ -125,6 +125,7 @@ __all__ = [
     "GatewayStats",
     "JudgedPoints",
     "alarm_id",
+    "batch_ranks",
     "chart_params",
     "contract_context",
     "subgroup_width",
@@ -527,6 +528,25 @@ class _Dedup:
 
 
 # --------------------------------------------------------------------------- per characteristic
+
+
+def batch_ranks(keys: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each row, how many earlier rows of the batch have its key, and each key's count.
+
+    ``keys`` are integers in ``0..size-1`` (characteristic indices); the ranks
+    follow arrival order (a stable sort). Used for subgroup completion here and
+    for the ring buffers of recent points (:mod:`collector.api.recent`).
+    """
+    n = keys.shape[0]
+    order = np.argsort(keys, kind="stable")
+    sk = keys[order]
+    first = np.empty(n, dtype=bool)
+    first[:1] = True
+    np.not_equal(sk[1:], sk[:-1], out=first[1:])
+    start = np.maximum.accumulate(np.where(first, np.arange(n), 0))
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n) - start
+    return rank, np.bincount(keys, minlength=size)
 
 
 def subgroup_width(ch: Characteristic) -> int:
@@ -1888,21 +1908,12 @@ class Gateway:
         B = idx.shape[0]
         if (m == 1).all():
             return np.arange(B), None
-        order = np.argsort(idx, kind="stable")
-        si = idx[order]
-        first = np.empty(B, dtype=bool)
-        first[0] = True
-        np.not_equal(si[1:], si[:-1], out=first[1:])
-        start = np.maximum.accumulate(np.where(first, np.arange(B), 0))
-        pos = self._efill[si] + (np.arange(B) - start) + 1
-        done = np.empty(B, dtype=bool)
-        done[order] = pos % self._m[si] == 0
-        last = np.empty(B, dtype=bool)
-        last[-1] = True
-        np.not_equal(si[1:], si[:-1], out=last[:-1])
+        rank, per_char = batch_ranks(idx, len(self.chars))
+        pos = self._efill[idx] + rank + 1  # each value's place in its open subgroup
+        last = rank == per_char[idx] - 1  # each characteristic's last value of the batch
         fill = self._efill.copy()
-        fill[si[last]] = pos[last] % self._m[si[last]]
-        return np.flatnonzero(done), fill
+        fill[idx[last]] = pos[last] % m[last]
+        return np.flatnonzero(pos % m == 0), fill
 
     def _judge(self, fed: _Fed, lines: list[str]) -> None:
         if not fed.idx:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from collector.pipeline import JudgedPoints, contract_context, violation_codes
+from collector.pipeline import JudgedPoints, batch_ranks, contract_context, violation_codes
 
 __all__ = ["RecentColumns", "RecentPoints", "zones"]
 
@@ -117,15 +117,7 @@ class RecentPoints:
         pts = judged.points
         chars = np.asarray(pts.char[:n], dtype=np.intp)
         # rank of each row among its characteristic's rows in this batch (stable)
-        order = np.argsort(chars, kind="stable")
-        sc = chars[order]
-        first = np.empty(n, dtype=bool)
-        first[0] = True
-        np.not_equal(sc[1:], sc[:-1], out=first[1:])
-        start = np.maximum.accumulate(np.where(first, np.arange(n), 0))
-        rank = np.empty(n, dtype=np.int64)
-        rank[order] = np.arange(n) - start
-        per_char = np.bincount(chars, minlength=self.n_chars)
+        rank, per_char = batch_ranks(chars, self.n_chars)
         # rows overwritten later in the same batch are left out (fancy assignment order)
         keep = rank >= per_char[chars] - self.capacity
         rows = np.flatnonzero(keep) if not keep.all() else slice(None)

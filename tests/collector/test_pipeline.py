@@ -10,11 +10,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from collector.config import GatewayConfig
 from collector.limitstore import LimitsStore
 from collector.outbox import Outbox
-from collector.pipeline import BindingIndex, Gateway, alarm_id, violation_codes
+from collector.pipeline import BindingIndex, Gateway, alarm_id, batch_ranks, violation_codes
 from connectors.base import ConnectorError, ConnectorStats, Quality, Sample
 from connectors.influxdb.sink import RejectedLines, WriteResult
 from connectors.localstore.parse import parse_line
@@ -659,3 +661,15 @@ def test_commands_ack_shelve_service_and_refusals(tmp_path) -> None:
         assert any(ln.startswith("alarm,") and "acknowledged" in ln for ln in gw.tick_alarms(0))
     finally:
         gw.close()
+
+
+@given(st.lists(st.integers(0, 6), max_size=40))
+def test_batch_ranks_count_earlier_rows_of_the_same_key(keys: list[int]) -> None:
+    rank, per_key = batch_ranks(np.array(keys, dtype=np.intp), 7)
+    seen: dict[int, int] = {}
+    expected = []
+    for k in keys:
+        expected.append(seen.get(k, 0))
+        seen[k] = seen.get(k, 0) + 1
+    assert rank.tolist() == expected
+    assert per_key.tolist() == [seen.get(k, 0) for k in range(7)]
