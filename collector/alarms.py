@@ -82,7 +82,7 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 
 from collector.alarmconfig import CATEGORIES, AlarmsConfig, resolve_severity
-from collector.outbox import Outbox, OutboxTransaction
+from collector.outbox import Outbox, OutboxTransaction, StreamPolicy
 from collector.timefmt import rfc3339
 from connectors.influxdb.lineprotocol import Precision, encode_line
 from spc.rules import BITS, MAX_WINDOW, RULE_TEXT, RULES, make_rule
@@ -106,6 +106,8 @@ log = logging.getLogger(__name__)
 ALARM_SCHEMA = "shopspc.alarm/1"
 STATE_SCHEMA = "shopspc.state/1"
 SEQ_COUNTER = "alarm-seq"
+#: Outbox streams the alarm publishers drain (MQTT, webhook).
+DELIVERY_STREAMS = ("mqtt", "webhook")
 #: Chart names of the alarm contract.
 CHARTS: tuple[str, ...] = ("x", "mr", "xbar", "r", "s", "p", "np", "c", "u", "ewma", "cusum")
 _DISP_NAMES = frozenset({"mr", "r", "s"})
@@ -317,13 +319,23 @@ class Outcome:
 
     events: list[dict[str, Any]] = field(default_factory=list)
     states: list[dict[str, Any]] = field(default_factory=list)
-    lines: list[str] = field(default_factory=list)
     raised: int = 0
     held: int = 0
     updated: int = 0
     cleared: int = 0
     suppressed: int = 0
     duplicates: int = 0
+    _lines: list[str] = field(default_factory=list, repr=False)
+    _render: Callable[[], list[str]] | None = field(default=None, repr=False)
+
+    @property
+    def lines(self) -> list[str]:
+        """The InfluxDB ``alarm`` lines; encoded when first asked for, so that a caller can
+        publish the events before it pays for the series encoding."""
+        if self._render is not None:
+            render, self._render = self._render, None
+            self._lines += render()
+        return self._lines
 
 
 @dataclass
@@ -505,6 +517,11 @@ class AlarmManager:
             path,
             synchronous="FULL" if self.config.durability == "full" else "NORMAL",
             tables=_TABLES,
+            # the publishers' bookkeeping (ack after PUBACK, retry, dead letter) needs no fsync
+            # of its own: one lost at a power cut only sends an event again (same alarm_id and
+            # seq, which subscribers de-duplicate), and each event commit's fsync covers it.
+            # Its fsync held the file's lock while the next alarm commit waited.
+            streams={s: StreamPolicy(synchronous="NORMAL") for s in DELIVERY_STREAMS},
         )
         try:
             self._load()
@@ -547,6 +564,11 @@ class AlarmManager:
             i = self._index.get(path)
             if i is not None:
                 self._hw[(2 * i + int(slot), rule)] = last
+        for a in self._open.values():  # an open alarm's samples are judged (a mark is older)
+            i = self._index.get(a.path)
+            if i is not None and a.rule != FLOOD_RULE:
+                hk = (2 * i + (a.chart in _DISP_NAMES), a.rule)
+                self._hw[hk] = max(self._hw.get(hk, a.last_time), a.last_time)
         self._oos: dict[int, tuple[int, str | None, str | None]] = {}
         for path, since, user, comment in self._outbox.query(
             "SELECT path, since_us, user, comment FROM oos"
@@ -790,7 +812,40 @@ class AlarmManager:
             self._load()
             self._last_state = [None] * len(self.chars)
             raise
+        if w.lines:
+            # not inside the transaction (it holds the file), nor before the publish
+            w.out._render = functools.partial(self._alarm_lines, w.lines)
         return w.out
+
+    def _alarm_lines(self, rows: list[tuple[_Alarm, str, int, dict[str, Any]]]) -> list[str]:
+        """The ``alarm`` measurement lines of committed events (``contracts/timeseries.md``)."""
+        out: list[str] = []
+        for a, event, time_us, p in rows:
+            line = encode_line(
+                "alarm",
+                {
+                    "gateway": self.gateway_id,
+                    "line": a.line,
+                    "station": a.station,
+                    "characteristic": a.characteristic,
+                    "rule": a.rule,
+                    "severity": a.severity,
+                    "chart": a.chart,
+                },
+                {
+                    "alarm_id": a.alarm_id,
+                    "event": event,
+                    "value": p.get("value") if event == "raised" else p.get("last_value"),
+                    "seq": p["seq"],
+                    "user": p.get("user"),
+                    "comment": p.get("comment"),
+                },
+                time_us,
+                self.precision,
+            )
+            if line:
+                out.append(line)
+        return out
 
     def _write(self, tx: OutboxTransaction, w: _Work) -> None:
         n_events = sum(1 for kind, *_ in w.messages if kind == "alarm")
@@ -848,31 +903,6 @@ class AlarmManager:
             hooks = [_dumps(p) for kind, _, _, p in w.messages if kind == "alarm"]
             if hooks:
                 tx.append("webhook", hooks)
-        for a, event, time_us, p in w.lines:
-            line = encode_line(
-                "alarm",
-                {
-                    "gateway": self.gateway_id,
-                    "line": a.line,
-                    "station": a.station,
-                    "characteristic": a.characteristic,
-                    "rule": a.rule,
-                    "severity": a.severity,
-                    "chart": a.chart,
-                },
-                {
-                    "alarm_id": a.alarm_id,
-                    "event": event,
-                    "value": p.get("value") if event == "raised" else p.get("last_value"),
-                    "seq": p["seq"],
-                    "user": p.get("user"),
-                    "comment": p.get("comment"),
-                },
-                time_us,
-                self.precision,
-            )
-            if line:
-                w.out.lines.append(line)
 
     # -- the hot path --------------------------------------------------------------
 
@@ -1002,20 +1032,6 @@ class AlarmManager:
         rank_sorted: np.ndarray,
     ) -> None:
         now_us = w.now_us
-        # ids of every completing sample first, then one look-up for those already known
-        ids: dict[tuple[int, str], str] = {}
-        for r in rows.tolist():
-            m = int(mask[r])
-            if not m:
-                continue
-            path = self.chars[int(char[r])].path
-            chart = str(charts[r])
-            for code, bit in _CODES:
-                if m >> bit & 1:
-                    ids[(r, code)] = alarm_id(
-                        path, code, str(batch.limits_id[r]), int(times[r]), serial[r], chart=chart
-                    )
-        existing = self._existing(set(ids.values()))
         for r in rows.tolist():
             i = int(char[r])
             k = int(key[r])
@@ -1036,11 +1052,11 @@ class AlarmManager:
             for code, bit in _CODES:
                 if not m >> bit & 1:
                     continue
-                aid = ids[(r, code)]
                 t = int(times[r])
                 hw = self._hw.get((k, code))
-                if aid in existing or (hw is not None and t <= hw):
-                    # a replayed completing sample (its alarm exists, or a later one does)
+                if hw is not None and t <= hw:
+                    # a replayed completing sample: its alarm (or a later one) was judged; the
+                    # mark commits with the alarm, so no look-up of alarm ids is needed
                     w.out.duplicates += 1
                     continue
                 self._hw[(k, code)] = t
@@ -1056,7 +1072,6 @@ class AlarmManager:
                     self._note(w, "updated", alarm=a, time_us=now_us)
                     w.out.updated += 1
                     continue
-                existing.add(aid)
                 if self._suspended[i]:
                     self._suppress(w, i, chart, code)
                     continue
@@ -1067,7 +1082,9 @@ class AlarmManager:
                     i,
                     chart,
                     code,
-                    aid,
+                    alarm_id(
+                        self.chars[i].path, code, str(batch.limits_id[r]), t, serial[r], chart=chart
+                    ),
                     key,
                     times,
                     serial,
@@ -1077,20 +1094,6 @@ class AlarmManager:
                 )
                 bucket = self._active.get(k)
                 w.state_chars.add(i)
-
-    def _existing(self, ids: set[str]) -> set[str]:
-        found: set[str] = set()
-        wanted = sorted(ids)
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start : start + 500]
-            found.update(
-                r[0]
-                for r in self._outbox.query(
-                    f"SELECT alarm_id FROM alarms WHERE alarm_id IN ({','.join('?' * len(chunk))})",
-                    chunk,
-                )
-            )
-        return found
 
     def _samples(
         self,

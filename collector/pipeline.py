@@ -1540,9 +1540,11 @@ class Gateway:
         return True
 
     def _route(self, out: Outcome, lines: list[str]) -> None:
-        lines += out.lines
-        if not (out.events or out.states):
-            return
+        if out.events or out.states:
+            self._announce(out)
+        lines += out.lines  # encoded now: after the publish
+
+    def _announce(self, out: Outcome) -> None:
         for listener in self.alarm_listeners:
             listener(out)
         self.stats.alarms += out.raised

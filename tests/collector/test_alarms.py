@@ -13,6 +13,7 @@ import os
 import random
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -515,6 +516,53 @@ def test_restart_continues_state_and_seq_and_ignores_replays(mk) -> None:
     assert m.get(a1)["status"] == "closed"
     # a closed alarm's completing sample replayed: still nothing
     assert m.judge(batch([(1, "x", bits("N2"), T0 + 1)]), T0 + 4 * S).raised == 0
+
+
+def test_replay_of_an_open_alarm_is_a_duplicate_without_its_mark(mk, tmp_path: Path) -> None:
+    """Replays are told by the per-point high-water mark, which an open alarm's own last sample
+    also sets at load: a file whose marks table lacks the point raises nothing twice either."""
+    m = mk()
+    b = batch([(0, "x", bits("N1"), T0 + 5)])
+    assert m.judge(b, T0).raised == 1
+    m.close()
+    with sqlite3.connect(tmp_path / "alarms.db") as conn:
+        conn.execute("DELETE FROM marks")
+    m = mk()
+    again = m.judge(b, T0 + S)
+    assert (again.raised, again.duplicates, again.events) == (0, 1, [])
+    assert m.judge(batch([(0, "x", bits("N1"), T0 + 9)]), T0 + 2 * S).updated == 1
+
+
+def test_alarm_lines_are_encoded_when_first_asked_for(mk) -> None:
+    """An outcome's InfluxDB lines are rendered once, on first use (the pipeline publishes the
+    events first); later reads return the same list."""
+    m = mk()
+    out = m.judge(batch([(0, "x", bits("N1"), T0 + 7, 4.0)]), T0 + S)
+    assert out._render is not None  # committed, not yet encoded
+    first = out.lines
+    assert out._render is None and out.lines is first and len(first) == 1
+    assert first[0].startswith("alarm,characteristic=c0,chart=x,")
+
+
+def test_delivery_bookkeeping_is_not_fsynced_but_events_are(mk) -> None:
+    """With durability full the event transactions are FULL; the publishers' acks, retries and
+    dead letters on the delivery streams are NORMAL (a lost ack only re-sends an event)."""
+    m = mk(durability="full")
+    levels: list[int] = []
+    conn = m.outbox._connection()
+    orig = m.outbox._set_sync
+
+    def spy(c, level: str) -> None:
+        orig(c, level)
+        levels.append(c.execute("PRAGMA synchronous").fetchone()[0])
+
+    m.outbox._set_sync = spy  # type: ignore[method-assign]
+    m.judge(batch([(0, "x", bits("N1"), T0 + 7)]), T0 + S)
+    assert levels[-1] == 2  # FULL
+    seqs = [e.seq for e in m.outbox.peek("mqtt", 100, now=math.inf)]
+    m.outbox.ack("mqtt", seqs)
+    assert levels[-1] == 1  # NORMAL
+    assert conn is m.outbox._connection()
 
 
 def test_a_failed_commit_leaves_no_trace(mk, tmp_path: Path) -> None:
