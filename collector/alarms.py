@@ -111,6 +111,8 @@ DELIVERY_STREAMS = ("mqtt", "webhook")
 #: Chart names of the alarm contract.
 CHARTS: tuple[str, ...] = ("x", "mr", "xbar", "r", "s", "p", "np", "c", "u", "ewma", "cusum")
 _DISP_NAMES = frozenset({"mr", "r", "s"})
+#: Up to this many rows without violations or live alarms are judged row by row (_quiet).
+_FEW_ROWS = 32
 _CHART_SET = frozenset(CHARTS)
 _CODES = sorted(BITS.items(), key=lambda kv: kv[1])
 _ALL_BITS = sum(1 << bit for _, bit in _CODES)
@@ -500,6 +502,7 @@ class AlarmManager:
         # per (char, slot) arrays: slot 0 = centre chart, 1 = dispersion chart
         self._count = np.zeros(2 * n, dtype=np.int64)
         self._small = 2 * n <= 65_536
+        self._few_max = _FEW_ROWS
         self._ring_t = np.zeros((2 * n, MAX_WINDOW), dtype=np.int64)
         self._ring_s = np.full((2 * n, MAX_WINDOW), None, dtype=object)
         self._has_active = np.zeros(2 * n, dtype=bool)
@@ -939,6 +942,8 @@ class AlarmManager:
         if not names <= _CHART_SET:
             bad = sorted(str(x) for x in names - _CHART_SET)
             raise ValueError(f"unknown chart names {bad} (expected one of {', '.join(CHARTS)})")
+        if n <= self._few_max and self._quiet(w, batch, char, mask, times, charts):
+            return self._commit(w)
         key = 2 * char
         if names & _DISP_NAMES:
             chart_arr = np.asarray(charts)
@@ -1015,6 +1020,59 @@ class AlarmManager:
         if w.state_chars:
             self._states(w, w.state_chars)
         return self._commit(w)
+
+    def _quiet(
+        self,
+        w: _Work,
+        batch: PointBatch,
+        char: np.ndarray,
+        mask: np.ndarray,
+        times: np.ndarray,
+        charts: list[str],
+    ) -> bool:
+        """A few rows without violations on points without a live alarm: rings and state
+        topic row by row (numpy's per-call cost exceeds the work here). False, having changed
+        nothing, when a row needs the lifecycle (the general path then judges the batch)."""
+        keys = [2 * c + (ch in _DISP_NAMES) for c, ch in zip(char.tolist(), charts, strict=True)]
+        active = self._has_active
+        if np.count_nonzero(mask & _ALL_BITS) or any(active[k] for k in keys):
+            return False
+        groups: dict[int, list[int]] = {}
+        for r, k in enumerate(keys):
+            groups.setdefault(k, []).append(r)
+        t_list = times.tolist()
+        serial = batch.serial
+        lims_all = batch.limits_id
+        ring_t, ring_s, count = self._ring_t, self._ring_s, self._count
+        last_lim: list[tuple[int, int, Any]] = []  # (key, char, limits id of its last row)
+        for k in sorted(groups):  # the order the general path takes (sorted keys)
+            rows = groups[k]
+            b = int(count[k])
+            skip = max(0, len(rows) - MAX_WINDOW)
+            for j in range(skip, len(rows)):
+                col = (b + j) % MAX_WINDOW
+                ring_t[k, col] = t_list[rows[j]]
+                ring_s[k, col] = serial[rows[j]]
+            count[k] = b + len(rows)
+            last_lim.append((k, k >> 1, lims_all[rows[-1]]))
+        # state topic: chars whose state code or limits changed
+        changed: list[int] = []
+        for k, i, lim in last_lim:
+            if not self._seen[i]:
+                self._seen[i] = True
+                w.sql.append(
+                    ("INSERT OR IGNORE INTO seen (path) VALUES (?)", (self.chars[i].path,))
+                )
+            code = 3 if self._suspended[i] else 1 + bool(active[k & ~1] or active[k | 1])
+            if code != self._state_code[i] or self._limits[i] != lim:
+                changed.append(i)
+        for _, i, lim in last_lim:
+            self._limits[i] = lim
+        w.state_chars.update(changed)
+        self._floods_check(w)
+        if w.state_chars:
+            self._states(w, w.state_chars)
+        return True
 
     def _judge_rows(
         self,

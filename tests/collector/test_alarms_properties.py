@@ -190,3 +190,63 @@ def test_batch_equals_stream(rows: list[tuple], cuts: list[int], clear_after: in
             finally:
                 run.m.close()
     assert results[0] == results[1]
+
+
+quiet_row = st.tuples(
+    st.integers(0, N_CHARS - 1),
+    st.sampled_from(["x", "mr"]),
+    st.one_of(st.just([]), st.just([]), st.lists(st.sampled_from(RULES), max_size=1)),
+    st.booleans(),  # with a serial
+    st.sampled_from(["LIM-A", "LIM-B"]),
+)
+quiet_op = st.one_of(
+    st.tuples(st.just("judge"), st.lists(quiet_row, min_size=1, max_size=40)),
+    st.tuples(st.just("oos"), st.integers(0, N_CHARS - 1), st.booleans()),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(quiet_op, min_size=1, max_size=30), clear_after=st.integers(1, 3))
+def test_row_by_row_path_equals_the_columnar_one(ops: list[tuple], clear_after: int) -> None:
+    """Small quiet batches take a row-by-row path (``_quiet``): the same outcomes, state
+    messages, sample rings and state as the columnar path, for any sequence."""
+    cfg = AlarmsConfig(clear_after=clear_after, flood={"max_alarms": 10_000})
+    with tempfile.TemporaryDirectory() as d:
+        ms = [AlarmManager(Path(d) / f"a{k}.db", CHARS, cfg, gateway_id="gw") for k in (0, 1)]
+        ms[1]._few_max = 0  # columnar always
+        try:
+            t, now = T0, T0
+            for step in ops:
+                now += S
+                if step[0] == "oos":
+                    outs = [m.set_out_of_service(step[1], step[2], "op", now_us=now) for m in ms]
+                    continue
+                rows = step[1]
+                times = list(range(t + 1, t + 1 + len(rows)))
+                t += len(rows)
+                b = PointBatch(
+                    char=[r[0] for r in rows],
+                    chart=[r[1] for r in rows],
+                    mask=[_mask(r[2]) for r in rows],
+                    value=[1.0] * len(rows),
+                    center=[0.0] * len(rows),
+                    lcl=[-3.0] * len(rows),
+                    ucl=[3.0] * len(rows),
+                    sigma=[1.0] * len(rows),
+                    limits_id=[r[4] for r in rows],
+                    time_us=times,
+                    serial=[f"P{x}" if r[3] else None for r, x in zip(rows, times, strict=True)],
+                    context=[None] * len(rows),
+                )
+                outs = [m.judge(b, now) for m in ms]
+                a, c = outs
+                assert (a.events, a.states, a.lines) == (c.events, c.states, c.lines)
+                assert (a.raised, a.updated, a.cleared) == (c.raised, c.updated, c.cleared)
+            q, g = ms
+            assert (q._count == g._count).all()
+            assert (q._ring_t == g._ring_t).all() and (q._ring_s == g._ring_s).all()
+            assert (q._state_code == g._state_code).all() and list(q._limits) == list(g._limits)
+            assert (q._seen == g._seen).all()
+        finally:
+            for m in ms:
+                m.close()
