@@ -34,19 +34,23 @@ How (three processes beside the servers, one clock):
   VictoriaMetrics, ``alarms.mqtt`` to the same mosquitto, ``alarms.durability``
   ``full`` (``--durability full,normal`` runs both), flood protection set out
   of reach (every planted alarm must be published, none summarised).
-  Probes (wrapping the source's ``run``/``emit``, ``on_alarm`` and the alarm
-  publisher transport's ``send`` of this instance; no gateway file is
-  changed) time each planted value when the gateway's MQTT network thread
-  received it (the sample's ``gateway_time_us``), when the source called
-  ``emit``, when its alarm was committed, when the publisher started to
-  publish the event and when the broker acknowledged it. ``stages_ms`` splits
-  the latency there: ``producer_lag`` (intended → sent),
-  ``publish_to_receive`` (broker → gateway network thread),
-  ``receive_to_emit`` (waiting for the source's previous batch to be
-  committed and acknowledged), ``gateway_to_commit`` (queue, SPC, alarm
-  commit), ``commit_to_publish`` (the publisher waking and reading its
-  outbox, often behind its previous round's PUBACKs), ``publish_to_subscriber``
-  (broker → subscriber); ``publish_to_puback`` overlaps the last one.
+  Probes (wrapping the source's ``run``/``emit``, the gateway's ``process``,
+  the alarm file's ``transaction``, ``on_alarm`` and the alarm publisher
+  transport's ``send`` of this instance; no gateway file is changed) time
+  each planted value when the gateway's MQTT client read it off the socket
+  (the sample's ``gateway_time_us``), when the source called ``emit``, when
+  the judging call that carries it started, when its alarm transaction
+  started and when it was committed, when the publisher started to publish
+  the event and when the broker acknowledged it. ``stages_ms`` splits the
+  latency there: ``producer_lag`` (intended → sent), ``publish_to_receive``
+  (broker → gateway socket read), ``receive_to_emit`` (the source mapping
+  its batch), ``gateway_to_commit`` (queue, SPC, alarm commit), itself split
+  into ``queued`` (behind the batch being judged), ``judged`` (SPC, rules and
+  the alarm lifecycle up to the transaction) and ``alarm_transaction`` (the
+  SQLite transaction, with its fsync at ``durability: full``),
+  ``commit_to_publish`` (the publisher reading its outbox and writing the
+  PUBLISH), ``publish_to_subscriber`` (broker → subscriber);
+  ``publish_to_puback`` overlaps the last one.
 
 The broker runs as deployed (``set_tcp_nodelay true``, as tests/servers.py and
 deploy/mosquitto/mosquitto.conf start it); ``--broker-nagle`` shows what
@@ -183,11 +187,14 @@ def _pct(values: Sequence[float]) -> dict[str, float | None]:
 
 
 # checkpoints of a planted value after its send, in order (probe names in ``summarize``)
-CHECKPOINTS = ("received", "at_gateway", "committed", "publishing")
+CHECKPOINTS = ("received", "at_gateway", "judging", "transaction", "committed", "publishing")
 STAGES = {
     ("sent", "received"): "publish_to_receive",
     ("received", "at_gateway"): "receive_to_emit",
     ("at_gateway", "committed"): "gateway_to_commit",
+    ("at_gateway", "judging"): "queued",
+    ("judging", "transaction"): "judged",
+    ("transaction", "committed"): "alarm_transaction",
     ("committed", "publishing"): "commit_to_publish",
     ("publishing", "arrived"): "publish_to_subscriber",
     ("publishing", "puback"): "publish_to_puback",
@@ -204,9 +211,11 @@ def summarize(
     and the subscriber's arrival per serial.
 
     ``probes`` (optional) maps a checkpoint name (``received``: the gateway's
-    MQTT network thread took the message; ``at_gateway``: the source called ``emit``; ``committed``: the alarm is committed; ``publishing``: the
-    alarm publisher started to publish it; ``puback``: the broker acknowledged
-    it) to the time per serial; ``stages_ms`` then splits the latency at them
+    MQTT client read the message; ``at_gateway``: the source called ``emit``;
+    ``judging``: the judging call that carries it started; ``transaction``:
+    its alarm transaction started; ``committed``: the alarm is committed;
+    ``publishing``: the alarm publisher started to publish it; ``puback``:
+    the broker acknowledged it) to the time per serial; ``stages_ms`` then splits the latency at them
     (:data:`STAGES`; ``publish_to_puback`` overlaps ``publish_to_subscriber``).
     ``targets`` compares with :data:`TARGETS`; met needs every planted alarm to have arrived.
     """
@@ -547,6 +556,33 @@ def _probe_source(source: Any, received: dict[str, int], at_gateway: dict[str, i
     source.run = probed
 
 
+def _probe_judging(gw: Any, judging: dict[str, int], last_tx: list[int]) -> None:
+    """Time each planted value when the judging call that carries it starts (``process``) and
+    keep the start of the latest alarm transaction in ``last_tx[0]`` (``on_alarm`` reads it)."""
+    process = gw.process
+
+    def probed(items):
+        now = time.monotonic_ns()
+        for _, samples in items:
+            for s in samples:
+                ser = s.serial
+                if ser is not None and ser[:1] == "p":
+                    judging.setdefault(ser, now)
+        return process(items)
+
+    gw.process = probed
+    outbox = gw.alarms.outbox
+    transaction = outbox.transaction
+
+    @contextlib.contextmanager
+    def timed(*args, **kwargs):
+        last_tx[0] = time.monotonic_ns()
+        with transaction(*args, **kwargs) as tx:
+            yield tx
+
+    outbox.transaction = timed
+
+
 def _probe_publisher(notifier: Any, publishing: dict[str, int], puback: dict[str, int]) -> None:
     """Time each planted value's raised event when the alarm publisher starts to publish it
     and when the broker acknowledged it (its transport's ``send``; skipped if absent)."""
@@ -599,10 +635,12 @@ async def _one(
     work.mkdir()
     probes: dict[str, dict[str, int]] = {k: {} for k in (*CHECKPOINTS, "puback")}
     at_gateway, committed = probes["at_gateway"], probes["committed"]
+    last_tx = [0]
 
     def on_alarm(a: Any) -> None:
         if a.serial is not None:
             committed.setdefault(a.serial, time.monotonic_ns())
+            probes["transaction"].setdefault(a.serial, last_tx[0])
 
     gw = Gateway(
         cfg,
@@ -614,6 +652,7 @@ async def _one(
     )
     for source in gw.sources:
         _probe_source(source, probes["received"], at_gateway)
+    _probe_judging(gw, probes["judging"], last_tx)
     out: dict[str, Any] = {"rate": rate, "durability": durability, "messages": p.messages}
     sub_out, prod_out = work / "subscriber.json", work / "producer.json"
     here = [sys.executable, "-m", "benchmarks.bench_alarm_latency"]
