@@ -111,7 +111,7 @@ DELIVERY_STREAMS = ("mqtt", "webhook")
 #: Chart names of the alarm contract.
 CHARTS: tuple[str, ...] = ("x", "mr", "xbar", "r", "s", "p", "np", "c", "u", "ewma", "cusum")
 _DISP_NAMES = frozenset({"mr", "r", "s"})
-#: Up to this many rows without violations or live alarms are judged row by row (_quiet).
+#: Up to this many rows are judged row by row (_few), more with array operations.
 _FEW_ROWS = 32
 _CHART_SET = frozenset(CHARTS)
 _CODES = sorted(BITS.items(), key=lambda kv: kv[1])
@@ -948,7 +948,8 @@ class AlarmManager:
         if not names <= _CHART_SET:
             bad = sorted(str(x) for x in names - _CHART_SET)
             raise ValueError(f"unknown chart names {bad} (expected one of {', '.join(CHARTS)})")
-        if n <= self._few_max and self._quiet(w, batch, char, mask, times, charts):
+        if n <= self._few_max:
+            self._few(w, batch, char, mask, times, charts)
             return self._commit(w)
         key = 2 * char
         if names & _DISP_NAMES:
@@ -1027,7 +1028,7 @@ class AlarmManager:
             self._states(w, w.state_chars)
         return self._commit(w)
 
-    def _quiet(
+    def _few(
         self,
         w: _Work,
         batch: PointBatch,
@@ -1035,17 +1036,29 @@ class AlarmManager:
         mask: np.ndarray,
         times: np.ndarray,
         charts: list[str],
-    ) -> bool:
-        """A few rows without violations on points without a live alarm: rings and state
-        topic row by row (numpy's per-call cost exceeds the work here). False, having changed
-        nothing, when a row needs the lifecycle (the general path then judges the batch)."""
+    ) -> None:
+        """:meth:`judge` for a few rows: grouping, sample rings and the state topic row by row
+        (numpy's per-call cost exceeds the work here); the lifecycle as in the columnar path."""
         keys = [2 * c + (ch in _DISP_NAMES) for c, ch in zip(char.tolist(), charts, strict=True)]
         active = self._has_active
-        if np.count_nonzero(mask & _ALL_BITS) or any(active[k] for k in keys):
-            return False
         groups: dict[int, list[int]] = {}
         for r, k in enumerate(keys):
             groups.setdefault(k, []).append(r)
+        hot = {keys[r] for r in np.flatnonzero(mask & _ALL_BITS).tolist()}
+        interesting = [r for r, k in enumerate(keys) if k in hot or active[k]]
+        if interesting:
+            # the rank of each row in its group, as the columnar path computes it
+            order = [r for k in sorted(groups) for r in groups[k]]
+            rank_sorted = [j for k in sorted(groups) for j in range(len(groups[k]))]
+            pos = [0] * len(order)
+            for j, r in enumerate(order):
+                pos[r] = j
+            self._judge_rows(
+                w, batch, np.array(interesting, dtype=np.intp), char,
+                np.array(keys, dtype=char.dtype), mask, times, charts, batch.serial,
+                np.array(order, dtype=np.intp), np.array(pos, dtype=np.intp),
+                np.array(rank_sorted, dtype=np.intp),
+            )  # fmt: skip
         t_list = times.tolist()
         serial = batch.serial
         lims_all = batch.limits_id
@@ -1078,7 +1091,6 @@ class AlarmManager:
         self._floods_check(w)
         if w.state_chars:
             self._states(w, w.state_chars)
-        return True
 
     def _judge_rows(
         self,

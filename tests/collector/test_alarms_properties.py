@@ -192,24 +192,24 @@ def test_batch_equals_stream(rows: list[tuple], cuts: list[int], clear_after: in
     assert results[0] == results[1]
 
 
-quiet_row = st.tuples(
+few_row = st.tuples(
     st.integers(0, N_CHARS - 1),
     st.sampled_from(["x", "mr"]),
     st.one_of(st.just([]), st.just([]), st.lists(st.sampled_from(RULES), max_size=1)),
     st.booleans(),  # with a serial
     st.sampled_from(["LIM-A", "LIM-B"]),
 )
-quiet_op = st.one_of(
-    st.tuples(st.just("judge"), st.lists(quiet_row, min_size=1, max_size=40)),
+few_op = st.one_of(
+    st.tuples(st.just("judge"), st.lists(few_row, min_size=1, max_size=40)),
     st.tuples(st.just("oos"), st.integers(0, N_CHARS - 1), st.booleans()),
 )
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ops=st.lists(quiet_op, min_size=1, max_size=30), clear_after=st.integers(1, 3))
+@given(ops=st.lists(few_op, min_size=1, max_size=30), clear_after=st.integers(1, 3))
 def test_row_by_row_path_equals_the_columnar_one(ops: list[tuple], clear_after: int) -> None:
-    """Small quiet batches take a row-by-row path (``_quiet``): the same outcomes, state
-    messages, sample rings and state as the columnar path, for any sequence."""
+    """Small batches take a row-by-row path (``_few``): the same outcomes, events (with their
+    sample windows), state messages, sample rings and state as the columnar path."""
     cfg = AlarmsConfig(clear_after=clear_after, flood={"max_alarms": 10_000})
     with tempfile.TemporaryDirectory() as d:
         ms = [AlarmManager(Path(d) / f"a{k}.db", CHARS, cfg, gateway_id="gw") for k in (0, 1)]
