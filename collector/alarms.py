@@ -327,8 +327,8 @@ class Outcome:
     cleared: int = 0
     suppressed: int = 0
     duplicates: int = 0
-    _lines: list[str] = field(default_factory=list, repr=False)
-    _render: Callable[[], list[str]] | None = field(default=None, repr=False)
+    _lines: list[str] = field(default_factory=list, repr=False, compare=False)
+    _render: Callable[[], list[str]] | None = field(default=None, repr=False, compare=False)
 
     @property
     def lines(self) -> list[str]:
