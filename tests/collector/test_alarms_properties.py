@@ -57,6 +57,26 @@ def _mask(codes: list[str]) -> int:
     return m
 
 
+def _points(
+    rows: list[tuple], times: list[int], limits_ids: list[str], context: dict | None
+) -> PointBatch:
+    """Rows ``(char, chart, rule codes, with a serial, …)`` as a batch of plotted points."""
+    return PointBatch(
+        char=[r[0] for r in rows],
+        chart=[r[1] for r in rows],
+        mask=[_mask(r[2]) for r in rows],
+        value=[1.0] * len(rows),
+        center=[0.0] * len(rows),
+        lcl=[-3.0] * len(rows),
+        ucl=[3.0] * len(rows),
+        sigma=[1.0] * len(rows),
+        limits_id=limits_ids,
+        time_us=times,
+        serial=[f"P{t}" if r[3] else None for r, t in zip(rows, times, strict=True)],
+        context=[context] * len(rows),
+    )
+
+
 class Run:
     """Applies operations to a manager with strictly increasing sample times and a wall clock."""
 
@@ -73,20 +93,7 @@ class Run:
         for _ in rows:
             self.t += 1
             times.append(self.t)
-        return PointBatch(
-            char=[r[0] for r in rows],
-            chart=[r[1] for r in rows],
-            mask=[_mask(r[2]) for r in rows],
-            value=[1.0] * len(rows),
-            center=[0.0] * len(rows),
-            lcl=[-3.0] * len(rows),
-            ucl=[3.0] * len(rows),
-            sigma=[1.0] * len(rows),
-            limits_id=["LIM"] * len(rows),
-            time_us=times,
-            serial=[f"P{t}" if r[3] else None for r, t in zip(rows, times, strict=True)],
-            context=[{"operator": "op"}] * len(rows),
-        )
+        return _points(rows, times, ["LIM"] * len(rows), {"operator": "op"})
 
     def apply(self, step: tuple) -> None:
         self.now += S
@@ -219,27 +226,14 @@ def test_row_by_row_path_equals_the_columnar_one(ops: list[tuple], clear_after: 
             for step in ops:
                 now += S
                 if step[0] == "oos":
-                    outs = [m.set_out_of_service(step[1], step[2], "op", now_us=now) for m in ms]
+                    for m in ms:
+                        m.set_out_of_service(step[1], step[2], "op", now_us=now)
                     continue
                 rows = step[1]
                 times = list(range(t + 1, t + 1 + len(rows)))
                 t += len(rows)
-                b = PointBatch(
-                    char=[r[0] for r in rows],
-                    chart=[r[1] for r in rows],
-                    mask=[_mask(r[2]) for r in rows],
-                    value=[1.0] * len(rows),
-                    center=[0.0] * len(rows),
-                    lcl=[-3.0] * len(rows),
-                    ucl=[3.0] * len(rows),
-                    sigma=[1.0] * len(rows),
-                    limits_id=[r[4] for r in rows],
-                    time_us=times,
-                    serial=[f"P{x}" if r[3] else None for r, x in zip(rows, times, strict=True)],
-                    context=[None] * len(rows),
-                )
-                outs = [m.judge(b, now) for m in ms]
-                a, c = outs
+                b = _points(rows, times, [r[4] for r in rows], None)
+                a, c = (m.judge(b, now) for m in ms)
                 assert (a.events, a.states, a.lines) == (c.events, c.states, c.lines)
                 assert (a.raised, a.updated, a.cleared) == (c.raised, c.updated, c.cleared)
             q, g = ms
