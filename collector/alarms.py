@@ -80,6 +80,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import numpy as np
+import orjson
 
 from collector.alarmconfig import CATEGORIES, AlarmsConfig, resolve_severity
 from collector.outbox import Outbox, OutboxTransaction, StreamPolicy
@@ -227,9 +228,9 @@ def _num(x: Any) -> float | None:
 
 
 def _dumps(obj: Any) -> bytes:
-    return json.dumps(
-        obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=str
-    ).encode()
+    """Compact UTF-8 JSON (orjson: the alarm transaction encodes every payload about four
+    times, with ``json`` a tenth of a raise's cost); numpy scalars as numbers, NaN as null."""
+    return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY, default=str)
 
 
 class AlarmError(Exception):

@@ -42,6 +42,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import orjson
+
 from collector.outbox import Entry, Outbox
 from collector.timefmt import rfc3339 as rfc3339_us
 from connectors.base import Backoff, ConnectorError
@@ -100,7 +102,7 @@ class Envelope:
 
 
 def _compact(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY, default=str)
 
 
 def encode_envelope(
@@ -112,8 +114,8 @@ def encode_envelope(
 
 def _json_object(entry: Entry) -> dict[str, Any]:
     try:
-        doc = json.loads(entry.payload)
-    except (ValueError, UnicodeDecodeError) as exc:
+        doc = orjson.loads(entry.payload)
+    except ValueError as exc:  # orjson.JSONDecodeError, also for bad UTF-8
         raise ValueError(f"envelope is not JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise ValueError("envelope is not a JSON object")
