@@ -58,6 +58,24 @@ def alarm(i: int, event: str = "raised") -> dict[str, Any]:
     return {"schema": "shopspc.alarm/1", "alarm_id": f"A-{i}", "event": event, "seq": i}
 
 
+def test_envelope_json_is_compact_utf8_with_numbers_for_numpy_and_null_for_nan() -> None:
+    """Envelopes (orjson): compact, UTF-8 text as is, numpy scalars as JSON numbers, a NaN as
+    null (JSON has no NaN); the payload round-trips through the publisher's decoder."""
+    import numpy as np
+
+    from collector.notify import _decode
+    from collector.outbox import Entry
+
+    payload = {"v": np.float64(1.5), "n": np.int64(3), "x": float("nan"), "text": "超出控制限"}
+    body = encode_envelope(f"{PREFIX}/alarm/{PATH}", payload)
+    assert b" " not in body and "超出控制限".encode() in body
+    doc = json.loads(body)
+    assert doc["payload"] == {"v": 1.5, "n": 3, "x": None, "text": "超出控制限"}
+    env = _decode(Entry(7, "mqtt", 0.0, 0, 0.0, None, body))
+    assert (env.seq, env.topic, env.qos, env.retain) == (7, f"{PREFIX}/alarm/{PATH}", 1, False)
+    assert json.loads(env.body) == doc["payload"]
+
+
 def append_alarms(outbox: Outbox, ids: range, stream: str = "mqtt") -> None:
     outbox.append(stream, [encode_envelope(f"{PREFIX}/alarm/{PATH}", alarm(i)) for i in ids])
 
