@@ -356,21 +356,49 @@ class _OnLoop:
                 self.loop.call_soon(self._read)
 
     async def close(self) -> None:
-        """Send DISCONNECT (a clean one keeps a session and drops the Will) and close."""
+        """Send DISCONNECT (a clean one keeps a session and drops the Will) and close.
+
+        The socket is closed even when the caller is cancelled while DISCONNECT waits
+        for room in a full send buffer (a stop that cancels twice left it open)."""
         client = self.client
-        if self._sock is not None:
-            client.disconnect()
-            client.loop_write()  # paho closes the socket once DISCONNECT is written
-            for _ in range(100):  # a full send buffer: give it a second
-                if self._sock is None:
-                    break
-                await asyncio.sleep(0.01)
-                if self._sock is not None:
-                    client.loop_write()
+        try:
+            if self._sock is not None:
+                client.disconnect()
+                client.loop_write()  # paho closes the socket once DISCONNECT is written
+                for _ in range(100):  # a full send buffer: give it a second
+                    if self._sock is None:
+                        break
+                    await asyncio.sleep(0.01)
+                    if self._sock is not None:
+                        client.loop_write()
+        finally:
+            self.abort()
+
+    def abort(self, _: object = None) -> None:
+        """Close the socket now, without DISCONNECT (the end of :meth:`close`)."""
         sock = self._sock
         if sock is not None:
             self._detach(sock)
             sock.close()
+
+
+async def _close_after_opening(opening: asyncio.Future[None] | None, io: _OnLoop) -> None:
+    """Wait for a connect still running in its thread, then close the connection.
+
+    Cancelled meanwhile (a stop that cancels again), the socket the connect opens is
+    closed when the connect ends, and one already open is closed now: never left for
+    the garbage collector."""
+    try:
+        if opening is not None:
+            with contextlib.suppress(Exception):
+                # shielded: cancelling this wait must not cancel the connect's task, which
+                # would end while its thread goes on and opens a socket nobody closes
+                await asyncio.shield(opening)
+    finally:
+        if opening is not None and not opening.done():
+            # after the loop attached the socket (queued by the thread before it returned)
+            opening.add_done_callback(lambda _: io.call(io.abort))
+        await io.close()
 
 
 async def _opened(
@@ -641,10 +669,7 @@ class MqttClient:
         self._closed = True
         if self._unblock is not None:
             self._unblock.cancel()
-        if self._opening is not None:
-            with contextlib.suppress(Exception):
-                await self._opening
-        await self._io.close()
+        await _close_after_opening(self._opening, self._io)
 
 
 # -- for the simulated station (connectors/mqtt/station.py) ------------------------------
@@ -967,10 +992,7 @@ class MqttLink:
             except ConnectorError as exc:
                 log.warning("%s: final status not published: %s", self.where, exc.message)
         self._closed = True
-        if self._opening is not None:
-            with contextlib.suppress(Exception):
-                await self._opening
-        await self._io.close()
+        await _close_after_opening(self._opening, self._io)
 
 
 class Published:

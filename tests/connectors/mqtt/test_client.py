@@ -243,3 +243,46 @@ def test_acks_of_a_batch_are_one_write() -> None:
     finally:
         a.close()
         b.close()
+
+
+class _FakeIo:
+    """Stands in for ``_OnLoop``: ``close`` waits like a full send buffer does."""
+
+    def __init__(self) -> None:
+        self.aborted = 0
+        self.closing = asyncio.Event()
+
+    def call(self, fn: Any, *args: Any) -> None:
+        fn(*args)
+
+    def abort(self, _: object = None) -> None:
+        self.aborted += 1
+
+    async def close(self) -> None:
+        try:
+            self.closing.set()
+            await asyncio.sleep(10)
+        finally:
+            self.abort()
+
+
+async def test_a_close_cancelled_twice_still_closes_the_socket_of_a_late_connect() -> None:
+    """Stopping a source cancels again while it closes: the socket is closed anyway, also the
+    one a connect still running in its worker thread opens after the cancellation."""
+    from connectors.mqtt.client import _close_after_opening
+
+    loop = asyncio.get_running_loop()
+    opening: asyncio.Future[None] = loop.create_future()
+    io = _FakeIo()
+    task = asyncio.create_task(_close_after_opening(opening, io))  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    task.cancel()  # while waiting for the connect
+    await asyncio.sleep(0)
+    assert io.closing.is_set() and not task.done()
+    task.cancel()  # again, while closing
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert io.aborted == 1  # the close's own end
+    opening.set_result(None)  # the connect thread finishes later
+    await asyncio.sleep(0)
+    assert io.aborted == 2  # what it opened is closed too
