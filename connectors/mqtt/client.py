@@ -374,7 +374,7 @@ class _OnLoop:
         finally:
             self.abort()
 
-    def abort(self, _: object = None) -> None:
+    def abort(self) -> None:
         """Close the socket now, without DISCONNECT (the end of :meth:`close`)."""
         sock = self._sock
         if sock is not None:
@@ -456,7 +456,7 @@ class MqttClient:
         self._password = password
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[Message | _Lost] = asyncio.Queue()
-        self._full_since: float | None = None  # monotonic time the buffer became full
+        self._full = False  # the buffer filled up and has not had room since
         self._unblock: asyncio.TimerHandle | None = None
         self._connack: asyncio.Future[tuple[bool, int, str]] | None = None
         self._subacks: dict[int, asyncio.Future[list[Any]]] = {}
@@ -514,10 +514,10 @@ class MqttClient:
         received_us = time.time_ns() // 1000
         queue = self._queue
         if queue.qsize() >= self.cfg.queue_size:
-            if self._full_since is None:
+            if not self._full:
                 # stop reading: TCP and the broker hold the rest; QoS 0 is dropped only
                 # once the buffer has stayed full for queue_block_s (reading resumes then)
-                self._full_since = time.monotonic()
+                self._full = True
                 self._io.pause()
                 assert self._loop is not None
                 self._unblock = self._loop.call_later(self.cfg.queue_block_s, self._io.resume)
@@ -537,8 +537,8 @@ class MqttClient:
 
     def _room(self) -> None:
         """The source took messages: read again once the buffer has room."""
-        if self._full_since is not None and self._queue.qsize() < self.cfg.queue_size:
-            self._full_since = None
+        if self._full and self._queue.qsize() < self.cfg.queue_size:
+            self._full = False
             if self._unblock is not None:
                 self._unblock.cancel()
                 self._unblock = None
