@@ -11,12 +11,17 @@ import asyncio
 import contextlib
 import errno
 import socket
+from collections.abc import Awaitable, Callable
 
 from connectors.base import ConnectorError
 
-__all__ = ["check_listening", "check_port_free"]
+__all__ = ["check_listening", "check_port_free", "stop_server"]
 
 _CONNECT_CHECK_S = 5.0
+_CLOSE_WAIT_S = 2.0
+# Loop turns a connection accepted just before the listener closed needs to reach its
+# protocol: one for the task that makes its transport, one for connection_made, one spare.
+_ACCEPT_TURNS = 3
 
 
 def _probe(host: str, port: int) -> OSError | None:
@@ -69,3 +74,36 @@ async def check_listening(where: str, host: str, port: int) -> None:
     writer.close()
     with contextlib.suppress(OSError):
         await writer.wait_closed()
+
+
+async def stop_server(
+    listener: asyncio.AbstractServer | None,
+    stop: Callable[[], Awaitable[None]],
+    within: float = _CLOSE_WAIT_S,
+) -> None:
+    """Stop a server library's listener without leaving an accepted connection open.
+
+    asyncio accepts a connection in one loop turn and makes its transport in a
+    task of its own. Python 3.11 leaves that transport half made when the server
+    closes in between (``Server._attach`` asserts the server is open): its socket
+    is never closed, the peer never sees the close, and the garbage collector
+    finds an unclosed transport later. So the listening sockets stop accepting
+    first (their reader is removed, the server stays open), connections already
+    accepted get the turns they need to reach the library's protocol, and only
+    then does the library's ``stop`` close the server and every connection it
+    knows. Then this waits (at most ``within`` seconds) until every accepted
+    connection has released its socket: 3.11's ``Server.wait_closed`` returns at
+    once on a closed server, so its count of live connections is read.
+    """
+    if listener is not None:
+        loop = asyncio.get_running_loop()
+        for sock in listener.sockets:
+            loop.remove_reader(sock.fileno())
+        for _ in range(_ACCEPT_TURNS):
+            await asyncio.sleep(0)
+    await stop()
+    if listener is None:
+        return
+    deadline = loop.time() + within
+    while getattr(listener, "_active_count", 0) > 0 and loop.time() < deadline:
+        await asyncio.sleep(0.005)

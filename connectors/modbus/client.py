@@ -19,6 +19,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 
 from connectors.base import ConnectorError
 from connectors.modbus.config import DeviceConfig, RtuTransport
+from connectors.ports import stop_server
 
 __all__ = [
     "FUNCTION_NAMES",
@@ -319,4 +320,6 @@ class StationServer:
         """Close the listener and every connection; idempotent."""
         server, self._server = self._server, None
         if server is not None:
-            await server.shutdown()
+            # pymodbus keeps the asyncio server as the listener's transport.
+            listener = server.transport if isinstance(server.transport, asyncio.Server) else None
+            await stop_server(listener, server.shutdown)

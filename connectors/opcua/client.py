@@ -33,6 +33,7 @@ from connectors.opcua.config import (
     TimestampChoice,
     TriggerConfig,
 )
+from connectors.ports import stop_server
 
 __all__ = [
     "ConnectionLostError",
@@ -726,6 +727,11 @@ class StationServer:
             raise ConnectorError(
                 f"opcua station {self.url}", f"cannot listen: {exc}", retryable=False
             ) from exc
+        except asyncio.CancelledError:
+            # Cancelled while starting (a demo stopped at once): asyncua stops nothing then,
+            # and its listener may already accept.
+            await self._stop(server)
+            raise
         self._server = server
 
     async def write(
@@ -748,8 +754,11 @@ class StationServer:
     async def stop(self) -> None:
         """Stop listening and close every session; idempotent."""
         server, self._server = self._server, None
-        if server is None:
-            return
+        if server is not None:
+            await self._stop(server)
+
+    @staticmethod
+    async def _stop(server: Server) -> None:
         # The server's clock task sleeps 1 s between ticks and stop() waits for it.
         clock = server.iserver.time_task
         if clock is not None:
@@ -758,4 +767,6 @@ class StationServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await clock
             server.iserver.time_task = None
-        await server.stop()
+        bserver = server.bserver
+        listener = bserver._server if bserver is not None else None  # asyncua's asyncio server
+        await stop_server(listener, server.stop)
