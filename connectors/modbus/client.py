@@ -14,7 +14,7 @@ import asyncio
 from pymodbus import ModbusException
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusIOException
-from pymodbus.server import ModbusTcpServer
+from pymodbus.server import ModbusBaseServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from connectors.base import ConnectorError
@@ -28,6 +28,7 @@ __all__ = [
     "ModbusLine",
     "ModbusLinkError",
     "StationServer",
+    "shutdown_server",
 ]
 
 FUNCTION_NAMES = {
@@ -320,6 +321,11 @@ class StationServer:
         """Close the listener and every connection; idempotent."""
         server, self._server = self._server, None
         if server is not None:
-            # pymodbus keeps the asyncio server as the listener's transport.
-            listener = server.transport if isinstance(server.transport, asyncio.Server) else None
-            await stop_server(listener, server.shutdown)
+            await shutdown_server(server)
+
+
+async def shutdown_server(server: ModbusBaseServer) -> None:
+    """Shut a pymodbus server down, closing every connection (see :func:`stop_server`)."""
+    # pymodbus keeps the asyncio server as a TCP listener's transport.
+    listener = server.transport if isinstance(server.transport, asyncio.Server) else None
+    await stop_server(listener, server.shutdown)

@@ -40,6 +40,7 @@ __all__ = [
     "OpcuaClient",
     "StationServer",
     "datavalue_to_sample",
+    "stop_ua_server",
     "translate_error",
 ]
 
@@ -730,7 +731,7 @@ class StationServer:
         except asyncio.CancelledError:
             # Cancelled while starting (a demo stopped at once): asyncua stops nothing then,
             # and its listener may already accept.
-            await self._stop(server)
+            await stop_ua_server(server)
             raise
         self._server = server
 
@@ -755,18 +756,19 @@ class StationServer:
         """Stop listening and close every session; idempotent."""
         server, self._server = self._server, None
         if server is not None:
-            await self._stop(server)
+            await stop_ua_server(server)
 
-    @staticmethod
-    async def _stop(server: Server) -> None:
-        # The server's clock task sleeps 1 s between ticks and stop() waits for it.
-        clock = server.iserver.time_task
-        if clock is not None:
-            server.iserver._time_task_stop = True
-            clock.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await clock
-            server.iserver.time_task = None
-        bserver = server.bserver
-        listener = bserver._server if bserver is not None else None  # asyncua's asyncio server
-        await stop_server(listener, server.stop)
+
+async def stop_ua_server(server: Server) -> None:
+    """Stop an asyncua server at once, closing every connection (see :func:`stop_server`)."""
+    # The server's clock task sleeps 1 s between ticks and stop() waits for it.
+    clock = server.iserver.time_task
+    if clock is not None:
+        server.iserver._time_task_stop = True
+        clock.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await clock
+        server.iserver.time_task = None
+    bserver = server.bserver
+    listener = bserver._server if bserver is not None else None  # asyncua's asyncio server
+    await stop_server(listener, server.stop)

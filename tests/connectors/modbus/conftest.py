@@ -20,6 +20,7 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from connectors.base import Sample
+from connectors.modbus.client import shutdown_server
 from tests.servers import HOST, cancel_and_wait, free_port
 
 UNIT = 1
@@ -96,9 +97,8 @@ class SimServer:
     async def stop(self) -> None:
         """Close the listener and every client connection."""
         if self._server is not None:
-            await self._server.shutdown()
+            await shutdown_server(self._server)
             self._server = None
-            await asyncio.sleep(0)
 
     @property
     def running(self) -> bool:

@@ -8,7 +8,6 @@ client sends (so tests can check chunking and one-request block reads).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from asyncua import Server, ua
 from asyncua.common.callback import CallbackType
 from asyncua.crypto.permission_rules import User, UserRole
 
+from connectors.opcua.client import stop_ua_server
 from tests.servers import HOST, free_port
 
 NS_URI = "urn:shopspc:test:station"
@@ -128,16 +128,7 @@ class UaServer:
         server, self.server = self.server, None
         if server is None:
             return
-        # The server's clock task sleeps 1 s between ticks and stop() waits for it; cancel it
-        # so each stop does not cost a second.
-        clock = server.iserver.time_task
-        if clock is not None:
-            server.iserver._time_task_stop = True
-            clock.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await clock
-            server.iserver.time_task = None
-        await server.stop()
+        await stop_ua_server(server)
 
     async def restart(self) -> None:
         await self.stop()
