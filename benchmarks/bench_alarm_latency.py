@@ -52,6 +52,12 @@ How (three processes beside the servers, one clock):
   PUBLISH), ``publish_to_subscriber`` (broker → subscriber);
   ``publish_to_puback`` overlaps the last one.
 
+``--floor`` adds a run per rate (``floor/<rate>``) with a relay in place of the
+gateway: the gateway's MQTT source client and alarm publisher link, and per
+planted value one fsync'd SQLite commit and a QoS 1 publish, nothing else
+(:func:`_floor`). Its latency is what this machine's processes, broker hops and
+fsync cost at that rate before any SPC: a floor for the gateway's figures.
+
 The broker runs as deployed (``set_tcp_nodelay true``, as tests/servers.py and
 deploy/mosquitto/mosquitto.conf start it); ``--broker-nagle`` shows what
 stock mosquitto's Nagle costs, ``--broker-inflight N`` sets ``max_inflight_messages``.
@@ -63,6 +69,7 @@ No target is asserted (see ``NOTE``).
     python -m benchmarks.bench_alarm_latency [--rates 1000,5000,10000] [--seconds 10]
                                              [--chars 100] [--plants-per-s 20]
                                              [--durability full[,normal]] [--quick]
+                                             [--floor]
 """
 
 from __future__ import annotations
@@ -99,6 +106,7 @@ __all__ = [
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
+HERE = [sys.executable, "-m", "benchmarks.bench_alarm_latency"]
 HOST = "127.0.0.1"
 TOKEN_ENV = "SHOPSPC_BENCH_TOKEN"
 PREFIX = "shopspc/v1"
@@ -654,19 +662,7 @@ async def _one(
         _probe_source(source, probes["received"], at_gateway)
     _probe_judging(gw, probes["judging"], last_tx)
     out: dict[str, Any] = {"rate": rate, "durability": durability, "messages": p.messages}
-    sub_out, prod_out = work / "subscriber.json", work / "producer.json"
-    here = [sys.executable, "-m", "benchmarks.bench_alarm_latency"]
-    sub = await asyncio.create_subprocess_exec(
-        *here,
-        "subscriber",
-        f"--port={broker.port}",
-        f"--alarms={PREFIX}/alarm/bench/a/l1/st-{tag}/#",
-        f"--status={PREFIX}/gateway/bench-lat-{tag}/status",
-        f"--out={sub_out}",
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
+    sub = await _subscriber(tag, broker.port, work)
     stop = asyncio.Event()
 
     async def drive() -> None:
@@ -679,12 +675,9 @@ async def _one(
                 await asyncio.sleep(0.05)
             for n in gw.notifiers:
                 _probe_publisher(n, probes["publishing"], probes["puback"])
-            assert sub.stdout is not None
-            if not await _line(sub.stdout, "subscribed", 15.0):
-                out["error"] = "the subscriber did not subscribe within 15 s"
-                return
-            if not await _line(sub.stdout, "online", 15.0):
-                out["error"] = "the gateway's alarm publisher did not come online within 15 s"
+            error = await _subscribed(sub)
+            if error:
+                out["error"] = error
                 return
             if not await _warm_up(gw, broker.port, f"bench/{tag}/warmup", 15.0):
                 out["error"] = "the gateway never saw a warm-up message"
@@ -694,24 +687,8 @@ async def _one(
             cpu0 = time.process_time()
             srv0 = {"mosquitto": cpu_of(broker.pid), "victoria_metrics": cpu_of(vm.pid)}
             writes0 = await asyncio.to_thread(_vm_writes, vm.port)
-            prod = await asyncio.create_subprocess_exec(
-                *here,
-                "producer",
-                f"--port={broker.port}",
-                f"--prefix=bench/{tag}",
-                f"--rate={rate}",
-                f"--messages={p.messages}",
-                f"--chars={p.chars}",
-                f"--every={p.every}",
-                f"--base-ms={base_ms}",
-                f"--out={prod_out}",
-                cwd=ROOT,
-            )
-            try:
-                await asyncio.wait_for(prod.wait(), args.seconds + 60.0)
-            except TimeoutError:
-                prod.kill()
-                await prod.wait()
+            prod = await _producer(tag, p, broker.port, base_ms, work)
+            if not await _produced(prod, args.seconds):
                 out["error"] = "the producer did not finish in time"
             # every value processed and every alarm event published, bounded
             deadline = time.monotonic() + 30.0
@@ -754,18 +731,191 @@ async def _one(
         async with asyncio.timeout(args.seconds + 180.0):
             await asyncio.gather(gw.run(stop), drive())
     finally:
-        if sub.returncode is None:
-            assert sub.stdin is not None
-            sub.stdin.close()
-            try:
-                await asyncio.wait_for(sub.wait(), 20.0)
-            except TimeoutError:
-                sub.kill()
-                await sub.wait()
-    if "error" in out:
-        return out
-    produced = json.loads(prod_out.read_text())
-    got = json.loads(sub_out.read_text())
+        await _stop_subscriber(sub)
+    if "error" not in out:
+        _results(out, rate, work, probes)
+    return out
+
+
+async def _floor(
+    rate: int, *, tmp: Path, broker: Any, args: argparse.Namespace, base_ms: int
+) -> dict[str, Any]:
+    """The same run with a relay in place of the gateway: what the path costs without SPC.
+
+    The relay connects as the gateway does (its MQTT source client and alarm
+    publisher link, the gateway's configuration for this rate), takes every
+    message off its connection, and for a planted value (a byte test, no JSON
+    parse of the others) writes a raised event to a SQLite outbox (WAL,
+    ``synchronous=FULL``: one fsync'd commit, as ``durability: full`` pays)
+    and publishes it QoS 1 without waiting for the PUBACK. Everything the
+    gateway adds (mapping, SPC, rules, the alarm lifecycle, its alarm file, the
+    InfluxDB sink) is missing, so its latency is a floor for the gateway's on
+    this machine at this rate.
+    """
+    import sqlite3
+
+    import orjson
+
+    from collector.config import parse_config
+    from connectors.mqtt.client import MqttClient, MqttLink, Outgoing
+
+    tag = f"r{rate}-floor"
+    p = plan(rate, args.seconds, args.chars, args.plants_per_s)
+    # the gateway's configuration of this rate (no sink is started: port 1 is never used)
+    cfg_text = config_text(rate, args.chars, broker.port, 1, "full")
+    cfg, models = parse_config(cfg_text.replace(f"r{rate}-full", tag))
+    work = tmp / tag
+    work.mkdir()
+    probes: dict[str, dict[str, int]] = {"received": {}, "committed": {}, "publishing": {}}
+    fsyncs: list[int] = []
+    out: dict[str, Any] = {"rate": rate, "relay": "floor", "messages": p.messages}
+    db = sqlite3.connect(work / "outbox.db", isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("CREATE TABLE outbox (seq INTEGER PRIMARY KEY, topic TEXT, payload BLOB)")
+    status = f"{PREFIX}/gateway/bench-lat-{tag}/status"
+    topic = f"{PREFIX}/alarm/bench/a/l1/st-{tag}/c/x/nelson-1"
+    source = MqttClient(models["mqtt"], "floor relay")
+    assert cfg.alarms.mqtt is not None
+    link = MqttLink(
+        cfg.alarms.mqtt,
+        f"bench-floor-{tag}",
+        will=Outgoing(status, b'{"state":"offline"}', 1, True),
+    )
+    seen = [0]
+
+    async def relay() -> None:
+        await source.connect()
+        await source.subscribe([(s.topic, 1) for s in models["mqtt"].subscriptions])
+        await link.connect()
+        await link.publish_many([Outgoing(status, b'{"state":"online"}', 1, True)])
+        while True:
+            msgs = await source.receive(1000)
+            seen[0] += len(msgs)
+            for m in msgs:
+                if b'"s":"p' not in m.payload:
+                    continue
+                now = time.monotonic_ns()
+                doc = orjson.loads(m.payload)
+                serial = doc["s"]
+                # read off the socket at received_us (wall clock), as the gateway's probe maps it
+                probes["received"][serial] = m.received_us * 1000 - (time.time_ns() - now)
+                body = orjson.dumps({"event": "raised", "part_serial": serial, "value": doc["v"]})
+                db.execute("BEGIN")
+                db.execute("INSERT INTO outbox (topic, payload) VALUES (?, ?)", (topic, body))
+                db.execute("COMMIT")
+                done = time.monotonic_ns()
+                fsyncs.append(done - now)
+                probes["committed"][serial] = done
+                probes["publishing"][serial] = done
+                link.publish_nowait([Outgoing(topic, body, 1, False)])
+            source.ack(msgs)
+
+    sub = await _subscriber(tag, broker.port, work)
+    task = asyncio.create_task(relay())
+    try:
+        error = await _subscribed(sub)
+        if error:
+            out["error"] = error
+            return out
+        cpu0 = time.process_time()
+        prod = await _producer(tag, p, broker.port, base_ms, work)
+        if not await _produced(prod, args.seconds):
+            out["error"] = "the producer did not finish in time"
+            return out
+        deadline = time.monotonic() + 30.0
+        while seen[0] < p.messages and time.monotonic() < deadline and not task.done():
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # the last events on their way to the subscriber
+        out["cpu_seconds"] = {"relay_process": round(time.process_time() - cpu0, 2)}
+        if task.done():
+            task.result()  # the relay failed: say why
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await source.close()
+        await link.close(b'{"state":"offline"}')
+        db.close()
+        await _stop_subscriber(sub)
+    _results(out, rate, work, probes)
+    out["stages_ms"]["outbox_commit_fsync"] = _pct(fsyncs)
+    return out
+
+
+async def _subscriber(tag: str, port: int, work: Path) -> asyncio.subprocess.Process:
+    """Start the subscriber process of one run (alarm topics and status of ``tag``)."""
+    return await asyncio.create_subprocess_exec(
+        *HERE,
+        "subscriber",
+        f"--port={port}",
+        f"--alarms={PREFIX}/alarm/bench/a/l1/st-{tag}/#",
+        f"--status={PREFIX}/gateway/bench-lat-{tag}/status",
+        f"--out={work / 'subscriber.json'}",
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+
+
+async def _subscribed(sub: asyncio.subprocess.Process) -> str | None:
+    """Wait until the subscriber subscribed and saw the status online; the error otherwise."""
+    assert sub.stdout is not None
+    if not await _line(sub.stdout, "subscribed", 15.0):
+        return "the subscriber did not subscribe within 15 s"
+    if not await _line(sub.stdout, "online", 15.0):
+        return "the alarm publisher did not come online within 15 s"
+    return None
+
+
+async def _stop_subscriber(sub: asyncio.subprocess.Process) -> None:
+    """Close the subscriber's stdin (it then writes its file and exits); kill it if it hangs."""
+    if sub.returncode is None:
+        assert sub.stdin is not None
+        sub.stdin.close()
+        try:
+            await asyncio.wait_for(sub.wait(), 20.0)
+        except TimeoutError:
+            sub.kill()
+            await sub.wait()
+
+
+async def _producer(
+    tag: str, p: Plan, port: int, base_ms: int, work: Path
+) -> asyncio.subprocess.Process:
+    """Start the producer process of one run."""
+    return await asyncio.create_subprocess_exec(
+        *HERE,
+        "producer",
+        f"--port={port}",
+        f"--prefix=bench/{tag}",
+        f"--rate={p.rate}",
+        f"--messages={p.messages}",
+        f"--chars={p.chars}",
+        f"--every={p.every}",
+        f"--base-ms={base_ms}",
+        f"--out={work / 'producer.json'}",
+        cwd=ROOT,
+    )
+
+
+async def _produced(prod: asyncio.subprocess.Process, seconds: float) -> bool:
+    """Wait for the producer to finish; False (and killed) when it takes too long."""
+    try:
+        await asyncio.wait_for(prod.wait(), seconds + 60.0)
+    except TimeoutError:
+        prod.kill()
+        await prod.wait()
+        return False
+    return True
+
+
+def _results(
+    out: dict[str, Any], rate: int, work: Path, probes: Mapping[str, Mapping[str, int]]
+) -> None:
+    """Add the producer's and subscriber's figures and the latency summary to ``out``."""
+    produced = json.loads((work / "producer.json").read_text())
+    got = json.loads((work / "subscriber.json").read_text())
     out["producer"] = {k: produced[k] for k in ("sent", "acked", "achieved_rate")}
     out["producer"]["late_over_1ms_share"] = produced["late_over_1ms_share"]
     out["producer"]["max_lag_ms"] = produced["max_lag_ms"]
@@ -773,7 +923,6 @@ async def _one(
     out.update(summarize(rate, planted, got["raised"], probes))
     out["unplanted_alarms"] = got["unplanted_raised"]
     out["alarm_events_received"] = got["events"]
-    return out
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -818,6 +967,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 victoria_metrics(tmp / "vm") as vm,
             ):
                 i = 0
+                for rate in args.rates if args.floor else ():
+                    results["runs"][f"floor/{rate}"] = asyncio.run(
+                        _floor(
+                            rate,
+                            tmp=tmp,
+                            broker=broker,
+                            args=args,
+                            base_ms=base_ms + i * 10_000_000,
+                        )
+                    )
+                    i += 1
                 for durability in args.durability:
                     for rate in args.rates:
                         results["runs"][f"{durability}/{rate}"] = asyncio.run(
@@ -850,6 +1010,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--plants-per-s", type=float, default=20.0, help="planted alarms per second")
     ap.add_argument("--durability", default="full", help="alarms.durability values: full,normal")
     ap.add_argument("--quick", action="store_true", help="2 s per rate")
+    ap.add_argument(
+        "--floor",
+        action="store_true",
+        help="also run a relay in place of the gateway (MQTT in, fsync'd outbox, MQTT out): "
+        "the latency floor of this machine, rows floor/<rate>",
+    )
     ap.add_argument(
         "--broker-inflight",
         type=int,

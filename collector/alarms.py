@@ -72,6 +72,7 @@ import hashlib
 import json
 import logging
 import math
+import operator
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -390,8 +391,20 @@ _UPSERT = (
 )
 
 
+# an alarm's payload is written once, when it is raised: later events change only its state
+_CHANGING = tuple(c for c in _COLUMNS if c not in ("alarm_id", "payload"))
+_UPDATE = f"UPDATE alarms SET {', '.join(f'{c} = ?' for c in _CHANGING)} WHERE alarm_id = ?"
+
+
+_ALL = operator.attrgetter(*_COLUMNS)
+_PAYLOAD = _COLUMNS.index("payload")
+_changes = operator.attrgetter(*_CHANGING, "alarm_id")  # the parameters of _UPDATE
+
+
 def _row(a: _Alarm) -> tuple:
-    return tuple(_dumps(a.payload).decode() if c == "payload" else getattr(a, c) for c in _COLUMNS)
+    row = list(_ALL(a))
+    row[_PAYLOAD] = _dumps(a.payload).decode()
+    return tuple(row)
 
 
 def _from_row(row: Sequence[Any]) -> _Alarm:
@@ -420,6 +433,7 @@ class _Work:
     def __init__(self, now_us: int) -> None:
         self.now_us = now_us
         self.dirty: dict[str, _Alarm] = {}
+        self.new: set[str] = set()  # alarms raised in this call (their rows are inserted)
         self.journal: list[dict[str, Any]] = []
         self.messages: list[tuple[str, str, bool, dict[str, Any]]] = []  # kind, topic, retain, p
         self.lines: list[tuple[_Alarm, str, int, dict[str, Any]]] = []
@@ -865,7 +879,14 @@ class AlarmManager:
                 if kind == "alarm":
                     p["seq"] = next(seqs)
         if w.dirty:
-            tx.executemany(_UPSERT, [_row(a) for a in w.dirty.values()])
+            new = w.new
+            rows = [_row(a) for a in w.dirty.values() if a.alarm_id in new]
+            if rows:
+                tx.executemany(_UPSERT, rows)
+            if len(rows) < len(w.dirty):
+                tx.executemany(
+                    _UPDATE, [_changes(a) for a in w.dirty.values() if a.alarm_id not in new]
+                )
         for sql, params in w.sql:
             tx.execute(sql, params)
         if w.marks:
@@ -1288,6 +1309,7 @@ class AlarmManager:
             action_code=None,
             payload=base,
         )
+        w.new.add(aid)
         flood = self._flood_rate(w, i, t)
         if flood is not None:
             a.published, a.held = 0, f"flood:{flood.alarm.alarm_id}"  # type: ignore[union-attr]
@@ -1410,6 +1432,7 @@ class AlarmManager:
             float(len(fl.times)), None, 0, None, None, None, None, None, None, base,
         )  # fmt: skip
         fl.alarm = a
+        w.new.add(aid)
         self._open[aid] = a
         self._event(w, a, "raised", publish=True, extra={"held": 0}, line_time=sample_time)
         w.out.raised += 1

@@ -103,10 +103,26 @@ def test_config_loads() -> None:
 
 @pytest.mark.integration
 def test_tiny_run_matches_every_planted_alarm() -> None:
-    """mosquitto + VictoriaMetrics + the gateway for 1 s at 500 msg/s: every plant alarmed, nothing else."""
+    """mosquitto + VictoriaMetrics + the gateway (and the floor relay) for 1 s at 500 msg/s: every
+    plant alarmed, nothing else."""
     require_binary("mosquitto")
     require_binary("victoria-metrics")
-    out = main(["--rates", "500", "--seconds", "1", "--chars", "10", "--plants-per-s", "20"])
+    out = main(
+        ["--rates", "500", "--seconds", "1", "--chars", "10", "--plants-per-s", "20", "--floor"]
+    )
+    floor = out["runs"]["floor/500"]  # the relay in place of the gateway
+    assert "error" not in floor, floor
+    assert floor["planted"] == floor["matched"] == 20
+    assert floor["unplanted_alarms"] == 0
+    assert floor["producer"]["sent"] == floor["producer"]["acked"] == 500
+    assert set(floor["stages_ms"]) == {
+        "producer_lag",
+        "publish_to_receive",
+        "commit_to_publish",
+        "publish_to_subscriber",
+        "outbox_commit_fsync",
+    }
+    assert floor["stages_ms"]["outbox_commit_fsync"]["max"] > 0
     run = out["runs"]["full/500"]
     assert "error" not in run, run
     assert run["planted"] == 20
