@@ -1310,7 +1310,7 @@ class Gateway:
         if now - self._last_metrics < self.metrics_interval_s:
             return
         self._last_metrics = now
-        self.stats.outbox_pending = self.outbox.counts().streams.get(STREAM, _NO_COUNTS).pending
+        self.stats.outbox_pending = await self._pending()
         now_us = _now_us()
         lines = [
             gateway_line(
@@ -1387,6 +1387,12 @@ class Gateway:
             except (OSError, ValueError) as exc:
                 log.error("could not save state to %s: %s", self.data_dir, exc)
 
+    async def _pending(self) -> int:
+        """Series entries waiting in the outbox. Read in a worker thread: the outbox lock may be
+        held by a commit of the appender, and the loop must not wait for it (alarms do not)."""
+        counts = await self._aio.counts()
+        return counts.streams.get(STREAM, _NO_COUNTS).pending
+
     async def _drain_loop(self) -> None:
         deadline: float | None = None
         while True:
@@ -1407,12 +1413,12 @@ class Gateway:
             if entries:
                 await self._deliver(entries)
             else:
-                pending = self.outbox.counts().streams.get(STREAM, _NO_COUNTS).pending
+                pending = await self._pending()
                 self.stats.outbox_pending = pending
                 if deadline is not None and pending == 0:
                     return
             if deadline is not None and time.monotonic() > deadline:
-                pending = self.outbox.counts().streams.get(STREAM, _NO_COUNTS).pending
+                pending = await self._pending()
                 self.stats.outbox_pending = pending
                 if pending:
                     log.warning(

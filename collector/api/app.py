@@ -850,12 +850,16 @@ def _alarms_router() -> APIRouter:
             if since_us is not None:
                 where.append("raised_us >= ?")
                 params.append(since_us)
-            found = gw.alarms.outbox.query(
+            sql = (
                 f"SELECT alarm_id FROM alarms WHERE {' AND '.join(where)} "
-                "ORDER BY raised_us DESC, alarm_id LIMIT ?",
-                (*params, limit),
+                "ORDER BY raised_us DESC, alarm_id LIMIT ?"
             )
-            rows = [a for a in (gw.alarms.get(r[0]) for r in found) if a is not None]
+
+            def closed() -> list[dict[str, Any]]:
+                found = gw.alarms.outbox.query(sql, (*params, limit))
+                return [a for a in (gw.alarms.get(r[0]) for r in found) if a is not None]
+
+            rows = await asyncio.to_thread(closed)  # a history query: off the loop
         out = []
         for a in rows:
             if line is not None and line not in (a["line"], f"{a['site']}/{a['area']}/{a['line']}"):
@@ -885,8 +889,8 @@ def _alarms_router() -> APIRouter:
     ) -> list[dict[str, Any]]:
         """Acknowledged alarms counted by assignable cause (or 5M1E category), most frequent first."""
         gw = _api(request).gateway
-        rows = gw.alarms.pareto(
-            _time(since, "since"), _time(until, "until"), line, characteristic, by
+        rows = await asyncio.to_thread(  # a history query: off the loop
+            gw.alarms.pareto, _time(since, "since"), _time(until, "until"), line, characteristic, by
         )
         return [{"category": c, "code": k, "text": t, "count": n} for c, k, t, n in rows]
 
@@ -964,7 +968,9 @@ def _alarms_router() -> APIRouter:
         path = None
         if characteristic is not None:
             path = gw.chars[_char_index(gw, characteristic)].path
-        rows = gw.alarms.journal(_time(since, "since"), _time(until, "until"), path, limit)
+        rows = await asyncio.to_thread(  # a history query: off the loop
+            gw.alarms.journal, _time(since, "since"), _time(until, "until"), path, limit
+        )
         return [_jsonable(r) for r in rows]
 
     return r
@@ -991,7 +997,7 @@ def _health_router() -> APIRouter:
                         **asdict(c.stats),
                     }
                 )
-        counts = gw.outbox.counts()
+        counts = await asyncio.to_thread(gw.outbox.counts)  # the loop never waits for its lock
         return {
             "gateway": gw.gateway_id,
             "connectors": conns,
@@ -1001,6 +1007,22 @@ def _health_router() -> APIRouter:
         }
 
     return r
+
+
+def _store_problems(gw: Any) -> list[str]:
+    """Why the outbox or the alarm store is not usable (empty when both are)."""
+    reasons = []
+    try:
+        gw.outbox.counts()
+        if not os.access(gw.outbox.path, os.W_OK):
+            reasons.append(f"outbox {gw.outbox.path}: not writable")
+    except Exception as exc:
+        reasons.append(f"outbox: {exc}")
+    try:
+        gw.alarms.counts()
+    except Exception as exc:
+        reasons.append(f"alarm store: {exc}")
+    return reasons
 
 
 def _probe_routes(app: FastAPI) -> None:
@@ -1018,16 +1040,8 @@ def _probe_routes(app: FastAPI) -> None:
         for s in gw.sources:
             if s.stats.state not in _READY_STATES:
                 reasons.append(f"source {s.name}: {s.stats.state}")
-        try:
-            gw.outbox.counts()
-            if not os.access(gw.outbox.path, os.W_OK):
-                reasons.append(f"outbox {gw.outbox.path}: not writable")
-        except Exception as exc:
-            reasons.append(f"outbox: {exc}")
-        try:
-            gw.alarms.counts()
-        except Exception as exc:
-            reasons.append(f"alarm store: {exc}")
+        # in a worker thread: a store's lock may be held by a commit, the loop must not wait
+        reasons += await asyncio.to_thread(_store_problems, gw)
         body = {"ready": not reasons, "reasons": reasons}
         return JSONResponse(body, status_code=503 if reasons else 200)
 
@@ -1040,7 +1054,8 @@ def _probe_routes(app: FastAPI) -> None:
 
             p = await current_principal(request)
             await require("operator")(p)
-        return Response(api.metrics.render(), media_type=CONTENT_TYPE)
+        # rendered in a worker thread: it reads the stores' counts, whose locks commits hold
+        return Response(await asyncio.to_thread(api.metrics.render), media_type=CONTENT_TYPE)
 
 
 # --------------------------------------------------------------------------- the app
