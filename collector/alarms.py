@@ -1865,14 +1865,30 @@ class AlarmManager:
     def get(self, alarm_id: str) -> dict[str, Any] | None:
         """One alarm (open or closed within retention) with its raise payload fields, or None."""
         a = self._lookup(alarm_id)
-        if a is None:
-            return None
+        return None if a is None else self._describe(a)
+
+    def _describe(self, a: _Alarm) -> dict[str, Any]:
         shelf = self._shelves.get(a.point)
         out = _public(a, shelf[0] if shelf else None)
         out["payload"] = a.payload
         return out
 
-    @_locked
+    def find(self, where: str, params: Sequence[Any], limit: int) -> list[dict[str, Any]]:
+        """Stored alarms matching ``where`` (an SQL condition on the ``alarms`` table with
+        ``params``), newest raised first, at most ``limit``; as :meth:`get` describes them.
+
+        The query runs on a snapshot of the file (:meth:`Outbox.snapshot`) without the
+        manager's lock, so a long history search never holds up judging or its commits.
+        """
+        rows = self._outbox.snapshot(
+            f"SELECT {', '.join(_COLUMNS)} FROM alarms WHERE {where} "
+            "ORDER BY raised_us DESC, alarm_id LIMIT ?",
+            (*params, int(limit)),
+        )
+        found = [_from_row(r) for r in rows]
+        with self._lock:
+            return [self._describe(self._open.get(a.alarm_id, a)) for a in found]
+
     def journal(
         self,
         since_us: int | None = None,
@@ -1895,7 +1911,7 @@ class AlarmManager:
             "id, time_us, event, alarm_id, path, chart, rule, seq, published, count, user, "
             "comment, reason, cause_category, cause_code, action_code, payload"
         )
-        rows = self._outbox.query(
+        rows = self._outbox.snapshot(  # no lock held: a long search never holds up judging
             f"SELECT {cols} FROM journal WHERE {' AND '.join(where)} ORDER BY id LIMIT ?",
             (*params, int(limit)),
         )
@@ -1907,7 +1923,6 @@ class AlarmManager:
             out.append(d)
         return out
 
-    @_locked
     def pareto(
         self,
         since_us: int | None = None,
@@ -1939,7 +1954,7 @@ class AlarmManager:
             params += [characteristic, characteristic]
         group = "cause_category, cause_code" if by == "cause" else "cause_category"
         code_col = "cause_code" if by == "cause" else "''"
-        rows = self._outbox.query(
+        rows = self._outbox.snapshot(  # no lock held: a long search never holds up judging
             f"SELECT cause_category, {code_col}, count(*) "
             f"FROM alarms WHERE {' AND '.join(where)} GROUP BY {group}",
             params,

@@ -437,6 +437,9 @@ class Outbox:
         self._lock = threading.Lock()
         self._sync_now: str | None = None
         self._tx_thread: int | None = None  # the thread inside transaction(), if any
+        self._busy_timeout = busy_timeout
+        self._readers: list[sqlite3.Connection] = []  # idle read-only connections (snapshot)
+        self._lock_readers = threading.Lock()
         self._conn: sqlite3.Connection | None = self._open(busy_timeout)
 
     # -- opening -------------------------------------------------------------------
@@ -752,6 +755,46 @@ class Outbox:
         """Read rows of the caller's own tables (see ``tables``) or of the outbox's."""
         with self._read(f"query {sql.split(None, 2)[:2]}") as conn:
             return conn.execute(sql, params).fetchall()
+
+    def snapshot(
+        self, sql: str, params: Sequence[object] | Mapping[str, object] = ()
+    ) -> list[tuple]:
+        """As :meth:`query`, on a read-only connection of its own (a WAL snapshot of the last
+        commit): it neither takes the outbox's lock nor waits for a writer, and writers do not
+        wait for it. For history queries that may scan (journals, Pareto, closed records)
+        from worker threads while the owner keeps committing."""
+        what = f"snapshot {sql.split(None, 2)[:2]}"
+        conn = self._reader(what)
+        try:
+            return conn.execute(sql, params).fetchall()
+        except sqlite3.Error as e:
+            raise self._translate(e, what) from e
+        finally:
+            with self._lock_readers:
+                if self._conn is not None:
+                    self._readers.append(conn)
+                    conn = None  # type: ignore[assignment]
+            if conn is not None:  # the outbox was closed meanwhile
+                conn.close()
+
+    def _reader(self, what: str) -> sqlite3.Connection:
+        with self._lock_readers:
+            if self._conn is None:
+                raise OutboxError(self.path, "the outbox is closed")
+            if self._readers:
+                return self._readers.pop()
+        try:
+            conn = sqlite3.connect(
+                f"{self.path.resolve().as_uri()}?mode=ro",
+                uri=True,
+                timeout=self._busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            conn.execute("PRAGMA query_only=1")
+        except sqlite3.Error as e:
+            raise self._translate(e, what) from e
+        return conn
 
     def counter(self, name: str) -> int:
         """The last value drawn from counter ``name`` (0 if never drawn)."""
@@ -1094,8 +1137,12 @@ class Outbox:
         """Close the file (idempotent). SQLite checkpoints the WAL into the main file."""
         self._acquire()
         try:
-            if self._conn is not None:
+            with self._lock_readers:
+                readers, self._readers = self._readers, []
                 conn, self._conn = self._conn, None
+            for reader in readers:
+                reader.close()
+            if conn is not None:
                 conn.close()
         finally:
             self._lock.release()

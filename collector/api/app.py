@@ -850,16 +850,9 @@ def _alarms_router() -> APIRouter:
             if since_us is not None:
                 where.append("raised_us >= ?")
                 params.append(since_us)
-            sql = (
-                f"SELECT alarm_id FROM alarms WHERE {' AND '.join(where)} "
-                "ORDER BY raised_us DESC, alarm_id LIMIT ?"
+            rows = await asyncio.to_thread(  # a history query: off the loop
+                gw.alarms.find, " AND ".join(where), params, limit
             )
-
-            def closed() -> list[dict[str, Any]]:
-                found = gw.alarms.outbox.query(sql, (*params, limit))
-                return [a for a in (gw.alarms.get(r[0]) for r in found) if a is not None]
-
-            rows = await asyncio.to_thread(closed)  # a history query: off the loop
         out = []
         for a in rows:
             if line is not None and line not in (a["line"], f"{a['site']}/{a['area']}/{a['line']}"):

@@ -818,6 +818,35 @@ def test_queries_journal_get_and_prefix(mk) -> None:
     assert [a["path"] for a in m.active("S1/A1/L1/ST1/c1")] == ["S1/A1/L1/ST1/c1"]
 
 
+def test_history_searches_hold_no_lock_judging_needs(mk) -> None:
+    """journal() and pareto() read a snapshot without the manager's lock, so a long search
+    from the API never holds up judging; find() searches so too (it takes the lock only to
+    describe what it found, as get() does)."""
+    import threading
+
+    m = mk()
+    a0 = m.judge(batch([(0, "x", bits("N1"), T0)]), T0).events[0]["alarm_id"]
+    m.ack(a0, "wang", cause="MC-FAULT", now_us=T0 + S)
+    m.judge(batch([(1, "x", bits("N1"), T0 + 1)]), T0 + S)
+    out: dict[str, Any] = {}
+
+    def search() -> None:
+        out["journal"] = m.journal()
+        out["pareto"] = m.pareto()
+
+    with m._lock:  # as judging holds it
+        t = threading.Thread(target=search, daemon=True)
+        t.start()
+        t.join(10)
+        assert not t.is_alive(), "a history search waited for the manager's lock"
+    assert [j["event"] for j in out["journal"]] == ["raised", "acknowledged", "raised"]
+    assert out["pareto"] == [("machine", "MC-FAULT", "Machine fault", 1)]
+    found = m.find("status != ?", ("closed",), 10)
+    assert [a["path"] for a in found] == ["S1/A1/L1/ST1/c1", "S1/A1/L1/ST1/c0"]
+    assert found == [m.get(a["alarm_id"]) for a in found]
+    assert m.find("path = ?", ("S1/A1/L1/ST1/c0",), 1) == [m.get(a0)]
+
+
 def test_concurrent_acks_and_judging(mk) -> None:
     """The API/MQTT thread may ack while the pipeline judges: seqs stay gapless and unique."""
     import threading

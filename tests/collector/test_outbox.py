@@ -434,3 +434,45 @@ async def test_async_query(path: Path) -> None:
         with ob.transaction() as tx:
             tx.execute("INSERT INTO states VALUES ('k', 'v')")
         assert await ob.aio.query("SELECT value FROM states") == [("v",)]
+
+
+def _in_thread(fn, timeout: float = 10.0):
+    """Run ``fn`` in a thread; its result, or an AssertionError when it is still waiting."""
+    out: list = []
+    t = threading.Thread(target=lambda: out.append(fn()), daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), "still waiting (for a lock?)"
+    return out[0]
+
+
+def test_snapshot_reads_the_last_commit_while_a_transaction_holds_the_lock(outbox: Outbox) -> None:
+    outbox.append("s", [b"a", b"b"])
+    count = "SELECT count(*) FROM entries"
+    with outbox.transaction() as tx:
+        tx.append("s", [b"c"])
+        # the outbox's own reads wait for the lock; a snapshot does not, and sees the commit
+        assert _in_thread(lambda: outbox.snapshot(count)) == [(2,)]
+    assert outbox.snapshot(count) == [(3,)]
+    assert outbox.query(count) == [(3,)]
+
+
+def test_snapshot_reuses_its_connection_and_cannot_write(outbox: Outbox) -> None:
+    outbox.append("s", [b"a"])
+    for _ in range(3):
+        assert outbox.snapshot("SELECT count(*) FROM entries WHERE stream_id > ?", (0,)) == [(1,)]
+    assert len(outbox._readers) == 1  # one idle reader, reused
+    with pytest.raises(OutboxError, match="snapshot"):
+        outbox.snapshot("DELETE FROM entries")
+    assert outbox.query("SELECT count(*) FROM entries") == [(1,)]
+
+
+def test_snapshot_after_close_is_a_clear_error(path: Path) -> None:
+    ob = Outbox(path, synchronous="NORMAL")
+    assert ob.snapshot("SELECT 1") == [(1,)]
+    reader = ob._readers[0]
+    ob.close()
+    with pytest.raises(sqlite3.ProgrammingError):
+        reader.execute("SELECT 1")  # closed with the outbox
+    with pytest.raises(OutboxError, match="closed"):
+        ob.snapshot("SELECT 1")
