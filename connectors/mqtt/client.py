@@ -250,6 +250,8 @@ class _OnLoop:
         self._thread: int | None = None
         self._sock: Any = None
         self._misc: asyncio.TimerHandle | None = None
+        self._write_soon = False  # a write attempt is scheduled (see _want_write)
+        self._writer = False  # the selector watches the socket for writability
         client.on_socket_open = self._on_open
         client.on_socket_close = self._on_close
         client.on_socket_register_write = self._on_want_write
@@ -298,6 +300,7 @@ class _OnLoop:
         if self._sock is not sock or self.loop is None:
             return
         self._sock = None
+        self._writer = False
         with contextlib.suppress(ValueError, OSError):
             self.loop.remove_reader(sock)
         with contextlib.suppress(ValueError, OSError):
@@ -307,11 +310,27 @@ class _OnLoop:
             self._misc = None
 
     def _want_write(self, sock: Any) -> None:
-        if self._sock is sock and self.loop is not None:
-            self.loop.add_writer(sock, self.client.loop_write)
+        # paho queued a packet. Whoever queued it usually flushes at once (acks, publishes),
+        # and a loopback socket takes it whole: registering a writer first would cost two
+        # epoll_ctl calls and a selector turn per write. So the write is tried in the next
+        # turn, and the selector is asked only for what the socket could not take.
+        if self._sock is sock and self.loop is not None and not self._write_soon:
+            self._write_soon = True
+            self.loop.call_soon(self._write_now, sock)
+
+    def _write_now(self, sock: Any) -> None:
+        self._write_soon = False
+        client = self.client
+        if self._sock is not sock or self.loop is None or not client.want_write():
+            return
+        client.loop_write()
+        if self._sock is sock and client.want_write() and not self._writer:
+            self._writer = True
+            self.loop.add_writer(sock, client.loop_write)
 
     def _no_write(self, sock: Any) -> None:
-        if self._sock is sock and self.loop is not None:
+        if self._sock is sock and self.loop is not None and self._writer:
+            self._writer = False
             with contextlib.suppress(ValueError, OSError):
                 self.loop.remove_writer(sock)
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
 from connectors.base import ConnectorError
-from connectors.mqtt.client import MqttClient, _Client
+from connectors.mqtt.client import MqttClient, _Client, _OnLoop
 from connectors.mqtt.config import MqttSourceConfig
 
 
@@ -241,6 +241,84 @@ def test_acks_of_a_batch_are_one_write() -> None:
         assert sends == [12]
         assert b.recv(100) == b"\x40\x02\x00\x01\x40\x02\x01\x02\x40\x02\xff\xff"
     finally:
+        a.close()
+        b.close()
+
+
+class _Writers:
+    """Counts the writers an _OnLoop registers with the event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.added = 0
+        self.removed = 0
+        add, remove = loop.add_writer, loop.remove_writer
+
+        def add_writer(*args: Any) -> None:
+            self.added += 1
+            add(*args)
+
+        def remove_writer(*args: Any) -> bool:
+            self.removed += 1
+            return remove(*args)
+
+        loop.add_writer = add_writer  # type: ignore[method-assign]
+        loop.remove_writer = remove_writer  # type: ignore[method-assign]
+
+
+def _on_loop(a: socket.socket) -> tuple[_Client, _OnLoop]:
+    a.setblocking(False)
+    client = _Client(CallbackAPIVersion.VERSION2, client_id="unit", manual_ack=True)
+    io = _OnLoop(client, "unit")
+    io.bind(asyncio.get_running_loop())
+    client._sock = a
+    io._attach(a)
+    return client, io
+
+
+async def test_a_write_the_socket_takes_whole_needs_no_writer() -> None:
+    a, b = socket.socketpair()
+    try:
+        writers = _Writers(asyncio.get_running_loop())
+        client, io = _on_loop(a)
+        for mid in range(1, 50):
+            client.ack_many([mid])  # paho asks for a writer ...
+            io.flush()  # ... and the write is done before the selector would be asked
+            await asyncio.sleep(0)
+        assert b.recv(1000) == b"".join(b"\x40\x02" + m.to_bytes(2, "big") for m in range(1, 50))
+        assert (writers.added, writers.removed) == (0, 0)
+        client.ack_many([7])  # not flushed: written in the next turn, still without a writer
+        await asyncio.sleep(0)
+        assert b.recv(100) == b"\x40\x02\x00\x07"
+        assert writers.added == 0 and not client.want_write()
+    finally:
+        io._detach(a)
+        a.close()
+        b.close()
+
+
+async def test_a_write_larger_than_the_socket_buffer_waits_for_the_selector() -> None:
+    a, b = socket.socketpair()
+    try:
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        b.setblocking(False)
+        loop = asyncio.get_running_loop()
+        writers = _Writers(loop)
+        client, io = _on_loop(a)
+        mids = list(range(1, 65536)) * 4  # about 1 MiB of PUBACKs in one queued packet
+        want = b"".join(b"\x40\x02" + m.to_bytes(2, "big") for m in mids)
+        client.ack_many(mids)
+        got = bytearray()
+        async with asyncio.timeout(30):
+            while len(got) < len(want):
+                got += await loop.sock_recv(b, 65536)
+        assert bytes(got) == want
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert writers.added == 1 and writers.removed == 1  # asked once, released when done
+        assert not client.want_write()
+    finally:
+        io._detach(a)
         a.close()
         b.close()
 
