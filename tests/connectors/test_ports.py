@@ -14,6 +14,7 @@ import asyncio
 import gc
 import socket
 import time
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -47,6 +48,19 @@ async def accepting(port: int, turns: int) -> socket.socket:
     for _ in range(turns):
         await asyncio.sleep(0)
     return client
+
+
+async def closes_the_accepted_client(
+    port: int, turns: int, stop: Callable[[], Awaitable[None]]
+) -> None:
+    """A client connects, the server's loop gets ``turns`` turns, ``stop`` closes the client."""
+    client = await accepting(port, turns)
+    try:
+        await asyncio.wait_for(stop(), 10)
+        assert await closed_by_peer(client)
+    finally:
+        client.close()
+    gc.collect()  # a half-made transport would warn here (warnings are errors)
 
 
 class Tracked(asyncio.Protocol):
@@ -95,13 +109,7 @@ async def test_the_modbus_station_server_closes_a_connection_accepted_as_it_stop
     port = free_port()
     server = StationServer("127.0.0.1", port)
     await server.start()
-    client = await accepting(port, turns)
-    try:
-        await asyncio.wait_for(server.stop(), 10)
-        assert await closed_by_peer(client)
-    finally:
-        client.close()
-    gc.collect()
+    await closes_the_accepted_client(port, turns, server.stop)
 
 
 @pytest.mark.integration
@@ -114,11 +122,5 @@ async def test_the_opcua_station_server_closes_a_connection_accepted_as_it_stops
     port = free_port()
     server = StationServer(f"opc.tcp://127.0.0.1:{port}/", "urn:shopspc:test", "test")
     await server.start("st", {"st.x": 0.0}, writable=[])
-    client = await accepting(port, turns)
-    try:
-        # asyncua waits for the connections it missed to end: with this client open, forever.
-        await asyncio.wait_for(server.stop(), 10)
-        assert await closed_by_peer(client)
-    finally:
-        client.close()
-    gc.collect()
+    # asyncua waits for the connections it missed to end: with this client open, forever
+    await closes_the_accepted_client(port, turns, server.stop)
