@@ -19,7 +19,7 @@ __all__ = ["check_listening", "check_port_free", "stop_server"]
 
 _CONNECT_CHECK_S = 5.0
 _CLOSE_WAIT_S = 2.0
-# Loop turns a connection accepted just before the listener closed needs to reach its
+# Loop turns a connection accepted just before accepting stopped needs to reach its
 # protocol: one for the task that makes its transport, one for connection_made, one spare.
 _ACCEPT_TURNS = 3
 
