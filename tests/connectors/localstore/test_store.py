@@ -341,3 +341,23 @@ def test_drop_oldest_deletes_the_oldest_part_of_the_span(store: SeriesStore) -> 
     assert [r.time_us for r in store.query("spc", limit=None)] == [T0 + 900]
     with pytest.raises(ValueError, match="fraction"):
         store.drop_oldest(0)
+
+
+def test_a_large_batch_lets_other_threads_run_every_32_lines(
+    store: SeriesStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway writes from a worker thread: parsing and preparing rows give the
+    interpreter lock away every 32 lines, so the event loop never waits a whole switch
+    interval (5 ms) for it. What is stored is the same, malformed lines too."""
+    import connectors.localstore.store as module
+
+    yields: list[int] = []
+    monkeypatch.setattr(module, "_yield_gil", lambda: yields.append(1))
+    lines = [spc("bore", T0 + k, float(k)) for k in range(100)]
+    lines[40] = "spc v=1"  # refused, still counted as a line parsed
+    result = store.write_lines(lines)
+    assert (result.accepted, result.points) == (99, 99)
+    assert [e.index for e in result.errors] == [40]
+    # parsing: at items 32, 64, 96; preparing rows: at points 32, 64, 96
+    assert len(yields) == 6
+    assert len(store.query("spc", limit=1000)) == 99
