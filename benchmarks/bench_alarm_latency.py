@@ -5,7 +5,8 @@ the producer *intended* to publish it to the moment the ``raised`` alarm event
 (``contracts/alarms-mqtt.md``) reaches an MQTT subscriber; p50, p90, p99 and
 max per rate (default 1 000, 5 000 and 10 000 messages/s), while the same
 gateway writes every value and point to VictoriaMetrics (InfluxDB v2 endpoint,
-so series batches flush during the run).
+so series batches flush during the run), or with ``--sink localstore`` to the
+embedded SQLite store in its data directory.
 
 How (three processes beside the servers, one clock):
 
@@ -69,7 +70,7 @@ No target is asserted (see ``NOTE``).
     python -m benchmarks.bench_alarm_latency [--rates 1000,5000,10000] [--seconds 10]
                                              [--chars 100] [--plants-per-s 20]
                                              [--durability full[,normal]] [--quick]
-                                             [--floor]
+                                             [--floor] [--sink influxdb|localstore]
 """
 
 from __future__ import annotations
@@ -426,9 +427,15 @@ def subscriber_main(argv: Sequence[str]) -> int:
 
 
 def config_text(
-    rate: int, chars: int, mqtt_port: int, vm_port: int, durability: str = "full"
+    rate: int,
+    chars: int,
+    mqtt_port: int,
+    vm_port: int,
+    durability: str = "full",
+    sink: str = "influxdb",
 ) -> str:
-    """The gateway configuration of one rate (YAML text)."""
+    """The gateway configuration of one rate (YAML text); ``sink`` ``influxdb`` (to
+    VictoriaMetrics) or ``localstore`` (the embedded SQLite store in the gateway's data dir)."""
     tag = f"r{rate}-{durability}"
     chars_text = "".join(
         f"- id: c{k:04d}\n"
@@ -454,11 +461,15 @@ def config_text(
         "      serial_path: s\n"
         "      timestamp_path: t\n"
         "      timestamp_unit: ms\n"
-        "sinks:\n  vm:\n    kind: influxdb\n    api: v2\n"
-        f"    url: http://{HOST}:{vm_port}\n"
-        f"    org: bench\n    bucket: shopspc\n    token_env: {TOKEN_ENV}\n"
-        "    batch_size: 5000\n    gzip: false\n    timeout_s: 30\n"
-        "alarms:\n"
+        + (
+            "sinks:\n  local:\n    kind: localstore\n"
+            if sink == "localstore"
+            else "sinks:\n  vm:\n    kind: influxdb\n    api: v2\n"
+            f"    url: http://{HOST}:{vm_port}\n"
+            f"    org: bench\n    bucket: shopspc\n    token_env: {TOKEN_ENV}\n"
+            "    batch_size: 5000\n    gzip: false\n    timeout_s: 30\n"
+        )
+        + "alarms:\n"
         "  clear_after: 1\n"
         f"  durability: {durability}\n"
         "  flood: {max_alarms: 1000000, window_s: 1}\n"
@@ -638,7 +649,9 @@ async def _one(
 
     tag = f"r{rate}-{durability}"
     p = plan(rate, args.seconds, args.chars, args.plants_per_s)
-    cfg, models = parse_config(config_text(rate, args.chars, broker.port, vm.port, durability))
+    cfg, models = parse_config(
+        config_text(rate, args.chars, broker.port, vm.port, durability, args.sink)
+    )
     work = tmp / tag
     work.mkdir()
     probes: dict[str, dict[str, int]] = {k: {} for k in (*CHECKPOINTS, "puback")}
@@ -946,6 +959,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "20 (default)" if args.broker_inflight is None else args.broker_inflight
             ),
             "mosquitto_set_tcp_nodelay": not args.broker_nagle,
+            "sink": args.sink,
         },
         "runs": {},
     }
@@ -1010,6 +1024,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--plants-per-s", type=float, default=20.0, help="planted alarms per second")
     ap.add_argument("--durability", default="full", help="alarms.durability values: full,normal")
     ap.add_argument("--quick", action="store_true", help="2 s per rate")
+    ap.add_argument(
+        "--sink",
+        choices=("influxdb", "localstore"),
+        default="influxdb",
+        help="where the series go: VictoriaMetrics (InfluxDB v2 API) or the embedded store",
+    )
     ap.add_argument(
         "--floor",
         action="store_true",

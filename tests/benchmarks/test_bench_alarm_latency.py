@@ -99,6 +99,9 @@ def test_config_loads() -> None:
     cfg, _ = parse_config(config_text(1000, 3, 1883, 8428, "normal"))
     assert cfg.alarms.durability == "normal" and cfg.alarms.clear_after == 1
     assert cfg.alarms.mqtt is not None and len(cfg.characteristics) == 3
+    assert {sec.kind for sec in cfg.sinks.values()} == {"influxdb"}
+    local, _ = parse_config(config_text(1000, 3, 1883, 8428, "full", "localstore"))
+    assert {sec.kind for sec in local.sinks.values()} == {"localstore"}
 
 
 @pytest.mark.integration
