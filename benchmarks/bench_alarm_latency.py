@@ -577,7 +577,8 @@ def _probe_source(source: Any, received: dict[str, int], at_gateway: dict[str, i
 
 def _probe_judging(gw: Any, judging: dict[str, int], last_tx: list[int]) -> None:
     """Time each planted value when the judging call that carries it starts (``process``) and
-    keep the start of the latest alarm transaction in ``last_tx[0]`` (``on_alarm`` reads it)."""
+    keep the start and the commit of the latest alarm transaction in ``last_tx`` (``on_alarm``,
+    called after the publish, reads them)."""
     process = gw.process
 
     def probed(items):
@@ -598,6 +599,7 @@ def _probe_judging(gw: Any, judging: dict[str, int], last_tx: list[int]) -> None
         last_tx[0] = time.monotonic_ns()
         with transaction(*args, **kwargs) as tx:
             yield tx
+        last_tx[1] = time.monotonic_ns()  # committed
 
     outbox.transaction = timed
 
@@ -656,11 +658,11 @@ async def _one(
     work.mkdir()
     probes: dict[str, dict[str, int]] = {k: {} for k in (*CHECKPOINTS, "puback")}
     at_gateway, committed = probes["at_gateway"], probes["committed"]
-    last_tx = [0]
+    last_tx = [0, 0]  # the latest alarm transaction's start and commit
 
-    def on_alarm(a: Any) -> None:
+    def on_alarm(a: Any) -> None:  # called after the publish: the times come from the probe
         if a.serial is not None:
-            committed.setdefault(a.serial, time.monotonic_ns())
+            committed.setdefault(a.serial, last_tx[1])
             probes["transaction"].setdefault(a.serial, last_tx[0])
 
     gw = Gateway(

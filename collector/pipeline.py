@@ -1551,6 +1551,10 @@ class Gateway:
         lines += out.lines  # encoded now: after the publish
 
     def _announce(self, out: Outcome) -> None:
+        # MES first: the publishers send at once; the screens' stream, the metrics and the
+        # console (a rich print costs more than the publish) follow
+        for n in self.notifiers:
+            n.notify()
         for listener in self.alarm_listeners:
             listener(out)
         self.stats.alarms += out.raised
@@ -1567,8 +1571,6 @@ class Gateway:
                 )
             if self.on_alarm is not None:
                 self.on_alarm(a)
-        for n in self.notifiers:
-            n.notify()  # publishes at once (MQTT)
 
     def _retry_alarms(self, lines: list[str], now: int) -> None:
         while self._alarm_backlog:

@@ -608,3 +608,35 @@ def test_alarm_context_is_the_completing_samples_within_a_batch(tmp_path: Path) 
         gw.close()
     assert len(raised) == 1 and raised[0]["payload"]["part_serial"] == serial(1)
     assert raised[0]["payload"]["context"]["operator"] == "bob"
+
+
+def test_mes_publishers_hear_of_an_alarm_before_the_screens_and_the_console(
+    tmp_path: Path,
+) -> None:
+    """The publishers' notify (an MQTT publish at once) comes first; the web stream, the
+    metrics and the console printer (a rich print costs more than the publish) after it."""
+    order: list[str] = []
+
+    class Publisher:
+        def notify(self) -> None:
+            order.append("publish")
+
+    cfg, models = load(config_dict(1883))  # the broker is never contacted: process() only
+    gw = Gateway(
+        cfg,
+        models,
+        data_dir=tmp_path / "gw",
+        sources=[],
+        on_alarm=lambda a: order.append("console"),
+    )
+    gw.notifiers.append(Publisher())  # type: ignore[arg-type]
+    gw.alarm_listeners.append(lambda out: order.append("screens"))
+    try:
+        samples = [
+            Sample(CHAR, v, Quality.GOOD, part_time(k), source_time_us=part_time(k))
+            for k, v in ((0, 10.2), (1, 14.0))
+        ]
+        gw.process([("st", samples)])
+    finally:
+        gw.close()
+    assert order == ["publish", "screens", "console"]
