@@ -144,3 +144,50 @@ def test_float_field_values_keep_their_bits() -> None:
         assert line is not None
         got = parse_line(line).fields["v"]
         assert got == v and math.copysign(1, got) == math.copysign(1, v)
+
+
+def _outcome(line: str) -> tuple:
+    try:
+        p = parse_line(line)
+    except LineProtocolError as exc:
+        return ("error", exc.message, exc.column)
+    return ("ok", p.measurement, dict(p.tags), p.fields, p.time_us)
+
+
+_head_chars = st.sampled_from(list("mtab,= \\x1é"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    heads=st.lists(st.text(_head_chars, min_size=1, max_size=12), min_size=1, max_size=3),
+    rests=st.lists(
+        st.one_of(
+            st.sampled_from(["v=1 5", 'v=1.5,s="a b" 7', "v=1i", "=1 2", " v=1 3", "v=1 x"]),
+            st.text(st.sampled_from(list('v=1.5i," x\\')), max_size=12),
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+)
+def test_a_cached_head_parses_as_the_first_time(heads: list[str], rests: list[str]) -> None:
+    """Lines sharing a head (one per characteristic in a gateway's batches) reuse its parse;
+    every line, valid or not, must come out as it does with nothing cached."""
+    from connectors.localstore import parse
+
+    lines = [f"{h} {r}" for r in rests for h in heads]
+    fresh = []
+    for line in lines:
+        parse._HEADS.clear()
+        fresh.append(_outcome(line))
+    parse._HEADS.clear()
+    assert [_outcome(line) for line in lines] == fresh  # the cache warms as it goes
+    assert [_outcome(line) for line in lines] == fresh  # and now every head is cached
+
+
+def test_the_tags_of_a_parsed_point_are_read_only() -> None:
+    """A cached head is shared by every point of that series: nobody may change its tags."""
+    a = parse_line("spc,characteristic=bore v=1 1")
+    b = parse_line("spc,characteristic=bore v=2 2")
+    assert a.tags == b.tags == {"characteristic": "bore"}
+    with pytest.raises(TypeError):
+        a.tags["characteristic"] = "x"  # type: ignore[index]
