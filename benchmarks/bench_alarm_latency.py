@@ -433,9 +433,10 @@ def config_text(
     vm_port: int,
     durability: str = "full",
     sink: str = "influxdb",
+    store: str = "series.sqlite",
 ) -> str:
     """The gateway configuration of one rate (YAML text); ``sink`` ``influxdb`` (to
-    VictoriaMetrics) or ``localstore`` (the embedded SQLite store in the gateway's data dir)."""
+    VictoriaMetrics) or ``localstore`` (the embedded SQLite store, in the file ``store``)."""
     tag = f"r{rate}-{durability}"
     chars_text = "".join(
         f"- id: c{k:04d}\n"
@@ -462,7 +463,7 @@ def config_text(
         "      timestamp_path: t\n"
         "      timestamp_unit: ms\n"
         + (
-            "sinks:\n  local:\n    kind: localstore\n"
+            f"sinks:\n  local:\n    kind: localstore\n    path: {json.dumps(store)}\n"
             if sink == "localstore"
             else "sinks:\n  vm:\n    kind: influxdb\n    api: v2\n"
             f"    url: http://{HOST}:{vm_port}\n"
@@ -651,11 +652,19 @@ async def _one(
 
     tag = f"r{rate}-{durability}"
     p = plan(rate, args.seconds, args.chars, args.plants_per_s)
-    cfg, models = parse_config(
-        config_text(rate, args.chars, broker.port, vm.port, durability, args.sink)
-    )
     work = tmp / tag
     work.mkdir()
+    cfg, models = parse_config(
+        config_text(
+            rate,
+            args.chars,
+            broker.port,
+            vm.port,
+            durability,
+            args.sink,
+            str(work / "series.sqlite"),
+        )
+    )
     probes: dict[str, dict[str, int]] = {k: {} for k in (*CHECKPOINTS, "puback")}
     at_gateway, committed = probes["at_gateway"], probes["committed"]
     last_tx = [0, 0]  # the latest alarm transaction's start and commit

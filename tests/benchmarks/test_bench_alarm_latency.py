@@ -100,8 +100,11 @@ def test_config_loads() -> None:
     assert cfg.alarms.durability == "normal" and cfg.alarms.clear_after == 1
     assert cfg.alarms.mqtt is not None and len(cfg.characteristics) == 3
     assert {sec.kind for sec in cfg.sinks.values()} == {"influxdb"}
-    local, _ = parse_config(config_text(1000, 3, 1883, 8428, "full", "localstore"))
+    local, models = parse_config(
+        config_text(1000, 3, 1883, 8428, "full", "localstore", "/tmp/run dir/series.sqlite")
+    )
     assert {sec.kind for sec in local.sinks.values()} == {"localstore"}
+    assert str(models["local"].path) == "/tmp/run dir/series.sqlite"  # never the working dir
 
 
 @pytest.mark.integration
