@@ -81,9 +81,10 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import numpy as np
-import orjson
 
 from collector.alarmconfig import CATEGORIES, AlarmsConfig, resolve_severity
+from collector.notify import compact_json as _dumps
+from collector.notify import encode_envelope
 from collector.outbox import Outbox, OutboxTransaction, StreamPolicy
 from collector.timefmt import rfc3339
 from connectors.influxdb.lineprotocol import Precision, encode_line
@@ -226,12 +227,6 @@ def _num(x: Any) -> float | None:
         return None
     f = float(x)
     return f if math.isfinite(f) else None
-
-
-def _dumps(obj: Any) -> bytes:
-    """Compact UTF-8 JSON (orjson: the alarm transaction encodes every payload about four
-    times, with ``json`` a tenth of a raise's cost); numpy scalars as numbers, NaN as null."""
-    return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY, default=str)
 
 
 class AlarmError(Exception):
@@ -925,10 +920,7 @@ class AlarmManager:
         if w.messages and self.mqtt:
             tx.append(
                 "mqtt",
-                [
-                    _dumps({"topic": topic, "qos": 1, "retain": retain, "payload": p})
-                    for _, topic, retain, p in w.messages
-                ],
+                [encode_envelope(topic, p, retain=retain) for _, topic, retain, p in w.messages],
             )
         if w.messages and self.webhook:
             hooks = [_dumps(p) for kind, _, _, p in w.messages if kind == "alarm"]
@@ -1066,12 +1058,13 @@ class AlarmManager:
         groups: dict[int, list[int]] = {}
         for r, k in enumerate(keys):
             groups.setdefault(k, []).append(r)
+        ordered = sorted(groups)  # the order the columnar path takes
         hot = {keys[r] for r in np.flatnonzero(mask & _ALL_BITS).tolist()}
         interesting = [r for r, k in enumerate(keys) if k in hot or active[k]]
         if interesting:
             # the rank of each row in its group, as the columnar path computes it
-            order = [r for k in sorted(groups) for r in groups[k]]
-            rank_sorted = [j for k in sorted(groups) for j in range(len(groups[k]))]
+            order = [r for k in ordered for r in groups[k]]
+            rank_sorted = [j for k in ordered for j in range(len(groups[k]))]
             pos = [0] * len(order)
             for j, r in enumerate(order):
                 pos[r] = j
@@ -1086,7 +1079,7 @@ class AlarmManager:
         lims_all = batch.limits_id
         ring_t, ring_s, count = self._ring_t, self._ring_s, self._count
         last_lim: list[tuple[int, int, Any]] = []  # (key, char, limits id of its last row)
-        for k in sorted(groups):  # the order the general path takes (sorted keys)
+        for k in ordered:
             rows = groups[k]
             b = int(count[k])
             skip = max(0, len(rows) - MAX_WINDOW)

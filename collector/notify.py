@@ -57,6 +57,7 @@ __all__ = [
     "MqttAlarmPublisher",
     "NotifyStats",
     "WebhookNotifier",
+    "compact_json",
     "encode_envelope",
     "rfc3339_us",
     "verify_signature",
@@ -101,7 +102,9 @@ class Envelope:
     payload: dict[str, Any]
 
 
-def _compact(obj: Any) -> bytes:
+def compact_json(obj: Any) -> bytes:
+    """Compact UTF-8 JSON as the outbox and the wire carry it (orjson: the alarm transaction
+    encodes every payload about four times); numpy scalars as numbers, NaN as null."""
     return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY, default=str)
 
 
@@ -109,7 +112,7 @@ def encode_envelope(
     topic: str, payload: dict[str, Any], *, retain: bool = False, qos: int = 1
 ) -> bytes:
     """An outbox entry for the notifiers (what the pipeline appends for each alarm event/state)."""
-    return _compact({"topic": topic, "qos": qos, "retain": retain, "payload": payload})
+    return compact_json({"topic": topic, "qos": qos, "retain": retain, "payload": payload})
 
 
 def _json_object(entry: Entry) -> dict[str, Any]:
@@ -134,7 +137,7 @@ def _decode(entry: Entry) -> Envelope:
         raise ValueError(f"envelope retain {retain!r} is not a boolean")
     if not isinstance(payload, dict):
         raise ValueError("envelope payload is not a JSON object")
-    return Envelope(entry.seq, topic, qos, retain, _compact(payload), payload)
+    return Envelope(entry.seq, topic, qos, retain, compact_json(payload), payload)
 
 
 def _decode_payload(entry: Entry) -> Envelope:
@@ -143,7 +146,7 @@ def _decode_payload(entry: Entry) -> Envelope:
     inner = doc.get("payload")
     if isinstance(inner, dict) and isinstance(doc.get("topic"), str):
         doc = inner
-    return Envelope(entry.seq, "", 1, False, _compact(doc), doc)
+    return Envelope(entry.seq, "", 1, False, compact_json(doc), doc)
 
 
 def _secret_from_env(name: str | None, where: str, what: str) -> str | None:
@@ -606,7 +609,7 @@ class MqttAlarmPublisher:
 
     def status_payload(self, status: str) -> bytes:
         """The gateway status message (``online`` / ``offline``), stamped now."""
-        return _compact(
+        return compact_json(
             {
                 "schema": GATEWAY_SCHEMA,
                 "status": status,
