@@ -825,11 +825,12 @@ async def _floor(
                 # read off the socket at received_us (wall clock), as the gateway's probe maps it
                 probes["received"][serial] = m.received_us * 1000 - (time.time_ns() - now)
                 body = orjson.dumps({"event": "raised", "part_serial": serial, "value": doc["v"]})
+                begin = time.monotonic_ns()
                 db.execute("BEGIN")
                 db.execute("INSERT INTO outbox (topic, payload) VALUES (?, ?)", (topic, body))
                 db.execute("COMMIT")
                 done = time.monotonic_ns()
-                fsyncs.append(done - now)
+                fsyncs.append(done - begin)  # the commit alone
                 probes["committed"][serial] = done
                 probes["publishing"][serial] = done
                 link.publish_nowait([Outgoing(topic, body, 1, False)])
