@@ -326,6 +326,7 @@ class Outcome:
     duplicates: int = 0
     _lines: list[str] = field(default_factory=list, repr=False, compare=False)
     _render: Callable[[], list[str]] | None = field(default=None, repr=False, compare=False)
+    _logs: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def lines(self) -> list[str]:
@@ -335,6 +336,16 @@ class Outcome:
             render, self._render = self._render, None
             self._lines += render()
         return self._lines
+
+    def log(self) -> None:
+        """Write the call's log records (``ALARM …``, flood start and end), once.
+
+        They are kept until the caller has published the events: a log handler (a file, the
+        console) costs more than the publish, and a call whose commit failed logs nothing.
+        """
+        logs, self._logs = self._logs, []
+        for msg, args in logs:
+            log.warning(msg, *args)
 
 
 @dataclass
@@ -437,6 +448,7 @@ class _Work:
         self.marks: dict[str, int] = {}
         self.supp_new: dict[tuple[int, str, str], dict[str, Any]] = {}
         self.out = Outcome()
+        self.logs = self.out._logs  # warnings, written by Outcome.log after the publish
 
     def empty(self) -> bool:
         return not (self.dirty or self.journal or self.messages or self.sql or self.marks)
@@ -1316,18 +1328,22 @@ class AlarmManager:
         self._set_live(a, True)
         self._event(w, a, "raised", publish=bool(a.published), reason=a.held, line_time=t)
         w.out.raised += 1
-        log.warning(
-            "ALARM %s %s chart %s %s (%s): value %s, limits [%s, %s], limits id %s%s",
-            c.path,
-            code,
-            chart,
-            severity,
-            aid,
-            base["value"],
-            base["lcl"],
-            base["ucl"],
-            base["limits_id"],
-            f", held ({a.held})" if a.held else "",
+        w.logs.append(
+            (
+                "ALARM %s %s chart %s %s (%s): value %s, limits [%s, %s], limits id %s%s",
+                (
+                    c.path,
+                    code,
+                    chart,
+                    severity,
+                    aid,
+                    base["value"],
+                    base["lcl"],
+                    base["ucl"],
+                    base["limits_id"],
+                    f", held ({a.held})" if a.held else "",
+                ),
+            )
         )
 
     def _clear(self, w: _Work, a: _Alarm, sample_time: int) -> None:
@@ -1429,12 +1445,12 @@ class AlarmManager:
         self._open[aid] = a
         self._event(w, a, "raised", publish=True, extra={"held": 0}, line_time=sample_time)
         w.out.raised += 1
-        log.warning(
-            "alarm flood on line %s: more than %d alarms within %g s; holding further alarms (%s)",
-            self._line_key(i),
-            cfg.max_alarms,
-            cfg.window_s,
-            aid,
+        w.logs.append(
+            (
+                "alarm flood on line %s: more than %d alarms within %g s; holding further "
+                "alarms (%s)",
+                (self._line_key(i), cfg.max_alarms, cfg.window_s, aid),
+            )
         )
 
     def _floods_check(self, w: _Work) -> None:
@@ -1464,7 +1480,7 @@ class AlarmManager:
                     a.status = "cleared_unacked"
                 self._event(w, a, "cleared", publish=True, extra={"held": a.count})
                 w.out.cleared += 1
-                log.warning("alarm flood on line %s is over (%d alarms held)", lk, a.count)
+                w.logs.append(("alarm flood on line %s is over (%d alarms held)", (lk, a.count)))
 
     # -- operator actions ----------------------------------------------------------
 

@@ -1548,6 +1548,7 @@ class Gateway:
     def _route(self, out: Outcome, lines: list[str]) -> None:
         if out.events or out.states:
             self._announce(out)
+        out.log()  # after the publish too: a log handler costs more than it
         lines += out.lines  # encoded now: after the publish
 
     def _announce(self, out: Outcome) -> None:

@@ -565,10 +565,11 @@ def test_delivery_bookkeeping_is_not_fsynced_but_events_are(mk) -> None:
     assert conn is m.outbox._connection()
 
 
-def test_a_failed_commit_leaves_no_trace(mk, tmp_path: Path) -> None:
-    """When the transaction fails nothing of the call happened: memory is reloaded from the file."""
+def test_a_failed_commit_leaves_no_trace(mk, tmp_path: Path, caplog) -> None:
+    """When the transaction fails nothing of the call happened: memory is reloaded from the file,
+    and no ALARM line is logged for an alarm that was not stored."""
     m = mk()
-    m.judge(batch([(0, "x", bits("N1"), T0)]), T0)
+    m.judge(batch([(0, "x", bits("N1"), T0)]), T0).log()
     real = m._outbox
 
     class Broken:
@@ -579,12 +580,18 @@ def test_a_failed_commit_leaves_no_trace(mk, tmp_path: Path) -> None:
             raise OSError("disk on fire")
 
     m._outbox = Broken()  # type: ignore[assignment]
+    caplog.clear()
     with pytest.raises(OSError, match="disk on fire"):
         m.judge(batch([(1, "x", bits("N1"), T0 + 1), (0, "x", bits("N1"), T0 + 2)]), T0 + S)
+    assert "ALARM" not in caplog.text
     m._outbox = real
     assert [(a["characteristic"], a["count"]) for a in m.active()] == [("c0", 1)]
     out = m.judge(batch([(1, "x", bits("N1"), T0 + 1)]), T0 + 2 * S)
     assert out.raised == 1 and out.events[0]["seq"] == 2
+    assert "ALARM" not in caplog.text  # written by Outcome.log, after the caller's publish
+    out.log()
+    out.log()  # once
+    assert caplog.text.count("ALARM") == 1 and f"({out.events[0]['alarm_id']})" in caplog.text
 
 
 def test_webhook_stream_gets_alarm_events_only(mk) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import re
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -614,8 +615,14 @@ def test_mes_publishers_hear_of_an_alarm_before_the_screens_and_the_console(
     tmp_path: Path,
 ) -> None:
     """The publishers' notify (an MQTT publish at once) comes first; the web stream, the
-    metrics and the console printer (a rich print costs more than the publish) after it."""
+    metrics, the console printer (a rich print costs more than the publish) and the log's
+    ALARM line after it."""
     order: list[str] = []
+
+    class Handler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("ALARM"):
+                order.append("log")
 
     class Publisher:
         def notify(self) -> None:
@@ -631,6 +638,8 @@ def test_mes_publishers_hear_of_an_alarm_before_the_screens_and_the_console(
     )
     gw.notifiers.append(Publisher())  # type: ignore[arg-type]
     gw.alarm_listeners.append(lambda out: order.append("screens"))
+    handler = Handler()
+    logging.getLogger("collector.alarms").addHandler(handler)
     try:
         samples = [
             Sample(CHAR, v, Quality.GOOD, part_time(k), source_time_us=part_time(k))
@@ -638,5 +647,6 @@ def test_mes_publishers_hear_of_an_alarm_before_the_screens_and_the_console(
         ]
         gw.process([("st", samples)])
     finally:
+        logging.getLogger("collector.alarms").removeHandler(handler)
         gw.close()
-    assert order == ["publish", "screens", "console"]
+    assert order == ["publish", "screens", "console", "log"]
