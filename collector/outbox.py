@@ -158,6 +158,15 @@ CREATE TABLE counters (
 """
 # The payload column is last so reading the small columns never touches overflow pages.
 _ENTRY_COLUMNS = "seq, created, attempts, next_attempt, last_error, payload"
+_INSERT_ENTRY = (
+    "INSERT INTO entries (stream_id, created, next_attempt, payload) VALUES (?, ?, ?, ?)"
+)
+# a counter drawn in one statement (UPSERT … RETURNING: SQLite 3.35+), else read then written
+_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
+_DRAW = (
+    "INSERT INTO counters (name, value) VALUES (?1, ?2) "
+    "ON CONFLICT (name) DO UPDATE SET value = value + ?2 RETURNING value"
+)
 
 
 class OutboxError(Exception):
@@ -436,6 +445,11 @@ class Outbox:
             self._policies[name] = policy
         self._lock = threading.Lock()
         self._sync_now: str | None = None
+        # stream name -> id: rows of `streams` are never deleted nor renumbered, so an id once
+        # committed holds for the file's life; ids met inside a write wait in _sids_new until
+        # its COMMIT (a rolled-back INSERT of a new stream must not be remembered)
+        self._sids: dict[str, int] = {}
+        self._sids_new: dict[str, int] = {}
         self._tx_thread: int | None = None  # the thread inside transaction(), if any
         self._busy_timeout = busy_timeout
         self._readers: list[sqlite3.Connection] = []  # idle read-only connections (snapshot)
@@ -582,7 +596,11 @@ class Outbox:
                 conn.execute("BEGIN IMMEDIATE")
                 yield conn
                 conn.execute("COMMIT")
+                if self._sids_new:
+                    self._sids.update(self._sids_new)
+                    self._sids_new.clear()
             except BaseException as e:
+                self._sids_new.clear()
                 if conn.in_transaction:
                     # SQLite may already have rolled back (SQLITE_FULL); nothing left to undo.
                     with suppress(sqlite3.Error):
@@ -605,32 +623,41 @@ class Outbox:
         finally:
             self._lock.release()
 
-    @staticmethod
-    def _stream_id(conn: sqlite3.Connection, stream: str) -> int | None:
+    def _stream_id(self, conn: sqlite3.Connection, stream: str) -> int | None:
+        """The stream's id (None: no such stream yet); remembered once committed."""
+        sid = self._sids.get(stream)
+        if sid is not None:
+            return sid
         row = conn.execute("SELECT id FROM streams WHERE name=?", (stream,)).fetchone()
-        return None if row is None else row[0]
+        if row is None:
+            return None
+        (self._sids_new if conn.in_transaction else self._sids)[stream] = row[0]
+        return row[0]
 
     def _insert(
         self, conn: sqlite3.Connection, stream: str, payloads: list[bytes], now: float
     ) -> list[int]:
         if not payloads:
             return []
-        conn.execute("INSERT OR IGNORE INTO streams (name) VALUES (?)", (stream,))
-        sid, pending, pending_bytes = conn.execute(
-            "SELECT id, pending, pending_bytes FROM streams WHERE name=?", (stream,)
-        ).fetchone()
+        sid = self._stream_id(conn, stream)
+        if sid is None:
+            conn.execute("INSERT INTO streams (name) VALUES (?)", (stream,))
+            sid = self._stream_id(conn, stream)
+            assert sid is not None
         size = sum(len(p) for p in payloads)
-        self._enforce(stream, pending + len(payloads), pending_bytes + size)
-        cur = conn.execute("SELECT seq FROM sqlite_sequence WHERE name='entries'").fetchone()
-        first = (cur[0] if cur else 0) + 1
-        conn.executemany(
-            "INSERT INTO entries (stream_id, created, next_attempt, payload) VALUES (?, ?, ?, ?)",
-            [(sid, now, now, p) for p in payloads],
-        )
-        last = conn.execute("SELECT seq FROM sqlite_sequence WHERE name='entries'").fetchone()[0]
-        if last - first + 1 != len(payloads):
-            # Cannot happen while this connection holds the write lock; refuse rather than guess.
-            raise OutboxError(self.path, f"append to {stream!r}: seq allocation was not contiguous")
+        if self._limits(stream) != (None, None):
+            pending, pending_bytes = conn.execute(
+                "SELECT pending, pending_bytes FROM streams WHERE id=?", (sid,)
+            ).fetchone()
+            self._enforce(stream, pending + len(payloads), pending_bytes + size)
+        n = len(payloads)
+        if n == 1:
+            last = conn.execute(_INSERT_ENTRY, (sid, now, now, payloads[0])).lastrowid
+        else:
+            # AUTOINCREMENT under the write lock numbers one statement's rows consecutively
+            conn.executemany(_INSERT_ENTRY, [(sid, now, now, p) for p in payloads])
+            last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+        first = last - n + 1
         conn.execute(
             "UPDATE streams SET pending=pending+?, pending_bytes=pending_bytes+?, "
             "appended=appended+? WHERE id=?",
@@ -665,6 +692,10 @@ class Outbox:
             raise ValueError(f"counter name must be a non-empty string, not {name!r}")
         if not isinstance(count, int) or count < 1:
             raise ValueError(f"count must be a positive integer, not {count!r}")
+        if _RETURNING:
+            # fetchall: the statement must be done before the transaction commits
+            ((last,),) = conn.execute(_DRAW, (name, count)).fetchall()
+            return range(last - count + 1, last + 1)
         row = conn.execute("SELECT value FROM counters WHERE name=?", (name,)).fetchone()
         last = row[0] if row else 0
         conn.execute(

@@ -162,7 +162,16 @@ def test_compact_returns_a_drained_backlog_to_the_filesystem(path: Path) -> None
         assert ob.check() == []
 
 
-def test_counters_are_monotonic_across_reopen(path: Path) -> None:
+@pytest.mark.parametrize("returning", [True, False], ids=["upsert-returning", "read-then-write"])
+def test_counters_are_monotonic_across_reopen(
+    path: Path, monkeypatch: pytest.MonkeyPatch, returning: bool
+) -> None:
+    """Both ways of drawing (one UPSERT … RETURNING on SQLite 3.35+, else a read and a write)."""
+    import collector.outbox as outbox_module
+
+    if returning and not outbox_module._RETURNING:
+        pytest.skip(f"SQLite {sqlite3.sqlite_version} has no RETURNING")
+    monkeypatch.setattr(outbox_module, "_RETURNING", returning)
     with Outbox(path) as ob:
         assert ob.counter("alarm") == 0
         assert ob.next_seq("alarm") == range(1, 2)
@@ -184,6 +193,41 @@ def test_seq_never_reused_after_deleting_the_newest_and_reopening(path: Path) ->
     with Outbox(path) as ob:
         again = ob.append("s", [b"d"])
         assert again[0] > seqs[-1]
+
+
+def test_a_new_stream_rolled_back_is_not_remembered(outbox: Outbox) -> None:
+    """Stream ids are remembered once committed: the id of a stream whose creation rolled
+    back goes to the next new stream, and the first stream's later entries stay its own."""
+
+    def failing() -> None:
+        with outbox.transaction(now=T0) as tx:
+            tx.append("first", [b"lost"])
+            raise KeyError("encoder failed")
+
+    with pytest.raises(KeyError):
+        failing()
+    outbox.append("second", [b"s1"], now=T0)  # takes the id "first" had in the rollback
+    outbox.append("first", [b"f1", b"f2"], now=T0)
+    with outbox.transaction(now=T0) as tx:  # a stream created and appended twice in one commit
+        tx.append("third", [b"t1"])
+        tx.append("third", [b"t2"])
+    assert [e.payload for e in outbox.peek("first", 10, now=math.inf)] == [b"f1", b"f2"]
+    assert [e.payload for e in outbox.peek("second", 10, now=math.inf)] == [b"s1"]
+    assert [e.payload for e in outbox.peek("third", 10, now=math.inf)] == [b"t1", b"t2"]
+    counts = outbox.counts().streams
+    assert (counts["first"].pending, counts["second"].pending, counts["third"].pending) == (2, 1, 2)
+
+
+def test_append_returns_the_seqs_of_its_rows(outbox: Outbox) -> None:
+    """One entry or many, the returned seqs are those peek shows, consecutive and increasing."""
+    one = outbox.append("s", [b"a"], now=T0)
+    many = outbox.append("s", [b"b", b"c", b"d"], now=T0)
+    other = outbox.append("t", [b"e"], now=T0)
+    assert len(one) == 1 and many == list(range(one[0] + 1, one[0] + 4))
+    assert other == [many[-1] + 1]
+    assert [(e.seq, e.payload) for e in outbox.peek("s", 10, now=math.inf)] == list(
+        zip(one + many, [b"a", b"b", b"c", b"d"], strict=True)
+    )
 
 
 def test_append_numbered_commits_events_and_counter_together(outbox: Outbox) -> None:
