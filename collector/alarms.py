@@ -158,7 +158,8 @@ CREATE TABLE IF NOT EXISTS alarms (
     payload TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS alarms_by_status ON alarms (status);
-CREATE INDEX IF NOT EXISTS alarms_by_ack ON alarms (acked_us);
+CREATE INDEX IF NOT EXISTS alarms_by_acked ON alarms (acked_us) WHERE acked_us IS NOT NULL;
+DROP INDEX IF EXISTS alarms_by_ack;
 CREATE TABLE IF NOT EXISTS journal (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     time_us INTEGER NOT NULL,
@@ -326,7 +327,9 @@ class Outcome:
     duplicates: int = 0
     _lines: list[str] = field(default_factory=list, repr=False, compare=False)
     _render: Callable[[], list[str]] | None = field(default=None, repr=False, compare=False)
-    _logs: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list, repr=False, compare=False)
+    _logs: list[tuple[str, tuple[Any, ...]]] = field(
+        default_factory=list, repr=False, compare=False
+    )
 
     @property
     def lines(self) -> list[str]:
@@ -1163,7 +1166,8 @@ class AlarmManager:
                     w.out.duplicates += 1
                     continue
                 self._hw[(k, code)] = t
-                w.marks[f"{self.chars[i].path}|{k & 1}|{code}"] = t
+                # an open alarm's row carries its newest sample (last_time), which _load reads;
+                # the mark is written when it closes (_closed) or, with no alarm, here
                 a = bucket.get(code) if bucket else None
                 if a is not None:
                     a.count += 1
@@ -1176,6 +1180,7 @@ class AlarmManager:
                     w.out.updated += 1
                     continue
                 if self._suspended[i]:
+                    w.marks[f"{self.chars[i].path}|{k & 1}|{code}"] = t
                     self._suppress(w, i, chart, code)
                     continue
                 self._raise(
@@ -1346,15 +1351,26 @@ class AlarmManager:
             )
         )
 
+    def _closed(self, w: _Work, a: _Alarm) -> None:
+        """``a`` leaves the open alarms (which _load reads): its newest violating sample time
+        becomes the mark of its point, so a replay of its samples after a restart is known."""
+        a.status, a.closed_us = "closed", w.now_us
+        self._open.pop(a.alarm_id, None)
+        if a.rule == FLOOD_RULE:
+            return
+        slot = int(a.chart in _DISP_NAMES)
+        i = self._index.get(a.path)
+        last = a.last_time if i is None else self._hw.get((2 * i + slot, a.rule), a.last_time)
+        point = f"{a.path}|{slot}|{a.rule}"
+        w.marks[point] = max(last, a.last_time, w.marks.get(point, last))
+
     def _clear(self, w: _Work, a: _Alarm, sample_time: int) -> None:
         a.cleared_us = w.now_us
         if a.status == "acknowledged":
-            a.status, a.closed_us = "closed", w.now_us
+            self._closed(w, a)
         else:
             a.status = "cleared_unacked"
         self._set_live(a, False)
-        if a.status == "closed":
-            self._open.pop(a.alarm_id, None)
         # a shelved alarm's clear is published: MES saw it raised and must see it gone
         self._event(
             w,
@@ -1474,8 +1490,7 @@ class AlarmManager:
                 fl.alarm, fl.calm_since = None, None
                 a.cleared_us = now
                 if a.status == "acknowledged":
-                    a.status, a.closed_us = "closed", now
-                    self._open.pop(a.alarm_id, None)
+                    self._closed(w, a)
                 else:
                     a.status = "cleared_unacked"
                 self._event(w, a, "cleared", publish=True, extra={"held": a.count})
@@ -1551,8 +1566,7 @@ class AlarmManager:
         a.cause_category, a.cause_code = found if found else (None, None)
         a.action_code = act
         if a.status == "cleared_unacked":
-            a.status, a.closed_us = "closed", now_us
-            self._open.pop(a.alarm_id, None)
+            self._closed(w, a)
         else:
             a.status = "acknowledged"
         extra: dict[str, Any] = {"source": source}

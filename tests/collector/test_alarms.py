@@ -533,6 +533,79 @@ def test_replay_of_an_open_alarm_is_a_duplicate_without_its_mark(mk, tmp_path: P
     assert m.judge(batch([(0, "x", bits("N1"), T0 + 9)]), T0 + 2 * S).updated == 1
 
 
+@pytest.mark.parametrize("close_by", ["ack_then_clear", "clear_then_ack"])
+def test_a_closed_alarms_samples_replayed_after_a_restart_raise_nothing(
+    mk, tmp_path: Path, close_by: str
+) -> None:
+    """An open alarm's row carries its newest sample, so its raise and updates write no mark;
+    the mark of its point is written when it closes (closed alarms are not loaded), with the
+    newest violating sample, and a replay of any of them after a restart is a duplicate."""
+    m = mk(clear_after=1)
+    first = batch([(0, "x", bits("N1"), T0 + 5)])
+    aid = m.judge(first, T0).events[0]["alarm_id"]
+    assert m.judge(batch([(0, "x", bits("N1"), T0 + 6)]), T0 + S).updated == 1
+
+    def marks() -> list[tuple]:
+        return m.outbox.query("SELECT point, last_time FROM marks")
+
+    assert marks() == []  # raise and update: the row's last_time is the mark
+    if close_by == "ack_then_clear":
+        m.ack(aid, "wang", now_us=T0 + 2 * S)
+        m.judge(ok(0, [T0 + 7]), T0 + 3 * S)
+    else:
+        m.judge(ok(0, [T0 + 7]), T0 + 2 * S)
+        assert marks() == []  # cleared, not acknowledged: still open
+        m.ack(aid, "wang", now_us=T0 + 3 * S)
+    assert m.get(aid)["status"] == "closed"
+    assert marks() == [(f"{m.chars[0].path}|0|N1", T0 + 6)]
+    m.close()
+    m = mk(clear_after=1)
+    for t in (T0 + 5, T0 + 6):
+        again = m.judge(batch([(0, "x", bits("N1"), t)]), T0 + 4 * S)
+        assert (again.raised, again.duplicates) == (0, 1)
+    assert m.judge(batch([(0, "x", bits("N1"), T0 + 8)]), T0 + 5 * S).raised == 1
+
+
+def test_the_ack_time_index_holds_acknowledged_alarms_only(mk, tmp_path: Path) -> None:
+    """alarms_by_acked is partial (acked_us IS NOT NULL): raising and clearing an alarm put
+    nothing in it; a file made with the earlier full index (alarms_by_ack) gets the partial one
+    at open, and the Pareto's time window still searches through it."""
+    m = mk()
+    m.close()
+    with sqlite3.connect(tmp_path / "alarms.db") as conn:  # as the earlier schema made it
+        conn.execute("DROP INDEX alarms_by_acked")
+        conn.execute("CREATE INDEX alarms_by_ack ON alarms (acked_us)")
+    m = mk()
+    aid = m.judge(batch([(0, "x", bits("N1"), T0)]), T0).events[0]["alarm_id"]
+    m.ack(aid, "wang", cause="operator:OP-TRAINING", now_us=T0 + S)
+    m.close()
+    with sqlite3.connect(tmp_path / "alarms.db") as conn:
+        indexes = dict(
+            conn.execute(
+                "SELECT name, sql FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'alarms'"
+            )
+        )
+        plan = " ".join(
+            row[-1]
+            for row in conn.execute(
+                "EXPLAIN QUERY PLAN SELECT count(*) FROM alarms "
+                "WHERE cause_code IS NOT NULL AND acked_us >= ? AND acked_us < ?",
+                (T0, T0 + 2 * S),
+            )
+        )
+        entries = conn.execute(
+            "SELECT count(*) FROM alarms INDEXED BY alarms_by_acked WHERE acked_us IS NOT NULL"
+        ).fetchone()[0]
+    assert "alarms_by_ack" not in indexes
+    assert "WHERE acked_us IS NOT NULL" in indexes["alarms_by_acked"]
+    assert "alarms_by_acked" in plan
+    assert entries == 1
+    m = mk()
+    assert m.pareto(since_us=T0, until_us=T0 + 2 * S) == [
+        ("operator", "OP-TRAINING", m._causes["OP-TRAINING"][1].text, 1)
+    ]
+
+
 def test_alarm_lines_are_encoded_when_first_asked_for(mk) -> None:
     """An outcome's InfluxDB lines are rendered once, on first use (the pipeline publishes the
     events first); later reads return the same list."""
