@@ -416,6 +416,11 @@ def _row(a: _Alarm) -> tuple:
     return tuple(row)
 
 
+def _mark_key(path: str, slot: int, rule: str) -> str:
+    """The ``marks`` row of a point: characteristic path, chart slot (1: dispersion), rule."""
+    return f"{path}|{slot}|{rule}"
+
+
 def _from_row(row: Sequence[Any]) -> _Alarm:
     values = dict(zip(_COLUMNS, row, strict=True))
     values["payload"] = json.loads(values["payload"])
@@ -1180,7 +1185,7 @@ class AlarmManager:
                     w.out.updated += 1
                     continue
                 if self._suspended[i]:
-                    w.marks[f"{self.chars[i].path}|{k & 1}|{code}"] = t
+                    w.marks[_mark_key(self.chars[i].path, k & 1, code)] = t
                     self._suppress(w, i, chart, code)
                     continue
                 self._raise(
@@ -1361,7 +1366,7 @@ class AlarmManager:
         slot = int(a.chart in _DISP_NAMES)
         i = self._index.get(a.path)
         last = a.last_time if i is None else self._hw.get((2 * i + slot, a.rule), a.last_time)
-        point = f"{a.path}|{slot}|{a.rule}"
+        point = _mark_key(a.path, slot, a.rule)
         w.marks[point] = max(last, a.last_time, w.marks.get(point, last))
 
     def _clear(self, w: _Work, a: _Alarm, sample_time: int) -> None:

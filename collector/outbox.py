@@ -641,9 +641,8 @@ class Outbox:
             return []
         sid = self._stream_id(conn, stream)
         if sid is None:
-            conn.execute("INSERT INTO streams (name) VALUES (?)", (stream,))
-            sid = self._stream_id(conn, stream)
-            assert sid is not None
+            sid = conn.execute("INSERT INTO streams (name) VALUES (?)", (stream,)).lastrowid
+            self._sids_new[stream] = sid  # remembered if this write commits
         size = sum(len(p) for p in payloads)
         if self._limits(stream) != (None, None):
             pending, pending_bytes = conn.execute(
