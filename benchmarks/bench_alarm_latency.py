@@ -434,10 +434,12 @@ def config_text(
     durability: str = "full",
     sink: str = "influxdb",
     store: str = "series.sqlite",
+    tag: str | None = None,
 ) -> str:
     """The gateway configuration of one rate (YAML text); ``sink`` ``influxdb`` (to
-    VictoriaMetrics) or ``localstore`` (the embedded SQLite store, in the file ``store``)."""
-    tag = f"r{rate}-{durability}"
+    VictoriaMetrics) or ``localstore`` (the embedded SQLite store, in the file ``store``).
+    ``tag`` names the run in topics and ids (default ``r<rate>-<durability>``)."""
+    tag = tag or f"r{rate}-{durability}"
     chars_text = "".join(
         f"- id: c{k:04d}\n"
         "  site: bench\n  area: a\n  line: l1\n"
@@ -786,8 +788,7 @@ async def _floor(
     tag = f"r{rate}-floor"
     p = plan(rate, args.seconds, args.chars, args.plants_per_s)
     # the gateway's configuration of this rate (no sink is started: port 1 is never used)
-    cfg_text = config_text(rate, args.chars, broker.port, 1, "full")
-    cfg, models = parse_config(cfg_text.replace(f"r{rate}-full", tag))
+    cfg, models = parse_config(config_text(rate, args.chars, broker.port, 1, "full", tag=tag))
     work = tmp / tag
     work.mkdir()
     probes: dict[str, dict[str, int]] = {"received": {}, "committed": {}, "publishing": {}}

@@ -105,6 +105,9 @@ def test_config_loads() -> None:
     )
     assert {sec.kind for sec in local.sinks.values()} == {"localstore"}
     assert str(models["local"].path) == "/tmp/run dir/series.sqlite"  # never the working dir
+    floor, models = parse_config(config_text(1000, 3, 1883, 1, "full", tag="r1000-floor"))
+    assert floor.gateway.id == "bench-lat-r1000-floor"
+    assert [s.topic for s in models["mqtt"].subscriptions] == ["bench/r1000-floor/+"]
 
 
 @pytest.mark.integration
