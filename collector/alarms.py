@@ -561,6 +561,10 @@ class AlarmManager:
             # seq, which subscribers de-duplicate), and each event commit's fsync covers it.
             # Its fsync held the file's lock while the next alarm commit waited.
             streams={s: StreamPolicy(synchronous="NORMAL") for s in DELIVERY_STREAMS},
+            # the alarm commit runs on the gateway's event loop: a whole checkpoint (about
+            # 1 000 pages copied and fsynced) inside it stalled an alarm now and then; the
+            # gateway checkpoints from a worker thread instead (Gateway._checkpoint_loop)
+            checkpoint="background",
         )
         try:
             self._load()

@@ -116,6 +116,9 @@ APPLICATION_ID = 0x5350434F
 SCHEMA_VERSION = 1
 # Conservative: SQLite before 3.32 allows only 999 bound parameters per statement.
 _CHUNK = 500
+#: ``checkpoint="background"``: the WAL size (pages) at which SQLite checkpoints inside a
+#: commit after all, should :meth:`Outbox.checkpoint` not be called (its default is 1 000)
+BACKSTOP_CHECKPOINT_PAGES = 16384
 
 _SCHEMA = """
 CREATE TABLE streams (
@@ -408,6 +411,12 @@ class Outbox:
     statements), created at open, so state that must commit together with
     entries (alarm states beside their events) lives in the same file and is
     written through :meth:`OutboxTransaction.execute`, read with :meth:`query`.
+    ``checkpoint``: ``"auto"`` (SQLite's default: the commit that takes the WAL
+    past 1 000 pages copies them into the main file, and fsyncs it, before it
+    returns) or ``"background"``: commits leave that to :meth:`checkpoint`,
+    which the owner calls from a worker thread, so no commit on a latency path
+    pays for a whole checkpoint; SQLite's own checkpoint stays as a backstop
+    at :data:`BACKSTOP_CHECKPOINT_PAGES`, should nobody call it.
     """
 
     def __init__(
@@ -422,9 +431,15 @@ class Outbox:
         max_file_bytes: int | None = None,
         busy_timeout: float = 5.0,
         tables: str = "",
+        checkpoint: Literal["auto", "background"] = "auto",
     ) -> None:
         self.path = Path(path)
         self._tables = tables
+        if checkpoint not in ("auto", "background"):
+            raise ValueError(f"checkpoint must be 'auto' or 'background', not {checkpoint!r}")
+        self._background_checkpoint = checkpoint == "background"
+        self._ckpt: sqlite3.Connection | None = None  # checkpoint()'s own connection
+        self._lock_ckpt = threading.Lock()
         self._default_sync = _level(synchronous)
         _check_limit("max_entries", max_entries)
         _check_limit("max_bytes", max_bytes)
@@ -501,6 +516,8 @@ class Outbox:
                 )
             # Bound the WAL file left behind after a checkpoint; the backlog lives in the main file.
             conn.execute("PRAGMA journal_size_limit=67108864")
+            if self._background_checkpoint:
+                conn.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_CHECKPOINT_PAGES}")
             if self._max_file_bytes is not None:
                 page_size = conn.execute("PRAGMA page_size").fetchone()[0]
                 pages = max(1, self._max_file_bytes // page_size)
@@ -1163,8 +1180,45 @@ class Outbox:
         """The same operations as coroutines, each run in a worker thread."""
         return AsyncOutbox(self)
 
+    def checkpoint(self) -> tuple[int, int]:
+        """Copy the committed WAL frames into the main file; (frames in the WAL, frames copied).
+
+        A PASSIVE checkpoint on a connection of its own: it waits for no writer
+        and no writer waits for it (nor for the outbox lock), so it belongs in a
+        worker thread beside an owner that commits on a latency path (see
+        ``checkpoint="background"``). Frames that a reader still needs stay until
+        a later call; once all are copied, the next commit starts the WAL afresh.
+        """
+        with self._lock_ckpt:
+            conn = self._ckpt
+            if conn is None:
+                if self._conn is None:
+                    raise OutboxError(self.path, "the outbox is closed")
+                try:
+                    conn = sqlite3.connect(
+                        self.path,
+                        timeout=self._busy_timeout,
+                        isolation_level=None,
+                        check_same_thread=False,
+                    )
+                    # NORMAL syncs what a checkpoint must (the WAL before, the file after)
+                    conn.execute("PRAGMA synchronous=NORMAL")
+                    conn.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_CHECKPOINT_PAGES}")
+                except sqlite3.Error as e:
+                    raise self._translate(e, "checkpoint") from e
+                self._ckpt = conn
+            try:
+                _busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            except sqlite3.Error as e:
+                raise self._translate(e, "checkpoint") from e
+        return max(0, frames), max(0, copied)
+
     def close(self) -> None:
         """Close the file (idempotent). SQLite checkpoints the WAL into the main file."""
+        with self._lock_ckpt:
+            ckpt, self._ckpt = self._ckpt, None
+            if ckpt is not None:
+                ckpt.close()
         self._acquire()
         try:
             with self._lock_readers:

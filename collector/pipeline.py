@@ -755,6 +755,7 @@ class Gateway:
         limits_poll_s: float = 1.0,
         series_linger_s: float = 0.2,
         commit_linger_s: float = 0.01,
+        checkpoint_interval_s: float = 0.5,
         freeze_gc: bool = False,
         outbox_max_bytes: int = 2 * 1024**3,
         on_alarm: Callable[[AlarmEvent], None] | None = None,
@@ -773,6 +774,7 @@ class Gateway:
         self.limits_poll_s = limits_poll_s
         self.series_linger_s = series_linger_s
         self.commit_linger_s = commit_linger_s
+        self.checkpoint_interval_s = checkpoint_interval_s
         self.freeze_gc = freeze_gc
         self.on_alarm = on_alarm
         self._dedup = _Dedup(dedup_size)
@@ -1150,6 +1152,7 @@ class Gateway:
                 drain = tg.create_task(self._drain_loop())
                 saver = tg.create_task(self._save_loop())
                 limits = tg.create_task(self._limits_loop())
+                checkpoints = tg.create_task(self._checkpoint_loop())
                 await stop.wait()
                 log.info("gateway %s stopping: sources first", self.gateway_id)
                 await _cancel_all(src_tasks)
@@ -1161,6 +1164,7 @@ class Gateway:
                 await drain
                 saver.cancel()
                 limits.cancel()
+                checkpoints.cancel()
                 notify_stop.set()
                 for t in notify_tasks:
                     await t
@@ -1386,6 +1390,15 @@ class Gateway:
                 await asyncio.to_thread(self._write_state, self._state_files())
             except (OSError, ValueError) as exc:
                 log.error("could not save state to %s: %s", self.data_dir, exc)
+
+    async def _checkpoint_loop(self) -> None:
+        """Checkpoint the alarm file from a worker thread, so that no alarm commit does it."""
+        while True:
+            await asyncio.sleep(self.checkpoint_interval_s)
+            try:
+                await asyncio.to_thread(self.alarms.outbox.checkpoint)
+            except OutboxError as exc:
+                log.error("alarm store checkpoint: %s", exc)
 
     async def _pending(self) -> int:
         """Series entries waiting in the outbox. Read in a worker thread: the outbox lock may be

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from collector.alarms import alarm_id
+from collector.outbox import BACKSTOP_CHECKPOINT_PAGES
 from collector.pipeline import Gateway
 from connectors.base import ConnectorStats, Quality, Sample
 from spc.limits import LimitsRecord
@@ -650,3 +651,30 @@ def test_mes_publishers_hear_of_an_alarm_before_the_screens_and_the_console(
         logging.getLogger("collector.alarms").removeHandler(handler)
         gw.close()
     assert order == ["publish", "screens", "console", "log"]
+
+
+async def test_the_alarm_file_is_checkpointed_by_the_gateway_not_by_alarm_commits(
+    broker: Server, tmp_path: Path
+) -> None:
+    copied: list[int] = []
+    with watching(broker.port) as (sub, view):
+        poll = lambda: view.take(sub.messages)  # noqa: E731
+        async with (
+            gateway(broker, tmp_path, gw_kw={"checkpoint_interval_s": 0.05}) as gw,
+            Station(broker.port) as st,
+        ):
+            ob = gw.alarms.outbox
+            real = ob.checkpoint
+
+            def counted() -> tuple[int, int]:
+                frames, n = real()
+                copied.append(n)
+                return frames, n
+
+            ob.checkpoint = counted  # type: ignore[method-assign]
+            assert ob.query("PRAGMA wal_autocheckpoint") == [(BACKSTOP_CHECKPOINT_PAGES,)]
+            await st.parts([(k, calm(k)) for k in range(4)] + [(4, 14.0)])
+            await until(lambda: view.events("raised"), "raised", poll=poll)
+            # the raise's commit is copied into the main file by the gateway's checkpoints
+            await until(lambda: any(copied), "a checkpoint that copied the raise", poll=poll)
+    assert len(view.events("raised")) == 1

@@ -520,3 +520,51 @@ def test_snapshot_after_close_is_a_clear_error(path: Path) -> None:
         reader.execute("SELECT 1")  # closed with the outbox
     with pytest.raises(OutboxError, match="closed"):
         ob.snapshot("SELECT 1")
+
+
+def _wal_pages(path: Path) -> int:
+    wal = Path(f"{path}-wal")
+    return wal.stat().st_size // 4096 if wal.exists() else 0
+
+
+@pytest.mark.parametrize("mode", ["auto", "background"])
+def test_background_checkpoint_leaves_the_checkpoint_to_checkpoint(
+    tmp_path: Path, mode: str
+) -> None:
+    # about 1 500 pages in 300 commits: past SQLite's own threshold of 1 000 pages
+    path = tmp_path / f"{mode}.db"
+    with Outbox(path, synchronous="NORMAL", checkpoint=mode) as ob:  # type: ignore[arg-type]
+        for k in range(300):
+            seqs = ob.append("s", [bytes([k % 251]) * 16000], now=T0)
+            ob.ack("s", seqs)
+        if mode == "auto":
+            # a commit checkpointed and the WAL started again from its beginning
+            assert _wal_pages(path) < 1100
+            return
+        assert _wal_pages(path) > 1400  # no commit checkpointed
+        frames, copied = ob.checkpoint()
+        assert frames == copied > 1400
+        size = _wal_pages(path)
+        seqs = ob.append("s", [b"after"], now=T0)
+        # everything was copied, so this commit wrote from the WAL's beginning again
+        frames, copied = ob.checkpoint()
+        assert 0 < frames == copied < 20
+        assert _wal_pages(path) == size
+        assert [e.payload for e in ob.peek("s", 10, now=math.inf)] == [b"after"]
+    with Outbox(path, synchronous="NORMAL") as ob:  # nothing lost by the checkpoints
+        assert [e.seq for e in ob.peek("s", 10, now=math.inf)] == seqs
+
+
+def test_checkpoint_waits_for_no_writer_and_errors_after_close(outbox: Outbox, path: Path) -> None:
+    outbox.append("s", [b"x"], now=T0)
+    with outbox.transaction(now=T0) as tx:
+        tx.append("s", [b"y"])
+        # a writer holds the file: a passive checkpoint copies what was committed before
+        frames, copied = outbox.checkpoint()
+        assert frames == copied > 0
+    assert [e.payload for e in outbox.peek("s", 10, now=math.inf)] == [b"x", b"y"]
+    with pytest.raises(ValueError, match="checkpoint must be"):
+        Outbox(path, checkpoint="sometimes")  # type: ignore[arg-type]
+    outbox.close()
+    with pytest.raises(OutboxError, match="closed"):
+        outbox.checkpoint()
