@@ -584,14 +584,14 @@ def _probe_judging(gw: Any, judging: dict[str, int], last_tx: list[int]) -> None
     called after the publish, reads them)."""
     process = gw.process
 
-    def probed(items):
+    def probed(items, **kwargs):
         now = time.monotonic_ns()
         for _, samples in items:
             for s in samples:
                 ser = s.serial
                 if ser is not None and ser[:1] == "p":
                     judging.setdefault(ser, now)
-        return process(items)
+        return process(items, **kwargs)
 
     gw.process = probed
     outbox = gw.alarms.outbox

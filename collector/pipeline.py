@@ -47,9 +47,15 @@ drainer, the periodic state saver and the limits watcher.
   smaller batch waits at most ``series_linger_s`` for more; a ``localstore`` at ``data_dir/series.db``
   when none is configured), acks on success, retries later with ``Backoff`` on
   a retryable :class:`~connectors.base.ConnectorError` and dead-letters lines
-  a sink rejects as malformed. The processor hands its lines to an appender
-  that commits several batches at once while the next batch is judged (it
-  waits ``commit_linger_s`` after the first for more: a group commit).
+  a sink rejects as malformed. The processor judges each batch at once (alarms
+  are committed and published there) but encodes the ``measurement`` and ``spc``
+  lines of the batches judged within ``series_defer_s`` in one go (encoding has a
+  fixed cost per call that a message or two per batch paid each time), then
+  hands them to an appender that commits several of those at once while the
+  next batches are judged (it waits ``commit_linger_s`` after the first for
+  more: a group commit). The batches' futures resolve after that commit.
+* **Checkpoints.** The alarm file's WAL is checkpointed from a worker thread
+  every ``checkpoint_interval_s``, so no alarm commit on the loop copies it.
 * **Limits.** Every record in force comes from the audited limits store
   (:class:`collector.limitstore.LimitsStore`, ``data_dir/limits.db``): configured
   standards and frozen Phase I limits are assigned there (audited, user
@@ -154,6 +160,7 @@ _CENTRE_CHART = {
 }
 _DISP_CHART = {"imr": "mr", "xbar-r": "r", "xbar-s": "s"}
 _ALARM_TICK_US = 1_000_000  # shelve expiry, flood end: checked about once a second
+_DEFER_MAX_VALUES = 1000  # values judged but not yet encoded: encoded now, whatever the time
 
 
 def violation_codes(mask: int) -> list[str]:
@@ -755,6 +762,7 @@ class Gateway:
         limits_poll_s: float = 1.0,
         series_linger_s: float = 0.2,
         commit_linger_s: float = 0.01,
+        series_defer_s: float = 0.005,
         checkpoint_interval_s: float = 0.5,
         freeze_gc: bool = False,
         outbox_max_bytes: int = 2 * 1024**3,
@@ -774,6 +782,7 @@ class Gateway:
         self.limits_poll_s = limits_poll_s
         self.series_linger_s = series_linger_s
         self.commit_linger_s = commit_linger_s
+        self.series_defer_s = series_defer_s
         self.checkpoint_interval_s = checkpoint_interval_s
         self.freeze_gc = freeze_gc
         self.on_alarm = on_alarm
@@ -851,6 +860,11 @@ class Gateway:
         ]
         self._warned: set[tuple[int, str]] = set()
         self._mprefix: dict[tuple[int, str], str] = {}
+        # judged but not yet encoded (see flush_series): measurement rows, spc point columns,
+        # the live views' newest points
+        self._pend_rows = _Rows()
+        self._pend_pts: list[tuple[list[int], dict[str, Any], np.ndarray]] = []
+        self._pend_views: list[tuple[np.ndarray, ...]] = []
         self._sprefix = [
             series_prefix(
                 "spc",
@@ -1088,6 +1102,7 @@ class Gateway:
 
     def _state_files(self) -> dict[str, bytes]:
         """The state files' contents, taken on the event loop (the engine must not move meanwhile)."""
+        self._apply_views()  # their point counts go with the engine's
         state = {
             "fingerprint": self._fingerprint(),
             "fill": self._fill.tolist(),
@@ -1248,31 +1263,52 @@ class Gateway:
             log.error("source %s stopped: %s", source.name, exc)
 
     async def _process_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        # judged, not yet handed to the appender: their lines, the series still to encode
+        # (flush_series) and the futures of their batches (resolved once all is committed)
+        held: list[str] = []
+        held_done: list[asyncio.Future[None]] = []
+        held_values = 0
+        flush_at = math.inf
+
+        async def flush() -> None:
+            nonlocal held, held_done, held_values, flush_at
+            lines, done = held + self.flush_series(), held_done
+            held, held_done, held_values, flush_at = [], [], 0, math.inf
+            await self._commit(lines, done)
+
         while True:
             try:
-                # wait_for makes a task per call: only when there is nothing to take yet
-                first = (
-                    self._queue.get_nowait()
-                    if not self._queue.empty()
-                    else await asyncio.wait_for(self._queue.get(), 0.2)
-                )
+                if not self._queue.empty():
+                    first = self._queue.get_nowait()
+                else:
+                    # wait_for makes a task per call: only when there is nothing to take yet
+                    wait = 0.2 if flush_at == math.inf else max(0.0, flush_at - loop.time())
+                    first = await asyncio.wait_for(self._queue.get(), wait)
             except TimeoutError:
+                now = _now_us()
+                held += self.tick_alarms(now) + self.close_windows(now, defer=True)
+                await flush()
                 if self._sources_done and self._queue.empty():
                     break
-                now = _now_us()
-                await self._commit(self.tick_alarms(now) + self.close_windows(now), [])
                 await self._periodic()
                 continue
             items = [first]
             while len(items) < 500 and not self._queue.empty():
                 items.append(self._queue.get_nowait())
             self.stats.queue_depth = self._queue.qsize()
-            # alarms commit inside process(); the series lines go to the appender, so the
-            # next batch is judged while this one's lines are being committed
-            lines = self.process([(name, samples) for name, samples, _ in items])
+            # alarms are committed and published inside process(); the series are encoded
+            # a few batches at a time (series_defer_s), then go to the appender, so the next
+            # batches are judged while those lines are being committed
+            held += self.process([(name, samples) for name, samples, _ in items], defer=True)
             now = _now_us()
-            lines += self.tick_alarms(now) + self.close_windows(now)
-            await self._commit(lines, [done for *_, done in items])
+            held += self.tick_alarms(now) + self.close_windows(now, defer=True)
+            held_done += [done for *_, done in items]
+            held_values += sum(len(samples) for _, samples, _ in items)
+            if flush_at == math.inf:
+                flush_at = loop.time() + self.series_defer_s
+            if held_values >= _DEFER_MAX_VALUES or loop.time() >= flush_at:
+                await flush()
             await self._periodic()
             await asyncio.sleep(0)  # sources and sockets get their turn between batches
         await self._appends.put(None)  # the appender commits what is left, then ends
@@ -1489,13 +1525,18 @@ class Gateway:
 
     # ------------------------------------------------------------------ processing (sync, testable)
 
-    def process(self, items: Sequence[tuple[str, Sequence[Sample]]]) -> list[str]:
+    def process(
+        self, items: Sequence[tuple[str, Sequence[Sample]]], *, defer: bool = False
+    ) -> list[str]:
         """Judge batches of (source name, samples); returns the line-protocol lines to store.
 
         Per sample only the mapping, de-duplication and subgroup bookkeeping run in
-        Python; line encoding and judging work on whole columns.
+        Python; line encoding and judging work on whole columns. ``defer``: the
+        ``measurement`` and ``spc`` lines (and the live views) wait for
+        :meth:`flush_series`, which encodes the calls since the last flush in one go;
+        alarms are judged, committed and published now either way.
         """
-        rows = _Rows()
+        rows = self._pend_rows
         fed = _Fed()
         now = _now_us()
         values = self.index.values
@@ -1523,8 +1564,46 @@ class Gateway:
                     self._accept(i, s, source, kind, ctx, rows, fed)
         # judged (alarms committed) before the measurement lines are encoded
         self._feed(fed, lines, now)
-        lines += self._measurement_lines(rows)
+        if not defer:
+            lines += self.flush_series()
         return lines
+
+    def flush_series(self) -> list[str]:
+        """The ``spc`` and ``measurement`` lines of what was judged since the last flush.
+
+        Encoding is columnar with a fixed cost per call: under streaming load (a
+        message or two per judging call) encoding several calls' points at once
+        costs a fraction of encoding each call's, and the event loop that reads the
+        next values is free sooner. Also brings the live views up to date.
+        """
+        lines: list[str] = []
+        pend, self._pend_pts = self._pend_pts, []
+        if pend:
+            if len(pend) == 1:
+                chars, cols, times = pend[0]
+            else:
+                chars = [i for c, _, _ in pend for i in c]
+                cols = {
+                    k: (
+                        np.concatenate([c[k] for _, c, _ in pend])
+                        if isinstance(v, np.ndarray)
+                        else [x for _, c, _ in pend for x in c[k]]
+                    )
+                    for k, v in pend[0][1].items()
+                }
+                times = np.concatenate([t for _, _, t in pend])
+            lines += encode_rows(
+                [self._sprefix[i] for i in chars], cols, times, self.precision
+            ).lines
+        rows, self._pend_rows = self._pend_rows, _Rows()
+        lines += self._measurement_lines(rows)
+        self._apply_views()
+        return lines
+
+    def _apply_views(self) -> None:
+        views, self._pend_views = self._pend_views, []
+        if views:
+            self._update_views(*(np.concatenate(col) for col in zip(*views, strict=True)))
 
     # ------------------------------------------------------------------ alarms
 
@@ -1831,8 +1910,9 @@ class Gateway:
         )
         return enc.lines
 
-    def close_windows(self, now_us: int) -> list[str]:
-        """Close open subgroups whose ``window_s`` has passed on the gateway clock; returns lines."""
+    def close_windows(self, now_us: int, *, defer: bool = False) -> list[str]:
+        """Close open subgroups whose ``window_s`` has passed on the gateway clock; returns lines
+        (``defer``: as :meth:`process`)."""
         fed = _Fed()
         for i, window_us in self._windowed:
             if self._fill[i] and now_us - int(self._open_gw[i]) > window_us:
@@ -1840,6 +1920,8 @@ class Gateway:
         lines: list[str] = []
         if fed.idx:
             self._feed(fed, lines, now_us)
+            if not defer:
+                lines += self.flush_series()
         return lines
 
     def _pad(self, i: int, fed: _Fed) -> None:
@@ -1966,7 +2048,8 @@ class Gateway:
         times = np.array(fed.time, dtype=np.int64)[done]
         serials = [fed.serial[j] for j in done.tolist()]
         limits_ids = np.array(self.engine.limits_ids, dtype=object)[pts.limits[:n]].tolist()
-        flagged = np.flatnonzero((pts.mask[:n] | pts.disp_mask[:n]) != 0).tolist()
+        hit = (pts.mask[:n] | pts.disp_mask[:n]) != 0
+        flagged = np.flatnonzero(hit).tolist()
         violations = [""] * n
         for j in flagged:
             codes = violation_codes(int(pts.mask[j])) + violation_codes(int(pts.disp_mask[j]))
@@ -1974,28 +2057,27 @@ class Gateway:
         contexts = [fed.ctx[j] for j in done.tolist()]
         # alarms first: their commit and publish do not wait for the series encoding
         self._judge_alarms(pts, n, chars, times, serials, limits_ids, flagged, contexts, lines)
-        char_list = chars.tolist()
-        enc = encode_rows(
-            [self._sprefix[i] for i in char_list],
-            {
-                "statistic": pts.statistic[:n],
-                "center": pts.center[:n],
-                "lcl": pts.lcl[:n],
-                "ucl": pts.ucl[:n],
-                "sigma": pts.sigma[:n],
-                "ewma": pts.ewma[:n],
-                "cusum_upper": pts.cusum_upper[:n],
-                "cusum_lower": pts.cusum_lower[:n],
-                "n": pts.n[:n].astype(np.int64),
-                "violations": violations,
-                "limits_id": limits_ids,
-            },
-            times,
-            self.precision,
+        self._pend_pts.append(
+            (
+                chars.tolist(),
+                {
+                    "statistic": pts.statistic[:n],
+                    "center": pts.center[:n],
+                    "lcl": pts.lcl[:n],
+                    "ucl": pts.ucl[:n],
+                    "sigma": pts.sigma[:n],
+                    "ewma": pts.ewma[:n],
+                    "cusum_upper": pts.cusum_upper[:n],
+                    "cusum_lower": pts.cusum_lower[:n],
+                    "n": pts.n[:n].astype(np.int64),
+                    "violations": violations,
+                    "limits_id": limits_ids,
+                },
+                times,
+            )
         )
-        lines.extend(enc.lines)
         self.stats.points += n
-        self._update_views(pts, chars)
+        self._pend_views.append((chars, pts.center[:n], pts.lcl[:n], pts.ucl[:n], hit))
         if self.point_listeners:
             judged = JudgedPoints(pts, n, times, serials, limits_ids, violations, contexts)
             for listener in self.point_listeners:
@@ -2056,15 +2138,22 @@ class Gateway:
             self._alarm_backlog.append(batch)
         self.stats.alarm_pending = len(self._alarm_backlog)
 
-    def _update_views(self, pts: Points, chars: np.ndarray) -> None:
+    def _update_views(
+        self,
+        chars: np.ndarray,
+        center_: np.ndarray,
+        lcl_: np.ndarray,
+        ucl_: np.ndarray,
+        flagged_: np.ndarray,
+    ) -> None:
         """The live table's view of each characteristic: its newest point of the batch."""
         char_list = chars.tolist()
         counts = collections.Counter(char_list)
         last = {i: j for j, i in enumerate(char_list)}  # each characteristic's newest point
         rows = list(last.values())
-        center = pts.center[rows].tolist()
-        lcls, ucls = pts.lcl[rows].tolist(), pts.ucl[rows].tolist()
-        flagged = ((pts.mask[rows] | pts.disp_mask[rows]) != 0).tolist()
+        center = center_[rows].tolist()
+        lcls, ucls = lcl_[rows].tolist(), ucl_[rows].tolist()
+        flagged = flagged_[rows].tolist()
         for k, i in enumerate(last):
             view = self.views[i]
             view.n_points += counts[i]

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from collector.config import GatewayConfig
@@ -673,3 +673,107 @@ def test_batch_ranks_count_earlier_rows_of_the_same_key(keys: list[int]) -> None
         seen[k] = seen.get(k, 0) + 1
     assert rank.tolist() == expected
     assert per_key.tolist() == [seen.get(k, 0) for k in range(7)]
+
+
+def _views(gw: Gateway) -> list[tuple[Any, ...]]:
+    return [
+        (v.n_points, v.center, v.lcl, v.ucl, v.in_control, v.last_value, v.n_samples)
+        for v in gw.views
+    ]
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    calls=st.lists(
+        st.tuples(
+            st.lists(
+                st.tuples(st.sampled_from("abc"), st.floats(5.0, 15.0, allow_nan=False)),
+                min_size=0,
+                max_size=6,
+            ),
+            st.booleans(),  # flush after this call
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_deferred_series_encode_to_the_lines_and_views_of_undeferred(
+    tmp_path_factory, calls
+) -> None:
+    """process(defer=True) + flush_series() gives, per measurement, the same lines in the
+    same order and the same live views as process() encoding each call at once."""
+    cfg = _cfg(
+        _char("a"),
+        _char("b", chart="xbar-r", subgroup={"size": 3}, value={"source": "dev", "binding": "b"}),
+        _char("c", value={"source": "dev", "binding": "c"}),
+    )
+    now = _gw(tmp_path_factory.mktemp("now"), cfg)
+    later = _gw(tmp_path_factory.mktemp("later"), cfg)
+    try:
+        got_now: list[str] = []
+        got_later: list[str] = []
+        k = 0
+        for values, flush in calls:
+            batch = []
+            for binding, v in values:
+                batch.append(_s(binding, v, k, serial=f"P{k}"))
+                k += 1
+            got_now += now.process([("dev", batch)])
+            deferred = later.process([("dev", batch)], defer=True)
+            # the alarm lines come at once; the series wait for the flush
+            assert not _parsed(deferred, "spc") and not _parsed(deferred, "measurement")
+            got_later += deferred
+            if flush:
+                got_later += later.flush_series()
+                assert _views(later) == _views(now)
+        got_later += later.flush_series()
+        assert later.flush_series() == []  # nothing left twice
+        for m in ("measurement", "spc"):
+            assert [ln for ln in got_later if ln.startswith(m + ",")] == [
+                ln for ln in got_now if ln.startswith(m + ",")
+            ]
+        # the same alarm events (their lines carry the gateway's clock, and a flood alarm's id
+        # is made from it, so only their number compares)
+        assert len(got_later) == len(got_now)
+        assert _views(later) == _views(now)
+        points = _parsed(got_later, "spc")
+        for v in later.views:
+            assert v.n_points == sum(p.tags["characteristic"] == v.id for p in points)
+    finally:
+        now.close()
+        later.close()
+
+
+async def test_emit_returns_after_the_deferred_series_are_committed(tmp_path) -> None:
+    """With series encoding deferred (here 0.3 s), a batch's emit still returns only once its
+    measurement and spc lines are committed to the outbox: nothing acknowledged can be lost."""
+    committed: list[int] = []
+
+    class Checking(FakeSource):
+        async def run(self, emit: Any) -> None:
+            for k in range(3):
+                await emit([_s("a", 10.0, k, serial=f"P{k}")])
+                committed.append(gw.stats.lines_appended)
+            self.done.set()
+            await asyncio.Event().wait()
+
+    src = Checking([])
+    gw = Gateway(
+        _cfg(_char("a")),
+        {},
+        data_dir=tmp_path,
+        sources=[src],
+        sinks=[RecordingSink()],
+        series_defer_s=0.3,
+        metrics_interval_s=3600.0,
+    )
+    stop = asyncio.Event()
+
+    async def stopper() -> None:
+        await asyncio.wait_for(src.done.wait(), 20)
+        stop.set()
+
+    async with asyncio.timeout(30):
+        await asyncio.gather(gw.run(stop), stopper())
+    # a measurement and an spc line per value, committed before its emit returned
+    assert [c >= 2 * (k + 1) for k, c in enumerate(committed)] == [True] * 3
