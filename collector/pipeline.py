@@ -1282,9 +1282,11 @@ class Gateway:
                 if not self._queue.empty():
                     first = self._queue.get_nowait()
                 else:
-                    # wait_for makes a task per call: only when there is nothing to take yet
+                    # a timeout scope, not wait_for (a task per call); a cancelled get loses
+                    # nothing: the item stays queued until get returns it
                     wait = 0.2 if flush_at == math.inf else max(0.0, flush_at - loop.time())
-                    first = await asyncio.wait_for(self._queue.get(), wait)
+                    async with asyncio.timeout(wait):
+                        first = await self._queue.get()
             except TimeoutError:
                 now = _now_us()
                 held += self.tick_alarms(now) + self.close_windows(now, defer=True)
