@@ -240,11 +240,29 @@ def summarize(
         **(probes or {}),
         "arrived": arrived,
     }
+    per: dict[str, dict[str, int]] = {}  # stage -> serial -> ns
+    per["producer_lag"] = {s: sent - t for s, t, sent in planted}
     for (a, b), name in STAGES.items():
         if a in points and b in points:
             pa, pb = points[a], points[b]
-            stages[name] = [pb[s] - pa[s] for s, *_ in planted if s in pa and s in pb]
+            per[name] = {s: pb[s] - pa[s] for s, *_ in planted if s in pa and s in pb}
+            stages[name] = list(per[name].values())
     out["stages_ms"] = {k: _pct(v) for k, v in stages.items()}
+    # where the slowest 2 % (at least 3) of the planted values spent their time: the tail's
+    # stages, mean per stage (the p99 of each stage alone need not come from the same values)
+    slow = sorted(
+        ((arrived[s] - t, s) for s, t, _ in planted if s in arrived), reverse=True
+    )[: max(3, -(-len(total) // 50))]
+    if slow:
+        out["slowest"] = {
+            "values": len(slow),
+            "latency_ms": round(sum(ns for ns, _ in slow) / len(slow) / 1e6, 3),
+            "stages_ms": {
+                name: round(sum(v) / len(v) / 1e6, 3)
+                for name, d in per.items()
+                if (v := [d[s] for _, s in slow if s in d])
+            },
+        }
     all_in = len(total) == len(planted) and len(planted) > 0
     lat = out["latency_ms"]
     out["targets"] = {

@@ -92,6 +92,27 @@ def test_summarize_percentiles_stages_and_targets() -> None:
         "publish_to_puback": 2.0,
     }
     assert set(probes["targets"]) == {"p99_ms"}
+    assert probes["slowest"]["stages_ms"]["alarm_transaction"] == 1.0
+
+
+def test_summarize_splits_the_slowest_values_by_stage() -> None:
+    """The slowest 2 % (at least 3) of the planted values, their mean latency and stages."""
+    ms = 1_000_000
+    planted = [(f"p{k}", k * 10 * ms, k * 10 * ms) for k in range(200)]
+    # p0..p195 take 1 ms, all of it publish_to_receive; p196..p199 take 5 ms, 4 of it judging
+    arrived = {f"p{k}": k * 10 * ms + (5 if k >= 196 else 1) * ms for k in range(200)}
+    received = {f"p{k}": k * 10 * ms + ms for k in range(200)}
+    probes = {
+        "received": received,
+        "at_gateway": received,
+        "judging": received,
+        "transaction": {s: t + (4 * ms if int(s[1:]) >= 196 else 0) for s, t in received.items()},
+    }
+    slow = summarize(5000, planted, arrived, probes)["slowest"]
+    assert slow["values"] == 4 and slow["latency_ms"] == 5.0
+    assert slow["stages_ms"]["publish_to_receive"] == 1.0
+    assert slow["stages_ms"]["judged"] == 4.0
+    assert slow["stages_ms"]["producer_lag"] == 0.0
 
 
 def test_config_loads() -> None:
