@@ -250,9 +250,9 @@ def summarize(
     out["stages_ms"] = {k: _pct(v) for k, v in stages.items()}
     # where the slowest 2 % (at least 3) of the planted values spent their time: the tail's
     # stages, mean per stage (the p99 of each stage alone need not come from the same values)
-    slow = sorted(
-        ((arrived[s] - t, s) for s, t, _ in planted if s in arrived), reverse=True
-    )[: max(3, -(-len(total) // 50))]
+    slow = sorted(((arrived[s] - t, s) for s, t, _ in planted if s in arrived), reverse=True)[
+        : max(3, -(-len(total) // 50))
+    ]
     if slow:
         out["slowest"] = {
             "values": len(slow),
