@@ -67,6 +67,7 @@ __all__ = [
     "evaluate",
     "evaluate_with_carry",
     "make_rule",
+    "npz_bytes",
     "resolve_rules",
     "standardize",
     "violation_indices",
@@ -1580,6 +1581,13 @@ class _Bound:
     )
 
 
+def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """``arrays`` as the bytes of an ``.npz`` (no pickles)."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
 class RuleBank:
     """Streaming run rules for many characteristics at once, batch-exact.
 
@@ -2184,18 +2192,20 @@ class RuleBank:
         if fresh:
             self.reset(fresh)
 
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """The arrays :meth:`to_bytes` stores, as copies that later steps leave alone: take
+        them where the bank must not move, encode them elsewhere with :func:`npz_bytes`."""
+        return {
+            "version": np.array([_STATE_VERSION]),
+            "levels": self._levels_matrix(),
+            "regs": self._export_regs(),
+            "last": self._last.copy(),
+            "count": self._count.copy(),
+        }
+
     def to_bytes(self) -> bytes:
         """Compact binary state (an ``.npz`` without pickles); restore with :meth:`from_bytes`."""
-        buf = io.BytesIO()
-        np.savez(
-            buf,
-            version=np.array([_STATE_VERSION]),
-            levels=self._levels_matrix(),
-            regs=self._export_regs(),
-            last=self._last,
-            count=self._count,
-        )
-        return buf.getvalue()
+        return npz_bytes(self.state_arrays())
 
     @classmethod
     def from_bytes(

@@ -30,7 +30,7 @@ from spc.charts.timeweighted import (
 )
 from spc.charts.variables import imr_series, subgroup_stats, xbar_series
 from spc.constants import c4, d2, d3
-from spc.engine import CHARTS, Engine, Points, Spec
+from spc.engine import CHARTS, Engine, Points, Spec, encode_snapshot
 from spc.errors import SpcInputError
 from spc.limits import LimitsRecord
 from spc.rules import BITS
@@ -589,6 +589,26 @@ def test_snapshot_restore_continues_exactly() -> None:
         assert np.array_equal(getattr(rest_a, c), getattr(rest_b, c), equal_nan=True), c
     with pytest.raises(SpcInputError):
         Engine.restore(b"not a snapshot")
+
+
+def test_snapshot_arrays_taken_now_encode_later_to_the_state_of_now() -> None:
+    """snapshot_arrays() copies: encoding them after the engine moved on still restores the
+    engine as it was when they were taken (the gateway encodes them off its event loop)."""
+    rng = np.random.default_rng(5)
+    specs = [Spec("imr", 0.0, 1.0), Spec("xbar-r", 0.0, 1.0, subgroup_size=4), Spec("imr", 1, 2)]
+    idx = np.tile(np.arange(3), 80)
+    vals = rng.normal(0.5, 1.0, idx.size)
+    a = Engine(specs)
+    a.process(idx[:101], vals[:101])
+    parts = a.snapshot_arrays()
+    b = Engine.restore(a.snapshot())  # the state now, encoded now
+    a.process(idx[101:170], vals[101:170])  # the engine moves on before the encoding
+    c = Engine.restore(encode_snapshot(parts))
+    rest_b = b.process(idx[101:], vals[101:])
+    rest_c = c.process(idx[101:], vals[101:])
+    assert len(rest_b) > 0
+    for col in ("char", "point", *ALL_COLS):
+        assert np.array_equal(getattr(rest_b, col), getattr(rest_c, col), equal_nan=True), col
 
 
 def test_bytes_per_characteristic_imr_nelson() -> None:
