@@ -51,7 +51,10 @@ How (three processes beside the servers, one clock):
   SQLite transaction, with its fsync at ``durability: full``),
   ``commit_to_publish`` (the publisher reading its outbox and writing the
   PUBLISH), ``publish_to_subscriber`` (broker → subscriber);
-  ``publish_to_puback`` overlaps the last one.
+  ``publish_to_puback`` overlaps the last one. ``slowest`` gives the mean
+  latency and stages of the slowest 2 % (at least 3) of the planted values:
+  where the tail spends its time (each stage's own p99 need not come from
+  the same values).
 
 ``--floor`` adds a run per rate (``floor/<rate>``) with a relay in place of the
 gateway: the gateway's MQTT source client and alarm publisher link, and per
