@@ -1203,7 +1203,6 @@ class Outbox:
                     )
                     # NORMAL syncs what a checkpoint must (the WAL before, the file after)
                     conn.execute("PRAGMA synchronous=NORMAL")
-                    conn.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_CHECKPOINT_PAGES}")
                 except sqlite3.Error as e:
                     raise self._translate(e, "checkpoint") from e
                 self._ckpt = conn

@@ -774,6 +774,7 @@ class Gateway:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.chars = list(cfg.characteristics)
         self.paths = [c.path for c in self.chars]
+        self._fp: str | None = None
         self._fingerprint()  # once, now (the state saves on the loop reuse it)
         self.index = BindingIndex(self.chars)
         self.stats = GatewayStats()
@@ -925,14 +926,13 @@ class Gateway:
     def _fingerprint(self) -> str:
         # the characteristics never change in a gateway's life; dumping them all took about
         # 1 ms, on the event loop at every state save
-        fp = self.__dict__.get("_fp")
-        if fp is None:
+        if self._fp is None:
             body = json.dumps(
                 [c.model_dump(mode="json", exclude_defaults=True) for c in self.chars],
                 sort_keys=True,
             )
-            fp = self._fp = hashlib.sha256(body.encode()).hexdigest()[:16]
-        return fp
+            self._fp = hashlib.sha256(body.encode()).hexdigest()[:16]
+        return self._fp
 
     def _setup_limits(self) -> None:
         """Limits in force from the audited store; configured standards and Phase I go there too."""
@@ -2150,26 +2150,27 @@ class Gateway:
     def _update_views(
         self,
         chars: np.ndarray,
-        center_: np.ndarray,
-        lcl_: np.ndarray,
-        ucl_: np.ndarray,
-        flagged_: np.ndarray,
+        center: np.ndarray,
+        lcl: np.ndarray,
+        ucl: np.ndarray,
+        hit: np.ndarray,
     ) -> None:
-        """The live table's view of each characteristic: its newest point of the batch."""
+        """The live table's view of each characteristic: its newest of these points (columns
+        of the same rows; ``hit``: the point broke a rule)."""
         char_list = chars.tolist()
         counts = collections.Counter(char_list)
         last = {i: j for j, i in enumerate(char_list)}  # each characteristic's newest point
         rows = list(last.values())
-        center = center_[rows].tolist()
-        lcls, ucls = lcl_[rows].tolist(), ucl_[rows].tolist()
-        flagged = flagged_[rows].tolist()
+        centres = center[rows].tolist()
+        lcls, ucls = lcl[rows].tolist(), ucl[rows].tolist()
+        flagged = hit[rows].tolist()
         for k, i in enumerate(last):
             view = self.views[i]
             view.n_points += counts[i]
-            view.center = center[k]
-            lcl, ucl = lcls[k], ucls[k]
-            if math.isfinite(lcl) or math.isfinite(ucl):
-                view.lcl, view.ucl = lcl, ucl
+            view.center = centres[k]
+            lo, hi = lcls[k], ucls[k]
+            if math.isfinite(lo) or math.isfinite(hi):
+                view.lcl, view.ucl = lo, hi
             view.in_control = not flagged[k]
 
 
