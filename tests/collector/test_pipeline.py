@@ -73,6 +73,18 @@ class FakeSource:
         await asyncio.Event().wait()
 
 
+async def _run_until_sent(gw: Gateway, src: FakeSource) -> None:
+    """Run ``gw`` until ``src`` has emitted all it has, then stop it gracefully (bounded)."""
+    stop = asyncio.Event()
+
+    async def stopper() -> None:
+        await asyncio.wait_for(src.done.wait(), 20)
+        stop.set()
+
+    async with asyncio.timeout(30):
+        await asyncio.gather(gw.run(stop), stopper())
+
+
 def _text(batch: Sequence[str | bytes]) -> list[str]:
     return [b.decode() if isinstance(b, bytes) else b for b in batch]
 
@@ -349,14 +361,7 @@ async def test_run_drains_outbox_on_stop(tmp_path) -> None:
         queue_size=4,
         metrics_interval_s=0.0,
     )
-    stop = asyncio.Event()
-
-    async def stopper() -> None:
-        await asyncio.wait_for(src.done.wait(), 20)
-        stop.set()
-
-    async with asyncio.timeout(30):
-        await asyncio.gather(gw.run(stop), stopper())
+    await _run_until_sent(gw, src)
     assert sink.closed
     assert len(_parsed(sink.lines, "measurement")) == 50
     assert len(_parsed(sink.lines, "spc")) == 50
@@ -767,13 +772,6 @@ async def test_emit_returns_after_the_deferred_series_are_committed(tmp_path) ->
         series_defer_s=0.3,
         metrics_interval_s=3600.0,
     )
-    stop = asyncio.Event()
-
-    async def stopper() -> None:
-        await asyncio.wait_for(src.done.wait(), 20)
-        stop.set()
-
-    async with asyncio.timeout(30):
-        await asyncio.gather(gw.run(stop), stopper())
+    await _run_until_sent(gw, src)
     # a measurement and an spc line per value, committed before its emit returned
     assert [c >= 2 * (k + 1) for k, c in enumerate(committed)] == [True] * 3
