@@ -237,20 +237,18 @@ def summarize(
         "matched": len(total),
         "latency_ms": _pct(total),
     }
-    stages: dict[str, list[int]] = {"producer_lag": [sent - t for _, t, sent in planted]}
     points: dict[str, Mapping[str, int]] = {
         "sent": {s: sent for s, _, sent in planted},
         **(probes or {}),
         "arrived": arrived,
     }
-    per: dict[str, dict[str, int]] = {}  # stage -> serial -> ns
-    per["producer_lag"] = {s: sent - t for s, t, sent in planted}
+    # stage -> serial -> ns
+    per: dict[str, dict[str, int]] = {"producer_lag": {s: sent - t for s, t, sent in planted}}
     for (a, b), name in STAGES.items():
         if a in points and b in points:
             pa, pb = points[a], points[b]
             per[name] = {s: pb[s] - pa[s] for s, *_ in planted if s in pa and s in pb}
-            stages[name] = list(per[name].values())
-    out["stages_ms"] = {k: _pct(v) for k, v in stages.items()}
+    out["stages_ms"] = {k: _pct(list(d.values())) for k, d in per.items()}
     # where the slowest 2 % (at least 3) of the planted values spent their time: the tail's
     # stages, mean per stage (the p99 of each stage alone need not come from the same values)
     slow = sorted(((arrived[s] - t, s) for s, t, _ in planted if s in arrived), reverse=True)[
