@@ -469,11 +469,21 @@ class Outbox:
         self._busy_timeout = busy_timeout
         self._readers: list[sqlite3.Connection] = []  # idle read-only connections (snapshot)
         self._lock_readers = threading.Lock()
-        self._conn: sqlite3.Connection | None = self._open(busy_timeout)
+        self._conn: sqlite3.Connection | None = self._open()
 
     # -- opening -------------------------------------------------------------------
 
-    def _open(self, busy_timeout: float) -> sqlite3.Connection:
+    def _connect(self, *, read_only: bool = False) -> sqlite3.Connection:
+        """A new connection to the file (any thread, autocommit, ``busy_timeout``)."""
+        return sqlite3.connect(
+            f"{self.path.resolve().as_uri()}?mode=ro" if read_only else self.path,
+            uri=read_only,
+            timeout=self._busy_timeout,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+
+    def _open(self) -> sqlite3.Connection:
         if str(self.path) == ":memory:" or str(self.path).startswith("file:"):
             raise OutboxError(self.path, "the outbox needs a file path (WAL mode)")
         if not self.path.parent.is_dir():
@@ -481,9 +491,7 @@ class Outbox:
         if self.path.exists() and not self.path.is_file():
             raise OutboxError(self.path, "exists but is not a regular file")
         try:
-            conn = sqlite3.connect(
-                self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
-            )
+            conn = self._connect()
         except sqlite3.Error as e:
             raise OutboxError(self.path, f"cannot open: {e}") from e
         try:
@@ -831,13 +839,7 @@ class Outbox:
             if self._readers:
                 return self._readers.pop()
         try:
-            conn = sqlite3.connect(
-                f"{self.path.resolve().as_uri()}?mode=ro",
-                uri=True,
-                timeout=self._busy_timeout,
-                isolation_level=None,
-                check_same_thread=False,
-            )
+            conn = self._connect(read_only=True)
             conn.execute("PRAGMA query_only=1")
         except sqlite3.Error as e:
             raise self._translate(e, what) from e
@@ -1195,12 +1197,7 @@ class Outbox:
                 if self._conn is None:
                     raise OutboxError(self.path, "the outbox is closed")
                 try:
-                    conn = sqlite3.connect(
-                        self.path,
-                        timeout=self._busy_timeout,
-                        isolation_level=None,
-                        check_same_thread=False,
-                    )
+                    conn = self._connect()
                     # NORMAL syncs what a checkpoint must (the WAL before, the file after)
                     conn.execute("PRAGMA synchronous=NORMAL")
                 except sqlite3.Error as e:
