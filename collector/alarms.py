@@ -1066,6 +1066,54 @@ class AlarmManager:
             self._states(w, w.state_chars)
         return self._commit(w)
 
+    @_locked
+    def quiet(
+        self,
+        keys: Sequence[int],
+        times: Sequence[int],
+        serials: Sequence[str | None],
+        limits_ids: Sequence[Any],
+    ) -> bool:
+        """:meth:`judge` of a few points that violate nothing, if that would commit nothing.
+
+        ``keys[j]`` is ``2 * char`` for a centre-chart point, ``2 * char + 1`` for
+        a dispersion-chart point; ``times``, ``serials`` and ``limits_ids`` as in
+        :class:`PointBatch`. The caller has checked that no point's mask has a
+        bit set. When no key has an open alarm, every characteristic has been
+        seen, keeps its limits and state, and no flood alarm is open, judging
+        them would only record their samples for later alarms: that is done
+        here, without a :class:`PointBatch` or a transaction, and True is
+        returned. Otherwise nothing changes and False is returned: call
+        :meth:`judge`. For up to the row-by-row limit only (False beyond it).
+        """
+        n = len(keys)
+        if n > self._few_max or len(times) != n or len(serials) != n or len(limits_ids) != n:
+            return False
+        if any(fl.alarm is not None for fl in self._floods.values()):
+            return False  # _floods_check may end one
+        active, seen, limits = self._has_active, self._seen, self._limits
+        suspended, state_code = self._suspended, self._state_code
+        for k, lim in zip(keys, limits_ids, strict=True):
+            i = k >> 1
+            if not 0 <= i < len(self.chars) or active[k] or not seen[i] or limits[i] != lim:
+                return False
+            code = 3 if suspended[i] else 1 + bool(active[k & ~1] or active[k | 1])
+            if code != state_code[i]:
+                return False
+        # the sample rings, as _few keeps them (per key, in batch order)
+        ring_t, ring_s, count = self._ring_t, self._ring_s, self._count
+        groups: dict[int, list[int]] = {}
+        for r, k in enumerate(keys):
+            groups.setdefault(k, []).append(r)
+        for k, rows in groups.items():
+            b = int(count[k])
+            for j in range(max(0, len(rows) - MAX_WINDOW), len(rows)):
+                col = (b + j) % MAX_WINDOW
+                ring_t[k, col] = times[rows[j]]
+                ring_s[k, col] = serials[rows[j]]
+            count[k] = b + len(rows)
+        return True
+
     def _few(
         self,
         w: _Work,

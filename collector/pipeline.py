@@ -2110,6 +2110,18 @@ class Gateway:
         """
         dj = np.flatnonzero(self._has_disp[chars])
         d = dj.tolist()
+        if not flagged and not self._alarm_backlog:
+            # nothing violated: when that commits nothing, only the sample rings move
+            c = chars.tolist()
+            keys = [2 * i for i in c] + [2 * c[j] + 1 for j in d]
+            t = times.tolist()
+            if self.alarms.quiet(
+                keys,
+                t + [t[j] for j in d],
+                serials + [serials[j] for j in d],
+                limits_ids + [limits_ids[j] for j in d],
+            ):
+                return
 
         def both(centre: np.ndarray, disp: np.ndarray) -> np.ndarray:
             return np.concatenate([centre[:n], disp[:n][dj]]) if d else centre[:n]

@@ -820,6 +820,53 @@ def test_process_state_suppression(mk) -> None:
     assert m.counts()["suspended"] == 2  # restored from the file
 
 
+# ----------------------------------------------------------------------------- quiet
+
+
+def test_quiet_records_samples_only_when_judging_would_commit_nothing(mk) -> None:
+    """``quiet`` takes in-control points of seen characteristics without a transaction; it
+    declines, changing nothing, whenever judging them would write or publish something."""
+    cs = chars(3)
+    m = mk(cs, clear_after=2, flood={"max_alarms": 1, "window_s": 5})
+
+    def quiet(char: int, t: int, chart_key: int = 0, lim: str = "LIM-1") -> bool:
+        return m.quiet([2 * char + chart_key], [t], [f"P{t}"], [lim])
+
+    def rings(char: int, chart_key: int = 0) -> tuple[int, list]:
+        k = 2 * char + chart_key
+        return int(m._count[k]), [x for x in m._ring_s[k] if x is not None]
+
+    assert not quiet(0, T0 + 1)  # never seen: judging records it (the seen table)
+    assert rings(0) == (0, [])
+    m.judge(ok(0, [T0 + 1]), T0)
+    m.judge(ok(1, [T0 + 1], chart="mr"), T0)
+    pending = len(stream(m))
+    assert quiet(0, T0 + 2) and rings(0) == (2, [f"P{T0 + 2}"])
+    assert len(stream(m)) == pending  # nothing written
+    assert not quiet(0, T0 + 3, lim="LIM-2") and rings(0) == (2, [f"P{T0 + 2}"])  # new limits
+    assert quiet(1, T0 + 3) and rings(1) == (1, [f"P{T0 + 3}"])  # c1 seen through its mr chart
+    # an open alarm on the key: its in-control points count towards clearing it
+    m.judge(batch([(2, "x", bits("N1"), T0 + 5)]), T0 + S)
+    before = rings(2)
+    assert not quiet(2, T0 + 6) and rings(2) == before
+    # the other chart's points leave it and the state (out of control) as they are
+    assert quiet(2, T0 + 6, chart_key=1) and rings(2, 1) == (1, [f"P{T0 + 6}"])
+    # out of service: the state code is checked, not assumed
+    m.judge(ok(0, [T0 + 7]), T0 + S)
+    m.set_out_of_service(0, True, "op", now_us=T0 + 2 * S)
+    assert quiet(0, T0 + 8)  # its state (out of service) stays as it is
+    # an open flood alarm may end at any call: judging decides
+    m.judge(batch([(1, "x", bits("N1"), T0 + 9), (2, "mr", bits("N1"), T0 + 9)]), T0 + 3 * S)
+    assert m.counts()["floods"] == 1
+    assert not quiet(0, T0 + 10)
+    assert m.tick(T0 + 30 * S).events == []  # calm from now
+    assert not quiet(0, T0 + 10)
+    assert [e["rule"] for e in m.judge(ok(0, [T0 + 10]), T0 + 40 * S).events] == ["FLOOD"]
+    assert quiet(0, T0 + 11)
+    # more rows than the row-by-row limit: declined
+    assert not m.quiet([0] * 33, [T0 + 20 + j for j in range(33)], [None] * 33, ["LIM-1"] * 33)
+
+
 # ----------------------------------------------------------------------------- flood
 
 

@@ -244,3 +244,84 @@ def test_row_by_row_path_equals_the_columnar_one(ops: list[tuple], clear_after: 
         finally:
             for m in ms:
                 m.close()
+
+
+quiet_row = st.tuples(
+    st.integers(0, N_CHARS - 1),
+    st.sampled_from(["x", "mr"]),
+    # mostly in control, on unchanged limits
+    st.tuples(st.integers(0, 9), st.sampled_from(RULES)).map(lambda t: [] if t[0] else [t[1]]),
+    st.booleans(),  # with a serial
+    st.integers(0, 9).map(lambda k: "LIM-B" if k == 0 else "LIM-A"),
+)
+quiet_other = st.one_of(
+    st.tuples(st.just("oos"), st.integers(0, N_CHARS - 1), st.booleans()),
+    st.tuples(st.just("ack"), st.integers(0, 20)),
+    st.tuples(st.just("tick"), st.integers(0, 5)),
+)
+quiet_op = st.integers(0, 9).flatmap(
+    lambda k: (
+        st.tuples(st.just("judge"), st.lists(quiet_row, min_size=1, max_size=4))
+        if k < 7
+        else quiet_other
+    )
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(quiet_op, min_size=5, max_size=40), clear_after=st.integers(1, 3))
+def test_quiet_points_equal_judging_them(ops: list[tuple], clear_after: int) -> None:
+    """``quiet`` (the pipeline's way for points that violate nothing) either declines and
+    changes nothing, or does exactly what ``judge`` does with them: no event, no state
+    message, the same sample rings and state (floods, out of service, acks, limit changes
+    and open alarms included)."""
+    cfg = AlarmsConfig(clear_after=clear_after, flood={"max_alarms": 2, "window_s": 3})
+    taken = 0
+    with tempfile.TemporaryDirectory() as d:
+        ms = [AlarmManager(Path(d) / f"a{k}.db", CHARS, cfg, gateway_id="gw") for k in (0, 1)]
+        try:
+            t, now = T0, T0
+            for step in ops:
+                now += S
+                if step[0] == "oos":
+                    for m in ms:
+                        m.set_out_of_service(step[1], step[2], "op", now_us=now)
+                    continue
+                if step[0] == "ack":
+                    ids = [[a["alarm_id"] for a in m.active()] for m in ms]
+                    assert ids[0] == ids[1]
+                    if ids[0]:
+                        for m in ms:
+                            m.ack(ids[0][step[1] % len(ids[0])], "op", now_us=now)
+                    continue
+                if step[0] == "tick":
+                    now += step[1] * S
+                    outs = [m.tick(now) for m in ms]
+                    assert outs[0].events == outs[1].events
+                    continue
+                rows = step[1]
+                times = list(range(t + 1, t + 1 + len(rows)))
+                t += len(rows)
+                b = _points(rows, times, [r[4] for r in rows], None)
+                q, g = ms
+                before = (q._count.copy(), q._ring_t.copy(), q._ring_s.copy())
+                keys = [2 * r[0] + (r[1] == "mr") for r in rows]
+                done = not any(b.mask) and q.quiet(keys, times, b.serial, b.limits_id)
+                if not done:
+                    assert (q._count == before[0]).all() and (q._ring_t == before[1]).all()
+                    assert (q._ring_s == before[2]).all()
+                    a = q.judge(b, now)
+                c = g.judge(b, now)
+                if done:
+                    taken += 1
+                    assert (c.events, c.states, c.lines) == ([], [], [])
+                else:
+                    assert (a.events, a.states, a.lines) == (c.events, c.states, c.lines)
+                assert (q._count == g._count).all()
+                assert (q._ring_t == g._ring_t).all() and (q._ring_s == g._ring_s).all()
+                assert (q._state_code == g._state_code).all() and list(q._limits) == list(g._limits)
+                assert (q._seen == g._seen).all()
+            event(f"quiet taken {min(taken, 10) // 5 * 5}+")
+        finally:
+            for m in ms:
+                m.close()
