@@ -1218,6 +1218,7 @@ class _BankProgram:
     nlv: np.ndarray | None
     lvtab: np.ndarray  # (S, T) each config's level per slot (NaN: none)
     nlvtab: np.ndarray
+    one: _OnePoint | None = None  # the program for one point at a time, made on first use
 
 
 def _run_key(rule: RuleSpec, slot: int) -> tuple[Any, ...]:
@@ -1535,6 +1536,124 @@ def _compile_bank(
         lvtab=lvtab,
         nlvtab=-lvtab,
     )
+
+
+# the array operations of a compiled program, as Python expressions on ints (the st rows are
+# unsigned ints of the program's width, the hb rows 0/1, the cb rows bit counts)
+_PY_OPS: dict[Any, str] = {
+    np.bitwise_or: "{0} | {1}",
+    np.bitwise_and: "{0} & {1}",
+    np.bitwise_xor: "{0} ^ {1}",
+    np.right_shift: "{0} >> {1}",
+    np.invert: "~{0} & {mask}",
+    np.bitwise_count: "{0}.bit_count()",
+    np.greater_equal: "int({0} >= {1})",
+    np.not_equal: "int({0} != {1})",
+    np.equal: "int({0} == {1})",
+    np.copyto: "{0}",
+}
+
+
+class _OnePoint:
+    """A compiled bank program for one point of one characteristic, on Python ints.
+
+    At the rates of single-value messages a step judges one point, and the
+    array program costs its numpy calls (about forty) whatever the size. Here
+    the same instructions, unrolled row by row from the same compiled program,
+    run as one generated Python function (``run``) on the point's registers;
+    the levels, enabled rows, codes and lookup tables are taken per config.
+    """
+
+    def __init__(self, pr: _BankProgram, configs: int) -> None:
+        bits = pr.dtype.itemsize * 8
+        self.mask = (1 << bits) - 1
+        self.R = pr.R
+        self.S = pr.S
+        self.limit = None if pr.limit is None else pr.limit - pr.fires[0]
+        self.nf = pr.fires[1] - pr.fires[0]
+        self.within = pr.w_rows is not None
+        self.valid = [int(v) for v in pr.valid.tolist()]
+        T = configs
+        if pr.lv is not None:
+            lv = [float(v) for v in pr.lv[:, 0].tolist()]
+            self.levels = [lv] * T
+        else:
+            self.levels = [[float(v) for v in pr.lvtab[:, t].tolist()] for t in range(T)]
+        # the mask of the fires rows: per row its code bits (lanes), cut per config
+        self.weights: list[int] | None = None
+        self.enabled: list[list[int]] | None = None
+        self.allow: list[int] | None = None
+        self.groups: list[tuple[int, int, list[int]]] = []
+        if pr.lanes:
+            w = [0] * self.nf
+            for byte, w8 in pr.lanes:
+                for r, v in enumerate(w8[:, 0].tolist()):
+                    w[r] |= int(v) << (8 * byte)
+            self.weights = w
+            if pr.entab is not None:
+                self.enabled = [[int(v) for v in pr.entab[:, t].tolist()] for t in range(T)]
+            if pr.allowtab is not None:
+                self.allow = [int(v) for v in pr.allowtab.tolist()]
+        else:
+            for a, b, _w8, lut in pr.groups:
+                self.groups.append((a - pr.fires[0], b - pr.fires[0], lut.tolist()))
+        self.per_config = T > 1
+        self.run = self._generate(pr)
+
+    def _generate(self, pr: _BankProgram) -> Any:
+        G = pr.base
+        lines = ["def run(g, valid):"]
+        lines += [f"    s{G + r} = g[{r}]" for r in range(pr.R)]
+
+        def emit(ops: list[_Merged]) -> None:
+            for m in ops:
+                form = _PY_OPS[m.fn]
+                ob, o0, ostep, cnt = m.out
+                for j in range(cnt):
+                    args = []
+                    for spec in m.ins:
+                        if isinstance(spec, np.ndarray):
+                            args.append(str(int(spec[j, 0])))
+                        else:
+                            buf, r0, step, _ = spec
+                            args.append(f"{buf[0]}{r0 + j * step}")
+                    out = f"{ob[0]}{o0 + j * ostep}"
+                    lines.append(f"    {out} = " + form.format(*args, mask=self.mask))
+
+        emit(pr.derive)
+        if pr.w_rows is not None:
+            lines += [f"    s{r} &= valid" for r in range(*pr.w_rows)]
+        if pr.gather is not None:
+            lines += [f"    s{j} = s{int(r)}" for j, r in enumerate(pr.gather.tolist())]
+        emit(pr.tests)
+        f0, f1 = pr.fires
+        if pr.limit is not None:  # the limit rows are the caller's
+            lines += [f"    h{pr.limit} = 0", f"    h{pr.limit + 1} = 0"]
+        lines.append("    return [" + ", ".join(f"h{r}" for r in range(f0, f1)) + "]")
+        scope: dict[str, Any] = {}
+        exec(compile("\n".join(lines), "<rule bank: one point>", "exec"), scope)
+        return scope["run"]
+
+    def mask_of(self, fires: list[int], cfg: int) -> int:
+        """The code bits of one point's fires rows, for its config."""
+        out = 0
+        if self.weights is not None:
+            en = self.enabled[cfg] if self.enabled is not None else None
+            for r, (f, w) in enumerate(zip(fires, self.weights, strict=True)):
+                if f and (en is None or en[r]):
+                    out |= w
+            if self.allow is not None:
+                out &= self.allow[cfg]
+            return out
+        for a, b, lut in self.groups:
+            ix = 0
+            for i in range(b - a):
+                if fires[a + i]:
+                    ix |= 1 << i
+            if self.per_config:
+                ix += cfg << 8
+            out |= lut[min(ix, len(lut) - 1)]
+        return out
 
 
 def _or_all(values: Sequence[int]) -> int:
@@ -1939,6 +2058,10 @@ class RuleBank:
         nothing and gets mask 0.
         """
         K = self._cfg.shape[0]
+        if type(idx) is np.ndarray and idx.shape == (1,) and 0 <= idx[0] < K and self._configs:
+            one = self._step_one(int(idx[0]), x, center, sigma, lcl, ucl)
+            if one is not None:
+                return one
         sel: np.ndarray | None = None
         if isinstance(idx, slice):
             start, stop, stride = idx.indices(K)
@@ -2083,6 +2206,55 @@ class RuleBank:
         if bad is not None:
             out[bad] = 0
             self._regs[:, cols], self._last[cols], self._count[cols] = saved
+        if not self._sat:
+            self._sat = bool(self._count.min() >= MAX_WINDOW)
+        return out
+
+    def _step_one(
+        self, i: int, x: Any, center: Any, sigma: Any, lcl: Any, ucl: Any
+    ) -> np.ndarray | None:
+        """:meth:`step` for one point of characteristic ``i``, on Python ints and floats
+        (:class:`_OnePoint`): the same registers, count and masks as the array program.
+        None (nothing done) when an argument holds more than one value."""
+        xf, c, sg = _one_float(x), _one_float(center), _one_float(sigma)
+        hi, lo = _one_float(ucl), _one_float(lcl)
+        if xf is None or c is None or sg is None or hi is None or lo is None:
+            return None
+        pr = self._program()
+        one = pr.one
+        if one is None:
+            one = pr.one = _OnePoint(pr, len(self._configs))
+        if sg > 0:
+            z = (xf - c) / sg
+        elif sg <= 0:  # standardize: ±inf off the centre, 0 on it; a negative σ is missing
+            d = xf - c
+            z = math.nan if sg < 0 or d != d else (0.0 if d == 0 else math.copysign(math.inf, d))
+        else:
+            z = math.nan
+        out = np.zeros(1, dtype=np.uint32)
+        if z != z:  # a missing point changes nothing
+            return out
+        cfg = int(self._cfg[i])
+        last = float(self._last[i])
+        flags = [xf > last, xf < last]
+        for lv in one.levels[cfg]:
+            flags += (z > lv, z < -lv)
+        regs = self._regs[:, i].tolist()
+        m64 = 0xFFFF_FFFF_FFFF_FFFF
+        regs = [((v << 1) & m64) | f for v, f in zip(regs, flags, strict=True)]
+        self._regs[:, i] = regs
+        self._last[i] = xf
+        mask = one.mask
+        valid = mask
+        if not self._sat:
+            n = min(int(self._count[i]) + 1, MAX_WINDOW)
+            self._count[i] = n
+            valid = one.valid[n]
+        fires = one.run([v & mask for v in regs], valid)
+        if one.limit is not None:
+            fires[one.limit] = int(xf > hi)
+            fires[one.limit + 1] = int(xf < lo)
+        out[0] = one.mask_of(fires, cfg)
         if not self._sat:
             self._sat = bool(self._count.min() >= MAX_WINDOW)
         return out
@@ -2232,6 +2404,16 @@ class RuleBank:
         levels = [tuple(v for v in row if not math.isnan(v)) for row in arrays["levels"].tolist()]
         bank._restore(levels, arrays["regs"], arrays["last"], arrays["count"], strict)
         return bank
+
+
+def _one_float(v: Any) -> float | None:
+    """The value of a scalar or a one-element array as a Python float; None for more."""
+    if type(v) is float:
+        return v
+    a = v if isinstance(v, np.ndarray) else np.asarray(v, dtype=np.float64)
+    if a.size != 1:
+        return None
+    return float(a.reshape(-1)[0])
 
 
 def _all_positive(sigma: Any) -> bool:

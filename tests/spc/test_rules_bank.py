@@ -298,3 +298,28 @@ def test_reset_after_every_window_is_full():
     assert [o[0] for o in out] == [0] * 14 + [1 << 6]
     assert [o[1] for o in out] == [1 << 6] * 15
     assert bank.carry(0).count == 15 and bank.carry(1).count == 64
+
+
+def test_one_point_program_with_lookup_tables_and_saturated_counts():
+    """The one-point program (``_OnePoint``) where configs give one test different codes (the
+    masks come from per-config lookup tables) and after every count reached the window cap
+    (the within rules then take every history bit): equal to the array program throughout."""
+    a = rules.resolve_rules(["N5", "WE2", "N7"], {"WE2": {"m": 3, "k": 2, "level": 1.5}})
+    b = rules.resolve_rules(["WE2", "N7"])  # WE2 here is N5's test of config a
+    cfgs = [a, b, a]
+    one, arr = rules.RuleBank(cfgs), rules.RuleBank(cfgs)
+    rng = np.random.default_rng(7)
+    z = rng.choice([0.2, -0.3, 0.8, 1.7, -1.7, 2.3, -2.4], size=(3, 160))
+    z[:, 40:70] = 0.1  # a long run within 1σ: N7
+    fired = set()
+    for t in range(z.shape[1]):
+        for i in range(3):
+            got = one.step(np.array([i]), np.array([z[i, t]]), 0.0, 1.0, -3.0, 3.0)
+            want = arr.step([i], [z[i, t]], 0.0, 1.0, -3.0, 3.0)
+            assert got.tolist() == want.tolist(), (t, i)
+            fired.add(int(got[0]))
+            assert (one._regs == arr._regs).all() and (one._count == arr._count).all()
+    assert one._prog.groups and one._prog.one is not None  # the lookup-table path ran
+    assert one._sat and arr._sat  # and ran with saturated counts
+    hits = rules.violation_indices(np.array(sorted(fired)), ["N5", "WE2", "N7"])
+    assert all(hits.values()), hits  # each code fired somewhere

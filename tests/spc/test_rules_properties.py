@@ -175,6 +175,33 @@ def test_streaming_equals_batch(chars, data):
 
 
 @SETTINGS
+@given(st.lists(st.tuples(series(max_len=70), configs()), min_size=1, max_size=5), st.data())
+def test_one_point_steps_equal_the_array_program(chars, data):
+    """A step of one point runs the compiled program as Python code on ints (``_OnePoint``):
+    the same masks, histories, last values, counts and saturation as the array program,
+    step by step, for mixed configs (per-config levels, enabled rows, codes, lookup tables)
+    and for scalars or one-element arrays."""
+    cfgs = [c for _, c in chars]
+    one, arr = rules.RuleBank(cfgs), rules.RuleBank(cfgs)
+    pos = [0] * len(chars)
+    steps = 0
+    while live := [i for i, (s, _) in enumerate(chars) if pos[i] < len(s)]:
+        i = data.draw(st.sampled_from(live))
+        vals = [float(chars[i][0].args()[j][pos[i]]) for j in range(5)]
+        as_floats = data.draw(st.booleans())
+        a = one.step(np.array([i]), *(vals if as_floats else [np.array([v]) for v in vals]))
+        b = arr.step([i], *[[v] for v in vals])  # a list: the array program
+        assert a.dtype == b.dtype == np.uint32 and a.tolist() == b.tolist()
+        assert (one._regs == arr._regs).all() and (one._count == arr._count).all()
+        assert np.array_equal(one._last, arr._last, equal_nan=True)
+        assert one._sat == arr._sat
+        pos[i] += 1
+        steps += 1
+    if steps:
+        assert one._prog.one is not None and arr._prog.one is None
+
+
+@SETTINGS
 @given(series(max_len=120), configs(), st.data())
 def test_bank_seeded_from_a_batch_carry_continues_it(s, cfg, data):
     cut = data.draw(st.integers(0, len(s)))
