@@ -199,6 +199,23 @@ def test_batch_equals_stream(rows: list[tuple], cuts: list[int], clear_after: in
     assert results[0] == results[1]
 
 
+def _same_state(q: AlarmManager, g: AlarmManager) -> None:
+    """Two managers fed alike hold the same sample rings, states, limits and seen marks."""
+    assert (q._count == g._count).all()
+    assert (q._ring_t == g._ring_t).all() and (q._ring_s == g._ring_s).all()
+    assert (q._state_code == g._state_code).all() and list(q._limits) == list(g._limits)
+    assert (q._seen == g._seen).all()
+
+
+def _two(d: str, cfg: AlarmsConfig) -> list[AlarmManager]:
+    return [AlarmManager(Path(d) / f"a{k}.db", CHARS, cfg, gateway_id="gw") for k in (0, 1)]
+
+
+def _oos(ms: list[AlarmManager], step: tuple, now: int) -> None:
+    for m in ms:
+        m.set_out_of_service(step[1], step[2], "op", now_us=now)
+
+
 few_row = st.tuples(
     st.integers(0, N_CHARS - 1),
     st.sampled_from(["x", "mr"]),
@@ -219,15 +236,14 @@ def test_row_by_row_path_equals_the_columnar_one(ops: list[tuple], clear_after: 
     sample windows), state messages, sample rings and state as the columnar path."""
     cfg = AlarmsConfig(clear_after=clear_after, flood={"max_alarms": 10_000})
     with tempfile.TemporaryDirectory() as d:
-        ms = [AlarmManager(Path(d) / f"a{k}.db", CHARS, cfg, gateway_id="gw") for k in (0, 1)]
+        ms = _two(d, cfg)
         ms[1]._few_max = 0  # columnar always
         try:
             t, now = T0, T0
             for step in ops:
                 now += S
                 if step[0] == "oos":
-                    for m in ms:
-                        m.set_out_of_service(step[1], step[2], "op", now_us=now)
+                    _oos(ms, step, now)
                     continue
                 rows = step[1]
                 times = list(range(t + 1, t + 1 + len(rows)))
@@ -236,11 +252,7 @@ def test_row_by_row_path_equals_the_columnar_one(ops: list[tuple], clear_after: 
                 a, c = (m.judge(b, now) for m in ms)
                 assert (a.events, a.states, a.lines) == (c.events, c.states, c.lines)
                 assert (a.raised, a.updated, a.cleared) == (c.raised, c.updated, c.cleared)
-            q, g = ms
-            assert (q._count == g._count).all()
-            assert (q._ring_t == g._ring_t).all() and (q._ring_s == g._ring_s).all()
-            assert (q._state_code == g._state_code).all() and list(q._limits) == list(g._limits)
-            assert (q._seen == g._seen).all()
+            _same_state(*ms)
         finally:
             for m in ms:
                 m.close()
@@ -278,14 +290,13 @@ def test_quiet_points_equal_judging_them(ops: list[tuple], clear_after: int) -> 
     cfg = AlarmsConfig(clear_after=clear_after, flood={"max_alarms": 2, "window_s": 3})
     taken = 0
     with tempfile.TemporaryDirectory() as d:
-        ms = [AlarmManager(Path(d) / f"a{k}.db", CHARS, cfg, gateway_id="gw") for k in (0, 1)]
+        ms = _two(d, cfg)
         try:
             t, now = T0, T0
             for step in ops:
                 now += S
                 if step[0] == "oos":
-                    for m in ms:
-                        m.set_out_of_service(step[1], step[2], "op", now_us=now)
+                    _oos(ms, step, now)
                     continue
                 if step[0] == "ack":
                     ids = [[a["alarm_id"] for a in m.active()] for m in ms]
@@ -317,10 +328,7 @@ def test_quiet_points_equal_judging_them(ops: list[tuple], clear_after: int) -> 
                     assert (c.events, c.states, c.lines) == ([], [], [])
                 else:
                     assert (a.events, a.states, a.lines) == (c.events, c.states, c.lines)
-                assert (q._count == g._count).all()
-                assert (q._ring_t == g._ring_t).all() and (q._ring_s == g._ring_s).all()
-                assert (q._state_code == g._state_code).all() and list(q._limits) == list(g._limits)
-                assert (q._seen == g._seen).all()
+                _same_state(q, g)
             event(f"quiet taken {min(taken, 10) // 5 * 5}+")
         finally:
             for m in ms:
