@@ -1567,11 +1567,7 @@ class _OnePoint:
     def __init__(self, pr: _BankProgram, configs: int) -> None:
         bits = pr.dtype.itemsize * 8
         self.mask = (1 << bits) - 1
-        self.R = pr.R
-        self.S = pr.S
         self.limit = None if pr.limit is None else pr.limit - pr.fires[0]
-        self.nf = pr.fires[1] - pr.fires[0]
-        self.within = pr.w_rows is not None
         self.valid = [int(v) for v in pr.valid.tolist()]
         T = configs
         if pr.lv is not None:
@@ -1585,7 +1581,7 @@ class _OnePoint:
         self.allow: list[int] | None = None
         self.groups: list[tuple[int, int, list[int]]] = []
         if pr.lanes:
-            w = [0] * self.nf
+            w = [0] * (pr.fires[1] - pr.fires[0])
             for byte, w8 in pr.lanes:
                 for r, v in enumerate(w8[:, 0].tolist()):
                     w[r] |= int(v) << (8 * byte)
@@ -2058,7 +2054,12 @@ class RuleBank:
         nothing and gets mask 0.
         """
         K = self._cfg.shape[0]
-        if type(idx) is np.ndarray and idx.shape == (1,) and 0 <= idx[0] < K and self._configs:
+        if (
+            type(idx) is np.ndarray
+            and idx.shape == (1,)
+            and idx.dtype.kind in "iu"
+            and 0 <= idx[0] < K
+        ):
             one = self._step_one(int(idx[0]), x, center, sigma, lcl, ucl)
             if one is not None:
                 return one
@@ -2233,6 +2234,8 @@ class RuleBank:
             z = math.nan
         out = np.zeros(1, dtype=np.uint32)
         if z != z:  # a missing point changes nothing
+            if not self._sat:
+                self._sat = bool(self._count.min() >= MAX_WINDOW)
             return out
         cfg = int(self._cfg[i])
         last = float(self._last[i])
