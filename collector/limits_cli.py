@@ -30,12 +30,10 @@ from __future__ import annotations
 import csv
 import io
 import math
-import re
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -50,6 +48,17 @@ from collector.cliutil import (
     table,
     when,
 )
+from collector.recompute import (
+    ExclusionSpec,
+    Point,
+    abs_time,
+    build,
+    effective_us,
+    parse_exclusion,
+    store_points,
+)
+from collector.recompute import iso as _iso
+from collector.recompute import subgroup_size as _m
 
 if TYPE_CHECKING:
     from collector.config import Characteristic, GatewayConfig
@@ -59,7 +68,6 @@ if TYPE_CHECKING:
 __all__ = ["limits_app", "parse_time"]
 
 EXIT_BAD = 2
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _UNCHARTED = ("p", "np", "u")
 _WHOLE = frozenset({"characteristic", "limits id", "since", "at", "effective from", "effective"})
 
@@ -75,12 +83,6 @@ limits_app = typer.Typer(
         "Times: RFC 3339 (UTC if no zone), 'now', or -2h / +30m relative to now."
     ),
 )
-
-
-def _iso(us: int | None) -> str:
-    if us is None:
-        return "—"
-    return (_EPOCH + timedelta(microseconds=int(us))).isoformat().replace("+00:00", "Z")
 
 
 def _num(v: float | None) -> str:
@@ -164,39 +166,6 @@ def _store(setup: _Setup, *, write: bool) -> Iterator[LimitsStore | None]:
         yield store
     finally:
         store.close()
-
-
-def _m(ch: Characteristic) -> int:
-    from collector.pipeline import subgroup_width
-
-    return subgroup_width(ch)
-
-
-def estimate_subgroups(
-    ch: Characteristic, groups: Sequence[Sequence[Any]], hits: Mapping[int, Any]
-) -> tuple[Any, float]:
-    """Phase I estimate from ``ch``'s subgroups of points (``.value``), those in ``hits``
-    (subgroup index → reasons) excluded: (estimate, spread), the spread being c̄ on a c
-    chart and σ̂ otherwise. ``shopspc limits recompute`` and the HTTP API both use it."""
-    import numpy as np
-
-    from spc.charts.attributes import estimate_c
-    from spc.charts.variables import estimate_imr, estimate_xbar
-
-    m = _m(ch)
-    values = np.full((len(groups), m), np.nan)
-    for g, members in enumerate(groups):
-        values[g, : len(members)] = [p.value for p in members]
-    mask = np.zeros(len(groups), dtype=bool)
-    mask[list(hits)] = True
-    if ch.chart == "c":
-        est = estimate_c(values[:, 0], exclude=mask)
-    elif m == 1:
-        est = estimate_imr(values[:, 0], exclude=mask)
-    else:
-        method = "sbar" if ch.chart == "xbar-s" else "rbar"
-        est = estimate_xbar(values, method=method, exclude=mask)
-    return est, float(est.center if ch.chart == "c" else est.sigma)
 
 
 # --------------------------------------------------------------------------- output helpers
@@ -649,18 +618,6 @@ def _who(user: str, reason: str) -> None:
             raise _UsageError(f"{name}: must not be empty (every limits change names who and why)")
 
 
-def _effective_us(effective: str | None, now: int, allow_backdate: bool) -> int:
-    from collector.limitstore import BACKDATE_TOLERANCE_US
-
-    eff = now if effective is None else parse_time(effective, now, "--effective")
-    if eff < now - BACKDATE_TOLERANCE_US and not allow_backdate:
-        raise _UsageError(
-            f"--effective {_iso(eff)}: effective_from is in the past; alarms already raised were "
-            "judged against the limits then in force (--allow-backdate to do it anyway)"
-        )
-    return eff
-
-
 @limits_app.command("set")
 def set_(
     char: CharArg,
@@ -695,7 +652,7 @@ def set_(
         if not attribute and (sigma is None or not math.isfinite(sigma) or sigma <= 0):
             raise _UsageError(f"--sigma: a {ch.chart} chart needs a known σ > 0")
         now = now_us()
-        eff = _effective_us(effective, now, allow_backdate)
+        eff = effective_us(effective, now, allow_backdate)
         rec = LimitsRecord(
             chart=ch.chart,
             center=float(center),
@@ -747,7 +704,7 @@ def revert(
         setup = _setup(config, data_dir)
         ch = setup.characteristic(char)
         now = now_us()
-        eff = _effective_us(effective, now, allow_backdate)
+        eff = effective_us(effective, now, allow_backdate)
         if not setup.db.exists():
             raise _UsageError(f"--to {to}: never assigned to {ch.path} (no {setup.db} yet)")
         with _store(setup, write=True) as store:
@@ -800,74 +757,10 @@ def cancel(
 # --------------------------------------------------------------------------- recompute
 
 
-@dataclass
-class _Point:
-    time_us: int | None
-    value: float
-    serial: str | None
-    fields: dict[str, Any] = field(default_factory=dict)
-    group: int = -1
-
-
-@dataclass
-class _ExSpec:
-    kind: str  # index | serial | time
-    text: str
-    reason: str
-    origin: str
-    index: int = 0
-    lo: int = 0
-    hi: int = 0
-
-    @property
-    def label(self) -> str:
-        return f"{self.kind} {self.text}"
-
-
-def _parse_exclusion(raw: str, default_reason: str, origin: str) -> _ExSpec:
-    spec, sep, reason = raw.partition("=")
-    spec = spec.strip()
-    reason = reason.strip() if sep else default_reason
-    if not spec:
-        raise _UsageError(f"{origin}: empty exclusion")
-    if not reason:
-        raise _UsageError(f"{origin}: exclusion {spec!r} has an empty reason")
-    kind, colon, rest = spec.partition(":")
-    if colon and kind in ("index", "serial", "time"):
-        text = rest.strip()
-    elif re.fullmatch(r"\d+", spec):
-        kind, text = "auto-index", spec
-    elif re.match(r"\d{4}-\d\d-\d\d", spec):
-        kind, text = "time", spec
-    else:
-        kind, text = "serial", spec
-    ex = _ExSpec(kind, text, reason, origin)
-    if kind in ("index", "auto-index"):
-        if not re.fullmatch(r"\d+", text):
-            raise _UsageError(f"{origin}: index {text!r} is not a non-negative integer")
-        ex.index = int(text)
-    elif kind == "time":
-        lo, dots, hi = text.partition("..")
-        ex.lo = _abs_time(lo, origin)
-        ex.hi = _abs_time(hi, origin) if dots else ex.lo + 1
-        if ex.hi <= ex.lo:
-            raise _UsageError(f"{origin}: time range {text!r} is empty")
-    return ex
-
-
-def _abs_time(text: str, origin: str) -> int:
-    try:
-        stamp = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise _UsageError(f"{origin}: {text!r} is not an RFC 3339 time") from None
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=UTC)
-    d = stamp - _EPOCH
-    return (d.days * 86400 + d.seconds) * 1_000_000 + d.microseconds
-
-
-def _read_exclusions(items: list[str], file: Path | None, default_reason: str) -> list[_ExSpec]:
-    specs = [_parse_exclusion(x, default_reason, f"--exclude {x!r}") for x in items]
+def _read_exclusions(
+    items: list[str], file: Path | None, default_reason: str
+) -> list[ExclusionSpec]:
+    specs = [parse_exclusion(x, default_reason, f"--exclude {x!r}") for x in items]
     if file is not None:
         try:
             text = file.read_text(encoding="utf-8")
@@ -876,43 +769,13 @@ def _read_exclusions(items: list[str], file: Path | None, default_reason: str) -
         for n, line in enumerate(text.splitlines(), 1):
             line = line.split("#", 1)[0].strip()
             if line:
-                specs.append(_parse_exclusion(line, default_reason, f"{file}:{n}"))
+                specs.append(parse_exclusion(line, default_reason, f"{file}:{n}"))
     return specs
-
-
-def _store_points(
-    setup: _Setup, ch: Characteristic, since_us: int, until_us: int
-) -> tuple[list[_Point], str]:
-    from connectors.localstore.store import SeriesStore
-
-    db = setup.data_dir / "series.db"
-    if not db.is_file():
-        raise _UsageError(f"no local series store at {db} (give --csv FILE, or --data-dir)")
-    with SeriesStore(db, readonly=True) as store:
-        rows = store.query(
-            "measurement",
-            tags={"characteristic": ch.id, "line": ch.line, "station": ch.station},
-            since_us=since_us,
-            until_us=until_us,
-            limit=None,
-        )
-    points = []
-    for r in rows:
-        v = r.fields.get("value")
-        if r.fields.get("quality") != "good" or not isinstance(v, (int, float)):
-            continue
-        if not math.isfinite(v):
-            continue
-        serial = r.fields.get("serial")
-        points.append(
-            _Point(r.time_us, float(v), None if serial is None else str(serial), r.fields)
-        )
-    return points, str(db)
 
 
 def _csv_points(
     file: Path, column: str | None, ch: Characteristic, since_us: int | None, until_us: int | None
-) -> tuple[list[_Point], str]:
+) -> tuple[list[Point], str]:
     try:
         text = file.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
@@ -960,7 +823,7 @@ def _csv_points(
                     f"{file}:{n}:time_us: not an integer: {row['time_us']!r}"
                 ) from None
         elif (row.get("time") or "").strip():
-            t = _abs_time(row["time"], f"{file}:{n}:time")
+            t = abs_time(row["time"], f"{file}:{n}:time")
         if t is not None and (
             (since_us is not None and t < since_us) or (until_us is not None and t >= until_us)
         ):
@@ -968,78 +831,10 @@ def _csv_points(
         if t is None and (since_us is not None or until_us is not None):
             raise _UsageError(f"{file}:{n}: no time or time_us column to apply --from/--to to")
         serial = (row.get("serial") or "").strip() or None
-        points.append(_Point(t, value, serial, {k: row.get(k) for k in header}))
+        points.append(Point(t, value, serial, {k: row.get(k) for k in header}))
     if any(p.time_us is not None for p in points):
         points.sort(key=lambda p: p.time_us or 0)
     return points, str(file)
-
-
-def _subgroups(ch: Characteristic, points: list[_Point]) -> tuple[list[list[_Point]], int]:
-    """The gateway's subgrouping: ``m`` consecutive parts; a close_on context change or an
-    elapsed window_s (on source time) closes a subgroup early. Returns the complete-or-closed
-    subgroups and how many values a trailing open subgroup left out."""
-    from collector.pipeline import CONTEXT_FIELD
-
-    m = _m(ch)
-    sg = ch.subgroup
-    groups: list[list[_Point]] = []
-    open_: list[_Point] = []
-    ctx: tuple[Any, ...] | None = None
-    for p in points:
-        changed = False
-        if sg.close_on:
-            key = tuple(p.fields.get(CONTEXT_FIELD[n]) for n in sg.close_on)
-            changed = ctx is not None and key != ctx
-            ctx = key
-        if not changed and sg.window_s is not None and open_ and p.time_us is not None:
-            first = open_[0].time_us
-            changed = first is not None and p.time_us - first > sg.window_s * 1e6
-        if changed and open_:
-            groups.append(open_)
-            open_ = []
-        open_.append(p)
-        if len(open_) == m:
-            groups.append(open_)
-            open_ = []
-    for g, members in enumerate(groups):
-        for p in members:
-            p.group = g
-    return groups, len(open_)
-
-
-def _match(specs: list[_ExSpec], points: list[_Point], n_groups: int) -> dict[int, list[str]]:
-    """Plotted point index → reasons. Every exclusion must match something."""
-    hits: dict[int, list[str]] = {}
-    serials = {p.serial for p in points if p.serial is not None}
-    for ex in specs:
-        if ex.kind == "auto-index" and ex.text in serials:
-            raise _UsageError(
-                f"{ex.origin}: {ex.text!r} is both a point index and a serial in the window; "
-                f"write index:{ex.text} or serial:{ex.text}"
-            )
-        if ex.kind in ("index", "auto-index"):
-            if ex.index >= n_groups:
-                raise _UsageError(
-                    f"{ex.origin}: index {ex.index} is outside the window's {n_groups} points "
-                    f"(0…{n_groups - 1})"
-                )
-            found = {ex.index}
-            label = f"index {ex.index}"
-        elif ex.kind == "serial":
-            found = {p.group for p in points if p.serial == ex.text and p.group >= 0}
-            label = ex.label
-        else:
-            found = {
-                p.group
-                for p in points
-                if p.time_us is not None and ex.lo <= p.time_us < ex.hi and p.group >= 0
-            }
-            label = ex.label
-        if not found:
-            raise _UsageError(f"{ex.origin}: {label} matches no measurement in the window")
-        for g in found:
-            hits.setdefault(g, []).append(f"{label}: {ex.reason}")
-    return hits
 
 
 @limits_app.command("recompute")
@@ -1109,9 +904,6 @@ def recompute(
 
     Times: RFC 3339 (UTC if no zone), 'now', -2h (ago), +30m (ahead).
     """
-    from collector.pipeline import chart_params
-    from spc.limits import Exclusion, LimitsRecord
-
     with _errors("recompute"):
         _who(user, reason)
         setup = _setup(config, data_dir)
@@ -1129,60 +921,26 @@ def recompute(
         if since_us is not None and until_us is not None and until_us <= since_us:
             raise _UsageError(f"--to {_iso(until_us)} is not after --from {_iso(since_us)}")
         specs = _read_exclusions(exclude or [], exclude_file, reason)
-        eff = _effective_us(effective, now, allow_backdate)
+        eff = effective_us(effective, now, allow_backdate)
         if csv_file is not None:
             points, origin = _csv_points(csv_file, column, ch, since_us, until_us)
         else:
             assert since_us is not None and until_us is not None
-            points, origin = _store_points(setup, ch, since_us, until_us)
-        m = _m(ch)
-        groups, left_over = _subgroups(ch, points)
-        need = min_points if min_points is not None else ch.limits.phase1_subgroups
-        hits = _match(specs, points, len(groups))
-        usable = len(groups) - len(hits)
-        where = (
-            f"{origin}, {_iso(since_us)} … {_iso(until_us)}"
-            if since_us is not None or until_us is not None
-            else origin
-        )
-        if usable < need:
-            raise _UsageError(
-                f"{ch.path}: too few points in {where}: {len(points)} good measurements make "
-                f"{len(groups)} subgroups of {m}, {len(hits)} excluded, {usable} usable; "
-                f"{need} needed (--min-points)"
-            )
-        est, spread = estimate_subgroups(ch, groups, hits)
-        if not (math.isfinite(spread) and spread > 0):
-            what = "c̄" if ch.chart == "c" else "σ̂"
-            raise _UsageError(
-                f"{ch.path}: no variation in {where} ({what} = {spread:g}); "
-                "limits would flag every point"
-            )
-        if since_us is not None or until_us is not None:
-            window = (_iso(since_us), _iso(until_us))
-        else:
-            times = [p.time_us for p in points if p.time_us is not None]
-            window = (_iso(min(times)), _iso(max(times))) if times else (origin, "")
-        rec = LimitsRecord(
-            chart=ch.chart,
-            center=float(est.center),
-            sigma=float(est.sigma),
-            method=est.method,
-            n_points=len(groups),
-            window=window,
-            exclusions=tuple(Exclusion(g, "; ".join(r)) for g, r in sorted(hits.items())),
-            params=chart_params(ch),
-            created_by=user,
-            created_at=_iso(now),
+            points, origin = store_points(setup.data_dir, ch, since_us, until_us)
+        made = build(
+            ch,
+            points,
+            origin,
+            specs,
+            since_us=since_us,
+            until_us=until_us,
+            min_points=min_points,
+            user=user,
             reason=reason,
+            now_us=now,
         )
-        extra = {
-            "measurements": len(points),
-            "subgroups": len(groups),
-            "left_over": left_over,
-            "usable": usable,
-            "source": origin,
-        }
+        rec, m, left_over = made.record, made.subgroup_size, made.left_over
+        extra = made.counts(origin)
         with _store(setup, write=not dry_run) as store:
             old = store.effective(ch.path, eff) if store else None
             change = None

@@ -30,7 +30,6 @@ import os
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -157,7 +156,7 @@ def _api(request: Request) -> ApiState:
 
 
 def _time(text: str | None, what: str) -> int | None:
-    from collector.limits_cli import _UsageError, parse_time
+    from collector.cliutil import UsageError, parse_time
 
     if text is None or text == "":
         return None
@@ -165,7 +164,7 @@ def _time(text: str | None, what: str) -> int | None:
         return int(text)
     try:
         return parse_time(text, _now_us(), what)
-    except _UsageError as exc:
+    except UsageError as exc:
         raise ApiError(422, what, str(exc)) from None
 
 
@@ -719,13 +718,12 @@ def _stored_values(
     gw: Any, ch: Any, since_us: int
 ) -> tuple[np.ndarray, str, tuple[int | None, int | None]]:
     """Good measurements of ``ch`` from ``since_us`` on in the local series store."""
-    from collector import limits_cli as lc
+    from collector.cliutil import UsageError
+    from collector.recompute import store_points
 
     try:
-        points, origin = lc._store_points(
-            SimpleNamespace(data_dir=gw.data_dir), ch, since_us, _now_us() + 1
-        )
-    except lc._UsageError as exc:
+        points, origin = store_points(gw.data_dir, ch, since_us, _now_us() + 1)
+    except UsageError as exc:
         raise ApiError(409, "series", str(exc)) from None
     times = [pt.time_us for pt in points if pt.time_us is not None]
     span = (min(times), max(times)) if times else (None, None)
@@ -733,64 +731,54 @@ def _stored_values(
 
 
 def _recompute(gw: Any, i: int, body: RecomputeRequest, p: Principal) -> dict[str, Any]:
-    """The API's ``shopspc limits recompute`` (same subgrouping, exclusions and estimators)."""
-    from collector import limits_cli as lc
-    from collector.pipeline import chart_params
-    from spc.limits import Exclusion, LimitsRecord
+    """The API's ``shopspc limits recompute`` (:mod:`collector.recompute`: the same
+    subgrouping, exclusions, estimators and refusals)."""
+    from collector import recompute as rc
+    from collector.cliutil import UsageError, parse_time
 
     ch = gw.chars[i]
     if ch.chart in ("p", "np", "u"):
         raise ApiError(409, "chart", f"{ch.path}: {ch.chart} limits are set, not recomputed")
     now = _now_us()
     try:
-        since = lc.parse_time(body.from_, now, "from")
-        until = lc.parse_time(body.to, now, "to")
+        since = parse_time(body.from_, now, "from")
+        until = parse_time(body.to, now, "to")
         if until <= since:
             raise ApiError(422, "to", "the window end is not after its start")
-        specs = [lc._parse_exclusion(x, body.reason, f"exclude {x!r}") for x in body.exclude]
-        eff = lc._effective_us(body.effective, now, False)
-        points, origin = lc._store_points(SimpleNamespace(data_dir=gw.data_dir), ch, since, until)
-        m = _width(ch)
-        groups, left_over = lc._subgroups(ch, points)
-        hits = lc._match(specs, points, len(groups))
-    except lc._UsageError as exc:
-        raise ApiError(422, "recompute", str(exc)) from None
-    need = body.min_points if body.min_points is not None else ch.limits.phase1_subgroups
-    usable = len(groups) - len(hits)
-    if usable < need:
-        raise ApiError(
-            422,
-            "window",
-            f"{ch.path}: {len(points)} good measurements make {len(groups)} subgroups of {m}, "
-            f"{len(hits)} excluded, {usable} usable; {need} needed (min_points)",
+        specs = [rc.parse_exclusion(x, body.reason, f"exclude {x!r}") for x in body.exclude]
+        eff = rc.effective_us(
+            body.effective,
+            now,
+            False,
+            name="effective",
+            override="only `shopspc limits recompute --allow-backdate` does that",
         )
-    est, spread = lc.estimate_subgroups(ch, groups, hits)
-    if not (math.isfinite(spread) and spread > 0):
-        raise ApiError(422, "window", f"{ch.path}: no variation in the window ({spread:g})")
-    rec = LimitsRecord(
-        chart=ch.chart,
-        center=float(est.center),
-        sigma=float(est.sigma),
-        method=est.method,
-        n_points=len(groups),
-        window=(lc._iso(since), lc._iso(until)),
-        exclusions=tuple(Exclusion(g, "; ".join(r)) for g, r in sorted(hits.items())),
-        params=chart_params(ch),
-        created_by=p.name,
-        created_at=lc._iso(now),
-        reason=body.reason,
-    )
+        points, origin = rc.store_points(gw.data_dir, ch, since, until)
+        made = rc.build(
+            ch,
+            points,
+            origin,
+            specs,
+            since_us=since,
+            until_us=until,
+            min_points=body.min_points,
+            user=p.name,
+            reason=body.reason,
+            now_us=now,
+            min_points_name="min_points",
+        )
+    except rc.WindowError as exc:
+        raise ApiError(422, "window", str(exc)) from None
+    except UsageError as exc:
+        raise ApiError(422, "recompute", str(exc)) from None
+    rec, m = made.record, made.subgroup_size
     old = gw.limits_store.effective(ch.path, eff)
     out: dict[str, Any] = {
         "path": ch.path,
         "dry_run": body.dry_run,
         "old": _record_json(old, m),
         "new": _record_json(rec, m),
-        "measurements": len(points),
-        "subgroups": len(groups),
-        "left_over": left_over,
-        "usable": usable,
-        "source": origin,
+        **made.counts(origin),
         "assigned": None,
     }
     if old is not None and old.id == rec.id:

@@ -336,40 +336,6 @@ def test_recompute_again_is_unchanged(plant: dict[str, Any]) -> None:
         assert len(store.audit()) == 1
 
 
-def test_subgroups_close_like_the_gateway() -> None:
-    """m consecutive parts; a close_on change or an elapsed window_s closes a subgroup early."""
-    from collector.config import Characteristic
-    from collector.limits_cli import _Point, _subgroups
-
-    ch = Characteristic.model_validate(
-        {
-            "id": "gap",
-            "site": "s",
-            "area": "a",
-            "line": "l",
-            "station": "st",
-            "chart": "xbar-r",
-            "subgroup": {"size": 3, "close_on": ["operator"], "window_s": 600},
-            "value": {"static": 0},
-        }
-    )
-    ops = ["A", "A", "A", "A", "B", "B", "B", "B", "B", "B"]
-    times = [0, 1, 2, 3, 4, 5, 20, 21, 22, 23]  # minutes: 4 → 20 passes window_s (10 min)
-    points = [
-        _Point(t * MIN, float(i), f"S{i}", {"operator": op})
-        for i, (op, t) in enumerate(zip(ops, times, strict=True))
-    ]
-    groups, left = _subgroups(ch, points)
-    assert [[p.serial for p in g] for g in groups] == [
-        ["S0", "S1", "S2"],
-        ["S3"],  # closed early by the operator change
-        ["S4", "S5"],  # closed early: S6 comes after window_s
-        ["S6", "S7", "S8"],
-    ]
-    assert left == 1  # S9: an open subgroup, not used
-    assert [p.group for p in points] == [0, 0, 0, 1, 2, 2, 3, 3, 3, -1]
-
-
 def test_import_legacy_and_list_unconfigured(plant: dict[str, Any]) -> None:
     from spc.limits import LimitsRecord
 
