@@ -926,7 +926,9 @@ def recompute(
             points, origin = _csv_points(csv_file, column, ch, since_us, until_us)
         else:
             assert since_us is not None and until_us is not None
-            points, origin = store_points(setup.data_dir, ch, since_us, until_us)
+            points, origin = store_points(
+                setup.data_dir, ch, since_us, until_us, hint=" (give --csv FILE, or --data-dir)"
+            )
         made = build(
             ch,
             points,

@@ -162,14 +162,15 @@ def effective_us(
 
 
 def store_points(
-    data_dir: Path, ch: Characteristic, since_us: int, until_us: int
+    data_dir: Path, ch: Characteristic, since_us: int, until_us: int, *, hint: str = ""
 ) -> tuple[list[Point], str]:
-    """The good measurements of ``ch`` in ``[since_us, until_us)`` of the local series store."""
+    """The good measurements of ``ch`` in ``[since_us, until_us)`` of the local series store
+    (``hint``: what the caller's user can do when there is none)."""
     from connectors.localstore.store import SeriesStore
 
     db = data_dir / "series.db"
     if not db.is_file():
-        raise UsageError(f"no local series store at {db} (give --csv FILE, or --data-dir)")
+        raise UsageError(f"no local series store at {db}{hint}")
     with SeriesStore(db, readonly=True) as store:
         rows = store.query(
             "measurement",
