@@ -1114,6 +1114,69 @@ class AlarmManager:
             count[k] = b + len(rows)
         return True
 
+    # -- the sample rings across restarts ------------------------------------------
+
+    @_locked
+    def rings_now(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Copies of the sample rings (times, serials, counts) for :meth:`encode_rings`.
+
+        Cheap (array copies), so that the caller can take them on the event loop
+        beside the engine's arrays and encode them in a worker thread."""
+        return self._ring_t.copy(), self._ring_s.copy(), self._count.copy()
+
+    def encode_rings(self, rings: tuple[np.ndarray, np.ndarray, np.ndarray]) -> bytes:
+        """The rings of :meth:`rings_now` as JSON: the (characteristic, chart) keys with data,
+        their counts, and their ring rows as they lie (slot = sample number mod the ring
+        size). Whole rows and no loop per key: this runs in a worker thread, and holding the
+        interpreter lock there holds the event loop (100 characteristics: about 0.3 ms)."""
+        ring_t, ring_s, count = rings
+        keys = np.flatnonzero(count)
+        doc = {
+            "schema": "shopspc.alarm-rings/1",
+            "paths": [c.path for c in self.chars],
+            "keys": keys,
+            "counts": count[keys],
+            "times": ring_t[keys],  # orjson writes int64 arrays itself, without lists
+            "serials": ring_s[keys].tolist(),
+        }
+        return _dumps(doc)
+
+    @_locked
+    def restore_rings(self, data: bytes) -> int:
+        """Put rings saved by :meth:`encode_rings` back (same characteristics, same order);
+        returns how many keys were restored. ValueError, changing nothing, for anything else."""
+        doc = json.loads(data)
+        if not isinstance(doc, dict) or doc.get("schema") != "shopspc.alarm-rings/1":
+            raise ValueError("not a shopspc.alarm-rings/1 document")
+        if doc.get("paths") != [c.path for c in self.chars]:
+            raise ValueError("saved for other characteristics")
+        missing = [f for f in ("keys", "counts", "times", "serials") if f not in doc]
+        if missing:
+            raise ValueError(f"no {', '.join(missing)}")
+        keys, counts = doc["keys"], doc["counts"]
+        n = len(keys)
+        if not (len(counts) == len(doc["times"]) == len(doc["serials"]) == n):
+            raise ValueError("keys, counts, times and serials differ in length")
+        try:
+            k = np.array(keys, dtype=np.int64).reshape(n)
+            c = np.array(counts, dtype=np.int64).reshape(n)
+            t = np.array(doc["times"], dtype=np.int64).reshape(n, MAX_WINDOW)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"keys, counts and times must be integers, {MAX_WINDOW} a key"
+            ) from exc
+        ser = np.empty((n, MAX_WINDOW), dtype=object)
+        for j, row in enumerate(doc["serials"]):
+            if len(row) != MAX_WINDOW or not all(x is None or isinstance(x, str) for x in row):
+                raise ValueError(f"key {keys[j]}: {MAX_WINDOW} serials (text or null) expected")
+            ser[j] = row
+        if n and (k.min() < 0 or k.max() >= len(self._count) or c.min() < 1):
+            raise ValueError("a key out of range, or one without samples")
+        self._ring_t[k] = t
+        self._ring_s[k] = ser
+        self._count[k] = c
+        return n
+
     def _few(
         self,
         w: _Work,

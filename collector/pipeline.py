@@ -67,9 +67,9 @@ drainer, the periodic state saver and the limits watcher.
   built is moved out of the collector's reach (``gc.freeze``) before the
   tasks start (and given back when ``run`` ends): a full collection walking
   it paused the loop for 40–80 ms.
-* **State.** The engine snapshot (``engine.npz`` + ``state.json``) is saved every
-  ``save_interval_s`` and at shutdown; on start it is restored if the
-  characteristics are unchanged.
+* **State.** The engine snapshot (``engine.npz`` + ``state.json``) and the alarms'
+  sample windows (``alarm_rings.json``) are saved every ``save_interval_s`` and at
+  shutdown; on start they are restored if the characteristics are unchanged.
 * **Shutdown.** Set the stop event (SIGTERM/SIGINT in ``shopspc run``): sources
   are cancelled first, the queue is drained, the outbox is flushed to the sinks
   within ``drain_deadline_s``, state is saved, sinks and outbox are closed.
@@ -1088,6 +1088,17 @@ class Gateway:
             log.warning("engine state in %s not restored (%s); starting afresh", self.data_dir, exc)
             return
         self.engine = eng
+        rings = self.data_dir / "alarm_rings.json"
+        if rings.exists():
+            try:
+                self.alarms.restore_rings(rings.read_bytes())
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.warning(
+                    "alarm sample windows in %s not restored (%s): the first alarms after this "
+                    "start quote only the samples judged since",
+                    rings,
+                    exc,
+                )
         self._fill[:] = state["fill"]
         for i, view in enumerate(self.views):
             view.n_points = int(state["n_points"][i])
@@ -1107,10 +1118,11 @@ class Gateway:
         """Write limits records, the engine snapshot and the pipeline's own state (atomically)."""
         self._write_state(self._state_now())
 
-    def _state_now(self) -> tuple[dict[str, Any], bytes]:
+    def _state_now(self) -> tuple[dict[str, Any], bytes, Any]:
         """The state, taken on the event loop (the engine must not move meanwhile): the engine's
         arrays, copied (their zip is encoded by :meth:`_write_state`, off the loop: it took
-        about 0.8 ms), and ``state.json``."""
+        about 0.8 ms), ``state.json``, and copies of the alarms' sample rings (the samples an
+        alarm raised after a restart quotes from before it)."""
         self._apply_views()  # their point counts go with the engine's
         state = {
             "fingerprint": self._fingerprint(),
@@ -1127,10 +1139,11 @@ class Gateway:
                 for i, p in self._phase1.items()
             },
         }
-        return self.engine.snapshot_arrays(), json.dumps(state).encode()
+        return self.engine.snapshot_arrays(), json.dumps(state).encode(), self.alarms.rings_now()
 
-    def _write_state(self, state: tuple[dict[str, Any], bytes]) -> None:
-        engine, json_bytes = state
+    def _write_state(self, state: tuple[dict[str, Any], bytes, Any]) -> None:
+        engine, json_bytes, rings = state
+        self._atomic("alarm_rings.json", self.alarms.encode_rings(rings))
         self._atomic("engine.npz", encode_snapshot(engine))
         self._atomic("state.json", json_bytes)
 

@@ -867,6 +867,44 @@ def test_quiet_records_samples_only_when_judging_would_commit_nothing(mk) -> Non
     assert not m.quiet([0] * 33, [T0 + 20 + j for j in range(33)], [None] * 33, ["LIM-1"] * 33)
 
 
+def test_sample_rings_survive_a_restart_through_their_saved_copy(mk, tmp_path: Path) -> None:
+    """``rings_now`` + ``encode_rings`` keep, per (characteristic, chart), its count and the
+    samples its alarms may quote; ``restore_rings`` puts them back, or refuses whole."""
+    m = mk()
+    m.judge(batch([(0, "x", 0, T0 + t, None, f"S{t}") for t in range(70)]), T0)
+    m.judge(batch([(1, "mr", 0, T0 + 1, None, None)]), T0)
+    saved = m.encode_rings(m.rings_now())
+    doc = json.loads(saved)
+    assert doc["keys"] == [0, 3] and doc["counts"] == [70, 1]  # c0's x chart, c1's mr chart
+    assert doc["times"][1][0] == T0 + 1 and doc["serials"][1] == [None] * 64
+    assert sorted(doc["serials"][0]) == sorted(f"S{t}" for t in range(6, 70))
+    other = AlarmManager(
+        tmp_path / "other.db", chars(), AlarmsConfig.model_validate({}), gateway_id="gw-1"
+    )
+    try:
+        assert other.restore_rings(saved) == 2
+        assert int(other._count[0]) == 70 and int(other._count[3]) == 1
+        assert (other._ring_t == m._ring_t).all() and (other._ring_s == m._ring_s).all()
+        # an N2 raised now quotes the saved samples (same as the manager that saw them)
+        a = m.judge(batch([(0, "x", bits("N2"), T0 + 70, None, "S70")]), T0 + S).events[0]
+        b = other.judge(batch([(0, "x", bits("N2"), T0 + 70, None, "S70")]), T0 + S).events[0]
+        assert a["samples"] == b["samples"] == [f"S{t}" for t in range(62, 71)]
+        before = other._count.copy()
+        for bad, said in [
+            (b'{"schema": "x"}', "not a shopspc.alarm-rings/1"),
+            (saved.replace(b"S1/A1/L1/ST1/c2", b"S1/A1/L1/ST1/c9"), "other characteristics"),
+            (saved.replace(b'"keys":[0,3]', b'"keys":[0,99]'), "out of range"),
+            (saved.replace(b'"counts":[70,1]', b'"counts":[70,0]'), "without samples"),
+            (saved.replace(b'"counts":[70,1]', b'"counts":[70]'), "differ in length"),
+            (saved.replace(b'"S69"', b"69"), "serials \\(text or null\\)"),
+        ]:
+            with pytest.raises(ValueError, match=said):
+                other.restore_rings(bad)
+        assert (other._count == before).all()
+    finally:
+        other.close()
+
+
 # ----------------------------------------------------------------------------- flood
 
 

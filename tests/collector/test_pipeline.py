@@ -308,6 +308,40 @@ async def test_restart_restores_limits_and_engine_state(tmp_path) -> None:
         gw2.outbox.close()
 
 
+async def test_an_alarm_after_a_restart_quotes_its_samples_from_before_it(tmp_path, caplog) -> None:
+    """The alarms' sample windows are saved with the engine state: N2 raised by the fourth
+    point after a restart names all nine parts of its run. Without the saved windows (a
+    damaged file: a warning, no failure) it can name only the four judged since."""
+    ch = _char("a", limits={"phase1_subgroups": 5}, rules=["N2"])
+    cfg = _cfg(ch)
+
+    async def run(dirname: str, damage: bool) -> list[str]:
+        d = tmp_path / dirname
+        gw = _gw(d, cfg)
+        base = [10.0, 10.5, 9.5, 10.2, 9.8]
+        gw.process([("dev", [_s("a", v, k, serial=f"B{k}") for k, v in enumerate(base)])])
+        above = gw.records[0].center + 0.1
+        gw.process([("dev", [_s("a", above, 10 + k, serial=f"P{k}") for k in range(5)])])
+        await gw._close()
+        if damage:
+            (d / "alarm_rings.json").write_text('{"schema": "shopspc.alarm-rings/1", "keys": 7}')
+        gw2 = _gw(d, cfg)
+        raised: list[dict[str, Any]] = []
+        gw2.alarm_listeners.append(lambda out: raised.extend(out.events))
+        try:
+            gw2.process([("dev", [_s("a", above, 20 + k, serial=f"P{5 + k}") for k in range(4)])])
+        finally:
+            await gw2._close()
+        (ev,) = [e for e in raised if e["event"] == "raised"]
+        assert ev["rule"] == "N2"
+        return ev["samples"]
+
+    assert await run("kept", damage=False) == [f"P{k}" for k in range(9)]
+    assert "not restored" not in caplog.text
+    assert await run("damaged", damage=True) == [f"P{k}" for k in range(5, 9)]
+    assert "alarm sample windows" in caplog.text and "not restored" in caplog.text
+
+
 async def test_changed_characteristics_keep_limits_restart_engine(tmp_path, caplog) -> None:
     ch = _char("a", limits={"phase1_subgroups": 5})
     gw = _gw(tmp_path, _cfg(ch))
