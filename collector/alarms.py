@@ -1167,9 +1167,12 @@ class AlarmManager:
             ) from exc
         ser = np.empty((n, MAX_WINDOW), dtype=object)
         for j, row in enumerate(doc["serials"]):
-            if len(row) != MAX_WINDOW or not all(x is None or isinstance(x, str) for x in row):
+            # a serial that a mapping gave as a number was saved as one; payloads quote text
+            if len(row) != MAX_WINDOW or not all(
+                x is None or isinstance(x, str | int | float) for x in row
+            ):
                 raise ValueError(f"key {keys[j]}: {MAX_WINDOW} serials (text or null) expected")
-            ser[j] = row
+            ser[j] = [x if x is None or isinstance(x, str) else str(x) for x in row]
         if n and (k.min() < 0 or k.max() >= len(self._count) or c.min() < 1):
             raise ValueError("a key out of range, or one without samples")
         self._ring_t[k] = t
