@@ -416,6 +416,14 @@ def _row(a: _Alarm) -> tuple:
     return tuple(row)
 
 
+def _by_key(keys: Sequence[int]) -> dict[int, list[int]]:
+    """Row numbers per key, in batch order."""
+    groups: dict[int, list[int]] = {}
+    for r, k in enumerate(keys):
+        groups.setdefault(k, []).append(r)
+    return groups
+
+
 def _mark_key(path: str, slot: int, rule: str) -> str:
     """The ``marks`` row of a point: characteristic path, chart slot (1: dispersion), rule."""
     return f"{path}|{slot}|{rule}"
@@ -1066,6 +1074,17 @@ class AlarmManager:
             self._states(w, w.state_chars)
         return self._commit(w)
 
+    def _ring_push(
+        self, k: int, rows: list[int], times: Sequence[int], serials: Sequence[str | None]
+    ) -> None:
+        """Key ``k``'s samples at ``rows`` (batch order) into its ring (the last MAX_WINDOW)."""
+        b = int(self._count[k])
+        for j in range(max(0, len(rows) - MAX_WINDOW), len(rows)):
+            col = (b + j) % MAX_WINDOW
+            self._ring_t[k, col] = times[rows[j]]
+            self._ring_s[k, col] = serials[rows[j]]
+        self._count[k] = b + len(rows)
+
     @_locked
     def quiet(
         self,
@@ -1100,18 +1119,8 @@ class AlarmManager:
             code = 3 if suspended[i] else 1 + bool(active[k & ~1] or active[k | 1])
             if code != state_code[i]:
                 return False
-        # the sample rings, as _few keeps them (per key, in batch order)
-        ring_t, ring_s, count = self._ring_t, self._ring_s, self._count
-        groups: dict[int, list[int]] = {}
-        for r, k in enumerate(keys):
-            groups.setdefault(k, []).append(r)
-        for k, rows in groups.items():
-            b = int(count[k])
-            for j in range(max(0, len(rows) - MAX_WINDOW), len(rows)):
-                col = (b + j) % MAX_WINDOW
-                ring_t[k, col] = times[rows[j]]
-                ring_s[k, col] = serials[rows[j]]
-            count[k] = b + len(rows)
+        for k, rows in _by_key(keys).items():
+            self._ring_push(k, rows, times, serials)
         return True
 
     # -- the sample rings across restarts ------------------------------------------
@@ -1193,9 +1202,7 @@ class AlarmManager:
         (numpy's per-call cost exceeds the work here); the lifecycle as in the columnar path."""
         keys = [2 * c + (ch in _DISP_NAMES) for c, ch in zip(char.tolist(), charts, strict=True)]
         active = self._has_active
-        groups: dict[int, list[int]] = {}
-        for r, k in enumerate(keys):
-            groups.setdefault(k, []).append(r)
+        groups = _by_key(keys)
         ordered = sorted(groups)  # the order the columnar path takes
         hot = {keys[r] for r in np.flatnonzero(mask & _ALL_BITS).tolist()}
         interesting = [r for r, k in enumerate(keys) if k in hot or active[k]]
@@ -1213,19 +1220,11 @@ class AlarmManager:
                 np.array(rank_sorted, dtype=np.intp),
             )  # fmt: skip
         t_list = times.tolist()
-        serial = batch.serial
         lims_all = batch.limits_id
-        ring_t, ring_s, count = self._ring_t, self._ring_s, self._count
         last_lim: list[tuple[int, int, Any]] = []  # (key, char, limits id of its last row)
         for k in ordered:
             rows = groups[k]
-            b = int(count[k])
-            skip = max(0, len(rows) - MAX_WINDOW)
-            for j in range(skip, len(rows)):
-                col = (b + j) % MAX_WINDOW
-                ring_t[k, col] = t_list[rows[j]]
-                ring_s[k, col] = serial[rows[j]]
-            count[k] = b + len(rows)
+            self._ring_push(k, rows, t_list, batch.serial)
             last_lim.append((k, k >> 1, lims_all[rows[-1]]))
         # state topic: chars whose state code or limits changed
         changed: list[int] = []
