@@ -2123,17 +2123,15 @@ class Gateway:
         """
         dj = np.flatnonzero(self._has_disp[chars])
         d = dj.tolist()
+        # the centre rows, then the dispersion rows of the characteristics that have one
+        serial_rows = serials + [serials[j] for j in d]
+        limits_rows = limits_ids + [limits_ids[j] for j in d]
         if not flagged and not self._alarm_backlog:
             # nothing violated: when that commits nothing, only the sample rings move
             c = chars.tolist()
             keys = [2 * i for i in c] + [2 * c[j] + 1 for j in d]
             t = times.tolist()
-            if self.alarms.quiet(
-                keys,
-                t + [t[j] for j in d],
-                serials + [serials[j] for j in d],
-                limits_ids + [limits_ids[j] for j in d],
-            ):
+            if self.alarms.quiet(keys, t + [t[j] for j in d], serial_rows, limits_rows):
                 return
 
         def both(centre: np.ndarray, disp: np.ndarray) -> np.ndarray:
@@ -2161,9 +2159,9 @@ class Gateway:
             lcl=both(pts.lcl, pts.disp_lcl),
             ucl=both(pts.ucl, pts.disp_ucl),
             sigma=both(pts.sigma, pts.disp_sigma),
-            limits_id=limits_ids + [limits_ids[j] for j in d],
+            limits_id=limits_rows,
             time_us=both(times, times),
-            serial=serials + [serials[j] for j in d],
+            serial=serial_rows,
             context=context,
         )
         if self._alarm_backlog:
