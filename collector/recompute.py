@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from collector.cliutil import UsageError, parse_time
+from collector.timefmt import parse_rfc3339
 
 if TYPE_CHECKING:
     from collector.config import Characteristic
@@ -128,13 +129,9 @@ def parse_exclusion(raw: str, default_reason: str, origin: str) -> ExclusionSpec
 def abs_time(text: str, origin: str) -> int:
     """µs since the epoch of an RFC 3339 time (UTC without a zone)."""
     try:
-        stamp = datetime.fromisoformat(text.strip())
+        return parse_rfc3339(text.strip())
     except ValueError:
         raise UsageError(f"{origin}: {text!r} is not an RFC 3339 time") from None
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=UTC)
-    d = stamp - _EPOCH
-    return (d.days * 86400 + d.seconds) * 1_000_000 + d.microseconds
 
 
 def effective_us(
