@@ -684,6 +684,7 @@ async def _one(
             durability,
             args.sink,
             str(work / "series.sqlite"),
+            tag=tag,
         )
     )
     probes: dict[str, dict[str, int]] = {k: {} for k in (*CHECKPOINTS, "puback")}
