@@ -107,18 +107,26 @@ def test_build_makes_the_record_and_refuses_in_the_callers_words() -> None:
     own option (the command line's --min-points, the API's min_points)."""
     ch = _bore()
     points = [Point(T0 + k * MIN, 10.0 + (k % 3) * 0.1, f"S{k}") for k in range(30)]
-    made = build(
-        ch,
-        points,
-        "series.db",
-        [parse_exclusion("index:4=probe slipped", "r", "o")],
-        since_us=T0,
-        until_us=T0 + 30 * MIN,
-        min_points=20,
-        user="li",
-        reason="new tool",
-        now_us=T0 + 31 * MIN,
-    )
+
+    def window(**over: Any) -> Any:
+        """30 minutes of points, index 4 excluded."""
+        return build(
+            ch,
+            points,
+            "series.db",
+            [parse_exclusion("index:4=probe slipped", "r", "o")],
+            **{
+                "since_us": T0,
+                "until_us": T0 + 30 * MIN,
+                "min_points": 20,
+                "user": "li",
+                "reason": "new tool",
+                "now_us": T0 + 31 * MIN,
+                **over,
+            },
+        )
+
+    made = window()
     rec = made.record
     assert (made.measurements, made.subgroups, made.usable, made.left_over) == (30, 30, 29, 0)
     assert rec.created_by == "li" and rec.reason == "new tool" and rec.n_points == 30
@@ -127,19 +135,7 @@ def test_build_makes_the_record_and_refuses_in_the_callers_words() -> None:
     assert made.counts("series.db")["source"] == "series.db"
     for name in ("--min-points", "min_points"):
         with pytest.raises(WindowError, match=rf"29 usable; 40 needed \({name}\)"):
-            build(
-                ch,
-                points,
-                "series.db",
-                [parse_exclusion("index:4", "r", "o")],
-                since_us=T0,
-                until_us=T0 + 30 * MIN,
-                min_points=40,
-                user="li",
-                reason="r",
-                now_us=T0,
-                min_points_name=name,
-            )
+            window(min_points=40, min_points_name=name)
     flat = [Point(T0 + k, 10.0, None) for k in range(30)]
     with pytest.raises(WindowError, match="no variation"):
         build(
