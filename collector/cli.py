@@ -720,7 +720,12 @@ async def _run_with_api(gw: Any, stop: Any) -> None:
     from collector.api.server import serve
 
     host, _, port = http.rpartition(":")
-    app = create_app(gw, ApiSettings(users_db=gw.data_dir / "users.db"))
+    app = create_app(
+        gw,
+        ApiSettings(
+            users_db=gw.data_dir / "users.db", recent_file=gw.data_dir / "recent_points.npz"
+        ),
+    )
 
     async def api() -> None:
         try:

@@ -55,7 +55,7 @@ from collector.api.auth import (
     summarise_body,
 )
 from collector.api.metrics import CONTENT_TYPE, ApiMetrics
-from collector.api.recent import RecentPoints
+from collector.api.recent import RecentPoints, RecentSaver
 from collector.api.stream import CharStates, StreamHub, stream_router
 from collector.limitstore import LimitsStoreError, limits_values
 from collector.outbox import OutboxError
@@ -108,6 +108,14 @@ class ApiSettings(BaseModel):
     recent_points: int = Field(
         1000, ge=10, le=100_000, description="plotted points kept per characteristic for the API"
     )
+    recent_file: Path | None = Field(
+        None,
+        description="file that keeps those points across restarts (the gateway's data "
+        "directory/recent_points.npz under `shopspc run`; null: charts start empty)",
+    )
+    recent_save_s: float = Field(
+        60.0, gt=0, description="seconds between saves of the recent points (and at close)"
+    )
     stream_queue: int = Field(
         256, ge=1, description="SSE events buffered per client before it lags (events dropped)"
     )
@@ -131,6 +139,7 @@ class ApiState:
     recent: RecentPoints
     stream: StreamHub
     metrics: ApiMetrics
+    recent_saver: RecentSaver | None = None
     closed: bool = False
 
 
@@ -1060,11 +1069,22 @@ def create_app(gateway: Any, settings: ApiSettings) -> FastAPI:
         stream=stream,
         metrics=ApiMetrics(gateway, stream),
     )
+    if settings.recent_file is not None:
+        state.recent_saver = RecentSaver(state.recent, settings.recent_file, gateway.chars)
+        state.recent_saver.load()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        close_app(app)
+        saver = state.recent_saver
+        task = asyncio.create_task(saver.run(settings.recent_save_s)) if saver else None
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            close_app(app)
 
     app = FastAPI(
         title="shopspc gateway API",
@@ -1105,11 +1125,17 @@ def create_app(gateway: Any, settings: ApiSettings) -> FastAPI:
 
 
 def close_app(app: FastAPI) -> None:
-    """Remove the app's gateway listeners, end live streams, close the user store (idempotent)."""
+    """Remove the app's gateway listeners, save the recent points, end live streams, close the
+    user store (idempotent)."""
     state: ApiState = app.state.api
     if state.closed:
         return
     state.closed = True
+    if state.recent_saver is not None:
+        try:
+            state.recent_saver.save()
+        except (OSError, ValueError) as exc:
+            log.error("could not save the chart history to %s: %s", state.recent_saver.path, exc)
     gw = state.gateway
     for listener in (state.recent.on_points, state.stream.on_points):
         with contextlib.suppress(ValueError):

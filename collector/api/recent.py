@@ -7,18 +7,50 @@ per batch, no Python object per point. :meth:`RecentPoints.query` returns
 ``z = (x − CL)/σ``; C: |z| ≤ 1, B: 1 < |z| ≤ 2, A: 2 < |z| ≤ 3, ``out`` beyond,
 ``""`` for a missing point or an unknown σ; boundaries belong to the inner zone)
 and the 5M1E context of the sample that completed it (contract shape).
+
+The rings outlive a restart: :class:`RecentSaver` writes them to a file
+(``recent_points.npz`` in the gateway's data directory) every ``recent_save_s``
+and when the API closes, and :meth:`RecentPoints.restore` puts a saved file
+back, matching characteristics by path (see :meth:`RecentPoints.restore`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import io
+import logging
+import os
+import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
-from collector.pipeline import JudgedPoints, batch_ranks, contract_context, violation_codes
+from collector.pipeline import (
+    JudgedPoints,
+    batch_ranks,
+    contract_context,
+    subgroup_width,
+    violation_codes,
+)
 
-__all__ = ["RecentColumns", "RecentPoints", "zones"]
+__all__ = [
+    "RECENT_SCHEMA",
+    "RecentColumns",
+    "RecentPoints",
+    "RecentSaver",
+    "chart_keys",
+    "encode_recent",
+    "zones",
+]
+
+log = logging.getLogger(__name__)
+
+RECENT_SCHEMA = "shopspc.recent-points/1"
+"""``schema`` of a saved rings file (its ``meta`` member)."""
 
 _FLOAT_COLS = (
     "statistic",
@@ -31,6 +63,7 @@ _FLOAT_COLS = (
     "disp_lcl",
     "disp_ucl",
 )
+_INT_COLS = ("time_us", "mask", "disp_mask", "limits")
 _ZONE_NAMES = np.array(["C", "B", "A", "out", ""], dtype=object)
 
 
@@ -141,6 +174,80 @@ class RecentPoints:
             self.context[c, slot] = None
         self.count += per_char
 
+    def take(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        """Copies of the rings of characteristics ``start`` … ``stop - 1`` (on the event loop)."""
+        rows = slice(start, stop)
+        part = {name: getattr(self, name)[rows].copy() for name in (*_INT_COLS, "count")}
+        part.update((name, self._f[name][rows].copy()) for name in _FLOAT_COLS)
+        part["serial"] = self.serial[rows].copy()
+        part["context"] = self.context[rows].copy()  # references: the snapshots are not copied
+        return part
+
+    def restore(self, data: bytes, keys: Sequence[tuple[str, str]]) -> int:
+        """Put rings saved by :class:`RecentSaver` back into these (empty) ones.
+
+        ``keys`` gives each characteristic's (path, chart) as the saver's did
+        (:func:`chart_keys`): a characteristic gets the points of the saved one
+        with the same key, wherever it stood in the list, the newest
+        ``capacity`` of them; one whose chart or subgroup size changed starts
+        empty, since its old points plot another statistic. Returns how many
+        characteristics got points. A damaged or foreign file raises
+        ``ValueError`` and changes nothing.
+        """
+        if len(keys) != self.n_chars:
+            raise ValueError(f"{len(keys)} keys for {self.n_chars} characteristics")
+        if self.count.any():
+            raise ValueError("the rings already hold points")
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            meta = orjson.loads(z["meta"].tobytes())
+            if not isinstance(meta, dict) or meta.get("schema") != RECENT_SCHEMA:
+                raise ValueError(f"not a {RECENT_SCHEMA} file")
+            cols = {name: z[name] for name in (*_INT_COLS, *_FLOAT_COLS, "count", "context")}
+            serial_list = orjson.loads(z["serial"].tobytes())
+        saved = [(str(p), str(c)) for p, c in meta["keys"]]
+        cap, n = int(meta["capacity"]), len(saved)
+        ids, contexts = list(meta["limits_ids"]), list(meta["contexts"])
+        if cols["count"].shape != (n,) or len(serial_list) != n * cap:
+            raise ValueError(f"counts or serials do not fit {n} characteristics of {cap} points")
+        for name, col in cols.items():
+            if name != "count" and col.shape != (n, cap):
+                raise ValueError(f"{name}: shape {col.shape}, not {(n, cap)}")
+        serial = np.empty(n * cap, dtype=object)
+        serial[:] = serial_list
+        serial = serial.reshape(n, cap)
+        ctx_table = np.empty(len(contexts) + 1, dtype=object)  # code -1: no context
+        ctx_table[: len(contexts)] = contexts
+        where = {k: j for j, k in enumerate(saved)}
+        todo = []
+        for i, key in enumerate(keys):
+            j = where.get(tuple(key))
+            total = int(cols["count"][j]) if j is not None else 0
+            have = min(total, cap, self.capacity)
+            if have <= 0:
+                continue
+            src = np.arange(total - have, total) % cap
+            lim, ctx = cols["limits"][j, src], cols["context"][j, src]
+            if (
+                lim.min() < 0
+                or lim.max() >= len(ids)
+                or ctx.min() < -1
+                or ctx.max() >= len(contexts)
+            ):
+                raise ValueError(f"{key[0]}: limits or context codes out of range")
+            todo.append((i, j, src, have))
+        remap = self._limit_codes(ids) if ids else np.zeros(0, dtype=np.int32)
+        for i, j, src, have in todo:
+            self.time_us[i, :have] = cols["time_us"][j, src]
+            for name in _FLOAT_COLS:
+                self._f[name][i, :have] = cols[name][j, src]
+            self.mask[i, :have] = cols["mask"][j, src]
+            self.disp_mask[i, :have] = cols["disp_mask"][j, src]
+            self.limits[i, :have] = remap[cols["limits"][j, src]]
+            self.serial[i, :have] = serial[j, src]
+            self.context[i, :have] = ctx_table[cols["context"][j, src]]
+            self.count[i] = have
+        return len(todo)
+
     def query(self, char: int, since_us: int | None = None, limit: int = 1000) -> RecentColumns:
         """The newest ``limit`` points of characteristic ``char`` (at or after ``since_us``), oldest first."""
         if not 0 <= char < self.n_chars:
@@ -180,3 +287,126 @@ class RecentPoints:
                 for ctx, ts in zip(self.context[char, idx].tolist(), t.tolist(), strict=True)
             ],
         )
+
+
+def chart_keys(chars: Sequence[Any]) -> list[tuple[str, str]]:
+    """(path, ``chart/subgroup size``) of each characteristic: what a saved ring is matched by."""
+    return [(ch.path, f"{ch.chart}/{subgroup_width(ch)}") for ch in chars]
+
+
+def encode_recent(
+    parts: Sequence[dict[str, np.ndarray]],
+    limits_ids: Sequence[str],
+    keys: Sequence[tuple[str, str]],
+    capacity: int,
+) -> bytes:
+    """The file :meth:`RecentPoints.restore` reads, from :meth:`RecentPoints.take` parts in
+    order (run it off the event loop: 30–40 ms for 100 characteristics of 1 000 points).
+
+    An uncompressed ``.npz`` (no pickles): one array per column, the context
+    snapshots as a table (a batch's points share one) with a code per slot, the
+    serials and ``meta`` (schema, capacity, keys, limits ids, contexts) as JSON.
+    """
+    cols = {
+        name: np.concatenate([p[name] for p in parts])
+        for name in (*_INT_COLS, *_FLOAT_COLS, "count")
+    }
+    table: list[Any] = []
+    seen: dict[int, int] = {}
+
+    def code(snapshot: Any) -> int:
+        if snapshot is None:
+            return -1
+        j = seen.get(id(snapshot))  # the parts hold the references: ids stay unique
+        if j is None:
+            j = seen[id(snapshot)] = len(table)
+            table.append(snapshot)
+        return j
+
+    ctx = np.concatenate([p["context"] for p in parts])
+    flat = ctx.ravel().tolist()
+    codes = np.fromiter(map(code, flat), dtype=np.int32, count=len(flat)).reshape(ctx.shape)
+    serial = orjson.dumps(np.concatenate([p["serial"] for p in parts]).ravel().tolist())
+    meta = {
+        "schema": RECENT_SCHEMA,
+        "capacity": capacity,
+        "keys": [list(k) for k in keys],
+        "limits_ids": list(limits_ids),
+        "contexts": table,
+    }
+    buf = io.BytesIO()
+    np.savez(
+        buf,
+        **cols,
+        context=codes,
+        serial=np.frombuffer(serial, dtype=np.uint8),
+        meta=np.frombuffer(orjson.dumps(meta, default=str), dtype=np.uint8),
+    )
+    return buf.getvalue()
+
+
+class RecentSaver:
+    """Keeps a :class:`RecentPoints` in ``path`` across restarts.
+
+    :meth:`run` saves every ``interval_s``: the rings are copied on the event
+    loop ``chunk`` characteristics at a time, with a turn of the loop between
+    chunks (copying 100 characteristics of 1 000 points in one go held it for
+    2–7 ms, a chunk of 16 for about 0.4 ms), then encoded and written in a
+    worker thread. Each
+    characteristic's points are copied whole, so each is consistent.
+    :meth:`save` does it all at once (at shutdown); :meth:`load` restores.
+    """
+
+    def __init__(self, recent: RecentPoints, path: Path, chars: Sequence[Any], chunk: int = 16):
+        self.recent = recent
+        self.path = Path(path)
+        self.keys = chart_keys(chars)
+        self.chunk = max(1, chunk)
+        self.saves = 0
+
+    def load(self) -> int:
+        """Restore from ``path`` if it exists; a bad file is logged and left for the next save."""
+        if not self.path.exists():
+            return 0
+        try:
+            got = self.recent.restore(self.path.read_bytes(), self.keys)
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
+            log.warning("chart history in %s not restored (%s): charts start empty", self.path, exc)
+            return 0
+        log.info("chart history of %d characteristics restored from %s", got, self.path)
+        return got
+
+    def _encode(self, parts: list[dict[str, np.ndarray]], ids: list[str]) -> bytes:
+        return encode_recent(parts, ids, self.keys, self.recent.capacity)
+
+    def _write(self, data: bytes) -> None:
+        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, self.path)
+        self.saves += 1
+
+    def save(self) -> None:
+        """Copy, encode and write now, in the caller's thread."""
+        n = self.recent.n_chars
+        parts = [self.recent.take(0, n)]
+        self._write(self._encode(parts, list(self.recent.limits_ids)))
+
+    async def save_async(self) -> None:
+        """Copy in chunks on the loop, encode and write in a worker thread."""
+        n, parts = self.recent.n_chars, []
+        for start in range(0, n, self.chunk):
+            if start:
+                await asyncio.sleep(0)
+            parts.append(self.recent.take(start, min(n, start + self.chunk)))
+        ids = list(self.recent.limits_ids)  # append-only: covers every part's codes
+        data = await asyncio.to_thread(self._encode, parts, ids)
+        await asyncio.to_thread(self._write, data)
+
+    async def run(self, interval_s: float) -> None:
+        """Save every ``interval_s`` until cancelled; a failed save is logged and retried."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.save_async()
+            except (OSError, ValueError) as exc:
+                log.error("could not save the chart history to %s: %s", self.path, exc)

@@ -165,6 +165,51 @@ async def test_points_with_zones_since_and_limit(api: Api) -> None:
     assert _err(r) == (422, "since")
 
 
+async def test_points_outlive_a_restart_of_gateway_and_api(tmp_path) -> None:
+    """Saved every recent_save_s (the app's lifespan) and at close; loaded by the next app."""
+    kept = tmp_path / "gw" / "recent_points.npz"
+    cfg = config(char("a"), char("b"))
+
+    def start() -> tuple[Gateway, Any]:
+        gw = Gateway(cfg, {}, data_dir=tmp_path / "gw", sources=[], sinks=[RecordingSink()])
+        return gw, create_app(gw, _settings(tmp_path, recent_file=kept, recent_save_s=0.02))
+
+    gw, app = start()
+    token = app.state.api.auth.create_token("t", "operator", "test")[1]
+    url, op = f"/api/v1/characteristics/{A}/points", {"Authorization": f"Bearer {token}"}
+    try:
+        async with app.router.lifespan_context(app):
+            gw.process([("dev", [sample("a", 10.0 + k / 4, k, f"P{k}") for k in range(5)])])
+            saver = app.state.api.recent_saver
+            for _ in range(500):  # the periodic save, bounded
+                if saver.saves:
+                    break
+                await asyncio.sleep(0.01)
+            assert saver.saves >= 1 and kept.exists()
+            gw.process([("dev", [sample("a", 30.0, 5, "P5")])])  # only the save at close has it
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="https://testserver") as c:
+                before = (await c.get(url, headers=op)).json()
+        assert app.state.api.closed
+    finally:
+        close_app(app)
+        gw.close()
+    assert before["serial"] == [f"P{k}" for k in range(6)]
+    gw, app = start()  # the restart
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="https://testserver") as c:
+            after = (await c.get(url, headers=op)).json()
+            assert after == before
+            gw.process([("dev", [sample("a", 10.0, 6, "P6")])])
+            after = (await c.get(url, headers=op)).json()
+        assert after["serial"] == [f"P{k}" for k in range(7)]
+        assert after["violations"][5] and after["zone"][5] == "out"
+    finally:
+        close_app(app)
+        gw.close()
+
+
 async def test_capability_from_recent_points(api: Api) -> None:
     url = f"/api/v1/characteristics/{A}/capability"
     r = await api.client.get(url, headers=api.as_("operator"))
