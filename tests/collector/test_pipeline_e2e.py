@@ -15,6 +15,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 from rich.console import Console
 
@@ -145,6 +146,11 @@ def test_shopspc_run_stops_on_sigterm_with_the_outbox_drained(tmp_path) -> None:
     assert proc.returncode == 0, err
     assert "'outbox_pending': 0" in out
     assert (tmp_path / "demo" / "engine.npz").exists()
+    # the API's chart history, saved at close, for the next start
+    from collector.api.recent import RECENT_SCHEMA
+
+    with np.load(tmp_path / "demo" / "recent_points.npz") as saved:
+        assert RECENT_SCHEMA.encode() in saved["meta"].tobytes()
 
 
 async def test_live_demo_shows_values_and_alarms(tmp_path) -> None:
