@@ -89,7 +89,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +134,7 @@ __all__ = [
     "batch_ranks",
     "chart_params",
     "contract_context",
+    "merge_judged",
     "subgroup_width",
     "violation_codes",
 ]
@@ -237,6 +238,25 @@ class JudgedPoints:
     limits_id: list[str]
     violations: list[str]
     context: list[Mapping[str, Any] | None] = field(default_factory=list)
+
+
+def merge_judged(parts: Sequence[JudgedPoints]) -> JudgedPoints:
+    """The batches ``parts`` as one, rows in order (``parts[0]`` itself when it is alone)."""
+    if len(parts) == 1:
+        return parts[0]
+    cols = {
+        f.name: np.concatenate([getattr(p.points, f.name)[: p.n] for p in parts])
+        for f in fields(Points)
+    }
+    return JudgedPoints(
+        Points(**cols),
+        sum(p.n for p in parts),
+        np.concatenate([np.asarray(p.time_us[: p.n], dtype=np.int64) for p in parts]),
+        [x for p in parts for x in p.serial[: p.n]],
+        [x for p in parts for x in p.limits_id[: p.n]],
+        [x for p in parts for x in p.violations[: p.n]],
+        [x for p in parts for x in (p.context[: p.n] if p.context else [None] * p.n)],
+    )
 
 
 @dataclass
@@ -867,6 +887,7 @@ class Gateway:
         self._pend_rows = _Rows()
         self._pend_pts: list[tuple[list[int], dict[str, Any], np.ndarray]] = []
         self._pend_views: list[tuple[np.ndarray, ...]] = []
+        self._pend_judged: list[JudgedPoints] = []  # for the point listeners, merged at a flush
         self._sprefix = [
             series_prefix(
                 "spc",
@@ -903,7 +924,9 @@ class Gateway:
         self._extra_lines: list[str] = []  # lines of acks and other events outside process()
         self._last_tick = 0
         self.notifiers: list[Any] = []  # alarm publishers woken after each alarm commit
-        # called in the event loop with every batch of judged points / alarm outcome (HTTP API)
+        # called in the event loop (HTTP API): point listeners at each flush_series with the
+        # points judged since, merged into one batch (merge_judged); alarm listeners with each
+        # alarm outcome, after its publish
         self.point_listeners: list[Callable[[JudgedPoints], None]] = []
         self.alarm_listeners: list[Callable[[Outcome], None]] = []
         # process-state tags: (source, binding) → scope keys of the alarm manager
@@ -1620,6 +1643,13 @@ class Gateway:
         rows, self._pend_rows = self._pend_rows, _Rows()
         lines += self._measurement_lines(rows)
         self._apply_views()
+        judged, self._pend_judged = self._pend_judged, []
+        if judged and self.point_listeners:
+            # one call per flush: a listener's fixed cost (the API's rings: about 55 µs) is
+            # paid once for the points of several judging calls, not once per call
+            merged = merge_judged(judged)
+            for listener in self.point_listeners:
+                listener(merged)
         return lines
 
     def _apply_views(self) -> None:
@@ -2101,9 +2131,9 @@ class Gateway:
         self.stats.points += n
         self._pend_views.append((chars, pts.center[:n], pts.lcl[:n], pts.ucl[:n], hit))
         if self.point_listeners:
-            judged = JudgedPoints(pts, n, times, serials, limits_ids, violations, contexts)
-            for listener in self.point_listeners:
-                listener(judged)
+            self._pend_judged.append(
+                JudgedPoints(pts, n, times, serials, limits_ids, violations, contexts)
+            )
 
     def _judge_alarms(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import math
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from collector.api.recent import RecentPoints
 from collector.config import GatewayConfig
 from collector.limitstore import LimitsStore
 from collector.outbox import Outbox
@@ -714,6 +716,23 @@ def test_batch_ranks_count_earlier_rows_of_the_same_key(keys: list[int]) -> None
     assert per_key.tolist() == [seen.get(k, 0) for k in range(7)]
 
 
+def _rows(judged) -> list[tuple[Any, ...]]:
+    """A point listener's batch as rows (NaN-safe), for equality."""
+    p, n = judged.points, judged.n
+    cols = [
+        np.nan_to_num(np.asarray(getattr(p, f.name)[:n], dtype=np.float64), nan=-999.0).tolist()
+        for f in dataclasses.fields(p)
+    ]
+    rest = (
+        judged.time_us[:n].tolist(),
+        judged.serial,
+        judged.limits_id,
+        judged.violations,
+        judged.context or [None] * n,
+    )
+    return list(zip(*cols, *rest, strict=True))
+
+
 def _views(gw: Gateway) -> list[tuple[Any, ...]]:
     return [
         (v.n_points, v.center, v.lcl, v.ucl, v.in_control, v.last_value, v.n_samples)
@@ -748,6 +767,12 @@ def test_deferred_series_encode_to_the_lines_and_views_of_undeferred(
     )
     now = _gw(tmp_path_factory.mktemp("now"), cfg)
     later = _gw(tmp_path_factory.mktemp("later"), cfg)
+    heard: dict[str, list[Any]] = {"now": [], "later": []}
+    now.point_listeners.append(heard["now"].append)
+    later.point_listeners.append(heard["later"].append)
+    rings = {"now": RecentPoints(3, capacity=8), "later": RecentPoints(3, capacity=8)}
+    now.point_listeners.append(rings["now"].on_points)
+    later.point_listeners.append(rings["later"].on_points)
     try:
         got_now: list[str] = []
         got_later: list[str] = []
@@ -762,9 +787,14 @@ def test_deferred_series_encode_to_the_lines_and_views_of_undeferred(
             # the alarm lines come at once; the series wait for the flush
             assert not _parsed(deferred, "spc") and not _parsed(deferred, "measurement")
             got_later += deferred
+            calls_before = len(heard["later"])
             if flush:
                 got_later += later.flush_series()
                 assert _views(later) == _views(now)
+                # the point listeners: one call per flush, with the points of every call since
+                assert len(heard["later"]) <= calls_before + 1
+            else:
+                assert len(heard["later"]) == calls_before  # nothing before the flush
         got_later += later.flush_series()
         assert later.flush_series() == []  # nothing left twice
         for m in ("measurement", "spc"):
@@ -778,6 +808,16 @@ def test_deferred_series_encode_to_the_lines_and_views_of_undeferred(
         points = _parsed(got_later, "spc")
         for v in later.views:
             assert v.n_points == sum(p.tags["characteristic"] == v.id for p in points)
+        # the listeners hear the same points in the same order, merged or not
+        assert [r for j in heard["later"] for r in _rows(j)] == [
+            r for j in heard["now"] for r in _rows(j)
+        ]
+        assert sum(j.n for j in heard["later"]) == len(points)
+        for i in range(3):
+            a, b = rings["later"].query(i), rings["now"].query(i)
+            assert a.serial == b.serial and a.violations == b.violations
+            assert np.array_equal(a.statistic, b.statistic, equal_nan=True)
+            assert np.array_equal(a.disp_statistic, b.disp_statistic, equal_nan=True)
     finally:
         now.close()
         later.close()
