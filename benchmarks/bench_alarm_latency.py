@@ -34,7 +34,8 @@ How (three processes beside the servers, one clock):
   known limits (no Phase I) and all Nelson rules, an ``influxdb`` v2 sink to
   VictoriaMetrics, ``alarms.mqtt`` to the same mosquitto, ``alarms.durability``
   ``full`` (``--durability full,normal`` runs both), flood protection set out
-  of reach (every planted alarm must be published, none summarised).
+  of reach (every planted alarm must be published, none summarised);
+  ``--api`` attaches the HTTP API's listeners as ``shopspc run`` does.
   Probes (wrapping the source's ``run``/``emit``, the gateway's ``process``,
   the alarm file's ``transaction``, ``on_alarm`` and the alarm publisher
   transport's ``send`` of this instance; no gateway file is changed) time
@@ -73,7 +74,7 @@ No target is asserted (see ``NOTE``).
     python -m benchmarks.bench_alarm_latency [--rates 1000,5000,10000] [--seconds 10]
                                              [--chars 100] [--plants-per-s 20]
                                              [--durability full[,normal]] [--quick]
-                                             [--floor] [--sink influxdb|localstore]
+                                             [--floor] [--sink influxdb|localstore] [--api]
 """
 
 from __future__ import annotations
@@ -704,10 +705,22 @@ async def _one(
         on_alarm=on_alarm,
         freeze_gc=True,  # as `shopspc run`
     )
+    app = None
+    if args.api:
+        # as `shopspc run` serves it: the app's listeners (recent-points rings, live stream,
+        # metrics) on every judged batch and alarm; no HTTP client asks anything
+        from collector.api.app import ApiSettings, create_app
+
+        app = create_app(gw, ApiSettings(users_db=work / "users.db"))
     for source in gw.sources:
         _probe_source(source, probes["received"], at_gateway)
     _probe_judging(gw, probes["judging"], last_tx)
-    out: dict[str, Any] = {"rate": rate, "durability": durability, "messages": p.messages}
+    out: dict[str, Any] = {
+        "rate": rate,
+        "durability": durability,
+        "messages": p.messages,
+        "api": app is not None,
+    }
     sub = await _subscriber(tag, broker.port, work)
     stop = asyncio.Event()
 
@@ -778,6 +791,10 @@ async def _one(
             await asyncio.gather(gw.run(stop), drive())
     finally:
         await _stop_subscriber(sub)
+        if app is not None:
+            from collector.api.app import close_app
+
+            close_app(app)
     if "error" not in out:
         _results(out, rate, work, probes)
     return out
@@ -1078,6 +1095,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--broker-nagle",
         action="store_true",
         help="stock mosquitto's set_tcp_nodelay false (default: true, as deployed)",
+    )
+    ap.add_argument(
+        "--api",
+        action="store_true",
+        help="attach the HTTP API's listeners to the gateway, as `shopspc run` does",
     )
     ap.add_argument("--workdir", help="keep servers' and gateway's files and logs here (new dir)")
     args = ap.parse_args([] if argv is None else argv)
