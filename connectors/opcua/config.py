@@ -204,6 +204,33 @@ class OpcuaSourceConfig(_Strict):
     )
     reconnect_base_s: float = Field(0.5, gt=0, description="Backoff base delay (seconds).")
     reconnect_cap_s: float = Field(30.0, gt=0, description="Backoff cap (seconds).")
+    backfill: bool = Field(
+        True,
+        description=(
+            "After a reconnect, read the server's raw history of every subscribed node from just "
+            "after the last source timestamp emitted and emit the missed values (fields.backfill) "
+            "before the new subscription's."
+        ),
+    )
+    backfill_max_s: float = Field(
+        3600.0,
+        gt=0,
+        description="Backfill reads no further back than this many seconds before the reconnect.",
+    )
+    backfill_max_values: int = Field(
+        1000,
+        ge=1,
+        le=1_000_000,
+        description="Backfill keeps at most this many values per node (the newest); more = truncated.",
+    )
+    backfill_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description=(
+            "Bound of one backfill (all nodes); on expiry the nodes not yet read count as failed "
+            "and the subscription's values flow."
+        ),
+    )
     nodes: list[NodeBinding] = Field(
         default_factory=list, description="Subscribed or polled nodes."
     )
@@ -232,6 +259,15 @@ class OpcuaSourceConfig(_Strict):
             raise ValueError("user_certificate_file and user_private_key_file go together")
         if self.password_env and not self.username:
             raise ValueError("password_env without username")
+        if not self.backfill:
+            stray = sorted(k for k in self.model_fields_set if k.startswith("backfill_"))
+            if stray:
+                raise ValueError(f"{', '.join(stray)} without backfill: true has no effect")
+        elif self.backfill_timeout_s < self.timeout_s:
+            raise ValueError(
+                f"backfill_timeout_s ({self.backfill_timeout_s:g}) is shorter than timeout_s "
+                f"({self.timeout_s:g}): one history request could not finish"
+            )
         ids = [n.id for n in self.nodes] + [b.id for t in self.triggers for b in t.block]
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
