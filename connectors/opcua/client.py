@@ -2,8 +2,9 @@
 
 It connects with the configured security and identity, reads many nodes in chunks of
 the server's ``MaxNodesPerRead``, runs one subscription whose handler turns
-DataValues into :class:`~connectors.base.Sample` s in a bounded queue, writes
-acknowledge nodes, and translates asyncua errors into :class:`ConnectorError`.
+DataValues into :class:`~connectors.base.Sample` s in a bounded queue, reads raw
+history for the backfill after a reconnect, writes acknowledge nodes, and translates
+asyncua errors into :class:`ConnectorError`.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from asyncua import Client, Server, ua
@@ -37,9 +38,13 @@ from connectors.ports import stop_server
 
 __all__ = [
     "ConnectionLostError",
+    "HistoryItem",
+    "HistoryResult",
     "OpcuaClient",
     "StationServer",
     "datavalue_to_sample",
+    "device_time_us",
+    "keep_newest",
     "stop_ua_server",
     "translate_error",
 ]
@@ -73,6 +78,19 @@ _MAX_RAW_TEXT = 200
 # which subscribe_events uses, so the two never collide.
 _FIRST_HANDLE = 1_000_000
 _RETRYABLE_EVENT_ERRORS = frozenset({"BadTimeout", "BadSessionClosed", "BadSessionIdInvalid"})
+_HISTORY_READ_BIT = 1 << ua.AccessLevel.HistoryRead
+# A history read refused with one of these says the session is gone, not the history.
+_SESSION_GONE = frozenset(
+    {
+        _S.BadSessionClosed,
+        _S.BadSessionIdInvalid,
+        _S.BadSecureChannelIdInvalid,
+        _S.BadSecureChannelClosed,
+        _S.BadConnectionClosed,
+    }
+)
+BACKFILL_FIELD = "backfill"
+"""``Sample.fields`` key set (True) on every value read from the server's history."""
 
 
 class ConnectionLostError(ConnectorError):
@@ -122,6 +140,10 @@ def _time_us(ts: datetime | None) -> int | None:
         return None
     delta = ts - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _datetime(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
 
 
 def _number(raw: Any) -> float | None:
@@ -188,6 +210,71 @@ def datavalue_to_sample(
     )
 
 
+def device_time_us(sample: Sample) -> int | None:
+    """The OPC UA source timestamp of a sample (µs), also with ``timestamp: server``; None if absent."""
+    if sample.source_time_us is not None:
+        return sample.source_time_us
+    kept = sample.fields.get("device_time_us") if sample.fields else None
+    return kept if isinstance(kept, int) else None
+
+
+def keep_newest(
+    samples: Iterable[Sample], start_us: int, max_values: int
+) -> tuple[list[Sample], bool, int]:
+    """The newest ``max_values`` samples with a source time at or after ``start_us``, oldest first.
+
+    Returns ``(kept, truncated, untimed)``: ``truncated`` when more samples were in the
+    window than kept, ``untimed`` how many had no source timestamp (they cannot be placed
+    in time, so they are left out). Exact repeats (same source time, value and status,
+    e.g. a value a server returns again after a continuation point) count once. The sort
+    is stable: values with the same source time keep the server's order.
+    """
+    timed: list[tuple[int, Sample]] = []
+    seen: set[tuple[int, float | None, str]] = set()
+    untimed = 0
+    for s in samples:
+        t = device_time_us(s)
+        if t is None:
+            untimed += 1
+            continue
+        if t < start_us:
+            continue
+        key = (t, None if math.isnan(s.value) else s.value, s.status)
+        if key in seen:
+            continue
+        seen.add(key)
+        timed.append((t, s))
+    timed.sort(key=lambda ts: ts[0])
+    kept = [s for _, s in timed[-max_values:]] if max_values > 0 else []
+    return kept, len(timed) > len(kept), untimed
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryItem:
+    """A node whose raw history to read: values with a source time at or after ``start_us``."""
+
+    binding: str
+    node: str
+    start_us: int
+
+
+@dataclass(slots=True)
+class HistoryResult:
+    """What the raw history of one node gave (see :meth:`OpcuaClient.read_history`).
+
+    ``samples``: oldest first, mapped like subscription samples and marked
+    ``fields['backfill']``. ``truncated``: the window held more values than were kept
+    (or the server stopped making progress). ``untimed``: values left out for lack of
+    a source timestamp. ``error``: why the history could not be read ('' when it was).
+    """
+
+    binding: str
+    samples: list[Sample] = field(default_factory=list)
+    truncated: bool = False
+    untimed: int = 0
+    error: str = ""
+
+
 def _now_us() -> int:
     return time.time_ns() // 1000
 
@@ -233,6 +320,7 @@ class OpcuaClient:
         self.dropped = 0
         self.read_requests = 0
         self.max_nodes_per_read = config.default_max_nodes_per_read
+        self.max_nodes_per_history_read = config.default_max_nodes_per_read
         self.max_monitored_items_per_call = config.default_max_monitored_items_per_call
         self.lost_reason = ""
         self._lost = asyncio.Event()
@@ -244,6 +332,9 @@ class OpcuaClient:
         self._on_trigger: Callable[[str, Sample], None] | None = None
         self._write_types: dict[str, ua.VariantType] = {}
         self._subscription: Subscription | None = None
+        self._first: dict[str, Sample] = {}  # per binding: its first sample (the initial value)
+        self._first_wanted: set[str] = set()
+        self._first_all = asyncio.Event()
 
     # -- connection -------------------------------------------------------
 
@@ -307,17 +398,22 @@ class OpcuaClient:
             raise
 
     async def _read_limits(self) -> None:
-        """Read the OperationLimits we chunk by, once per session; absent or 0 → our defaults."""
+        """Read the OperationLimits we chunk by, once per session; absent or 0 → our defaults.
+
+        ``MaxNodesPerHistoryReadData`` falls back to ``default_max_nodes_per_read``.
+        """
         limits = (
             ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead,
             ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall,
+            ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerHistoryReadData,
         )
         dvs = await self._call(
             self._session().read_attributes([ua.NodeId(n) for n in limits], ua.AttributeIds.Value)
         )
         self._check_count("Read", len(dvs), len(limits))
-        per_read, per_call = (_limit(dv) for dv in dvs)
+        per_read, per_call, per_history = (_limit(dv) for dv in dvs)
         self.max_nodes_per_read = per_read or self.config.default_max_nodes_per_read
+        self.max_nodes_per_history_read = per_history or self.config.default_max_nodes_per_read
         self.max_monitored_items_per_call = (
             per_call or self.config.default_max_monitored_items_per_call
         )
@@ -416,13 +512,18 @@ class OpcuaClient:
 
     async def read_datavalues(self, nodes: Sequence[str]) -> list[ua.DataValue]:
         """Read the Value of many nodes, one Read request per ``max_nodes_per_read`` nodes."""
+        return await self._read_attribute(nodes, ua.AttributeIds.Value)
+
+    async def _read_attribute(
+        self, nodes: Sequence[str], attribute: ua.AttributeIds
+    ) -> list[ua.DataValue]:
         ids = [await self.resolve(n) for n in nodes]
         out: list[ua.DataValue] = []
         step = max(1, self.max_nodes_per_read)
         for start in range(0, len(ids), step):
             chunk = ids[start : start + step]
             self.read_requests += 1
-            got = await self._call(self._session().read_attributes(chunk, ua.AttributeIds.Value))
+            got = await self._call(self._session().read_attributes(chunk, attribute))
             self._check_count("Read", len(got), len(chunk))
             out.extend(got)
         return out
@@ -492,6 +593,180 @@ class OpcuaClient:
             raise ConnectorError(
                 self.where, f"write {node}: {status_name(int(code.value))}", retryable=False
             )
+
+    # -- history ------------------------------------------------------------------
+
+    async def first_samples(self, bindings: Sequence[str], timeout: float) -> dict[str, Sample]:
+        """The first sample of each subscribed binding (the server's initial value on subscribe).
+
+        Waits up to ``timeout`` for all of them (but not for items the server refused to
+        monitor) and returns those that came (they stay in :attr:`samples` too). Their
+        source times are the device's clock at the moment the subscription took over, so
+        a history read up to them misses nothing whatever the skew between the device's
+        and the gateway's clocks.
+        """
+        monitored = {route.binding for route in self._routes.values()}
+        wanted = set(bindings) & monitored
+        if not wanted <= self._first.keys():
+            self._first_wanted = wanted
+            self._first_all.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._first_all.wait()
+            self._first_wanted = set()
+        return {b: self._first[b] for b in bindings if b in self._first}
+
+    async def read_history(
+        self, items: Sequence[HistoryItem], *, end_us: int, max_values: int
+    ) -> list[HistoryResult]:
+        """Read the raw history of many nodes; one result per item, in the items' order.
+
+        For each item: the newest ``max_values`` values with a source time from its
+        ``start_us`` up to ``end_us``, oldest first (see :func:`keep_newest`). First the
+        nodes' ``AccessLevel`` is read (chunked by MaxNodesPerRead): a node without the
+        HistoryRead bit has no history (some servers answer such a read with an empty
+        Good result, which would look like "nothing missed"). Then HistoryRead with
+        ``ReadRawModifiedDetails`` (raw, no bounding values, both timestamps), newest
+        first from ``end_us`` back to the chunk's earliest start, ``NumValuesPerNode``
+        = ``max_values + 1`` so a cut shows, chunked by MaxNodesPerHistoryReadData.
+        Continuation points are followed until a node has more than ``max_values``
+        values or reached its start; ones still open are then released.
+
+        A bad status for a node, or a failed or refused request (for the nodes it
+        carried), is that node's ``error``: it never ends the session. Only a lost
+        session raises (:class:`ConnectionLostError`).
+        """
+        results = {it.binding: HistoryResult(it.binding) for it in items}
+        todo = [it for it in items if it.start_us <= end_us]
+        if todo:
+            levels = await self._read_attribute(
+                [it.node for it in todo], ua.AttributeIds.AccessLevel
+            )
+            readable: list[HistoryItem] = []
+            for it, dv in zip(todo, levels, strict=True):
+                error = _history_access_error(dv)
+                if error:
+                    results[it.binding].error = error
+                else:
+                    readable.append(it)
+            pages: dict[str, list[ua.DataValue]] = {it.binding: [] for it in readable}
+            stalled: set[str] = set()
+            step = max(1, self.max_nodes_per_history_read)
+            for start in range(0, len(readable), step):
+                chunk = readable[start : start + step]
+                await self._history_chunk(chunk, end_us, max_values, pages, results, stalled)
+            now = _now_us()
+            choice = self.config.timestamp
+            flag = {BACKFILL_FIELD: True}
+            for it in readable:
+                result = results[it.binding]
+                if result.error:
+                    continue
+                mapped = (
+                    datavalue_to_sample(it.binding, dv, choice, now, fields=flag)
+                    for dv in pages[it.binding]
+                )
+                kept, truncated, untimed = keep_newest(mapped, it.start_us, max_values)
+                result.samples = kept
+                result.truncated = truncated or it.binding in stalled
+                result.untimed = untimed
+        return [results[it.binding] for it in items]
+
+    async def _history_chunk(
+        self,
+        chunk: Sequence[HistoryItem],
+        end_us: int,
+        max_values: int,
+        pages: dict[str, list[ua.DataValue]],
+        results: dict[str, HistoryResult],
+        stalled: set[str],
+    ) -> None:
+        """One chunk of nodes: HistoryRead until every node is done, then release what is open."""
+        details = ua.ReadRawModifiedDetails(
+            IsReadModified=False,
+            StartTime=_datetime(end_us),  # StartTime after EndTime: newest first
+            EndTime=_datetime(min(it.start_us for it in chunk)),
+            NumValuesPerNode=max_values + 1,
+            ReturnBounds=False,
+        )
+        pending: list[tuple[HistoryItem, bytes | None]] = [(it, None) for it in chunk]
+        release: list[tuple[HistoryItem, bytes]] = []
+        while pending:
+            ids = [
+                ua.HistoryReadValueId(NodeId=await self.resolve(it.node), ContinuationPoint=cp)
+                for it, cp in pending
+            ]
+            got = await self._history_call(ids, details, release=False)
+            if isinstance(got, str) or len(got) != len(ids):
+                why = (
+                    got
+                    if isinstance(got, str)
+                    else f"HistoryRead: {len(got)} results for {len(ids)} nodes"
+                )
+                for it, _ in pending:
+                    results[it.binding].error = why
+                return  # open continuation points die with the failed request or the session
+            following: list[tuple[HistoryItem, bytes | None]] = []
+            for (it, previous), result in zip(pending, got, strict=True):
+                code = result.StatusCode
+                if code is not None and code.is_bad():
+                    results[it.binding].error = status_name(int(code.value))
+                    continue
+                page = list(getattr(result.HistoryData, "DataValues", None) or [])
+                pages[it.binding].extend(page)
+                cp = result.ContinuationPoint or None
+                if cp is None:
+                    continue
+                in_window = sum(
+                    1
+                    for dv in pages[it.binding]
+                    if (_time_us(dv.SourceTimestamp) or -1) >= it.start_us
+                )
+                reached = any(
+                    (t := _time_us(dv.SourceTimestamp)) is not None and t < it.start_us
+                    for dv in page
+                )
+                if cp == previous:
+                    stalled.add(it.binding)  # the server makes no progress: stop, call it cut
+                    release.append((it, cp))
+                elif in_window > max_values or reached:
+                    release.append((it, cp))
+                else:
+                    following.append((it, cp))
+            pending = following
+        if release:
+            ids = [
+                ua.HistoryReadValueId(NodeId=await self.resolve(it.node), ContinuationPoint=cp)
+                for it, cp in release
+            ]
+            got = await self._history_call(ids, details, release=True)
+            if isinstance(got, str):
+                log.debug("%s: releasing history continuation points: %s", self.where, got)
+
+    async def _history_call(
+        self, ids: list[ua.HistoryReadValueId], details: ua.ReadRawModifiedDetails, *, release: bool
+    ) -> list[ua.HistoryReadResult] | str:
+        """One HistoryRead request: its results, or why it failed (a lost session raises)."""
+        params = ua.HistoryReadParameters(
+            HistoryReadDetails=details,
+            TimestampsToReturn=ua.TimestampsToReturn.Both,
+            ReleaseContinuationPoints=release,
+            NodesToRead=ids,
+        )
+        session = self._session()  # raises when the connection is already gone
+        try:
+            return list(await session.history_read(params))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # A refused or slow history read is the history's problem, not the link's: the
+            # session stays. A broken socket is the link's.
+            broken = isinstance(exc, OSError) and not isinstance(exc, TimeoutError)
+            if broken or (isinstance(exc, ua.UaStatusCodeError) and int(exc.code) in _SESSION_GONE):
+                raise self._translate(exc) from exc
+            if self._lost.is_set():
+                raise ConnectionLostError(self.where, self.lost_reason) from exc
+            return translate_error(exc, self.where).message
 
     # -- subscriptions --------------------------------------------------------
 
@@ -633,6 +908,10 @@ class OpcuaClient:
         dv = dv if dv is not None else ua.DataValue(StatusCode=ua.StatusCode(_S.BadNoData))
         if route.binding is not None:
             sample = datavalue_to_sample(route.binding, dv, self.config.timestamp, _now_us())
+            if route.binding not in self._first:
+                self._first[route.binding] = sample
+                if self._first_wanted and self._first_wanted <= self._first.keys():
+                    self._first_all.set()
             self._put(sample)
         elif route.trigger is not None and self._on_trigger is not None:
             sample = datavalue_to_sample(route.trigger, dv, self.config.timestamp, _now_us())
@@ -654,6 +933,16 @@ def _limit(dv: ua.DataValue) -> int | None:
         return None
     value = _number(dv.Value.Value if dv.Value is not None else None)
     return int(value) if value is not None and value >= 1 else None
+
+
+def _history_access_error(dv: ua.DataValue) -> str:
+    """Why a node's AccessLevel (as read) rules out a history read; '' when it does not."""
+    if dv.StatusCode is not None and not dv.StatusCode.is_good():
+        return f"AccessLevel: {status_name(int(dv.StatusCode.value))}"
+    level = _number(dv.Value.Value if dv.Value is not None else None)
+    if level is None or not int(level) & _HISTORY_READ_BIT:
+        return "no history (AccessLevel without HistoryRead)"
+    return ""
 
 
 def _default_variant_type(value: bool | int | float | str) -> ua.VariantType:
