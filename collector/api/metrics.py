@@ -23,6 +23,14 @@ __all__ = ["CONTENT_TYPE", "ApiMetrics", "GatewayCollector"]
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# counters some connectors' stats have beyond ConnectorStats (OPC UA: OpcuaStats)
+_CONNECTOR_EXTRA = (
+    "gaps",
+    "backfilled",
+    "backfill_failed",
+    "backfill_truncated",
+    "backfill_duplicates",
+)
 # GatewayStats fields that are current values, not totals
 _GAUGES = {"queue_depth", "outbox_pending", "alarm_pending"}
 CONNECTOR_STATES = ("starting", "connected", "disconnected", "failed", "stopped")
@@ -60,6 +68,13 @@ class GatewayCollector:
             )
             for k in ("samples", "bad_samples", "errors", "reconnects")
         }
+        # an OPC UA source's gaps and history backfill (connectors.opcua.source.OpcuaStats)
+        extra = {
+            k: CounterMetricFamily(
+                f"shopspc_connector_{k}", f"connector {k.replace('_', ' ')}", labels=["connector"]
+            )
+            for k in _CONNECTOR_EXTRA
+        }
         for role, conns in (("source", gw.sources), ("sink", gw.sinks)):
             for c in conns:
                 current = str(c.stats.state)
@@ -72,8 +87,12 @@ class GatewayCollector:
                     state.add_metric([c.name, role, s], 1.0 if s == current else 0.0)
                 for k, fam in totals.items():
                     fam.add_metric([c.name], float(getattr(c.stats, k, 0)))
+                for k, fam in extra.items():
+                    if hasattr(c.stats, k):
+                        fam.add_metric([c.name], float(getattr(c.stats, k)))
         yield state
         yield from totals.values()
+        yield from (fam for fam in extra.values() if fam.samples)
         try:
             counts = gw.outbox.counts()
         except Exception as exc:  # a scrape reports what it can

@@ -389,6 +389,16 @@ async def test_health_connectors_and_metrics(api: Api) -> None:
     assert "shopspc_alarm_latency_seconds_count 2.0" in text  # x and mr raised
     assert 'shopspc_alarms{kind="active"} 2.0' in text
     assert "shopspc_outbox_file_bytes" in text and "shopspc_stream_subscribers 0.0" in text
+    assert "shopspc_connector_gaps" not in text  # no connector has them
+    # an OPC UA source's gap and backfill counters
+    from connectors.opcua.source import OpcuaStats
+
+    api.gw.sources[0].stats = OpcuaStats(state="connected", gaps=3, backfilled=7)
+    text = (await api.client.get("/metrics", headers=api.as_("operator"))).text
+    assert 'shopspc_connector_gaps_total{connector="dev"} 3.0' in text
+    assert 'shopspc_connector_backfilled_total{connector="dev"} 7.0' in text
+    assert 'shopspc_connector_backfill_failed_total{connector="dev"} 0.0' in text
+    assert 'shopspc_connector_gaps_total{connector="rec"}' not in text  # a sink has none
 
 
 async def test_metrics_public_when_configured(gateway, tmp_path) -> None:
