@@ -37,6 +37,15 @@ CONNECTOR_STATES = ("starting", "connected", "disconnected", "failed", "stopped"
 _LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0)
 
 
+def _connector_counters(keys: tuple[str, ...]) -> dict[str, CounterMetricFamily]:
+    return {
+        k: CounterMetricFamily(
+            f"shopspc_connector_{k}", f"connector {k.replace('_', ' ')}", labels=["connector"]
+        )
+        for k in keys
+    }
+
+
 class GatewayCollector:
     """Reads ``gateway.stats``, connector stats, outbox and alarm counts at each scrape."""
 
@@ -62,19 +71,9 @@ class GatewayCollector:
             "1 for each connector's current state",
             labels=["connector", "role", "state"],
         )
-        totals = {
-            k: CounterMetricFamily(
-                f"shopspc_connector_{k}", f"connector {k.replace('_', ' ')}", labels=["connector"]
-            )
-            for k in ("samples", "bad_samples", "errors", "reconnects")
-        }
+        totals = _connector_counters(("samples", "bad_samples", "errors", "reconnects"))
         # an OPC UA source's gaps and history backfill (connectors.opcua.source.OpcuaStats)
-        extra = {
-            k: CounterMetricFamily(
-                f"shopspc_connector_{k}", f"connector {k.replace('_', ' ')}", labels=["connector"]
-            )
-            for k in _CONNECTOR_EXTRA
-        }
+        extra = _connector_counters(_CONNECTOR_EXTRA)
         for role, conns in (("source", gw.sources), ("sink", gw.sinks)):
             for c in conns:
                 current = str(c.stats.state)
