@@ -28,6 +28,7 @@ from connectors.mqtt.config import MqttPublisherConfig
 from connectors.webhook.config import WebhookConfig
 
 __all__ = [
+    "ApiConfig",
     "Characteristic",
     "ConfigError",
     "GatewayConfig",
@@ -291,6 +292,48 @@ class Gateway(_Model):
         return v
 
 
+class ApiConfig(_Model):
+    """The HTTP API and web screens (``api:``; served on ``gateway.http``)."""
+
+    cookie_secure: bool | Literal["auto"] = Field(
+        "auto",
+        description="mark the session cookie Secure: auto = when the sign-in came over HTTPS "
+        "(browsers drop a Secure cookie sent over plain HTTP, except to localhost); true "
+        "behind a TLS reverse proxy, which uvicorn sees as plain HTTP",
+    )
+    session_ttl_s: float = Field(
+        12 * 3600.0, gt=0, description="browser session lifetime in seconds"
+    )
+    token_ttl_days: float | None = Field(
+        365.0, gt=0, description="default API token lifetime in days (null: no expiry)"
+    )
+    login_max_failures: int = Field(
+        5, ge=1, description="failed sign-ins per user and per client address before a lockout"
+    )
+    login_window_s: float = Field(
+        300.0, gt=0, description="window (and lockout) of the failed sign-in count, seconds"
+    )
+    recent_points: int = Field(
+        1000, ge=10, le=100_000, description="plotted points kept per characteristic for the API"
+    )
+    recent_save_s: float = Field(
+        60.0,
+        gt=0,
+        description="seconds between saves of the recent points to data_dir/recent_points.npz "
+        "(and when the gateway stops)",
+    )
+    stream_queue: int = Field(
+        256, ge=1, description="SSE events buffered per client before it lags (events dropped)"
+    )
+    stream_keepalive_s: float = Field(15.0, gt=0, description="SSE keep-alive comment interval")
+    metrics_public: bool = Field(
+        False, description="serve /metrics without credentials (else an operator token)"
+    )
+    cors_origins: tuple[str, ...] = Field(
+        (), description="origins allowed by CORS (empty: CORS off, same origin only)"
+    )
+
+
 class ConnectorSection(BaseModel):
     """A connector section before its own model validates it: ``kind`` plus the connector's keys."""
 
@@ -319,6 +362,7 @@ class GatewayConfig(_Model):
     sources: dict[str, ConnectorSection] = Field(default_factory=dict)
     sinks: dict[str, ConnectorSection] = Field(default_factory=dict)
     alarms: AlarmSection = Field(default_factory=AlarmSection)
+    api: ApiConfig = Field(default_factory=ApiConfig)
     characteristics: list[Characteristic] = Field(default_factory=list)
 
 

@@ -57,6 +57,7 @@ from collector.api.auth import (
 from collector.api.metrics import CONTENT_TYPE, ApiMetrics
 from collector.api.recent import RecentPoints, RecentSaver
 from collector.api.stream import CharStates, StreamHub, stream_router
+from collector.config import ApiConfig
 from collector.limitstore import LimitsStoreError, limits_values
 from collector.outbox import OutboxError
 from spc.errors import SpcInputError
@@ -80,51 +81,18 @@ _ENTRY_FIELDS = ("operator", "machine", "lot", "method", "gauge_id")
 _ENTRY_HIDDEN = ("status", "gauge_calibration_due")
 
 
-class ApiSettings(BaseModel):
-    """Settings of the HTTP API (injected into :func:`create_app`)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class ApiSettings(ApiConfig):
+    """Settings of the HTTP API (injected into :func:`create_app`): the configuration's
+    ``api:`` section (:class:`collector.config.ApiConfig`) and the files in ``data_dir``."""
 
     users_db: Path = Field(
         description="SQLite file of users, API tokens, sessions and the request audit "
         "(create the first admin with `shopspc users add NAME --role admin --db FILE`)"
     )
-    cookie_secure: bool = Field(
-        True,
-        description="mark the session cookie Secure (HTTPS only); false only for plain-HTTP labs",
-    )
-    session_ttl_s: float = Field(
-        12 * 3600.0, gt=0, description="browser session lifetime in seconds"
-    )
-    token_ttl_days: float | None = Field(
-        365.0, gt=0, description="default API token lifetime in days (null: no expiry)"
-    )
-    login_max_failures: int = Field(
-        5, ge=1, description="failed sign-ins per user and per client address before a lockout"
-    )
-    login_window_s: float = Field(
-        300.0, gt=0, description="window (and lockout) of the failed sign-in count, seconds"
-    )
-    recent_points: int = Field(
-        1000, ge=10, le=100_000, description="plotted points kept per characteristic for the API"
-    )
     recent_file: Path | None = Field(
         None,
-        description="file that keeps those points across restarts (the gateway's data "
+        description="file that keeps the recent points across restarts (the gateway's data "
         "directory/recent_points.npz under `shopspc run`; null: charts start empty)",
-    )
-    recent_save_s: float = Field(
-        60.0, gt=0, description="seconds between saves of the recent points (and at close)"
-    )
-    stream_queue: int = Field(
-        256, ge=1, description="SSE events buffered per client before it lags (events dropped)"
-    )
-    stream_keepalive_s: float = Field(15.0, gt=0, description="SSE keep-alive comment interval")
-    metrics_public: bool = Field(
-        False, description="serve /metrics without credentials (else an operator token)"
-    )
-    cors_origins: tuple[str, ...] = Field(
-        (), description="origins allowed by CORS (empty: CORS off, same origin only)"
     )
 
 

@@ -105,6 +105,14 @@ def _sha(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+def _secure_cookie(setting: bool | str, request: Request) -> bool:
+    """The session cookie's Secure flag: ``auto`` follows the scheme the request came in on
+    (a browser drops a Secure cookie that came over plain HTTP, except from localhost)."""
+    if setting == "auto":
+        return request.url.scheme == "https"
+    return bool(setting)
+
+
 def role_at_least(role: str, needed: str) -> bool:
     """Whether ``role`` ranks at or above ``needed`` (operator < engineer < admin)."""
     return _RANK.get(role, -1) >= _RANK[needed]
@@ -653,7 +661,7 @@ def auth_router() -> APIRouter:
             max_age=int(api.settings.session_ttl_s),
             httponly=True,
             samesite="strict",
-            secure=api.settings.cookie_secure,
+            secure=_secure_cookie(api.settings.cookie_secure, request),
             path="/",
         )
         request.state.principal = Principal(user.name, user.role, "session")

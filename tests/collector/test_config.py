@@ -181,3 +181,17 @@ def test_plant_example_uses_the_alarm_and_chart_features() -> None:
     assert charts["flatness"].shortrun is not None and charts["bore-dia"].klass == "critical-dim"
     assert cfg.alarms.mqtt is not None and cfg.alarms.webhook is not None
     assert cfg.alarms.process_state and cfg.alarms.severity["critical-dim"]["N1"] == "critical"
+
+
+def test_api_section_sets_the_http_api() -> None:
+    text = GOOD.replace(
+        "version: 1\n",
+        "version: 1\napi:\n  cookie_secure: true\n  recent_points: 500\n  recent_save_s: 5\n",
+    )
+    cfg, _ = parse_config(text, "plant.yaml")
+    assert cfg.api.cookie_secure is True and cfg.api.recent_points == 500
+    assert parse_config(GOOD, "plant.yaml")[0].api.cookie_secure == "auto"  # the default
+    bad = GOOD.replace("version: 1\n", "version: 1\napi:\n  recent_points: 5\n  cookie: x\n")
+    got = _problems(bad)
+    assert any("api.recent_points" in p and "10" in p for p in got), got
+    assert any("api.cookie: unknown key" in p for p in got), got

@@ -460,6 +460,36 @@ async def test_session_login_csrf_logout_and_audit(api: Api) -> None:
     assert len(r.json()) == 7  # reads are not audited
 
 
+@pytest.mark.parametrize(
+    ("setting", "scheme", "secure"),
+    [
+        ("auto", "http", False),  # plain HTTP on the plant network: a Secure cookie is dropped
+        ("auto", "https", True),
+        (True, "http", True),  # behind a TLS reverse proxy, which uvicorn sees as plain HTTP
+        (False, "https", False),
+    ],
+)
+async def test_the_session_cookie_is_secure_as_configured(
+    gateway, tmp_path, setting, scheme, secure
+) -> None:
+    app = create_app(gateway, _settings(tmp_path, cookie_secure=setting))
+    try:
+        app.state.api.auth.add_user("li", "correct horse", "operator")
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url=f"{scheme}://gw") as c:
+            r = await c.post("/api/v1/auth/login", json={"name": "li", "password": "correct horse"})
+            assert r.status_code == 200
+            assert ("Secure" in r.headers["set-cookie"]) is secure
+            # a client keeps a Secure cookie to itself over plain HTTP, as browsers do
+            me = await c.get("/api/v1/auth/me")
+            if secure and scheme == "http":
+                assert me.status_code == 401
+            else:
+                assert me.json()["via"] == "session"
+    finally:
+        close_app(app)
+
+
 async def test_failed_logins_are_rate_limited(gateway, tmp_path) -> None:
     app = create_app(gateway, _settings(tmp_path, login_max_failures=2))
     try:
