@@ -708,18 +708,6 @@ def run(
         raise typer.Exit(1) from None
 
 
-def api_settings(cfg: Any, data_dir: Path) -> Any:
-    """The HTTP API's settings under ``shopspc run``: the configuration's ``api:`` section and
-    its files in ``data_dir`` (users, the recent points)."""
-    from collector.api.app import ApiSettings
-
-    return ApiSettings(
-        **cfg.api.model_dump(),
-        users_db=data_dir / "users.db",
-        recent_file=data_dir / "recent_points.npz",
-    )
-
-
 async def _run_with_api(gw: Any, stop: Any) -> None:
     """The gateway and, unless ``gateway.http`` is empty, its HTTP API in one TaskGroup."""
     import asyncio
@@ -728,11 +716,11 @@ async def _run_with_api(gw: Any, stop: Any) -> None:
     if not http:
         await gw.run(stop)
         return
-    from collector.api.app import close_app, create_app
+    from collector.api.app import ApiSettings, close_app, create_app
     from collector.api.server import serve
 
     host, _, port = http.rpartition(":")
-    app = create_app(gw, api_settings(gw.cfg, gw.data_dir))
+    app = create_app(gw, ApiSettings.of(gw.cfg, gw.data_dir))
 
     async def api() -> None:
         try:

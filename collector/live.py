@@ -7,7 +7,10 @@ control and the last rule that fired, and alarm lines are printed above it as
 they happen. A station or broker port another program holds (a second demo,
 a real server) is moved to a free loopback port first, with one line saying so
 (:func:`collector.simulate.prepare_demo`). A rule that keeps firing on consecutive points is printed once
-(and counted); the series and every alarm line still go to the store.
+(and counted); the series and every alarm line still go to the store. The HTTP
+API and web screens are served on ``gateway.http`` (the next free port if it is
+taken) in the same loop, and the user ``demo`` (an admin) gets a new random
+password at each start, printed with the address.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import secrets
 import signal
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -23,6 +27,7 @@ from typing import Any
 
 from pydantic import BaseModel
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from collector.config import GatewayConfig
@@ -142,6 +147,7 @@ async def run_live_demo(
     printer = _AlarmPrinter(console)
     gw = Gateway(cfg, dict(connectors), on_alarm=printer)
     printer.gw = gw
+    web = _web_screens(cfg, gw, console)
     stop = asyncio.Event()
     stop_sim = asyncio.Event()
     stations_ready = asyncio.Event()
@@ -181,9 +187,21 @@ async def run_live_demo(
         finally:
             stop.set()
 
+    async def serve_web() -> None:
+        if web is None:
+            return
+        from collector.api.server import serve
+
+        app, host, port = web
+        try:
+            await serve(app, host, port, stop)
+        except OSError as exc:
+            say(f"web screens not served: {exc}")
+
     try:
         with Live(status_table(gw), console=console, refresh_per_second=4) as live:
             await asyncio.gather(
+                serve_web(),
                 run_simulation(
                     cfg,
                     dict(connectors),
@@ -201,12 +219,48 @@ async def run_live_demo(
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        if web is not None:
+            from collector.api.app import close_app
+
+            close_app(web[0])
     console.print(
         f"\nstopped: {gw.stats.points} points, {gw.stats.alarms} alarm lines "
         f"({printer.printed} shown), outbox pending {gw.stats.outbox_pending}; "
         f"series in {_store_hint(cfg, gw)}"
     )
     return gw
+
+
+DEMO_USER = "demo"
+"""The web screens' user of the demo (an admin), with a new random password at each start."""
+
+
+def _web_screens(cfg: GatewayConfig, gw: Gateway, console: Console) -> tuple[Any, str, int] | None:
+    """The HTTP API and web screens on ``gateway.http`` (the next free port if that one is
+    taken), with the demo user's new password printed; None when ``http`` is ''."""
+    if not cfg.gateway.http:
+        return None
+    from collector.api.app import ApiSettings, create_app
+    from collector.simulate import free_port_from
+
+    host, _, port_text = cfg.gateway.http.rpartition(":")
+    host = host.strip("[]")
+    port = free_port_from(host, int(port_text))
+    if port != int(port_text):
+        console.print(f"web screens: port {port_text} busy, using {port}")
+    app = create_app(gw, ApiSettings.of(cfg, gw.data_dir))
+    auth = app.state.api.auth
+    password = secrets.token_urlsafe(12)
+    if any(u.name == DEMO_USER for u in auth.users()):
+        auth.set_password(DEMO_USER, password)
+    else:
+        auth.add_user(DEMO_USER, password, "admin")
+    where = escape(f"[{host}]" if ":" in host else host)
+    console.print(
+        f"web screens: [bold]http://{where}:{port}/[/] — sign in as [bold]{DEMO_USER}[/], "
+        f"password [bold]{escape(password)}[/] (new at each demo start)"
+    )
+    return app, host, port
 
 
 def _store_hint(cfg: GatewayConfig, gw: Gateway) -> str:

@@ -70,6 +70,7 @@ __all__ = [
     "SimPart",
     "StationPlan",
     "check_ports",
+    "free_port_from",
     "plan_stations",
     "prepare_demo",
     "run_simulation",
@@ -393,6 +394,13 @@ def _free_port_near(kind: str, host: str, port: int, taken: set[tuple[str, int]]
     with contextlib.closing(socket.socket()) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def free_port_from(host: str, port: int) -> int:
+    """``port`` if nothing listens there on ``host``, else the next free one above it (else any)."""
+    if _port_error("modbus", host, port, "") is None:  # a plain TCP listen, as the gauge's
+        return port
+    return _free_port_near("modbus", host, port, set())
 
 
 def _moved(kind: str, data: dict[str, Any], moved: dict[tuple[str, int], int]) -> dict[str, Any]:

@@ -95,6 +95,16 @@ class ApiSettings(ApiConfig):
         "directory/recent_points.npz under `shopspc run`; null: charts start empty)",
     )
 
+    @classmethod
+    def of(cls, cfg: Any, data_dir: Path) -> ApiSettings:
+        """The settings a running gateway serves with: the configuration's ``api:`` section and
+        its files in ``data_dir`` (``users.db``, ``recent_points.npz``)."""
+        return cls(
+            **cfg.api.model_dump(),
+            users_db=Path(data_dir) / "users.db",
+            recent_file=Path(data_dir) / "recent_points.npz",
+        )
+
 
 @dataclass
 class ApiState:

@@ -133,20 +133,3 @@ def test_demo_runs_and_shows_alarms() -> None:
     assert proc.returncode == 0, proc.stderr
     assert "Phase II" in proc.stdout
     assert "N1" in proc.stdout and "EWMA" in proc.stdout
-
-
-def test_shopspc_run_takes_the_api_settings_from_the_config(tmp_path: Path) -> None:
-    from collector.cli import api_settings
-    from collector.config import parse_config
-
-    text = (
-        "version: 1\napi:\n  cookie_secure: false\n  recent_points: 500\n  metrics_public: true\n"
-    )
-    cfg, _ = parse_config(text, "gw.yaml")
-    got = api_settings(cfg, tmp_path)
-    assert got.cookie_secure is False and got.recent_points == 500 and got.metrics_public
-    assert got.users_db == tmp_path / "users.db"
-    assert got.recent_file == tmp_path / "recent_points.npz"
-    assert (
-        api_settings(parse_config("version: 1\n", "gw.yaml")[0], tmp_path).cookie_secure == "auto"
-    )

@@ -4,6 +4,7 @@ and a Gateway on the demo configuration in one event loop, series into the embed
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -14,7 +15,9 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from rich.console import Console
@@ -157,15 +160,48 @@ async def test_live_demo_shows_values_and_alarms(tmp_path) -> None:
     require_binary("mosquitto")
     cfg, connectors = parse_config(demo_text(tmp_path), DEMO)
     out = io.StringIO()
-    console = Console(file=out, width=140, force_terminal=False)
+    console = Console(file=out, width=200, force_terminal=False)
+    seen: dict[str, Any] = {}
+
+    async def browse() -> None:
+        """Sign in to the demo's web screens with the printed password, as an operator would."""
+        for _ in range(400):  # bounded: the line comes before the stations start
+            found = re.search(
+                r"web screens: (http://\S+/) — sign in as demo, password (\S+)", out.getvalue()
+            )
+            if found:
+                break
+            await asyncio.sleep(0.01)
+        assert found, out.getvalue()
+        url, password = found.groups()
+        async with httpx.AsyncClient(base_url=url, timeout=5) as client:
+            for _ in range(100):  # the listener comes up beside the gateway
+                with contextlib.suppress(httpx.TransportError):
+                    r = await client.post(
+                        "/api/v1/auth/login", json={"name": "demo", "password": password}
+                    )
+                    break
+                await asyncio.sleep(0.05)
+            seen["login"] = r.status_code
+            seen["page"] = (await client.get("/")).status_code
+            r = await client.get("/api/v1/characteristics")
+            seen["characteristics"] = [c["path"] for c in r.json()]
+
     async with asyncio.timeout(60):
-        gw = await run_live_demo(
-            cfg, connectors, rate=20.0, duration=4.0, pattern_start=5, console=console
+        gw, _ = await asyncio.gather(
+            run_live_demo(
+                cfg, connectors, rate=20.0, duration=4.0, pattern_start=5, console=console
+            ),
+            browse(),
         )
     text = out.getvalue()
     assert "ALARM" in text
     assert "cmm-1/bore-dia" in text and "vision-1/height" in text
     assert "stopped:" in text and gw.stats.outbox_pending == 0
+    # the web screens beside the terminal: signed in over plain HTTP with the session cookie
+    assert seen["login"] == 200 and seen["page"] == 200
+    assert len(seen["characteristics"]) == len(cfg.characteristics)
+    assert (tmp_path / "demo" / "users.db").exists()
 
 
 @pytest.mark.integration

@@ -869,3 +869,19 @@ async def test_entry_form_gives_specs_checks_and_the_context_now(tmp_path) -> No
         "material_lot": 4711,
         "environment": {"temperature": 21.5},
     }
+
+
+def test_a_running_gateway_takes_the_api_settings_from_its_config(tmp_path) -> None:
+    from collector.config import parse_config
+
+    text = (
+        "version: 1\napi:\n  cookie_secure: false\n  recent_points: 500\n  metrics_public: true\n"
+    )
+    cfg, _ = parse_config(text, "gw.yaml")
+    got = ApiSettings.of(cfg, tmp_path)
+    assert got.cookie_secure is False and got.recent_points == 500 and got.metrics_public
+    assert got.users_db == tmp_path / "users.db"
+    assert got.recent_file == tmp_path / "recent_points.npz"
+    assert (
+        ApiSettings.of(parse_config("version: 1\n", "gw.yaml")[0], tmp_path).cookie_secure == "auto"
+    )
