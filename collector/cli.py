@@ -720,7 +720,8 @@ async def _run_with_api(gw: Any, stop: Any) -> None:
     from collector.api.server import serve
 
     host, _, port = http.rpartition(":")
-    app = create_app(gw, ApiSettings.of(gw.cfg, gw.data_dir))
+    # closed below, once the gateway has drained (not when the HTTP server stops)
+    app = create_app(gw, ApiSettings.of(gw.cfg, gw.data_dir), close_at_shutdown=False)
 
     async def api() -> None:
         try:

@@ -248,7 +248,7 @@ def _web_screens(cfg: GatewayConfig, gw: Gateway, console: Console) -> tuple[Any
     port = free_port_from(host, int(port_text))
     if port != int(port_text):
         console.print(f"web screens: port {port_text} busy, using {port}")
-    app = create_app(gw, ApiSettings.of(cfg, gw.data_dir))
+    app = create_app(gw, ApiSettings.of(cfg, gw.data_dir), close_at_shutdown=False)
     auth = app.state.api.auth
     password = secrets.token_urlsafe(12)
     if any(u.name == DEMO_USER for u in auth.users()):

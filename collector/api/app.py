@@ -1029,8 +1029,13 @@ def _probe_routes(app: FastAPI) -> None:
 # --------------------------------------------------------------------------- the app
 
 
-def create_app(gateway: Any, settings: ApiSettings) -> FastAPI:
-    """The HTTP API of ``gateway`` (see the module docstring); call :func:`close_app` when done."""
+def create_app(gateway: Any, settings: ApiSettings, *, close_at_shutdown: bool = True) -> FastAPI:
+    """The HTTP API of ``gateway`` (see the module docstring); call :func:`close_app` when done.
+
+    ``close_at_shutdown``: the server's lifespan shutdown runs :func:`close_app`. A caller
+    that runs the gateway beside the server passes False and closes the app once the gateway
+    has stopped: the points it judges while draining still reach the rings and the saved file.
+    """
     auth = AuthStore(settings.users_db)
     stream = StreamHub(
         gateway.paths,
@@ -1062,7 +1067,8 @@ def create_app(gateway: Any, settings: ApiSettings) -> FastAPI:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            close_app(app)
+            if close_at_shutdown:
+                close_app(app)
 
     app = FastAPI(
         title="shopspc gateway API",

@@ -210,6 +210,31 @@ async def test_points_outlive_a_restart_of_gateway_and_api(tmp_path) -> None:
         gw.close()
 
 
+async def test_an_app_closed_by_its_caller_keeps_the_points_judged_after_the_server_stopped(
+    tmp_path,
+) -> None:
+    """shopspc run stops the HTTP server first, then drains the gateway: those points count."""
+    from collector.api.recent import RecentPoints, RecentSaver
+
+    kept = tmp_path / "gw" / "recent_points.npz"
+    gw = Gateway(
+        config(char("a")), {}, data_dir=tmp_path / "gw", sources=[], sinks=[RecordingSink()]
+    )
+    try:
+        app = create_app(gw, _settings(tmp_path, recent_file=kept), close_at_shutdown=False)
+        async with app.router.lifespan_context(app):
+            gw.process([("dev", [sample("a", 10.0, 0, "P0")])])
+        assert not app.state.api.closed and gw.point_listeners  # the server stopped, not the app
+        gw.process([("dev", [sample("a", 11.0, 1, "P1")])])  # the gateway drains
+        close_app(app)
+        assert gw.point_listeners == []
+        back = RecentPoints(1)
+        assert RecentSaver(back, kept, gw.chars).load() == 1
+        assert back.query(0).serial == ["P0", "P1"]
+    finally:
+        gw.close()
+
+
 async def test_capability_from_recent_points(api: Api) -> None:
     url = f"/api/v1/characteristics/{A}/capability"
     r = await api.client.get(url, headers=api.as_("operator"))
