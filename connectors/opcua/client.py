@@ -41,10 +41,12 @@ __all__ = [
     "HistoryItem",
     "HistoryResult",
     "OpcuaClient",
+    "SampleKey",
     "StationServer",
     "datavalue_to_sample",
     "device_time_us",
     "keep_newest",
+    "sample_key",
     "stop_ua_server",
     "translate_error",
 ]
@@ -218,6 +220,19 @@ def device_time_us(sample: Sample) -> int | None:
     return kept if isinstance(kept, int) else None
 
 
+SampleKey = tuple[int, float | None, str]
+"""What makes two samples of one binding the same value: source time (µs), value (None
+for NaN), status."""
+
+
+def sample_key(sample: Sample) -> SampleKey | None:
+    """The :data:`SampleKey` of ``sample``; None without a source timestamp."""
+    t = device_time_us(sample)
+    if t is None:
+        return None
+    return (t, None if math.isnan(sample.value) else sample.value, sample.status)
+
+
 def keep_newest(
     samples: Iterable[Sample], start_us: int, max_values: int
 ) -> tuple[list[Sample], bool, int]:
@@ -230,20 +245,17 @@ def keep_newest(
     is stable: values with the same source time keep the server's order.
     """
     timed: list[tuple[int, Sample]] = []
-    seen: set[tuple[int, float | None, str]] = set()
+    seen: set[SampleKey] = set()
     untimed = 0
     for s in samples:
-        t = device_time_us(s)
-        if t is None:
+        key = sample_key(s)
+        if key is None:
             untimed += 1
             continue
-        if t < start_us:
-            continue
-        key = (t, None if math.isnan(s.value) else s.value, s.status)
-        if key in seen:
+        if key[0] < start_us or key in seen:
             continue
         seen.add(key)
-        timed.append((t, s))
+        timed.append((key[0], s))
     timed.sort(key=lambda ts: ts[0])
     kept = [s for _, s in timed[-max_values:]] if max_values > 0 else []
     return kept, len(timed) > len(kept), untimed

@@ -30,7 +30,13 @@ from connectors.base import (
     Sample,
     register_source,
 )
-from connectors.opcua.client import HistoryItem, OpcuaClient, device_time_us
+from connectors.opcua.client import (
+    HistoryItem,
+    OpcuaClient,
+    SampleKey,
+    device_time_us,
+    sample_key,
+)
 from connectors.opcua.config import NodeBinding, OpcuaSourceConfig, TriggerConfig
 
 __all__ = ["GAP_STATUS", "OpcuaSource", "OpcuaStats"]
@@ -46,17 +52,6 @@ history: its values follow the mark, marked ``fields['backfill']``.
 
 _BATCH = 1000
 _TRIGGER_QUEUE = 64
-
-_Key = tuple[int, float | None, str]
-"""What makes two samples of one binding the same value: source time (µs), value (None
-for NaN), status."""
-
-
-def _key(sample: Sample) -> _Key | None:
-    t = device_time_us(sample)
-    if t is None:
-        return None
-    return (t, None if math.isnan(sample.value) else sample.value, sample.status)
 
 
 @dataclass
@@ -74,10 +69,10 @@ class OpcuaStats(ConnectorStats):
 class _Seen:
     """Per binding, after a reconnect: the values already emitted the new subscription may repeat."""
 
-    keys: set[_Key] = field(default_factory=set)
+    keys: set[SampleKey] = field(default_factory=set)
     newest_us: int = -1
 
-    def add(self, key: _Key) -> None:
+    def add(self, key: SampleKey) -> None:
         self.keys.add(key)
         self.newest_us = max(self.newest_us, key[0])
 
@@ -118,7 +113,7 @@ class OpcuaSource:
         # Backfill state, kept across sessions: the last subscription value emitted per
         # binding (its source time is where the history read starts), whether a gap awaits
         # its backfill, and what the rebuilt subscription must not emit again.
-        self._last: dict[str, _Key] = {}
+        self._last: dict[str, SampleKey] = {}
         self._backfill_due = False
         self._seen: dict[str, _Seen] = {}
 
@@ -304,7 +299,7 @@ class OpcuaSource:
                 )
             seen = self._seen[r.binding]
             for s in r.samples:
-                key = _key(s)
+                key = sample_key(s)
                 assert key is not None  # history values without a source time were left out
                 seen.add(key)
             merged.extend(r.samples)
@@ -343,7 +338,7 @@ class OpcuaSource:
         if self._seen and not backfill:
             batch = [s for s in batch if not self._repeat(s)]
         for s in batch:
-            key = _key(s)
+            key = sample_key(s)
             if key is not None:
                 self._last[s.binding] = key
         await self._emit(emit, batch)
@@ -352,7 +347,7 @@ class OpcuaSource:
         seen = self._seen.get(sample.binding)
         if seen is None:
             return False
-        key = _key(sample)
+        key = sample_key(sample)
         if key is not None and key in seen.keys:
             self.stats.backfill_duplicates += 1
             return True
