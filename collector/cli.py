@@ -713,19 +713,20 @@ async def _run_with_api(gw: Any, stop: Any) -> None:
     import asyncio
 
     http = gw.cfg.gateway.http
-    if not http:
+    address = gw.cfg.gateway.http_address
+    if address is None:
         await gw.run(stop)
         return
     from collector.api.app import ApiSettings, close_app, create_app
     from collector.api.server import serve
 
-    host, _, port = http.rpartition(":")
+    host, port = address
     # closed below, once the gateway has drained (not when the HTTP server stops)
     app = create_app(gw, ApiSettings.of(gw.cfg, gw.data_dir), close_at_shutdown=False)
 
     async def api() -> None:
         try:
-            await serve(app, host.strip("[]"), int(port), stop)
+            await serve(app, host, port, stop)
         except OSError as exc:
             stop.set()  # the gateway drains and stops: an API that cannot listen is a bad start
             raise RuntimeError(

@@ -281,6 +281,14 @@ class Gateway(_Model):
 
     _check_id = field_validator("id")(_segment)
 
+    @property
+    def http_address(self) -> tuple[str, int] | None:
+        """``http`` as (host without IPv6 brackets, port); None when it is '' (no API)."""
+        if not self.http:
+            return None
+        host, _, port = self.http.rpartition(":")
+        return host.strip("[]"), int(port)
+
     @field_validator("http")
     @classmethod
     def _host_port(cls, v: str) -> str:

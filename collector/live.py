@@ -238,16 +238,16 @@ DEMO_USER = "demo"
 def _web_screens(cfg: GatewayConfig, gw: Gateway, console: Console) -> tuple[Any, str, int] | None:
     """The HTTP API and web screens on ``gateway.http`` (the next free port if that one is
     taken), with the demo user's new password printed; None when ``http`` is ''."""
-    if not cfg.gateway.http:
+    address = cfg.gateway.http_address
+    if address is None:
         return None
     from collector.api.app import ApiSettings, create_app
     from collector.simulate import free_port_from
 
-    host, _, port_text = cfg.gateway.http.rpartition(":")
-    host = host.strip("[]")
-    port = free_port_from(host, int(port_text))
-    if port != int(port_text):
-        console.print(f"web screens: port {port_text} busy, using {port}")
+    host, configured = address
+    port = free_port_from(host, configured)
+    if port != configured:
+        console.print(f"web screens: port {configured} busy, using {port}")
     app = create_app(gw, ApiSettings.of(cfg, gw.data_dir), close_at_shutdown=False)
     auth = app.state.api.auth
     password = secrets.token_urlsafe(12)

@@ -195,3 +195,11 @@ def test_api_section_sets_the_http_api() -> None:
     got = _problems(bad)
     assert any("api.recent_points" in p and "10" in p for p in got), got
     assert any("api.cookie: unknown key" in p for p in got), got
+
+
+def test_http_address_splits_host_and_port() -> None:
+    from collector.config import Gateway
+
+    assert Gateway(http="[::1]:8470").http_address == ("::1", 8470)
+    assert Gateway(http="0.0.0.0:9000").http_address == ("0.0.0.0", 9000)
+    assert Gateway(http="").http_address is None
