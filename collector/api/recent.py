@@ -234,17 +234,17 @@ class RecentPoints:
                 or ctx.max() >= len(contexts)
             ):
                 raise ValueError(f"{key[0]}: limits or context codes out of range")
-            todo.append((i, j, src, have))
+            todo.append((i, j, src, have, lim, ctx))
         remap = self._limit_codes(ids) if ids else np.zeros(0, dtype=np.int32)
-        for i, j, src, have in todo:
+        for i, j, src, have, lim, ctx in todo:
             self.time_us[i, :have] = cols["time_us"][j, src]
             for name in _FLOAT_COLS:
                 self._f[name][i, :have] = cols[name][j, src]
             self.mask[i, :have] = cols["mask"][j, src]
             self.disp_mask[i, :have] = cols["disp_mask"][j, src]
-            self.limits[i, :have] = remap[cols["limits"][j, src]]
+            self.limits[i, :have] = remap[lim]
             self.serial[i, :have] = serial[j, src]
-            self.context[i, :have] = ctx_table[cols["context"][j, src]]
+            self.context[i, :have] = ctx_table[ctx]
             self.count[i] = have
         return len(todo)
 
