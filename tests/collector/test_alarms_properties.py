@@ -11,11 +11,13 @@ Invariants checked after every run:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 from hypothesis import HealthCheck, event, given, settings
@@ -207,8 +209,16 @@ def _same_state(q: AlarmManager, g: AlarmManager) -> None:
     assert (q._seen == g._seen).all()
 
 
-def _two(d: str, cfg: AlarmsConfig) -> list[AlarmManager]:
-    return [AlarmManager(Path(d) / f"a{k}.db", CHARS, cfg, gateway_id="gw") for k in (0, 1)]
+@contextlib.contextmanager
+def _two(cfg: AlarmsConfig) -> Iterator[list[AlarmManager]]:
+    """Twin managers on their own files in a temporary directory, closed after."""
+    with tempfile.TemporaryDirectory() as d:
+        ms = [AlarmManager(Path(d) / f"a{k}.db", CHARS, cfg, gateway_id="gw") for k in (0, 1)]
+        try:
+            yield ms
+        finally:
+            for m in ms:
+                m.close()
 
 
 def _oos(ms: list[AlarmManager], step: tuple, now: int) -> None:
@@ -235,27 +245,22 @@ def test_row_by_row_path_equals_the_columnar_one(ops: list[tuple], clear_after: 
     """Small batches take a row-by-row path (``_few``): the same outcomes, events (with their
     sample windows), state messages, sample rings and state as the columnar path."""
     cfg = AlarmsConfig(clear_after=clear_after, flood={"max_alarms": 10_000})
-    with tempfile.TemporaryDirectory() as d:
-        ms = _two(d, cfg)
+    with _two(cfg) as ms:
         ms[1]._few_max = 0  # columnar always
-        try:
-            t, now = T0, T0
-            for step in ops:
-                now += S
-                if step[0] == "oos":
-                    _oos(ms, step, now)
-                    continue
-                rows = step[1]
-                times = list(range(t + 1, t + 1 + len(rows)))
-                t += len(rows)
-                b = _points(rows, times, [r[4] for r in rows], None)
-                a, c = (m.judge(b, now) for m in ms)
-                assert (a.events, a.states, a.lines) == (c.events, c.states, c.lines)
-                assert (a.raised, a.updated, a.cleared) == (c.raised, c.updated, c.cleared)
-            _same_state(*ms)
-        finally:
-            for m in ms:
-                m.close()
+        t, now = T0, T0
+        for step in ops:
+            now += S
+            if step[0] == "oos":
+                _oos(ms, step, now)
+                continue
+            rows = step[1]
+            times = list(range(t + 1, t + 1 + len(rows)))
+            t += len(rows)
+            b = _points(rows, times, [r[4] for r in rows], None)
+            a, c = (m.judge(b, now) for m in ms)
+            assert (a.events, a.states, a.lines) == (c.events, c.states, c.lines)
+            assert (a.raised, a.updated, a.cleared) == (c.raised, c.updated, c.cleared)
+        _same_state(*ms)
 
 
 quiet_row = st.tuples(
@@ -289,47 +294,42 @@ def test_quiet_points_equal_judging_them(ops: list[tuple], clear_after: int) -> 
     and open alarms included)."""
     cfg = AlarmsConfig(clear_after=clear_after, flood={"max_alarms": 2, "window_s": 3})
     taken = 0
-    with tempfile.TemporaryDirectory() as d:
-        ms = _two(d, cfg)
-        try:
-            t, now = T0, T0
-            for step in ops:
-                now += S
-                if step[0] == "oos":
-                    _oos(ms, step, now)
-                    continue
-                if step[0] == "ack":
-                    ids = [[a["alarm_id"] for a in m.active()] for m in ms]
-                    assert ids[0] == ids[1]
-                    if ids[0]:
-                        for m in ms:
-                            m.ack(ids[0][step[1] % len(ids[0])], "op", now_us=now)
-                    continue
-                if step[0] == "tick":
-                    now += step[1] * S
-                    outs = [m.tick(now) for m in ms]
-                    assert outs[0].events == outs[1].events
-                    continue
-                rows = step[1]
-                times = list(range(t + 1, t + 1 + len(rows)))
-                t += len(rows)
-                b = _points(rows, times, [r[4] for r in rows], None)
-                q, g = ms
-                before = (q._count.copy(), q._ring_t.copy(), q._ring_s.copy())
-                keys = [2 * r[0] + (r[1] == "mr") for r in rows]
-                done = not any(b.mask) and q.quiet(keys, times, b.serial, b.limits_id)
-                if not done:
-                    assert (q._count == before[0]).all() and (q._ring_t == before[1]).all()
-                    assert (q._ring_s == before[2]).all()
-                    a = q.judge(b, now)
-                c = g.judge(b, now)
-                if done:
-                    taken += 1
-                    assert (c.events, c.states, c.lines) == ([], [], [])
-                else:
-                    assert (a.events, a.states, a.lines) == (c.events, c.states, c.lines)
-                _same_state(q, g)
-            event(f"quiet taken {min(taken, 10) // 5 * 5}+")
-        finally:
-            for m in ms:
-                m.close()
+    with _two(cfg) as ms:
+        t, now = T0, T0
+        for step in ops:
+            now += S
+            if step[0] == "oos":
+                _oos(ms, step, now)
+                continue
+            if step[0] == "ack":
+                ids = [[a["alarm_id"] for a in m.active()] for m in ms]
+                assert ids[0] == ids[1]
+                if ids[0]:
+                    for m in ms:
+                        m.ack(ids[0][step[1] % len(ids[0])], "op", now_us=now)
+                continue
+            if step[0] == "tick":
+                now += step[1] * S
+                outs = [m.tick(now) for m in ms]
+                assert outs[0].events == outs[1].events
+                continue
+            rows = step[1]
+            times = list(range(t + 1, t + 1 + len(rows)))
+            t += len(rows)
+            b = _points(rows, times, [r[4] for r in rows], None)
+            q, g = ms
+            before = (q._count.copy(), q._ring_t.copy(), q._ring_s.copy())
+            keys = [2 * r[0] + (r[1] == "mr") for r in rows]
+            done = not any(b.mask) and q.quiet(keys, times, b.serial, b.limits_id)
+            if not done:
+                assert (q._count == before[0]).all() and (q._ring_t == before[1]).all()
+                assert (q._ring_s == before[2]).all()
+                a = q.judge(b, now)
+            c = g.judge(b, now)
+            if done:
+                taken += 1
+                assert (c.events, c.states, c.lines) == ([], [], [])
+            else:
+                assert (a.events, a.states, a.lines) == (c.events, c.states, c.lines)
+            _same_state(q, g)
+        event(f"quiet taken {min(taken, 10) // 5 * 5}+")
